@@ -1,0 +1,38 @@
+"""Cache key scheme shared by every tier.
+
+``object key``  what the origin sees: ``scheme://host:port/path?query``.
+``entry key``   the object key, or for a Vary variant ``<object key> vary:<digest>``.
+``slice key``   ``<entry key> <version> <index>``: the version is a digest of the object's
+                validator, so slices of two versions of a file can never be read as one.
+
+Request targets never contain a raw space, so :data:`SEPARATOR` cannot occur inside an
+object key, and "everything belonging to object K" is exactly the keys equal to K or
+starting with ``K + SEPARATOR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+SEPARATOR = " "
+
+
+def variant_key(object_key: str, selecting_headers: list[tuple[str, str]]) -> str:
+    """The entry key of one Vary variant, from the (name, value) pairs the response varies on."""
+    canonical = "\n".join(f"{name.lower()}:{value}" for name, value in selecting_headers)
+    digest = hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+    return f"{object_key}{SEPARATOR}vary:{digest}"
+
+
+def version_tag(validator: str) -> str:
+    """A short, key-safe digest of an object's validator (strong ETag, or Last-Modified+size)."""
+    return hashlib.blake2b(validator.encode(), digest_size=8).hexdigest()
+
+
+def slice_key(entry_key: str, version: str, index: int) -> str:
+    return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}{index}"
+
+
+def belongs_to(key: str, object_key: str) -> bool:
+    """True when ``key`` is the object's own key or one of its slice or variant keys."""
+    return key == object_key or key.startswith(object_key + SEPARATOR)

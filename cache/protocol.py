@@ -1,0 +1,67 @@
+"""The store protocol every cache tier speaks (DESIGN.md, "The store protocol").
+
+A store knows keys, bytes and opaque metadata blobs; it never sees an HTTP request. The
+app serialises object metadata itself and hands the store bytes. Keys are built by
+:mod:`cache.keys`: every slice key and variant key of an object starts with the object's
+key followed by :data:`cache.keys.SEPARATOR`, so deleting an object, a prefix or everything
+is a key-prefix operation each tier can do on its own index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+# A slice's bytes as a store hands them out. A memoryview may point into a store's own
+# buffer (for example an L2 mmap); it stays valid until the caller drops it.
+SliceData = bytes | memoryview
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One cache tier. All methods are safe to call from the event loop thread."""
+
+    name: str
+
+    async def get_slice(self, key: str) -> SliceData | None:
+        """The bytes stored under ``key``, or None when absent, expired or damaged."""
+        ...
+
+    async def put_slice(self, key: str, data: SliceData, expires_at: float | None) -> bool:
+        """Store ``data`` until ``expires_at`` (unix seconds, None = no expiry).
+
+        Returns False when the tier declined (too large, not admitted, no space).
+        """
+        ...
+
+    async def get_meta(self, key: str) -> bytes | None:
+        """The metadata blob stored for an object or variant key."""
+        ...
+
+    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
+        """Store an object's metadata blob."""
+        ...
+
+    async def delete(self, object_key: str) -> int:
+        """Remove the object: its metadata, every slice and every variant. Returns entries removed."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every entry whose key starts with ``prefix``. Returns entries removed."""
+        ...
+
+    async def clear(self) -> int:
+        """Remove everything. Returns entries removed."""
+        ...
+
+    def keys(self) -> Iterator[str]:
+        """Every key held (slices and metadata), in no particular order."""
+        ...
+
+    def stats(self) -> dict[str, float]:
+        """Figures for /stats and metrics: at least entries, bytes, capacity_bytes."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what must survive a restart and release resources."""
+        ...

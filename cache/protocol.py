@@ -43,7 +43,7 @@ class Store(Protocol):
         ...
 
     async def delete(self, object_key: str) -> int:
-        """Remove the object: its metadata, every slice and every variant. Returns entries removed."""
+        """Remove the object: metadata, every slice, every variant. Returns entries removed."""
         ...
 
     async def delete_prefix(self, prefix: str) -> int:

@@ -1,0 +1,110 @@
+"""JSON logs on stdout: one access line per request, and JSON for every other log record.
+
+The access log is pure ASGI middleware (not ``BaseHTTPMiddleware``), so it never buffers or
+delays a streamed body; it only counts what passes through ``send``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import uuid
+from typing import Any, TextIO
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.context import SCOPE_KEY, RequestLog
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Route every logger (ours and uvicorn's) through one JSON handler on stdout."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # Our middleware writes the access line; uvicorn's own would be a second, plain one.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            # Echoed into our logs and headers: keep it short and printable.
+            if 0 < len(text) <= 128 and text.isprintable():
+                return text
+    return uuid.uuid4().hex
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
+        self.app = app
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        log = RequestLog(request_id=_request_id(scope))
+        scope[SCOPE_KEY] = log
+        status = 0
+        sent = 0
+        complete = False
+        request_id_header = (b"x-request-id", log.request_id.encode("latin-1"))
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, sent, complete
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), request_id_header]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            entry = {
+                "ts": round(time.time(), 3),
+                "level": "info",
+                "msg": "request",
+                "method": scope["method"],
+                "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+                "query": scope.get("query_string", b"").decode("latin-1"),
+                "status": status,
+                "bytes": sent,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "upstream_ms": round(log.upstream_seconds * 1000, 3),
+                "cache": log.cache,
+                "request_id": log.request_id,
+                "client": (scope.get("client") or ("-",))[0],
+            }
+            if not complete:
+                entry["aborted"] = log.aborted or "client disconnected"
+            out = self.stream or sys.stdout
+            out.write(json.dumps(entry, separators=(",", ":")) + "\n")

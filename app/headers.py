@@ -1,0 +1,99 @@
+"""Header rewriting at the proxy boundary (RFC 9110 section 7.6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+VIA_TOKEN = "1.1 slicecache"
+
+# RFC 9110 7.6.1 connection-specific fields, plus the de-facto ones (Proxy-Connection,
+# Keep-Alive) and the proxy authentication pair that only concerns the next hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+RawHeaders = list[tuple[bytes, bytes]]
+Headers = list[tuple[str, str]]
+
+
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in values:
+        tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
+
+
+def end_to_end(headers: Headers, also_drop: frozenset[str] = frozenset()) -> Headers:
+    """Drop hop-by-hop fields, those named in Connection, and ``also_drop`` (lowercase)."""
+    named = _connection_tokens(value for name, value in headers if name.lower() == "connection")
+    drop = HOP_BY_HOP | named | also_drop
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+
+
+def encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def get(headers: Headers, name: str) -> str | None:
+    """The first value of ``name`` (lowercase), or None."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def get_all(headers: Headers, name: str) -> list[str]:
+    return [value for key, value in headers if key == name]
+
+
+def with_via(headers: Headers) -> Headers:
+    """Append our hop to Via (RFC 9110 7.6.3), keeping earlier hops."""
+    existing = get_all(headers, "via")
+    rest = [(k, v) for k, v in headers if k != "via"]
+    return [*rest, ("via", ", ".join([*existing, VIA_TOKEN]))]
+
+
+def upstream_request_headers(
+    client_headers: Headers,
+    *,
+    client_ip: str | None,
+    scheme: str,
+    origin_host: str,
+    preserve_host: bool,
+    request_id: str,
+) -> Headers:
+    """What the origin sees: end-to-end fields, the right Host, X-Forwarded-* and Via."""
+    # Expect is answered by this hop (uvicorn sends 100 Continue when the body is read).
+    headers = end_to_end(client_headers, also_drop=frozenset({"expect", "host"}))
+    client_host = get(client_headers, "host")
+    forwarded_for = get_all(headers, "x-forwarded-for")
+    headers = [
+        (k, v)
+        for k, v in headers
+        if k not in {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"}
+    ]
+    if client_ip:
+        forwarded_for.append(client_ip)
+    host = client_host if preserve_host and client_host else origin_host
+    headers.insert(0, ("host", host))
+    if forwarded_for:
+        headers.append(("x-forwarded-for", ", ".join(forwarded_for)))
+    headers.append(("x-forwarded-proto", scheme))
+    if client_host:
+        headers.append(("x-forwarded-host", client_host))
+    headers.append(("x-request-id", request_id))
+    return with_via(headers)

@@ -1,0 +1,135 @@
+"""The pass-through path: stream a request to the origin and its answer back, both ways.
+
+Used for everything that is not served through slices: other methods, uncacheable
+requests, origins without range support. Nothing here holds a whole body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+from starlette.types import Receive, Send
+
+from app.asgi_io import ClientGone, DisconnectWatch, RequestBody, send_body, send_start, send_text
+from app.context import RequestContext
+from app.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
+from app.upstream import UpstreamClient
+
+log = logging.getLogger("slicecache.proxy")
+
+# Statuses whose responses never carry a body (RFC 9110 6.4.1).
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def origin_request_headers(
+    ctx: RequestContext, upstream: UpstreamClient, preserve_host: bool
+) -> Headers:
+    return upstream_request_headers(
+        ctx.headers,
+        client_ip=ctx.client_ip,
+        scheme=ctx.scheme,
+        origin_host=upstream.origin_host,
+        preserve_host=preserve_host,
+        request_id=ctx.log.request_id,
+    )
+
+
+# Like nginx, this hop states its own Date and Server: uvicorn writes both, and a second
+# copy from the origin would make the fields invalid. The origin's Date is still used for
+# age calculations where a response is cached.
+REPLACED_BY_THIS_HOP = frozenset({"date", "server"})
+
+
+def client_response_headers(response: httpx.Response) -> Headers:
+    return with_via(end_to_end(decode_raw(response.headers.raw), REPLACED_BY_THIS_HOP))
+
+
+async def reply_upstream_error(send: Send, ctx: RequestContext, error: Exception) -> None:
+    """502 for an origin we could not reach or that broke the protocol, 504 for a timeout."""
+    if isinstance(error, httpx.TimeoutException):
+        await send_text(send, 504, f"Gateway Timeout: no answer from the origin ({kind(error)})")
+        return
+    await send_text(send, 502, f"Bad Gateway: the origin could not be reached ({kind(error)})")
+
+
+def kind(error: Exception) -> str:
+    """A short, stable name for an upstream failure, for replies, logs and metrics labels."""
+    names = {
+        httpx.ConnectTimeout: "connect timeout",
+        httpx.ReadTimeout: "read timeout",
+        httpx.ConnectError: "connection refused or failed",
+        httpx.RemoteProtocolError: "protocol error",
+        httpx.ReadError: "connection reset",
+    }
+    for cls, name in names.items():
+        if isinstance(error, cls):
+            return name
+    return type(error).__name__
+
+
+async def pass_through(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    upstream: UpstreamClient,
+    *,
+    preserve_host: bool,
+) -> None:
+    """Relay one exchange; the response is streamed to ``send``."""
+    body = RequestBody(receive) if ctx.has_body else None
+    headers = origin_request_headers(ctx, upstream, preserve_host)
+    started = time.perf_counter()
+    try:
+        response = await upstream.send(
+            ctx.method, ctx.target, headers, body.__aiter__() if body else None
+        )
+    except ClientGone:
+        ctx.log.aborted = "client disconnected during upload"
+        return
+    except httpx.TransportError as error:
+        ctx.log.upstream_seconds = time.perf_counter() - started
+        log.warning("upstream failed", extra={"fields": {"error": kind(error), "path": ctx.path}})
+        await reply_upstream_error(send, ctx, error)
+        return
+    ctx.log.upstream_seconds = time.perf_counter() - started
+    if ctx.log.cache == "-":
+        ctx.log.cache = "BYPASS"
+    body_done = body is None or body.complete
+    await relay_response(ctx, receive, send, response, request_body_done=body_done)
+
+
+async def relay_response(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    response: httpx.Response,
+    *,
+    request_body_done: bool = True,
+    headers: Headers | None = None,
+) -> None:
+    """Stream an origin response to the client; abort the client connection on origin failure."""
+    try:
+        await send_start(send, response.status_code, headers or client_response_headers(response))
+        if ctx.method == "HEAD" or response.status_code in NO_BODY_STATUSES:
+            await send_body(send, b"", more=False)
+            return
+        if not request_body_done:
+            # The origin answered before reading the whole upload; nobody else may call
+            # receive() now, so stream without the disconnect watch.
+            async for chunk in response.aiter_raw():
+                await send_body(send, chunk)
+            await send_body(send, b"", more=False)
+            return
+        async with DisconnectWatch(receive):
+            async for chunk in response.aiter_raw():
+                await send_body(send, chunk)
+            await send_body(send, b"", more=False)
+    except httpx.TransportError as error:
+        # Never end a broken body cleanly: returning without the final message makes the
+        # server close the connection, so the client sees a truncated transfer.
+        ctx.log.aborted = f"origin failed mid-body: {kind(error)}"
+        log.warning("origin failed mid-body", extra={"fields": {"error": kind(error)}})
+    finally:
+        await response.aclose()

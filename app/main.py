@@ -7,6 +7,7 @@ built on first access from the environment, so importing this module never reads
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -19,9 +20,14 @@ from app import admin
 from app.accesslog import AccessLogMiddleware, configure_logging
 from app.asgi_io import send_text
 from app.context import RequestContext
+from app.fills import ByteBudget
 from app.lifecycle import Lifecycle
 from app.proxy import pass_through
+from app.sliced import serve_sliced
+from app.slicer import SliceEngine
 from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
+from cache.memory import MemoryStore
+from cache.protocol import Store
 from settings import Settings, load_settings
 
 TransportFactory = Callable[[Settings], httpx.AsyncBaseTransport]
@@ -34,6 +40,27 @@ class Runtime:
     settings: Settings
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     upstream: UpstreamClient | None = None
+    store: Store | None = None
+    engine: SliceEngine | None = None
+    slice_patterns: list[re.Pattern[str]] = field(default_factory=list)
+
+    def sliceable(self, ctx: RequestContext) -> bool:
+        """GET/HEAD of a matching path, without a body or credentials, with caching on."""
+        if self.engine is None or ctx.method not in ("GET", "HEAD") or ctx.has_body:
+            return False
+        if ctx.header("authorization") is not None:
+            return False  # a shared cache does not store authenticated answers (RFC 9111 3.5)
+        if self.slice_patterns:
+            return any(pattern.search(ctx.path) for pattern in self.slice_patterns)
+        return True
+
+    def object_key(self, ctx: RequestContext) -> str:
+        """What the origin sees: its scheme, the Host it is sent, and the request target."""
+        assert self.upstream is not None
+        if self.settings.preserve_host and (host := ctx.header("host")):
+            scheme = self.upstream.base_url.split("://", 1)[0]
+            return f"{scheme}://{host}{ctx.target}"
+        return self.upstream.base_url + ctx.target
 
 
 class ProxyEndpoint:
@@ -50,10 +77,19 @@ class ProxyEndpoint:
             return
         ctx = RequestContext.from_scope(scope)
         runtime.lifecycle.request_started()
+        preserve_host = runtime.settings.preserve_host
         try:
-            await pass_through(
-                ctx, receive, send, upstream, preserve_host=runtime.settings.preserve_host
-            )
+            if runtime.engine is not None and runtime.sliceable(ctx):
+                await serve_sliced(
+                    ctx,
+                    receive,
+                    send,
+                    runtime.engine,
+                    runtime.object_key(ctx),
+                    preserve_host=preserve_host,
+                )
+            else:
+                await pass_through(ctx, receive, send, upstream, preserve_host=preserve_host)
         finally:
             runtime.lifecycle.request_finished()
 
@@ -64,7 +100,10 @@ def create_app(
     transport_factory: TransportFactory | None = None,
     configure_logs: bool = True,
 ) -> Starlette:
-    runtime = Runtime(settings=settings)
+    runtime = Runtime(
+        settings=settings,
+        slice_patterns=[re.compile(pattern) for pattern in settings.slice_patterns],
+    )
     make_transport = transport_factory or (lambda s: default_transport(s.upstream_pool_size))
 
     @contextlib.asynccontextmanager
@@ -79,11 +118,26 @@ def create_app(
         runtime.upstream = UpstreamClient(
             settings.upstream_base_url, timeouts, make_transport(settings)
         )
+        if settings.enable_cache:
+            runtime.store = MemoryStore(settings.l1_cache_size_bytes)
+            runtime.engine = SliceEngine(
+                upstream=runtime.upstream,
+                store=runtime.store,
+                slice_size=settings.slice_size,
+                lookahead=settings.max_concurrent_subrequests,
+                max_retries=settings.max_retries,
+                default_ttl=settings.cache_ttl,
+                budget=ByteBudget(settings.max_in_flight_bytes),
+            )
         runtime.lifecycle.ready = True
         try:
             yield
         finally:
             runtime.lifecycle.ready = False
+            if runtime.engine is not None:
+                await runtime.engine.close()
+            if runtime.store is not None:
+                await runtime.store.close()
             await runtime.upstream.aclose()
 
     routes = [

@@ -1,0 +1,144 @@
+"""In-flight slice fills: one origin fetch per slice, any number of readers tailing it.
+
+A :class:`SliceFill` owns a buffer of exactly the slice's length. The fetch task appends
+bytes as they arrive; readers follow behind it (read-while-write, the Varnish/Squid model),
+so a client starts receiving a slice's first bytes long before the slice is complete, and
+ten clients on one cold slice cost the origin one fetch. A fill that fails fails every
+reader with the same error: a reader never mistakes a broken fill for the end of a slice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cache.protocol import SliceData
+
+
+class SliceOverflow(Exception):
+    """The origin sent more bytes than the slice holds."""
+
+
+class SliceFill:
+    def __init__(self, key: str, first: int, last: int) -> None:
+        self.key = key
+        self.first = first  # absolute offsets in the object, inclusive
+        self.last = last
+        self.buffer = bytearray(last - first + 1)
+        self.filled = 0
+        self.done = False
+        self.error: BaseException | None = None
+        self.readers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._progress = asyncio.Event()
+
+    @property
+    def length(self) -> int:
+        return len(self.buffer)
+
+    def append(self, chunk: bytes) -> None:
+        end = self.filled + len(chunk)
+        if end > self.length:
+            raise SliceOverflow(f"slice {self.key!r} got {end} of {self.length} bytes")
+        self.buffer[self.filled : end] = chunk
+        self.filled = end
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.done:
+            self.error = error
+            self.done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        # Every waiter wakes once per event; a fresh Event for the next round.
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def read(self, lo: int, hi: int) -> AsyncIterator[memoryview]:
+        """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails."""
+        view = memoryview(self.buffer)
+        position = lo
+        while position < hi:
+            if self.filled > position:
+                end = min(self.filled, hi)
+                yield view[position:end]
+                position = end
+                continue
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                raise RuntimeError(f"fill of {self.key!r} ended at {self.filled}/{self.length}")
+            await self._progress.wait()
+
+
+@dataclass(slots=True)
+class SliceClaim:
+    """A response's hold on one slice: stored bytes, or a fill it reads from."""
+
+    data: SliceData | None = None
+    fill: SliceFill | None = None
+    released: bool = False
+
+    async def read(self, lo: int, hi: int) -> AsyncIterator[SliceData]:
+        if self.data is not None:
+            yield memoryview(self.data)[lo:hi]
+            return
+        assert self.fill is not None
+        async for piece in self.fill.read(lo, hi):
+            yield piece
+
+    def release(self) -> None:
+        """Drop the hold; a fill nobody reads any more is cancelled (its origin fetch closed)."""
+        if self.released:
+            return
+        self.released = True
+        fill = self.fill
+        if fill is None:
+            return
+        fill.readers -= 1
+        if fill.readers == 0 and not fill.done and fill.task is not None:
+            fill.task.cancel()
+
+
+class ByteBudget:
+    """A global cap on bytes being fetched from the origin at once, granted in arrival order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_use = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, amount: int) -> None:
+        # One request bigger than the whole budget still runs, alone.
+        amount = min(amount, self.capacity)
+        if not self._waiters and self.in_use + amount <= self.capacity:
+            self.in_use += amount
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((amount, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(amount)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove((amount, waiter))
+            raise
+
+    def release(self, amount: int) -> None:
+        self.in_use -= min(amount, self.capacity)
+        while self._waiters:
+            want, waiter = self._waiters[0]
+            if self.in_use + want > self.capacity:
+                break
+            self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += want
+                waiter.set_result(None)

@@ -1,0 +1,219 @@
+"""The sliced path of a GET/HEAD: client ranges answered from slices, in order, as they arrive."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+
+import httpx
+from starlette.types import Receive, Send
+
+from app import ranges
+from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
+from app.context import RequestContext
+from app.headers import Headers, end_to_end, with_via
+from app.httpcache.freshness import current_age
+from app.objectmeta import ObjectMeta
+from app.proxy import kind, pass_through, relay_response, reply_upstream_error
+from app.slicer import ObjectChanged, SliceEngine, SliceError, SliceStats, Unsliceable
+from cache.protocol import SliceData
+
+log = logging.getLogger("slicecache.sliced")
+
+# Fields of the stored response this hop restates or leaves out when replaying it.
+NOT_REPLAYED = frozenset({"date", "server", "age", "content-length", "content-range"})
+
+
+class ResponseAborted(Exception):
+    """Bytes were already sent; the only honest end is a reset connection."""
+
+
+def x_cache(hit: int, total: int) -> str:
+    if total == 0 or hit == total:
+        return "HIT"
+    return "MISS" if hit == 0 else "PARTIAL"
+
+
+def replay_headers(meta: ObjectMeta, now: float) -> Headers:
+    headers = with_via(end_to_end(meta.headers, NOT_REPLAYED))
+    age = current_age(meta.headers, meta.request_time, meta.response_time, now)
+    headers.append(("age", str(age)))
+    headers.append(("accept-ranges", "bytes"))
+    return headers
+
+
+async def serve_sliced(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    engine: SliceEngine,
+    object_key: str,
+    *,
+    preserve_host: bool,
+) -> None:
+    # One restart is allowed: the object changed before we sent a byte of it.
+    for attempt in range(2):
+        try:
+            opened = await engine.open(object_key, ctx.target, ctx.headers)
+        except (httpx.TransportError, SliceError) as error:
+            ctx.log.cache = "MISS"
+            if isinstance(error, httpx.TransportError):
+                await reply_upstream_error(send, ctx, error)
+            else:
+                await send_text(send, 502, f"Bad Gateway: {error}")
+            return
+        if isinstance(opened, Unsliceable):
+            ctx.log.cache = "BYPASS"
+            if opened.response is not None:
+                await relay_response(ctx, receive, send, opened.response)
+            else:
+                await pass_through(ctx, receive, send, engine.upstream, preserve_host=preserve_host)
+            return
+        try:
+            await _answer(ctx, receive, send, engine, object_key, opened)
+            return
+        except ObjectChanged:
+            if attempt == 0:
+                log.info("object changed before the response started; restarting")
+                continue
+            await send_text(send, 502, "Bad Gateway: the origin object keeps changing")
+            return
+        except ResponseAborted:
+            return
+
+
+async def _answer(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    engine: SliceEngine,
+    object_key: str,
+    meta: ObjectMeta,
+) -> None:
+    size = meta.size
+    headers = replay_headers(meta, time.time())
+    range_header = ctx.header("range")
+    if range_header is not None and not ranges.if_range_allows(
+        ctx.header("if-range"), meta.etag, meta.last_modified
+    ):
+        range_header = None
+    decision = ranges.parse_range_header(range_header, size)
+
+    if decision.outcome is ranges.RangeOutcome.UNSATISFIABLE:
+        ctx.log.cache = "HIT"
+        await send_text(
+            send,
+            416,
+            "Range Not Satisfiable",
+            [("content-range", ranges.unsatisfied_content_range(size))],
+        )
+        return
+
+    if decision.outcome is ranges.RangeOutcome.PARTIAL:
+        spans = [(r.first, r.last) for r in decision.ranges]
+        status = 206
+        if len(decision.ranges) == 1:
+            only = decision.ranges[0]
+            headers.append(("content-range", ranges.content_range(only, size)))
+            headers.append(("content-length", str(only.length)))
+            boundary = None
+        else:
+            boundary = ranges.multipart_boundary()
+            content_type = meta.header("content-type")
+            headers = [(k, v) for k, v in headers if k != "content-type"]
+            headers.append(("content-type", ranges.multipart_content_type(boundary)))
+            length = ranges.multipart_length(decision.ranges, size, content_type, boundary)
+            headers.append(("content-length", str(length)))
+    else:
+        spans = [(0, size - 1)] if size else []
+        status = 200
+        boundary = None
+        headers.append(("content-length", str(size)))
+
+    total_slices = sum(
+        len(range(first // engine.slice_size, last // engine.slice_size + 1))
+        for first, last in spans
+    )
+    cached = sum(engine.cached_slices(object_key, meta, first, last) for first, last in spans)
+    headers.append(("x-cache", x_cache(cached, total_slices)))
+    headers.append(("x-cache-slices", f"hit={cached}, miss={total_slices - cached}"))
+    ctx.log.cache = x_cache(cached, total_slices)
+
+    if ctx.method == "HEAD" or not spans:
+        await send_start(send, status, headers)
+        await send_body(send, b"", more=False)
+        return
+
+    stats = SliceStats()
+    if boundary is None:
+        pieces = engine.stream(
+            object_key, ctx.target, meta, spans[0][0], spans[0][1], ctx.headers, stats
+        )
+    else:
+        pieces = _multipart(engine, object_key, ctx, meta, decision.ranges, boundary, stats)
+    await _send_stream(ctx, receive, send, status, headers, pieces)
+
+
+async def _multipart(
+    engine: SliceEngine,
+    object_key: str,
+    ctx: RequestContext,
+    meta: ObjectMeta,
+    parts: tuple[ranges.ByteRange, ...],
+    boundary: str,
+    stats: SliceStats,
+) -> AsyncGenerator[SliceData, None]:
+    content_type = meta.header("content-type")
+    for part in parts:
+        yield ranges.multipart_part_header(part, meta.size, content_type, boundary)
+        stream = engine.stream(
+            object_key, ctx.target, meta, part.first, part.last, ctx.headers, stats
+        )
+        async with contextlib.aclosing(stream):
+            async for piece in stream:
+                yield piece
+    yield ranges.multipart_trailer(boundary)
+
+
+async def _send_stream(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    status: int,
+    headers: Headers,
+    pieces: AsyncGenerator[SliceData, None],
+) -> None:
+    """Headers go out with the first bytes, so a change found before then can restart."""
+    started = False
+    async with contextlib.aclosing(pieces):
+        try:
+            async with DisconnectWatch(receive):
+                async for piece in pieces:
+                    if not started:
+                        await send_start(send, status, headers)
+                        started = True
+                    await send_body(send, piece)
+                if not started:
+                    await send_start(send, status, headers)
+                await send_body(send, b"", more=False)
+        except ObjectChanged:
+            if not started:
+                raise
+            ctx.log.aborted = "origin object changed mid-response"
+            raise ResponseAborted() from None
+        except Exception as error:
+            reason = kind(error) if isinstance(error, httpx.TransportError) else str(error)
+            expected = isinstance(error, httpx.TransportError | SliceError)
+            log.warning(
+                "slice fetch failed", exc_info=not expected, extra={"fields": {"error": reason}}
+            )
+            if not started:
+                if isinstance(error, httpx.TimeoutException):
+                    await send_text(send, 504, f"Gateway Timeout: {reason}")
+                else:
+                    await send_text(send, 502, f"Bad Gateway: {reason}")
+                return
+            ctx.log.aborted = f"slice fetch failed mid-response: {reason}"
+            raise ResponseAborted() from None

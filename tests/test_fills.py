@@ -1,0 +1,96 @@
+"""In-flight fills and the byte budget: readers tail a fill, errors reach every reader."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
+
+
+async def collect(fill: SliceFill, lo: int, hi: int) -> bytes:
+    return b"".join([bytes(piece) async for piece in fill.read(lo, hi)])
+
+
+async def test_readers_tail_the_fill_while_it_grows() -> None:
+    fill = SliceFill("k", 0, 9)
+    early = asyncio.create_task(collect(fill, 0, 10))
+    middle = asyncio.create_task(collect(fill, 3, 7))
+    await asyncio.sleep(0)
+    fill.append(b"0123")
+    await asyncio.sleep(0)
+    assert not early.done()
+    fill.append(b"456789")
+    fill.finish()
+    assert await early == b"0123456789"
+    assert await middle == b"3456"
+
+
+async def test_a_failed_fill_is_an_error_for_every_reader_never_eof() -> None:
+    fill = SliceFill("k", 0, 9)
+    readers = [asyncio.create_task(collect(fill, 0, 10)) for _ in range(3)]
+    await asyncio.sleep(0)
+    fill.append(b"01")
+    fill.fail(ConnectionResetError("origin reset"))
+    for reader in readers:
+        with pytest.raises(ConnectionResetError):
+            await reader
+
+
+async def test_a_fill_that_ends_short_is_an_error() -> None:
+    fill = SliceFill("k", 0, 9)
+    fill.append(b"0123")
+    fill.finish()
+    with pytest.raises(RuntimeError):
+        await collect(fill, 0, 10)
+    assert await collect(fill, 0, 4) == b"0123"
+
+
+def test_overflow_is_refused() -> None:
+    fill = SliceFill("k", 10, 13)
+    with pytest.raises(SliceOverflow):
+        fill.append(b"12345")
+
+
+async def test_releasing_the_last_claim_cancels_the_fetch() -> None:
+    fill = SliceFill("k", 0, 9)
+    fill.task = asyncio.create_task(asyncio.sleep(60))
+    first, second = SliceClaim(fill=fill), SliceClaim(fill=fill)
+    fill.readers = 2
+    first.release()
+    first.release()  # twice is once
+    await asyncio.sleep(0)
+    assert not fill.task.cancelled()
+    second.release()
+    with pytest.raises(asyncio.CancelledError):
+        await fill.task
+
+
+async def test_byte_budget_grants_in_order_and_never_over_capacity() -> None:
+    budget = ByteBudget(100)
+    await budget.acquire(60)
+    waiter_a = asyncio.create_task(budget.acquire(50))
+    waiter_b = asyncio.create_task(budget.acquire(10))
+    await asyncio.sleep(0)
+    assert not waiter_a.done() and not waiter_b.done()  # b waits behind a: no starvation
+    budget.release(60)
+    await asyncio.gather(waiter_a, waiter_b)
+    assert budget.in_use == 60
+    budget.release(50)
+    budget.release(10)
+    assert budget.in_use == 0
+
+
+async def test_cancelled_budget_waiter_gives_nothing_away() -> None:
+    budget = ByteBudget(10)
+    await budget.acquire(10)
+    waiter = asyncio.create_task(budget.acquire(5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    budget.release(10)
+    assert budget.in_use == 0
+    await budget.acquire(1000)  # bigger than the budget: runs alone
+    assert budget.in_use == 10

@@ -1,0 +1,50 @@
+"""Vary: which stored variant a request may use (RFC 9111 section 4.1).
+
+A stored response is only reusable for a request whose header fields nominated by the
+stored response's Vary match those of the request that produced it. Values are
+normalised before comparison as 4.1 allows: field lines combined, list members stripped
+of whitespace. ``Vary: *`` never matches (such responses are not stored anyway).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ._fields import Headers, get_all, split_list
+
+__all__ = ["selecting_headers", "variant_matches", "vary_field_names"]
+
+
+def vary_field_names(response_headers: Headers) -> tuple[str, ...] | Literal["*"]:
+    """The lowercase field names a response varies on (sorted, unique), or ``"*"``."""
+    names = {member.strip().lower() for member in split_list(get_all(response_headers, "vary"))}
+    if "*" in names:
+        return "*"
+    return tuple(sorted(names))
+
+
+def _normalised(request_headers: Headers, name: str) -> str:
+    return ", ".join(split_list(get_all(request_headers, name)))
+
+
+def selecting_headers(
+    vary: tuple[str, ...] | Literal["*"], request_headers: Headers
+) -> list[tuple[str, str]] | None:
+    """(name, normalised value) of each nominated field, for ``cache.keys.variant_key``.
+
+    An absent field gets value ``""`` (absent in both requests matches, 4.1); None for
+    ``Vary: *``.
+    """
+    if vary == "*":
+        return None
+    return [(name, _normalised(request_headers, name)) for name in vary]
+
+
+def variant_matches(
+    vary: tuple[str, ...] | Literal["*"],
+    stored_request_headers: Headers,
+    request_headers: Headers,
+) -> bool:
+    """True when ``request_headers`` select the variant stored for ``stored_request_headers``."""
+    stored = selecting_headers(vary, stored_request_headers)
+    return stored is not None and stored == selecting_headers(vary, request_headers)

@@ -21,6 +21,9 @@ def main() -> None:
         loop="uvloop",
         lifespan="on",
         access_log=False,
+        # The TCP peer is appended to X-Forwarded-For as it is; uvicorn's proxy-headers
+        # mode would replace it with the client's own claim.
+        proxy_headers=False,
         log_config=None,
         server_header=False,
         date_header=True,

@@ -100,6 +100,15 @@ async def pass_through(
     await relay_response(ctx, receive, send, response, request_body_done=body_done)
 
 
+# Bodies up to this size are relayed without a disconnect watcher.
+SMALL_BODY_BYTES = 64 * 1024
+
+
+def _small(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= SMALL_BODY_BYTES
+
+
 async def relay_response(
     ctx: RequestContext,
     receive: Receive,
@@ -115,9 +124,10 @@ async def relay_response(
         if ctx.method == "HEAD" or response.status_code in NO_BODY_STATUSES:
             await send_body(send, b"", more=False)
             return
-        if not request_body_done:
-            # The origin answered before reading the whole upload; nobody else may call
-            # receive() now, so stream without the disconnect watch.
+        if not request_body_done or _small(response):
+            # A small body is done in a write or two, not worth a watcher task. And when
+            # the origin answered before reading the whole upload, nobody else may call
+            # receive(), so such a response streams without the disconnect watch.
             async for chunk in response.aiter_raw():
                 await send_body(send, chunk)
             await send_body(send, b"", more=False)

@@ -23,7 +23,9 @@ from cache.protocol import SliceData
 log = logging.getLogger("slicecache.sliced")
 
 # Fields of the stored response this hop restates or leaves out when replaying it.
-NOT_REPLAYED = frozenset({"date", "server", "age", "content-length", "content-range"})
+NOT_REPLAYED = frozenset(
+    {"date", "server", "age", "content-length", "content-range", "accept-ranges"}
+)
 
 
 class ResponseAborted(Exception):
@@ -56,7 +58,7 @@ async def serve_sliced(
     # One restart is allowed: the object changed before we sent a byte of it.
     for attempt in range(2):
         try:
-            opened = await engine.open(object_key, ctx.target, ctx.headers)
+            opened, probed = await engine.open(object_key, ctx.target, ctx.headers)
         except (httpx.TransportError, SliceError) as error:
             ctx.log.cache = "MISS"
             if isinstance(error, httpx.TransportError):
@@ -72,7 +74,7 @@ async def serve_sliced(
                 await pass_through(ctx, receive, send, engine.upstream, preserve_host=preserve_host)
             return
         try:
-            await _answer(ctx, receive, send, engine, object_key, opened)
+            await _answer(ctx, receive, send, engine, object_key, opened, probed)
             return
         except ObjectChanged:
             if attempt == 0:
@@ -91,6 +93,7 @@ async def _answer(
     engine: SliceEngine,
     object_key: str,
     meta: ObjectMeta,
+    probed: bool,
 ) -> None:
     size = meta.size
     headers = replay_headers(meta, time.time())
@@ -137,6 +140,8 @@ async def _answer(
         for first, last in spans
     )
     cached = sum(engine.cached_slices(object_key, meta, first, last) for first, last in spans)
+    if probed and spans and spans[0][0] < engine.slice_size:
+        cached = max(0, cached - 1)  # slice 0 came with this request's own probe
     headers.append(("x-cache", x_cache(cached, total_slices)))
     headers.append(("x-cache-slices", f"hit={cached}, miss={total_slices - cached}"))
     ctx.log.cache = x_cache(cached, total_slices)

@@ -111,31 +111,46 @@ class SliceEngine:
 
     async def open(
         self, object_key: str, target: str, request_headers: Headers
-    ) -> ObjectMeta | Unsliceable:
-        """The object's metadata, from cache or a (shared) probe of slice 0."""
+    ) -> tuple[ObjectMeta | Unsliceable, bool]:
+        """The object's metadata, from cache or a (shared) probe of slice 0.
+
+        The flag is True when this call's own probe fetched the metadata (and slice 0).
+        """
         until = self._unsliceable.get(object_key)
         if until is not None:
             if until > time.time():
-                return Unsliceable("origin does not serve ranges of this object")
+                return Unsliceable("origin does not serve ranges of this object"), False
             del self._unsliceable[object_key]
         meta = await self.cached_meta(object_key)
         if meta is not None and meta.expires_at > time.time():
-            return meta
+            return meta, False
         probe = self._probes.get(object_key)
         if probe is not None:
             result = await asyncio.shield(probe.future)
-            return result if isinstance(result, ObjectMeta) else Unsliceable(result.reason)
+            if isinstance(result, ObjectMeta):
+                return result, False
+            return Unsliceable(result.reason), False
         probe = _Probe(asyncio.get_running_loop().create_future())
         self._probes[object_key] = probe
         task = asyncio.get_running_loop().create_task(
             self._probe(probe, object_key, target, request_headers)
         )
         task.add_done_callback(lambda _: self._probes.pop(object_key, None))
-        result = await asyncio.shield(probe.future)
+        try:
+            result = await asyncio.shield(probe.future)
+        except asyncio.CancelledError:
+            # Our client left; an answer meant for it to relay must not hold a connection.
+            task.add_done_callback(lambda _: self._drop_relay(probe))
+            raise
         if isinstance(result, Unsliceable) and probe.relay is not None:
             relay, probe.relay = probe.relay, None
-            return Unsliceable(result.reason, relay)
-        return result
+            return Unsliceable(result.reason, relay), True
+        return result, True
+
+    def _drop_relay(self, probe: _Probe) -> None:
+        if probe.relay is not None:
+            relay, probe.relay = probe.relay, None
+            asyncio.get_running_loop().create_task(relay.aclose())
 
     async def cached_meta(self, object_key: str) -> ObjectMeta | None:
         meta = self._metas.get(object_key)

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real demo origin and the real proxy on loopback ports."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pytest
+
+from app.main import create_app
+from bench.origin import OriginApp, create_origin_app
+from settings import Settings
+from tests.servers import run_asgi_in_thread
+
+ProxyFactory = Callable[..., AbstractContextManager[str]]
+
+
+class Origin:
+    def __init__(self, app: OriginApp, url: str) -> None:
+        self.app = app
+        self.url = url
+
+    def requests_for(self, path: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.app.log_entries() if entry["path"] == path]
+
+    def bytes_sent_for(self, path: str) -> int:
+        return sum(entry["bytes_sent"] for entry in self.requests_for(path))
+
+
+@pytest.fixture(scope="session")
+def origin() -> Iterator[Origin]:
+    app = create_origin_app()
+    with run_asgi_in_thread(app) as url:
+        yield Origin(app, url)
+
+
+@pytest.fixture
+def proxy(origin: Origin) -> ProxyFactory:
+    """``with proxy(slice_size=...) as url:`` runs a proxy in front of the demo origin."""
+
+    @contextmanager
+    def start(**overrides: Any) -> Iterator[str]:
+        overrides.setdefault("upstream_address", origin.url)
+        settings = Settings(**overrides)
+        app = create_app(settings, configure_logs=False)
+        with run_asgi_in_thread(app, proxy_headers=False) as url:
+            yield url
+
+    return start
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

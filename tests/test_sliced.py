@@ -1,0 +1,233 @@
+"""The sliced path end to end: ranges, slice boundaries, caching, coalescing, origin faults."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+
+import httpx
+import pytest
+
+from bench.origin import etag_for, expected_bytes, expected_sha256
+from tests.conftest import Origin, ProxyFactory, sha256
+
+SLICE = 64 * 1024
+
+
+def _ranges_sent(origin: Origin, path: str) -> list[str]:
+    return [entry["range"] for entry in origin.requests_for(path)]
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("256k-exact.bin", 4 * SLICE), ("300000-odd.bin", 300_000)],
+)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "0-65535",  # ends exactly on a slice boundary
+        "0-65534",  # one before
+        "0-65536",  # one after
+        "65535-65536",  # straddles a boundary
+        "65536-131071",  # exactly one slice
+        "1000-",  # open-ended
+        "-1",  # suffix: last byte
+        "-70000",  # suffix across a boundary
+        "-999999",  # suffix longer than the object: the whole object
+        "100-9999999",  # end past EOF clamped
+    ],
+)
+def test_single_ranges_match_origin_bytes(
+    proxy: ProxyFactory, name: str, size: int, spec: str
+) -> None:
+    with proxy(slice_size=SLICE) as url:
+        response = httpx.get(f"{url}/files/{name}", headers={"Range": f"bytes={spec}"})
+    assert response.status_code == 206
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", response.headers["content-range"])
+    assert match is not None
+    first, last, total = map(int, match.groups())
+    assert total == size
+    assert response.content == expected_bytes(name, 1, first, last)
+    assert response.headers["content-length"] == str(last - first + 1)
+
+
+@pytest.mark.parametrize("name", ["0.bin", "1.bin", "65536.bin", "65537.bin", "1m.bin"])
+def test_whole_objects_of_boundary_sizes(proxy: ProxyFactory, name: str) -> None:
+    with proxy(slice_size=SLICE) as url:
+        cold = httpx.get(f"{url}/files/{name}")
+        warm = httpx.get(f"{url}/files/{name}")
+    for response in (cold, warm):
+        assert response.status_code == 200
+        assert sha256(response.content) == expected_sha256(name)
+    assert warm.headers["x-cache"] == "HIT"
+
+
+def test_multi_range_is_multipart_with_origin_bytes(proxy: ProxyFactory) -> None:
+    name = "300000-multi.bin"
+    with proxy(slice_size=SLICE) as url:
+        response = httpx.get(
+            f"{url}/files/{name}", headers={"Range": "bytes=0-9,70000-70009,299990-"}
+        )
+    assert response.status_code == 206
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    assert int(response.headers["content-length"]) == len(response.content)
+    boundary = content_type.split("boundary=")[1].encode()
+    parts = response.content.split(b"--" + boundary)[1:-1]
+    got = []
+    for part in parts:
+        head, _, body = part.partition(b"\r\n\r\n")
+        first, last = map(int, re.search(rb"bytes (\d+)-(\d+)/300000", head).groups())  # type: ignore[union-attr]
+        got.append((first, last))
+        assert body[:-2] == expected_bytes(name, 1, first, last)
+    assert got == [(0, 9), (70000, 70009), (299990, 299999)]
+
+
+def test_unsatisfiable_and_invalid_ranges(proxy: ProxyFactory) -> None:
+    name = "300000-416.bin"
+    with proxy(slice_size=SLICE) as url:
+        unsatisfiable = httpx.get(f"{url}/files/{name}", headers={"Range": "bytes=300000-"})
+        invalid = httpx.get(f"{url}/files/{name}", headers={"Range": "bytes=abc"})
+        head = httpx.head(f"{url}/files/{name}", headers={"Range": "bytes=10-19"})
+    assert unsatisfiable.status_code == 416
+    assert unsatisfiable.headers["content-range"] == "bytes */300000"
+    assert invalid.status_code == 200 and sha256(invalid.content) == expected_sha256(name)
+    assert head.status_code == 206 and head.content == b""
+    assert head.headers["content-range"] == "bytes 10-19/300000"
+
+
+def test_if_range(proxy: ProxyFactory) -> None:
+    name = "200000-ifrange.bin"
+    with proxy(slice_size=SLICE) as url:
+        same = httpx.get(
+            f"{url}/files/{name}",
+            headers={"Range": "bytes=5-9", "If-Range": etag_for(name)},
+        )
+        other = httpx.get(
+            f"{url}/files/{name}", headers={"Range": "bytes=5-9", "If-Range": '"stale"'}
+        )
+    assert same.status_code == 206 and same.content == expected_bytes(name, 1, 5, 9)
+    assert other.status_code == 200 and len(other.content) == 200_000
+
+
+def test_second_download_is_served_from_cache(proxy: ProxyFactory, origin: Origin) -> None:
+    path = "/files/1m-twice.bin"
+    with proxy(slice_size=SLICE) as url:
+        first = httpx.get(f"{url}{path}")
+        requests_after_first = len(origin.requests_for(path))
+        seek = httpx.get(f"{url}{path}", headers={"Range": "bytes=500000-600000"})
+        second = httpx.get(f"{url}{path}")
+    assert first.headers["x-cache"] == "MISS"
+    assert first.headers["x-cache-slices"] == "hit=0, miss=16"
+    assert second.headers["x-cache"] == "HIT"
+    assert seek.headers["x-cache"] == "HIT"
+    assert requests_after_first == 16  # the probe is slice 0: no extra HEAD or GET
+    assert len(origin.requests_for(path)) == 16
+    assert sha256(second.content) == expected_sha256(path.rsplit("/", 1)[1])
+
+
+def test_partial_when_some_slices_are_cached(proxy: ProxyFactory) -> None:
+    path = "/files/512k-partial.bin"
+    with proxy(slice_size=SLICE) as url:
+        httpx.get(f"{url}{path}", headers={"Range": "bytes=0-131071"})
+        response = httpx.get(f"{url}{path}")
+    assert response.headers["x-cache"] == "PARTIAL"
+    assert response.headers["x-cache-slices"] == "hit=2, miss=6"
+
+
+def test_concurrent_cold_clients_fetch_each_slice_once(proxy: ProxyFactory, origin: Origin) -> None:
+    name = "2m-coalesce.bin"
+    path = f"/files/{name}"
+    with proxy(slice_size=SLICE, max_concurrent_subrequests=4) as url:
+
+        def download(_: int) -> str:
+            return sha256(httpx.get(f"{url}{path}?latency_ms=30", timeout=30).content)
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            digests = list(pool.map(download, range(10)))
+    assert digests == [expected_sha256(name)] * 10
+    ranges = _ranges_sent(origin, path)
+    assert len(ranges) == len(set(ranges)) == 32, ranges  # 2 MiB / 64 KiB, each once
+
+
+def test_object_changed_mid_download_aborts_and_recovers(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    name = "4m-change.bin"
+    path = f"/files/{name}"
+    with proxy(slice_size=SLICE, max_concurrent_subrequests=2) as url:
+        received = 0
+        with (
+            pytest.raises(httpx.TransportError),
+            httpx.stream("GET", f"{url}{path}?bandwidth_mbps=4", timeout=30) as response,
+        ):
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received >= 3 * SLICE and origin.app.version(name) == 1:
+                    origin.app.bump(name)
+        assert received < 4 * 1024 * 1024  # never completed with a splice of two versions
+        fresh = httpx.get(f"{url}{path}?bandwidth_mbps=4", timeout=30)
+    # The query differs from the aborted request's, so compare with the new version.
+    assert fresh.status_code == 200
+    assert sha256(fresh.content) == expected_sha256(name, version=2)
+
+
+def test_changed_object_before_first_byte_restarts_on_new_version(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    name = "300000-restart.bin"
+    path = f"/files/{name}"
+    with proxy(slice_size=SLICE) as url:
+        httpx.get(f"{url}{path}", headers={"Range": "bytes=0-10"})  # caches meta + slice 0
+        origin.app.bump(name)
+        # Slice 0 is cached (old version), slice 4 is not: fetching it reveals the change
+        # before any byte was sent, so the response restarts and serves version 2 only.
+        response = httpx.get(f"{url}{path}", headers={"Range": "bytes=290000-290009"})
+    assert response.status_code == 206
+    assert response.content == expected_bytes(name, 2, 290000, 290009)
+
+
+def test_origin_ignoring_range_is_streamed_through(proxy: ProxyFactory) -> None:
+    name = "300000-norange.bin"
+    with proxy(slice_size=SLICE) as url:
+        first = httpx.get(f"{url}/files/{name}?fault=norange")
+        second = httpx.get(f"{url}/files/{name}?fault=norange")
+    for response in (first, second):
+        assert response.status_code == 200
+        assert sha256(response.content) == expected_sha256(name)
+
+
+def test_short_206_never_reaches_the_client_as_a_clean_body(proxy: ProxyFactory) -> None:
+    name = "300000-short.bin"
+    with proxy(slice_size=SLICE, max_retries=1) as url:
+        try:
+            response = httpx.get(f"{url}/files/{name}?fault=short")
+        except httpx.TransportError:
+            response = None  # aborted mid-body: the right outcome once bytes went out
+        if response is not None:
+            assert response.status_code in (502, 504)
+        again = httpx.get(f"{url}/files/{name}?fault=short", headers={"Range": "bytes=0-9"})
+    assert again.status_code in (502, 504) or again.content == expected_bytes(name, 1, 0, 9)
+
+
+def test_wrong_content_range_is_a_502_and_not_cached(proxy: ProxyFactory) -> None:
+    name = "300000-wrong.bin"
+    with proxy(slice_size=SLICE) as url:
+        response = httpx.get(f"{url}/files/{name}?fault=wrongrange")
+        again = httpx.get(f"{url}/files/{name}?fault=wrongrange")
+    assert response.status_code == 502
+    assert again.status_code == 502
+
+
+def test_failed_slice_after_start_aborts_never_eof(proxy: ProxyFactory, origin: Origin) -> None:
+    name = "1m-fail.bin"
+    path = f"/files/{name}"
+    with proxy(slice_size=SLICE, max_retries=0) as url:
+        # Warm slice 0 and the metadata, then make every further origin request fail.
+        httpx.get(f"{url}{path}?fault=status500", headers={"Range": "bytes=0-0"})
+        started = time.monotonic()
+        with pytest.raises(httpx.TransportError), httpx.stream("GET", f"{url}{path}") as r:
+            for _ in r.iter_raw():
+                pass
+    assert time.monotonic() - started < 30

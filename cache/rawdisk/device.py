@@ -1,0 +1,216 @@
+"""The device file: creation, space reservation, exclusive lock, positional I/O, O_DIRECT.
+
+Data is read with ``os.pread`` and written with ``os.pwritev`` in worker threads (the
+GIL is released during the syscall); nothing is mmap'd, so a full disk or a truncated
+file is an ``OSError`` on one request, never a SIGBUS. With ``use_direct_io`` the data
+path uses a second descriptor opened with ``O_DIRECT`` and page-aligned buffers
+(anonymous mmaps); metadata (superblock, checkpoints, journal) always goes through the
+page cache on the first descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import shutil
+import stat
+
+from cache.rawdisk.errors import RawDiskError
+from cache.rawdisk.layout import REGION_ALIGN
+
+log = logging.getLogger("slicecache.rawdisk")
+
+DIRECT_ALIGN = REGION_ALIGN
+
+
+def _round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+class Device:
+    def __init__(self, path: str, fd: int, is_block_device: bool, created: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.data_fd = fd
+        self.is_block_device = is_block_device
+        self.created = created
+        self.direct_io = False
+        self.direct_io_reason = "use_direct_io=false"
+
+    # --- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str) -> Device:
+        """Open (creating if missing) and lock ``path``. Space is reserved by :meth:`reserve`."""
+        created = False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise RawDiskError(f"{path} is neither a regular file nor a block device")
+        flags = os.O_RDWR | os.O_CLOEXEC
+        if st is None:
+            parent = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise RawDiskError(f"cannot create directory {parent}: {exc.strerror}") from None
+            flags |= os.O_CREAT | os.O_EXCL
+            created = True
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RawDiskError(
+                f"L2 device {path} is in use by another process (exclusive lock held); "
+                "a device belongs to exactly one slicecache process"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
+        is_blk = stat.S_ISBLK(os.fstat(fd).st_mode)
+        return cls(path, fd, is_blk, created)
+
+    def size(self) -> int:
+        if self.is_block_device:
+            return os.lseek(self.fd, 0, os.SEEK_END)
+        return os.fstat(self.fd).st_size
+
+    def reserve(self, total_size: int) -> None:
+        """Make sure ``total_size`` bytes are backed by real disk blocks.
+
+        A regular file is extended and reserved with posix_fallocate, so running out of disk
+        is this startup error rather than a failed write later. A block device must simply
+        be large enough.
+        """
+        if self.is_block_device:
+            size = self.size()
+            if size < total_size:
+                raise RawDiskError(
+                    f"block device {self.path} holds {size} bytes, less than total_size "
+                    f"{total_size}"
+                )
+            return
+        try:
+            os.posix_fallocate(self.fd, 0, total_size)
+        except OSError as exc:
+            free = None
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+            reason = exc.strerror or str(exc)
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                reason = f"not enough disk space ({reason})"
+            where = f"; the filesystem has {free} bytes free" if free is not None else ""
+            raise RawDiskError(
+                f"cannot reserve total_size={total_size} bytes for L2 device {self.path}: "
+                f"{reason}{where}"
+            ) from None
+
+    def enable_direct_io(self, block_size: int, probe_offset: int) -> None:
+        """Open the O_DIRECT data descriptor, or record why it is impossible."""
+        if not hasattr(os, "O_DIRECT"):
+            self.direct_io_reason = "this platform has no O_DIRECT"
+            return
+        if block_size % DIRECT_ALIGN:
+            self.direct_io_reason = (
+                f"block_size {block_size} is not a multiple of {DIRECT_ALIGN}, the alignment "
+                "O_DIRECT needs"
+            )
+            return
+        try:
+            dfd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError as exc:
+            self.direct_io_reason = f"the filesystem refuses O_DIRECT ({exc.strerror})"
+            return
+        buf = mmap.mmap(-1, DIRECT_ALIGN)
+        try:
+            os.preadv(dfd, [buf], probe_offset)
+        except OSError as exc:
+            os.close(dfd)
+            self.direct_io_reason = f"an aligned O_DIRECT read failed ({exc.strerror})"
+            return
+        finally:
+            buf.close()
+        self.data_fd = dfd
+        self.direct_io = True
+        self.direct_io_reason = "O_DIRECT enabled"
+
+    def close(self) -> None:
+        if self.data_fd != self.fd:
+            os.close(self.data_fd)
+            self.data_fd = self.fd
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the flock
+            self.fd = -1
+
+    # --- metadata I/O (page cache) ------------------------------------------------------
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+
+    def sync_meta(self) -> None:
+        os.fdatasync(self.fd)
+
+    def sync_data(self) -> None:
+        os.fdatasync(self.data_fd)
+
+    # --- data I/O -----------------------------------------------------------------------
+
+    def write_extent(self, parts: list[bytes | memoryview], offset: int) -> None:
+        total = sum(len(p) for p in parts)
+        if self.direct_io:
+            size = _round_up(total, DIRECT_ALIGN)
+            buf = mmap.mmap(-1, size)
+            try:
+                pos = 0
+                for part in parts:
+                    buf[pos : pos + len(part)] = part
+                    pos += len(part)
+                view = memoryview(buf)
+                try:
+                    done = 0
+                    while done < size:
+                        done += os.pwrite(self.data_fd, view[done:], offset + done)
+                finally:
+                    view.release()
+            finally:
+                buf.close()
+            return
+        done = os.pwritev(self.fd, parts, offset)
+        if done < total:  # rare: finish the remainder as one buffer
+            rest = b"".join(bytes(p) for p in parts)[done:]
+            self.pwrite(rest, offset + done)
+
+    def read_extent(self, length: int, offset: int) -> bytes:
+        if self.direct_io:
+            size = _round_up(length, DIRECT_ALIGN)
+            buf = mmap.mmap(-1, size)
+            try:
+                got = os.preadv(self.data_fd, [buf], offset)
+                return buf[: min(got, length)]
+            finally:
+                buf.close()
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length and data:
+            more = os.pread(self.fd, length - len(data), offset + len(data))
+            data += more
+        return data
+
+    def prefetch(self, offset: int, length: int) -> None:
+        if not self.direct_io:
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)

@@ -146,6 +146,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds an object is fresh when the origin says nothing about freshness.",
     )
+    stale_if_error_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="Seconds past expiry a stale object may stand in for a failed origin "
+        "when the origin gives no stale-if-error (a must-revalidate or no-cache still wins).",
+    )
+    write_behind_queue_size: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Slices waiting to be written to L2; when full, L2 writes are skipped.",
+    )
     l1_cache_size_bytes: int = Field(
         default=100 * MiB, ge=0, description="Budget of the in-memory tier in bytes."
     )

@@ -21,13 +21,15 @@ from app.accesslog import AccessLogMiddleware, configure_logging
 from app.asgi_io import send_text
 from app.context import RequestContext
 from app.fills import ByteBudget
+from app.httpcache.freshness import FreshnessPolicy
 from app.lifecycle import Lifecycle
+from app.objects import ObjectDirectory
 from app.proxy import pass_through
 from app.sliced import serve_sliced
 from app.slicer import SliceEngine
 from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
 from cache.memory import MemoryStore
-from cache.protocol import Store
+from cache.tiered import TieredStore
 from settings import Settings, load_settings
 
 TransportFactory = Callable[[Settings], httpx.AsyncBaseTransport]
@@ -40,16 +42,14 @@ class Runtime:
     settings: Settings
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     upstream: UpstreamClient | None = None
-    store: Store | None = None
-    engine: SliceEngine | None = None
+    store: TieredStore | None = None
+    directory: ObjectDirectory | None = None
     slice_patterns: list[re.Pattern[str]] = field(default_factory=list)
 
     def sliceable(self, ctx: RequestContext) -> bool:
         """GET/HEAD of a matching path, without a body or credentials, with caching on."""
-        if self.engine is None or ctx.method not in ("GET", "HEAD") or ctx.has_body:
+        if self.directory is None or ctx.method not in ("GET", "HEAD") or ctx.has_body:
             return False
-        if ctx.header("authorization") is not None:
-            return False  # a shared cache does not store authenticated answers (RFC 9111 3.5)
         if self.slice_patterns:
             return any(pattern.search(ctx.path) for pattern in self.slice_patterns)
         return True
@@ -79,12 +79,12 @@ class ProxyEndpoint:
         runtime.lifecycle.request_started()
         preserve_host = runtime.settings.preserve_host
         try:
-            if runtime.engine is not None and runtime.sliceable(ctx):
+            if runtime.directory is not None and runtime.sliceable(ctx):
                 await serve_sliced(
                     ctx,
                     receive,
                     send,
-                    runtime.engine,
+                    runtime.directory,
                     runtime.object_key(ctx),
                     preserve_host=preserve_host,
                 )
@@ -119,23 +119,33 @@ def create_app(
             settings.upstream_base_url, timeouts, make_transport(settings)
         )
         if settings.enable_cache:
-            runtime.store = MemoryStore(settings.l1_cache_size_bytes)
-            runtime.engine = SliceEngine(
+            runtime.store = TieredStore(
+                MemoryStore(settings.l1_cache_size_bytes),
+                None,
+                queue_size=settings.write_behind_queue_size,
+            )
+            engine = SliceEngine(
                 upstream=runtime.upstream,
                 store=runtime.store,
                 slice_size=settings.slice_size,
                 lookahead=settings.max_concurrent_subrequests,
                 max_retries=settings.max_retries,
-                default_ttl=settings.cache_ttl,
                 budget=ByteBudget(settings.max_in_flight_bytes),
             )
+            policy = FreshnessPolicy(
+                default_ttl=settings.cache_ttl,
+                default_stale_if_error=settings.stale_if_error_seconds,
+            )
+            runtime.directory = ObjectDirectory(engine, runtime.store, policy)
+            engine.on_object_changed = runtime.directory.forget
         runtime.lifecycle.ready = True
         try:
             yield
         finally:
             runtime.lifecycle.ready = False
-            if runtime.engine is not None:
-                await runtime.engine.close()
+            if runtime.directory is not None:
+                await runtime.directory.close()
+                await runtime.directory.engine.close()
             if runtime.store is not None:
                 await runtime.store.close()
             await runtime.upstream.aclose()

@@ -1,4 +1,4 @@
-"""What the cache remembers about one object: size, validators, stored headers, freshness."""
+"""What the cache remembers about one object: size, validators, stored headers, timing."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass
 
 from cache.keys import version_tag
 
-# Fields a stored response must not replay: they describe one message, not the object.
+# Fields a stored response does not keep: they describe one message, not the object, or
+# (Set-Cookie) belong to one client. Date and Age are kept: age is computed from them.
 NOT_STORED = frozenset(
-    {"content-length", "content-range", "date", "server", "age", "set-cookie", "x-request-id"}
+    {"content-length", "content-range", "server", "set-cookie", "x-request-id", "accept-ranges"}
 )
 
 
@@ -18,12 +19,11 @@ class ObjectMeta:
     size: int
     etag: str | None
     last_modified: str | None
-    headers: list[tuple[str, str]]  # end-to-end response headers to replay (lowercase names)
-    request_time: float  # when we asked the origin (RFC 9111 4.2.3 request_time)
-    response_time: float  # when the answer arrived (response_time)
-    expires_at: float  # end of freshness, unix seconds
-    date_value: float | None = None  # the origin's Date, for age computation
-    age_value: int = 0  # the origin's Age header when stored
+    headers: list[tuple[str, str]]  # stored response headers, lowercase names
+    request_time: float  # RFC 9111 4.2.3 request_time of the exchange that stored/validated it
+    response_time: float  # ... and its response_time
+    vary: list[str] | None = None  # request fields the response varies on
+    whole: bool = False  # stored from a 200 of one slice: the origin may not serve ranges
 
     @property
     def validator(self) -> str | None:
@@ -36,10 +36,9 @@ class ObjectMeta:
 
     @property
     def version(self) -> str:
+        """Part of every slice key: slices of two versions can never be read as one."""
         validator = self.validator
-        if validator is None:
-            raise ValueError("an object without a validator has no version")
-        return version_tag(validator)
+        return version_tag(validator if validator is not None else f"unvalidated:{self.size}")
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:

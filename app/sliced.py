@@ -14,10 +14,13 @@ from app import ranges
 from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
 from app.context import RequestContext
 from app.headers import Headers, end_to_end, with_via
+from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
+from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
 from app.objectmeta import ObjectMeta
+from app.objects import Forward, ObjectDirectory, Opened, Refuse
 from app.proxy import kind, pass_through, relay_response, reply_upstream_error
-from app.slicer import ObjectChanged, SliceEngine, SliceError, SliceStats, Unsliceable
+from app.slicer import ObjectChanged, SliceEngine, SliceError, SliceStats
 from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
@@ -28,13 +31,21 @@ NOT_REPLAYED = frozenset(
 )
 
 
+# RFC 9110 15.4.5: a 304 carries the validators and caching fields, not content metadata.
+NOT_IN_304 = frozenset({"content-type", "content-encoding", "content-language", "accept-ranges"})
+
+
 class ResponseAborted(Exception):
     """Bytes were already sent; the only honest end is a reset connection."""
 
 
-def x_cache(hit: int, total: int) -> str:
+def x_cache(status: CacheStatus, hit: int, total: int) -> str:
+    """HIT/PARTIAL/MISS by slices for fresh or fetched objects; STALE, REVALIDATED, BYPASS."""
+    summary = status.x_cache()
+    if summary not in (XCache.HIT, XCache.MISS):
+        return str(summary)
     if total == 0 or hit == total:
-        return "HIT"
+        return "HIT" if status.hit else str(summary)
     return "MISS" if hit == 0 else "PARTIAL"
 
 
@@ -50,15 +61,16 @@ async def serve_sliced(
     ctx: RequestContext,
     receive: Receive,
     send: Send,
-    engine: SliceEngine,
+    directory: ObjectDirectory,
     object_key: str,
     *,
     preserve_host: bool,
 ) -> None:
+    engine = directory.engine
     # One restart is allowed: the object changed before we sent a byte of it.
     for attempt in range(2):
         try:
-            opened, probed = await engine.open(object_key, ctx.target, ctx.headers)
+            opened = await directory.open(object_key, ctx.target, ctx.headers)
         except (httpx.TransportError, SliceError) as error:
             ctx.log.cache = "MISS"
             if isinstance(error, httpx.TransportError):
@@ -66,7 +78,11 @@ async def serve_sliced(
             else:
                 await send_text(send, 502, f"Bad Gateway: {error}")
             return
-        if isinstance(opened, Unsliceable):
+        if isinstance(opened, Refuse):
+            ctx.log.cache = "MISS"
+            await send_text(send, opened.status, f"Gateway Timeout: {opened.reason}")
+            return
+        if isinstance(opened, Forward):
             ctx.log.cache = "BYPASS"
             if opened.response is not None:
                 await relay_response(ctx, receive, send, opened.response)
@@ -74,7 +90,7 @@ async def serve_sliced(
                 await pass_through(ctx, receive, send, engine.upstream, preserve_host=preserve_host)
             return
         try:
-            await _answer(ctx, receive, send, engine, object_key, opened, probed)
+            await _answer(ctx, receive, send, engine, opened)
             return
         except ObjectChanged:
             if attempt == 0:
@@ -91,12 +107,30 @@ async def _answer(
     receive: Receive,
     send: Send,
     engine: SliceEngine,
-    object_key: str,
-    meta: ObjectMeta,
-    probed: bool,
+    opened: Opened,
 ) -> None:
+    meta, entry_key = opened.meta, opened.entry_key
     size = meta.size
     headers = replay_headers(meta, time.time())
+    cache_status = append_cache_status(
+        [v for k, v in meta.headers if k == "cache-status"], opened.status.header_value()
+    )
+    headers = [(k, v) for k, v in headers if k != "cache-status"]
+    headers.append(("cache-status", cache_status))
+
+    precondition = evaluate_client_conditionals(
+        ctx.method, ctx.headers, meta.etag, meta.last_modified
+    )
+    if precondition == 304:
+        ctx.log.cache = str(opened.status.x_cache())
+        not_modified = [(k, v) for k, v in headers if k not in NOT_IN_304]
+        await send_start(send, 304, not_modified)
+        await send_body(send, b"", more=False)
+        return
+    if precondition == 412:
+        await send_text(send, 412, "Precondition Failed")
+        return
+
     range_header = ctx.header("range")
     if range_header is not None and not ranges.if_range_allows(
         ctx.header("if-range"), meta.etag, meta.last_modified
@@ -139,12 +173,13 @@ async def _answer(
         len(range(first // engine.slice_size, last // engine.slice_size + 1))
         for first, last in spans
     )
-    cached = sum(engine.cached_slices(object_key, meta, first, last) for first, last in spans)
-    if probed and spans and spans[0][0] < engine.slice_size:
+    cached = sum(engine.cached_slices(entry_key, meta, first, last) for first, last in spans)
+    if opened.probed and spans and spans[0][0] < engine.slice_size:
         cached = max(0, cached - 1)  # slice 0 came with this request's own probe
-    headers.append(("x-cache", x_cache(cached, total_slices)))
+    summary = x_cache(opened.status, cached, total_slices)
+    headers.append(("x-cache", summary))
     headers.append(("x-cache-slices", f"hit={cached}, miss={total_slices - cached}"))
-    ctx.log.cache = x_cache(cached, total_slices)
+    ctx.log.cache = summary
 
     if ctx.method == "HEAD" or not spans:
         await send_start(send, status, headers)
@@ -154,16 +189,16 @@ async def _answer(
     stats = SliceStats()
     if boundary is None:
         pieces = engine.stream(
-            object_key, ctx.target, meta, spans[0][0], spans[0][1], ctx.headers, stats
+            entry_key, ctx.target, meta, spans[0][0], spans[0][1], ctx.headers, stats
         )
     else:
-        pieces = _multipart(engine, object_key, ctx, meta, decision.ranges, boundary, stats)
+        pieces = _multipart(engine, entry_key, ctx, meta, decision.ranges, boundary, stats)
     await _send_stream(ctx, receive, send, status, headers, pieces)
 
 
 async def _multipart(
     engine: SliceEngine,
-    object_key: str,
+    entry_key: str,
     ctx: RequestContext,
     meta: ObjectMeta,
     parts: tuple[ranges.ByteRange, ...],
@@ -174,7 +209,7 @@ async def _multipart(
     for part in parts:
         yield ranges.multipart_part_header(part, meta.size, content_type, boundary)
         stream = engine.stream(
-            object_key, ctx.target, meta, part.first, part.last, ctx.headers, stats
+            entry_key, ctx.target, meta, part.first, part.last, ctx.headers, stats
         )
         async with contextlib.aclosing(stream):
             async for piece in stream:

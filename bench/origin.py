@@ -44,6 +44,7 @@ Several faults combine with commas (``fault=nolength,short``).
 Other routes: ``/echo...`` (any method; JSON of the request, body hashed while streamed),
 ``/status/<code>``, ``/cookies`` (two Set-Cookie), ``/slow-headers?ms=N``.
 Control routes (not logged, no latency): ``POST /_origin/bump?name=<file name>``,
+``POST /_origin/fault?name=<file name>&fault=<faults>`` (sticky faults; empty clears),
 ``GET|DELETE /_origin/log``, ``GET /_origin/stats``.
 
 Pacing (``--bandwidth-mbps``, ``bandwidth_mbps=``): each response body is a token bucket
@@ -187,6 +188,8 @@ class RequestRecord:
     range: str | None
     status: int | None = None
     bytes_sent: int = 0
+    finished: bool = False  # the app is done with the request
+    client_left: bool = False  # the client (the proxy) went away before the end
 
 
 class OriginFaultReset(RuntimeError):
@@ -246,6 +249,7 @@ class _Request:
     query: dict[str, str]  # last value wins for repeated keys
     headers: dict[str, str]  # lower-cased names, repeated fields joined with ", "
     raw_headers: list[tuple[str, str]]
+    raw_path: str  # still percent-encoded, as it came off the wire
 
     @classmethod
     def from_scope(cls, scope: Scope) -> _Request:
@@ -256,7 +260,8 @@ class _Request:
         for key, value in raw:
             name = key.lower()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return cls(scope["method"], scope["path"], raw_query, query, headers, raw)
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        return cls(scope["method"], scope["path"], raw_query, query, headers, raw, raw_path)
 
 
 class _Exchange:
@@ -371,6 +376,7 @@ class OriginApp:
         # app is driven without a server, e.g. through httpx.ASGITransport.
         self.date_header = date_header
         self.versions: dict[str, int] = {}
+        self.sticky_faults: dict[str, set[str]] = {}
         # Bounded: a benchmark sends millions of requests; the counters below stay exact.
         self.log: deque[RequestRecord] = deque(maxlen=log_limit)
         self.requests = 0
@@ -383,6 +389,13 @@ class OriginApp:
 
     def version(self, name: str) -> int:
         return self.versions.get(name, 1)
+
+    def set_fault(self, name: str, faults: str) -> None:
+        """Apply ``faults`` (as in ``?fault=``) to every request for ``name``; "" clears."""
+        if faults:
+            self.sticky_faults[name] = set(faults.split(","))
+        else:
+            self.sticky_faults.pop(name, None)
 
     def bump(self, name: str) -> int:
         """Make ``name`` a new version: new content, ETag and Last-Modified."""
@@ -422,6 +435,8 @@ class OriginApp:
             await self._route(exchange, req)
         finally:
             self.in_flight -= 1
+            record.client_left = exchange.disconnected
+            record.finished = True
             exchange.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -489,6 +504,7 @@ class OriginApp:
         payload = {
             "method": req.method,
             "path": req.path,
+            "raw_path": req.raw_path,
             "query": req.raw_query,
             # The raw list, not the merged dict: pass-through tests look at duplicates.
             "headers": [list(pair) for pair in req.raw_headers],
@@ -508,7 +524,7 @@ class OriginApp:
             await ex.simple(404, b"no such file\n", plain, common)
             return
         query = req.query
-        faults = set(query.get("fault", "").split(","))
+        faults = set(query.get("fault", "").split(",")) | self.sticky_faults.get(name, set())
         if "status500" in faults:
             await ex.simple(500, b"fault: status500\n", plain, common)
             return
@@ -672,6 +688,15 @@ class OriginApp:
             version = self.bump(name)
             body = {"name": name, "version": version, "etag": etag_for(name, version)}
             await ex.simple(200, _json(body), json_type, [])
+        elif req.path == "/_origin/fault" and req.method == "POST":
+            name = req.query.get("name")
+            if not name:
+                await ex.simple(400, _json({"error": "name= is required"}), json_type, [])
+                return
+            self.set_fault(name, req.query.get("fault", ""))
+            await ex.simple(
+                200, _json({"name": name, "fault": req.query.get("fault", "")}), json_type, []
+            )
         elif req.path == "/_origin/log" and req.method == "GET":
             await ex.simple(200, _json(self.log_entries()), json_type, [])
         elif req.path == "/_origin/log" and req.method == "DELETE":

@@ -171,12 +171,12 @@ def test_client_disconnect_closes_the_upstream_at_once(proxy: ProxyFactory, orig
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             entries = origin.requests_for(path)
-            if entries and entries[-1].get("finished"):
+            if entries and entries[-1]["finished"]:
                 break
             time.sleep(0.05)
     entries = origin.requests_for(path)
     assert entries, "the origin never saw the request"
-    assert entries[-1].get("finished"), "the upstream request was still open"
+    assert entries[-1]["finished"] and entries[-1]["client_left"], "upstream still open"
     assert entries[-1]["bytes_sent"] < 50 * 1024 * 1024
 
 

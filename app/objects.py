@@ -1,0 +1,411 @@
+"""Object metadata and the shared-cache decisions around it (RFC 9111).
+
+:meth:`ObjectDirectory.open` answers "how do I serve this GET?": from the stored object
+(fresh, or stale where allowed), after revalidating it, or from a new probe. A probe is
+one ``Range: bytes=0-(S-1)`` request whose answer carries the size and validators and is
+itself slice 0; a revalidation is the same request with the stored validators, so a 304
+refreshes the headers and keeps every slice. Concurrent requests share one probe.
+
+A response that may not be stored (``private``, ``no-store``, ``Vary: *``...) is served
+to the request that fetched it under a key of its own, never shared with another client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+from cachetools import LRUCache
+
+from app.headers import Headers, decode_raw, end_to_end, get
+from app.httpcache.cache_status import CacheStatus
+from app.httpcache.conditional import (
+    merge_304_headers,
+    not_modified_matches,
+    validators_for_revalidation,
+)
+from app.httpcache.freshness import (
+    FreshnessPolicy,
+    Outcome,
+    StoredResponseInfo,
+    decide,
+    on_miss,
+)
+from app.httpcache.storable import storability
+from app.httpcache.vary import selecting_headers, vary_field_names
+from app.objectmeta import NOT_STORED, ObjectMeta
+from app.slicer import SliceEngine, SliceError, parse_content_range
+from cache import keys
+from cache.protocol import Store
+
+log = logging.getLogger("slicecache.objects")
+
+UNSATISFIED_EMPTY = "bytes */0"
+# How long an origin that ignored Range for a large object is not probed again.
+UNSLICEABLE_MEMORY_SECONDS = 60.0
+
+
+@dataclass(slots=True)
+class Opened:
+    """Serve ``meta`` from slices under ``entry_key``."""
+
+    meta: ObjectMeta
+    entry_key: str
+    status: CacheStatus
+    probed: bool = False  # this request's own probe fetched slice 0
+    shareable: bool = True  # False: private to this response, never stored
+
+
+@dataclass(slots=True)
+class Forward:
+    """Not served from slices: relay ``response`` if given, else pass the request through."""
+
+    reason: str
+    response: httpx.Response | None = None
+
+
+@dataclass(slots=True)
+class Refuse:
+    status: int
+    reason: str
+
+
+Opening = Opened | Forward | Refuse
+
+
+def variant_entry_key(object_key: str, vary: list[str], request_headers: Headers) -> str:
+    """The entry key of the Vary variant this request selects."""
+    return keys.variant_key(object_key, selecting_headers(tuple(vary), request_headers) or [])
+
+
+@dataclass(slots=True)
+class _Probe:
+    future: asyncio.Future[Opened | Forward]
+    relay: httpx.Response | None = None  # for the request that started the probe only
+
+
+@dataclass
+class ObjectDirectory:
+    engine: SliceEngine
+    store: Store | None
+    policy: FreshnessPolicy
+    _metas: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=4096))
+    _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
+    _probes: dict[str, _Probe] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # --- lookup --------------------------------------------------------------------------
+
+    async def open(self, object_key: str, target: str, request_headers: Headers) -> Opening:
+        until = self._unsliceable.get(object_key)
+        if until is not None and until > time.time():
+            return Forward("origin does not serve ranges of this object")
+        entry_key, meta = await self._lookup(object_key, request_headers)
+        if meta is None:
+            if on_miss(request_headers) is not None:
+                return Refuse(504, "only-if-cached: not in cache")
+            return await self._probe_shared(entry_key, object_key, target, request_headers, None)
+
+        now = time.time()
+        stored = StoredResponseInfo(200, meta.headers, meta.request_time, meta.response_time)
+        decision = decide(stored, request_headers, now, policy=self.policy)
+        if decision.serve_stored:
+            if decision.outcome is Outcome.FRESH:
+                status = CacheStatus.fresh_hit(decision.ttl)
+            else:
+                status = CacheStatus.stale_hit(decision.ttl, decision.reason)
+            if decision.revalidate_in_background:
+                self._revalidate_in_background(entry_key, object_key, target, request_headers)
+            return Opened(meta, entry_key, status)
+        if decision.error_status is not None:
+            return Refuse(decision.error_status, "only-if-cached: stored response is stale")
+
+        try:
+            result = await self._probe_shared(entry_key, object_key, target, request_headers, meta)
+        except (httpx.TransportError, SliceError):
+            if decision.may_serve_on_error(time.time()):
+                return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, None))
+            raise
+        if (
+            isinstance(result, Forward)
+            and result.response is not None
+            and result.response.status_code >= 500
+            and decision.may_serve_on_error(time.time())
+        ):
+            code = result.response.status_code
+            await result.response.aclose()
+            return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, code))
+        return result
+
+    async def _lookup(
+        self, object_key: str, request_headers: Headers
+    ) -> tuple[str, ObjectMeta | None]:
+        """The entry key for this request (its Vary variant) and what is stored there."""
+        base = await self.cached_meta(object_key)
+        if base is None or not base.vary:
+            return object_key, base
+        entry_key = variant_entry_key(object_key, base.vary, request_headers)
+        return entry_key, await self.cached_meta(entry_key)
+
+    async def cached_meta(self, key: str) -> ObjectMeta | None:
+        meta = self._metas.get(key)
+        if meta is not None or self.store is None:
+            return meta
+        blob = await self.store.get_meta(key)
+        if blob is None:
+            return None
+        try:
+            meta = ObjectMeta.from_bytes(blob)
+        except (ValueError, TypeError, KeyError):
+            log.warning("unreadable metadata dropped", extra={"fields": {"key": key}})
+            await self.store.delete(key)
+            return None
+        self._metas[key] = meta
+        return meta
+
+    # --- invalidation --------------------------------------------------------------------
+
+    async def forget(self, object_key: str) -> int:
+        """Drop the object, its variants and slices from every tier (change, purge, 4.4)."""
+        for key in [k for k in self._metas if keys.belongs_to(k, object_key)]:
+            self._metas.pop(key, None)
+        self._unsliceable.pop(object_key, None)
+        self.engine.generation += 1
+        return await self.store.delete(object_key) if self.store is not None else 0
+
+    async def forget_prefix(self, prefix: str) -> int:
+        for key in [k for k in self._metas if k.startswith(prefix)]:
+            self._metas.pop(key, None)
+        for key in [k for k in self._unsliceable if k.startswith(prefix)]:
+            self._unsliceable.pop(key, None)
+        self.engine.generation += 1
+        return await self.store.delete_prefix(prefix) if self.store is not None else 0
+
+    async def forget_all(self) -> int:
+        self._metas.clear()
+        self._unsliceable.clear()
+        self.engine.generation += 1
+        return await self.store.clear() if self.store is not None else 0
+
+    # --- probes --------------------------------------------------------------------------
+
+    def _revalidate_in_background(
+        self, entry_key: str, object_key: str, target: str, request_headers: Headers
+    ) -> None:
+        if entry_key in self._probes:
+            return  # one refresh at a time
+
+        async def refresh() -> None:
+            meta = await self.cached_meta(entry_key)
+            try:
+                result = await self._probe_shared(
+                    entry_key, object_key, target, request_headers, meta
+                )
+            except Exception as error:
+                log.info("background revalidation failed", extra={"fields": {"error": str(error)}})
+                return
+            if isinstance(result, Forward) and result.response is not None:
+                await result.response.aclose()
+
+        task = asyncio.get_running_loop().create_task(refresh())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _probe_shared(
+        self,
+        probe_key: str,
+        object_key: str,
+        target: str,
+        request_headers: Headers,
+        stored: ObjectMeta | None,
+    ) -> Opened | Forward:
+        probe = self._probes.get(probe_key)
+        if probe is not None:
+            result = await asyncio.shield(probe.future)
+            if isinstance(result, Opened) and result.shareable:
+                if self._variant_of(result, object_key, request_headers) == result.entry_key:
+                    status = dataclasses.replace(result.status, collapsed=True)
+                    return dataclasses.replace(result, probed=False, status=status)
+            return Forward("the shared origin answer is not reusable for this request")
+        loop = asyncio.get_running_loop()
+        probe = _Probe(loop.create_future())
+        self._probes[probe_key] = probe
+        task = loop.create_task(self._run_probe(probe, object_key, target, request_headers, stored))
+        task.add_done_callback(lambda _: self._probes.pop(probe_key, None))
+        try:
+            result = await asyncio.shield(probe.future)
+        except asyncio.CancelledError:
+            task.add_done_callback(lambda _: self._drop_relay(probe))
+            raise
+        if isinstance(result, Forward) and probe.relay is not None:
+            relay, probe.relay = probe.relay, None
+            return Forward(result.reason, relay)
+        return result
+
+    def _variant_of(self, opened: Opened, object_key: str, request_headers: Headers) -> str:
+        if not opened.meta.vary:
+            return object_key
+        return variant_entry_key(object_key, opened.meta.vary, request_headers)
+
+    def _drop_relay(self, probe: _Probe) -> None:
+        if probe.relay is not None:
+            relay, probe.relay = probe.relay, None
+            self._background.add(asyncio.get_running_loop().create_task(relay.aclose()))
+
+    async def _run_probe(
+        self,
+        probe: _Probe,
+        object_key: str,
+        target: str,
+        request_headers: Headers,
+        stored: ObjectMeta | None,
+    ) -> None:
+        try:
+            result = await self._probe_origin(probe, object_key, target, request_headers, stored)
+        except BaseException as error:
+            if not probe.future.done():
+                probe.future.set_exception(error)
+                probe.future.exception()  # marked retrieved: each waiter re-raises it
+            if not isinstance(error, Exception):
+                raise
+            return
+        if not probe.future.done():
+            probe.future.set_result(result)
+
+    async def _probe_origin(
+        self,
+        probe: _Probe,
+        object_key: str,
+        target: str,
+        request_headers: Headers,
+        stored: ObjectMeta | None,
+    ) -> Opened | Forward:
+        engine = self.engine
+        headers = engine.slice_request_headers(request_headers, 0, engine.slice_size - 1, None)
+        if stored is not None:
+            headers += validators_for_revalidation(stored.headers)
+        request_time = time.time()
+        engine.origin_requests += 1
+        response = await engine.upstream.send("GET", target, headers)
+        response_time = time.time()
+        response_headers = decode_raw(response.headers.raw)
+        status = response.status_code
+
+        if status == 304 and stored is not None:
+            await response.aclose()
+            if not not_modified_matches(stored.headers, response_headers):
+                return await self._probe_origin(probe, object_key, target, request_headers, None)
+            meta = dataclasses.replace(
+                stored,
+                headers=merge_304_headers(stored.headers, response_headers),
+                request_time=request_time,
+                response_time=response_time,
+            )
+            entry_key = await self._adopt(object_key, meta, request_headers)
+            info = StoredResponseInfo(200, meta.headers, request_time, response_time)
+            ttl = decide(info, [], time.time(), policy=self.policy).ttl
+            return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
+
+        size: int | None = None
+        whole = False
+        in_hand: httpx.Response | None = response
+        if status == 206:
+            first, last, total = parse_content_range(get(response_headers, "content-range")) or (
+                -1,
+                -1,
+                None,
+            )
+            if first != 0 or total is None or last != min(engine.slice_size, total) - 1:
+                await response.aclose()
+                raise SliceError("origin's first slice has a wrong Content-Range", retryable=False)
+            size = total
+        elif status == 200:
+            length = get(response_headers, "content-length")
+            if length is not None and length.isdigit() and int(length) <= engine.slice_size:
+                size, whole = int(length), True  # one slice: cached whole, ranges or not
+        elif status == 416:
+            if (get(response_headers, "content-range") or "").replace(" ", "") == "bytes*/0":
+                size = 0
+            await response.aclose()
+            in_hand = None
+        if size is None:
+            probe.relay = in_hand
+            if status == 200:
+                self._unsliceable[object_key] = time.time() + UNSLICEABLE_MEMORY_SECONDS
+                return Forward("origin ignores Range for this object")
+            return Forward(f"origin answered {status}")
+
+        meta = self._meta_from(response_headers, size, request_time, response_time, whole)
+        decision = storability("GET", 200, request_headers, response_headers)
+        if decision.store and meta.validator is None and size > engine.slice_size:
+            # Without a validator two versions could be spliced: relay, never slice.
+            if in_hand is not None:
+                await in_hand.aclose()
+            return Forward("no validator to pin the object's version")
+        if decision.store:
+            entry_key = await self._adopt(object_key, meta, request_headers)
+            cache_status = CacheStatus.miss(fwd_status=status, stored=True)
+        else:
+            entry_key = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
+            cache_status = CacheStatus.bypass(decision.reason)
+        if in_hand is not None and size > 0:
+            engine.start_fill(
+                keys.slice_key(entry_key, meta.version, 0),
+                (0, min(engine.slice_size, size) - 1),
+                target,
+                meta,
+                request_headers,
+                in_hand,
+                store=decision.store,
+            )
+        elif in_hand is not None:
+            await in_hand.aclose()
+        return Opened(meta, entry_key, cache_status, probed=True, shareable=decision.store)
+
+    def _meta_from(
+        self,
+        headers: Headers,
+        size: int,
+        request_time: float,
+        response_time: float,
+        whole: bool,
+    ) -> ObjectMeta:
+        vary = vary_field_names(headers)
+        return ObjectMeta(
+            size=size,
+            etag=get(headers, "etag"),
+            last_modified=get(headers, "last-modified"),
+            headers=end_to_end(headers, NOT_STORED),
+            request_time=request_time,
+            response_time=response_time,
+            vary=list(vary) if vary and vary != "*" else None,
+            whole=whole,
+        )
+
+    async def _adopt(self, object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
+        """Store ``meta`` as the current version; returns the entry key it lives under."""
+        entry_key = object_key
+        if meta.vary:
+            entry_key = variant_entry_key(object_key, meta.vary, request_headers)
+        old = await self.cached_meta(entry_key)
+        if old is not None and old.validator != meta.validator:
+            await self.forget(object_key)  # a new version: the old slices are garbage
+        blob = meta.to_bytes()
+        self._metas[entry_key] = meta
+        if self.store is not None:
+            await self.store.put_meta(entry_key, blob, None)
+        if entry_key != object_key:
+            # The object's own key remembers what it varies on, for the next lookup.
+            self._metas[object_key] = meta
+            if self.store is not None:
+                await self.store.put_meta(object_key, blob, None)
+        return entry_key
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()

@@ -1,0 +1,242 @@
+"""L1 over L2 behind the store protocol: promotion, write-behind, purge without resurrection.
+
+Reads go to L1, then L2; an L2 hit is promoted to L1. Writes land in L1 at once and reach
+L2 through a bounded queue drained by one background task: a full queue drops the L2
+write (counted), it never blocks the client stream. An error in a tier is logged and
+counted and degrades to the next tier; it never fails a request.
+
+Purges must leave no window in which a purged entry comes back. Two places could bring
+one back: a queued (or in-progress) L2 write of a purged key, and a concurrent L2 read
+that promotes into L1 after the purge. Every purge is recorded with an epoch number;
+queued writes and reads in flight carry the epoch they started in, and anything a later
+purge matches is discarded (and deleted from L2 again if it was already written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from cache.keys import belongs_to
+from cache.memory import MemoryStore
+from cache.protocol import SliceData, Store
+
+log = logging.getLogger("slicecache.cache")
+
+KeyMatcher = Callable[[str], bool]
+
+
+@dataclass(slots=True)
+class _Write:
+    kind: str  # "slice" or "meta"
+    key: str
+    data: SliceData
+    expires_at: float | None
+    epoch: int
+
+
+class TieredStore:
+    name = "tiered"
+
+    def __init__(self, l1: MemoryStore | None, l2: Store | None, queue_size: int = 64) -> None:
+        self.l1 = l1
+        self.l2 = l2
+        self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=max(queue_size, 1))
+        self._epoch = 0
+        self._purges: list[tuple[int, KeyMatcher]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._writing: _Write | None = None
+        self.counters = {
+            "write_behind_dropped": 0,
+            "write_behind_written": 0,
+            "l2_errors": 0,
+            "l1_promotions": 0,
+            "stale_writes_discarded": 0,
+        }
+
+    # --- purge bookkeeping ---------------------------------------------------------------
+
+    def _purged_since(self, epoch: int, key: str) -> bool:
+        return any(when > epoch and matches(key) for when, matches in self._purges)
+
+    def _record_purge(self, matches: KeyMatcher) -> None:
+        self._epoch += 1
+        self._purges.append((self._epoch, matches))
+
+    def _trim_purges(self) -> None:
+        if self._queue.empty() and self._writing is None:
+            self._purges.clear()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get_slice(self, key: str) -> SliceData | None:
+        if self.l1 is not None:
+            data = await self.l1.get_slice(key)
+            if data is not None:
+                return data
+        if self.l2 is None:
+            return None
+        epoch = self._epoch
+        try:
+            data = await self.l2.get_slice(key)
+        except Exception:
+            self.counters["l2_errors"] += 1
+            log.exception("L2 read failed; serving from the origin")
+            return None
+        if data is None or self._purged_since(epoch, key):
+            return None
+        if self.l1 is not None:
+            await self.l1.put_slice(key, bytes(data), None)
+            self.counters["l1_promotions"] += 1
+        return data
+
+    async def get_meta(self, key: str) -> bytes | None:
+        if self.l1 is not None:
+            meta = await self.l1.get_meta(key)
+            if meta is not None:
+                return meta
+        if self.l2 is None:
+            return None
+        epoch = self._epoch
+        try:
+            meta = await self.l2.get_meta(key)
+        except Exception:
+            self.counters["l2_errors"] += 1
+            log.exception("L2 metadata read failed")
+            return None
+        if meta is None or self._purged_since(epoch, key):
+            return None
+        if self.l1 is not None:
+            await self.l1.put_meta(key, meta, None)
+        return meta
+
+    def contains_slice(self, key: str) -> bool:
+        if self.l1 is not None and self.l1.contains_slice(key):
+            return True
+        contains = getattr(self.l2, "contains_slice", None)
+        return bool(contains(key)) if contains is not None else False
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def put_slice(self, key: str, data: SliceData, expires_at: float | None) -> bool:
+        stored = await self.l1.put_slice(key, data, expires_at) if self.l1 is not None else False
+        return self._enqueue("slice", key, data, expires_at) or stored
+
+    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
+        stored = await self.l1.put_meta(key, meta, expires_at) if self.l1 is not None else False
+        return self._enqueue("meta", key, meta, expires_at) or stored
+
+    def _enqueue(self, kind: str, key: str, data: SliceData, expires_at: float | None) -> bool:
+        if self.l2 is None:
+            return False
+        self._ensure_writer()
+        try:
+            self._queue.put_nowait(_Write(kind, key, data, expires_at, self._epoch))
+        except asyncio.QueueFull:
+            self.counters["write_behind_dropped"] += 1
+            return False
+        return True
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_behind())
+
+    async def _write_behind(self) -> None:
+        assert self.l2 is not None
+        while True:
+            item = await self._queue.get()
+            self._writing = item
+            try:
+                if self._purged_since(item.epoch, item.key):
+                    self.counters["stale_writes_discarded"] += 1
+                    continue
+                if item.kind == "slice":
+                    await self.l2.put_slice(item.key, item.data, item.expires_at)
+                else:
+                    await self.l2.put_meta(item.key, bytes(item.data), item.expires_at)
+                if self._purged_since(item.epoch, item.key):
+                    # Purged while we were writing it: take it out again.
+                    await self.l2.delete_prefix(item.key)
+                    self.counters["stale_writes_discarded"] += 1
+                else:
+                    self.counters["write_behind_written"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["l2_errors"] += 1
+                log.exception("L2 write failed; the slice stays in L1 only")
+            finally:
+                self._writing = None
+                self._queue.task_done()
+                self._trim_purges()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) until queued L2 writes are done: used at shutdown and in tests."""
+        if self.l2 is None or self._writer is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    # --- deletes -------------------------------------------------------------------------
+
+    async def _in_every_tier(self, delete: Callable[[Store], Awaitable[int]]) -> int:
+        removed = 0
+        if self.l1 is not None:
+            removed += await delete(self.l1)
+        if self.l2 is not None:
+            try:
+                removed += await delete(self.l2)
+            except Exception:
+                self.counters["l2_errors"] += 1
+                log.exception("L2 delete failed")
+        return removed
+
+    async def delete(self, object_key: str) -> int:
+        self._record_purge(lambda key: belongs_to(key, object_key))
+        return await self._in_every_tier(lambda tier: tier.delete(object_key))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        self._record_purge(lambda key: key.startswith(prefix))
+        return await self._in_every_tier(lambda tier: tier.delete_prefix(prefix))
+
+    async def clear(self) -> int:
+        self._record_purge(lambda key: True)
+        return await self._in_every_tier(lambda tier: tier.clear())
+
+    # --- the rest ------------------------------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for tier in (self.l1, self.l2):
+            if tier is None:
+                continue
+            for key in tier.keys():
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+    def stats(self) -> dict[str, float]:
+        figures: dict[str, float] = {f"tiered_{k}": float(v) for k, v in self.counters.items()}
+        figures["tiered_write_behind_queue_depth"] = float(self._queue.qsize())
+        for tier in (self.l1, self.l2):
+            if tier is not None:
+                figures.update({f"{tier.name}_{k}": v for k, v in tier.stats().items()})
+        return figures
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self.l2 is not None:
+            await self.l2.close()
+        if self.l1 is not None:
+            await self.l1.close()

@@ -1339,6 +1339,24 @@ class RawDiskStore:
     def geometry(self) -> Geometry:
         return self._geo
 
+    async def _reap_idle(self) -> None:
+        """Wait until purged entries have all been reclaimed (tests and the CLI)."""
+        while self._index.dead and not self._closed:
+            self._reap_wanted.set()
+            await asyncio.sleep(0.01)
+
+    async def _abandon(self) -> None:
+        """Stop as a crash would: nothing more is written, the lock is released (tests)."""
+        self._closed = True
+        tasks = [*self._tasks, *([self._maintenance] if self._maintenance else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._pool.shutdown(wait=True)
+        self._device.close()
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -1,0 +1,566 @@
+"""RawDiskStore behaviour: the Store protocol, restart, lock, geometry, space, policy."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from cache.protocol import Store
+from cache.rawdisk import RawDiskError, RawDiskStore
+from cache.rawdisk.layout import CODEC_ZSTD
+from settings import RawDiskCacheSettings
+from tests.rawdisk.conftest import MiB, check_consistent, payload
+
+Make = Callable[..., RawDiskCacheSettings]
+
+
+async def test_implements_the_store_protocol(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert isinstance(store, Store)
+        assert store.name == "l2"
+        stats = store.stats()
+        for key in ("entries", "bytes", "capacity_bytes"):
+            assert key in stats
+    finally:
+        await store.close()
+
+
+async def test_put_get_meta_and_slices(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        data = payload("http://o/a v 0", 1, 300_000)
+        assert await store.put_slice("http://o/a v 0", data, None)
+        assert await store.put_meta("http://o/a", b'{"size": 1}', None)
+        got = await store.get_slice("http://o/a v 0")
+        assert got is not None and bytes(got) == data
+        assert await store.get_meta("http://o/a") == b'{"size": 1}'
+        # Slices and metadata are separate kinds.
+        assert await store.get_meta("http://o/a v 0") is None
+        assert await store.get_slice("http://o/a") is None
+        assert await store.get_slice("http://o/missing") is None
+        # Overwrite replaces and frees the old extent.
+        data2 = payload("http://o/a v 0", 2, 5000)
+        assert await store.put_slice("http://o/a v 0", data2, None)
+        got = await store.get_slice("http://o/a v 0")
+        assert got is not None and bytes(got) == data2
+        assert sorted(store.keys()) == ["http://o/a", "http://o/a v 0"]
+        stats = store.stats()
+        assert stats["entries"] == 2
+        assert stats["hits_total"] == 3 and stats["misses_total"] == 3
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_empty_and_memoryview_payloads(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert await store.put_slice("k 0", b"", None)
+        got = await store.get_slice("k 0")
+        assert got is not None and bytes(got) == b""
+        view = memoryview(bytearray(b"abc" * 1000))
+        assert await store.put_slice("k 1", view, None)
+        assert bytes(await store.get_slice("k 1") or b"") == b"abc" * 1000
+    finally:
+        await store.close()
+
+
+async def test_unstorable_keys_and_sizes_are_declined(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert not await store.put_slice("bad\nkey", b"x", None)
+        assert not await store.put_slice("x" * 5000, b"x", None)
+        assert not await store.put_slice("big", b"x" * (store.max_payload + 1), None)
+        assert not await store.put_slice("old", b"x", time.time() - 1)
+        assert await store.get_slice("bad\nkey") is None
+    finally:
+        await store.close()
+
+
+async def test_delete_object_prefix_and_clear(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        for obj in ("http://o/a", "http://o/ab", "http://o/b"):
+            assert await store.put_meta(obj, b"m", None)
+            for i in range(3):
+                assert await store.put_slice(f"{obj} v {i}", payload(obj, i, 1000), None)
+            assert await store.put_meta(f"{obj} vary:xyz", b"v", None)
+        # delete(object) removes the object, its slices and variants, not http://o/ab.
+        assert await store.delete("http://o/a") == 5
+        assert await store.get_meta("http://o/a") is None
+        assert await store.get_slice("http://o/a v 1") is None
+        assert await store.get_meta("http://o/ab") == b"m"
+        assert await store.delete("http://o/a") == 0
+        assert await store.delete_prefix("http://o/a") == 5
+        assert sorted(store.keys()) == ["http://o/b"] + [f"http://o/b v {i}" for i in range(3)] + [
+            "http://o/b vary:xyz"
+        ]
+        await store._reap_idle()
+        check_consistent(store)
+        assert await store.clear() == 5
+        assert list(store.keys()) == []
+        assert store.stats()["entries"] == 0
+        check_consistent(store)
+        assert store.stats()["used_blocks"] == 0
+        # Still writable after clear.
+        assert await store.put_slice("after 0", b"z" * 100, None)
+        assert await store.get_slice("after 0") == b"z" * 100
+    finally:
+        await store.close()
+
+
+async def test_purge_is_visible_at_once_and_survives_restart(make_settings: Make) -> None:
+    settings = make_settings(total_size=32 * MiB)
+    store = await RawDiskStore.open(settings)
+    for i in range(300):
+        assert await store.put_slice(f"http://o/x v {i}", b"d" * 100, None)
+        assert await store.put_slice(f"http://o/y v {i}", b"e" * 100, None)
+    await store.sync()
+    assert await store.delete_prefix("http://o/x") == 300
+    assert all([await store.get_slice(f"http://o/x v {i}") is None for i in range(300)])
+    await store.sync()
+    # Crash before the reaper finished: replay must re-apply the purge.
+    await _crash(store)
+    store = await RawDiskStore.open(settings)
+    try:
+        assert await store.get_slice("http://o/x v 5") is None
+        assert await store.get_slice("http://o/y v 5") == b"e" * 100
+        assert store.stats()["entries"] == 300
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_put_racing_a_delete_is_not_resurrected(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    gate = threading.Event()
+    original = store._device.write_extent
+
+    def slow_write(parts: Any, offset: int) -> None:
+        gate.wait(5)
+        original(parts, offset)
+
+    try:
+        store._device.write_extent = slow_write  # type: ignore[method-assign]
+        put = asyncio.create_task(store.put_slice("http://o/a v 0", b"stale", None))
+        await asyncio.sleep(0.05)
+        await store.delete("http://o/a")
+        gate.set()
+        assert not await put
+        assert await store.get_slice("http://o/a v 0") is None
+        assert store.stats()["discarded_puts_total"] == 1
+        check_consistent(store)
+    finally:
+        gate.set()
+        await store.close()
+
+
+async def test_extent_held_by_a_reader_is_not_recycled(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    gate = threading.Event()
+    entered = threading.Event()
+    original = store._device.read_extent
+
+    def slow_read(length: int, offset: int) -> bytes:
+        entered.set()
+        gate.wait(5)
+        return original(length, offset)
+
+    try:
+        assert await store.put_slice("a 0", b"A" * 50_000, None)
+        start_a, blocks_a = store._index.extent_of(store._index.find(b"a 0", _h(b"a 0")))
+        store._device.read_extent = slow_read  # type: ignore[method-assign]
+        reader = asyncio.create_task(store.get_slice("a 0"))
+        await asyncio.to_thread(entered.wait, 5)
+        assert await store.delete("a 0") == 1
+        store._map.cursor = start_a  # invite reuse of exactly those blocks
+        store._device.read_extent = original  # type: ignore[method-assign]
+        assert await store.put_slice("b 0", b"B" * 50_000, None)
+        start_b, blocks_b = store._index.extent_of(store._index.find(b"b 0", _h(b"b 0")))
+        assert start_b >= start_a + blocks_a or start_b + blocks_b <= start_a
+        check_consistent(store)
+        gate.set()
+        # Deleted while being read: not served.
+        assert await reader is None
+        assert store._map.map[start_a] == 0  # released once the reader finished
+        check_consistent(store)
+    finally:
+        gate.set()
+        await store.close()
+
+
+def _h(key: bytes) -> int:
+    from cache.rawdisk.layout import key_hash
+
+    return key_hash(key)
+
+
+async def test_expiry(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert await store.put_slice("t 0", b"x" * 10, time.time() + 1.2)
+        assert await store.put_slice("t 1", b"y" * 10, None)
+        assert await store.get_slice("t 0") == b"x" * 10
+        await asyncio.sleep(2.1)
+        assert await store.get_slice("t 0") is None
+        assert "t 0" not in list(store.keys())
+        for _ in range(50):
+            if store.stats()["entries"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert store.stats()["entries"] == 1
+        assert store.stats()["expired_total"] + store.stats()["expirations_total"] >= 1
+    finally:
+        await store.close()
+
+
+async def test_restart_keeps_entries_and_generations(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    for i in range(50):
+        assert await store.put_slice(f"k {i}", payload(f"k {i}", 0, 1000 + i), None)
+    await store.close()
+    store = await RawDiskStore.open(settings)
+    try:
+        assert store.stats()["replayed_records"] == 0  # close() wrote a checkpoint
+        for i in range(50):
+            got = await store.get_slice(f"k {i}")
+            assert got is not None and bytes(got) == payload(f"k {i}", 0, 1000 + i)
+        check_consistent(store)
+        assert await store.put_slice("k new", b"n", None)
+    finally:
+        await store.close()
+
+
+async def test_sync_then_crash_replays_the_journal(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    for i in range(20):
+        assert await store.put_slice(f"k {i}", payload(f"k {i}", 0, 3000), None)
+    assert await store.delete("k 3") == 1
+    assert await store.delete_prefix("k 1") == 11
+    await store.sync()
+    await _crash(store)
+    store = await RawDiskStore.open(settings)
+    try:
+        assert store.stats()["replayed_records"] >= 22
+        expected = [f"k {i}" for i in range(20) if i != 3 and not str(i).startswith("1")]
+        assert sorted(store.keys()) == sorted(expected)
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_checkpoint_mid_run_and_journal_epochs(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    for round_ in range(3):
+        for i in range(30):
+            assert await store.put_slice(f"k {i}", payload(f"k {i}", round_, 2000), None)
+        await store.checkpoint()
+    for i in range(10):
+        await store.delete(f"k {i}")
+    await store.sync()
+    await _crash(store)
+    store = await RawDiskStore.open(settings)
+    try:
+        assert len(list(store.keys())) == 20
+        for i in range(10, 30):
+            got = await store.get_slice(f"k {i}")
+            assert got is not None and bytes(got) == payload(f"k {i}", 2, 2000)
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_second_opener_is_refused(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    try:
+        with pytest.raises(RawDiskError, match="in use by another process"):
+            await RawDiskStore.open(settings)
+    finally:
+        await store.close()
+    again = await RawDiskStore.open(settings)
+    await again.close()
+
+
+async def test_geometry_mismatch_refused_unless_reformat(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    assert await store.put_slice("k 0", b"x", None)
+    await store.close()
+    with pytest.raises(RawDiskError, match="geometry"):
+        await RawDiskStore.open(make_settings(block_size=8192))
+    with pytest.raises(RawDiskError, match="REFORMAT"):
+        await RawDiskStore.open(make_settings(total_size=32 * MiB))
+    store = await RawDiskStore.open(make_settings(total_size=32 * MiB, reformat=True))
+    try:
+        assert list(store.keys()) == []
+        assert store.geometry.total_size == 32 * MiB
+        assert store.stats()["format_generation"] == 2
+    finally:
+        await store.close()
+
+
+async def test_newer_format_version_refused(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    sb = store._sb
+    await store.close()
+    from dataclasses import replace
+
+    newer = replace(sb, version=sb.version + 1).pack()
+    with open(settings.device_path, "r+b") as f:
+        f.write(newer)
+        f.seek(4096)
+        f.write(newer)
+    with pytest.raises(RawDiskError, match="newer than the version"):
+        await RawDiskStore.open(settings)
+    store = await RawDiskStore.open(make_settings(reformat=True))
+    await store.close()
+
+
+async def test_foreign_file_is_not_overwritten(make_settings: Make) -> None:
+    settings = make_settings()
+    with open(settings.device_path, "wb") as f:
+        f.write(b"precious user data" * 1000)
+    with pytest.raises(RawDiskError, match="does not hold a slicecache L2 store"):
+        await RawDiskStore.open(settings)
+    with open(settings.device_path, "rb") as f:
+        assert f.read(18) == b"precious user data"
+
+
+async def test_too_little_disk_is_a_clear_startup_error(
+    make_settings: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(RawDiskError, match="not enough disk space"):
+        await RawDiskStore.open(settings)
+    assert not os.path.exists(settings.device_path)  # no half-created device left behind
+
+
+async def test_device_too_small_for_the_layout(make_settings: Make) -> None:
+    from cache.rawdisk.layout import compute_geometry
+
+    with pytest.raises(RawDiskError, match="too small"):
+        compute_geometry(2 * MiB, 4096)
+
+
+async def test_direct_io_really_used_or_explained(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings(use_direct_io=True))
+    try:
+        assert await store.put_slice("d 0", payload("d 0", 0, 123_457), None)
+        got = await store.get_slice("d 0")
+        assert got is not None and bytes(got) == payload("d 0", 0, 123_457)
+        if store.stats()["direct_io"]:
+            flags = int(open(f"/proc/self/fdinfo/{store._device.data_fd}").read().split()[3], 8)
+            assert flags & os.O_DIRECT
+        else:
+            assert "O_DIRECT" in store.direct_io_reason
+    finally:
+        await store.close()
+    store = await RawDiskStore.open(
+        make_settings(use_direct_io=True, block_size=512, reformat=True)
+    )
+    try:
+        assert not store.stats()["direct_io"]
+        assert "multiple of 4096" in store.direct_io_reason
+    finally:
+        await store.close()
+
+
+async def test_compression_when_it_pays(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings(enable_compression=True))
+    try:
+        text = b"the quick brown fox jumps over the lazy dog " * 5000
+        noise = os.urandom(200_000)
+        assert await store.put_slice("c 0", text, None)
+        assert await store.put_slice("c 1", noise, None)
+        assert await store.put_slice("c 2", text, None, compressible=False)
+        index = store._index
+
+        def codec_of(key: str) -> int:
+            return index.entry(index.find(key.encode(), _h(key.encode()))).codec
+
+        assert codec_of("c 0") == CODEC_ZSTD
+        assert codec_of("c 1") == 0
+        assert codec_of("c 2") == 0
+        assert await store.get_slice("c 0") == text
+        assert await store.get_slice("c 1") == noise
+        stats = store.stats()
+        assert stats["compressed_writes_total"] == 1
+        assert stats["compression_skipped_total"] == 1
+        assert stats["compression_ratio"] > 1.5
+    finally:
+        await store.close()
+
+
+async def test_eviction_keeps_usage_under_the_high_watermark(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        capacity = store.stats()["capacity_bytes"]
+        stored = 0
+        for i in range(int(capacity * 2 // 40_000)):
+            key = f"e {i}"
+            for _ in range(2):  # asked for twice: passes the admission filter
+                await store.get_slice(key)
+            if await store.put_slice(key, b"e" * 40_000, None):
+                stored += 1
+        await asyncio.sleep(0.3)
+        stats = store.stats()
+        assert stored > capacity // 40_000  # it kept accepting by evicting
+        assert stats["evictions_total"] > 0
+        assert stats["usage_ratio"] <= 0.96
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_admission_filter_protects_hot_entries_from_one_hit_wonders(
+    make_settings: Make,
+) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        capacity = int(store.stats()["capacity_bytes"])
+        size = 40_000
+        hot = [f"hot {i}" for i in range(int(capacity * 0.5) // size)]
+        for key in hot:
+            assert await store.put_slice(key, b"h" * size, None)
+        for _ in range(3):
+            for key in hot:
+                assert await store.get_slice(key) is not None
+        # A scan of never-repeated keys, far larger than the device.
+        for i in range(capacity * 2 // size):
+            await store.get_slice(f"once {i}")
+            await store.put_slice(f"once {i}", b"o" * size, None)
+        await asyncio.sleep(0.2)
+        survivors = sum([await store.get_slice(k) is not None for k in hot])
+        assert survivors >= 0.9 * len(hot)
+        assert store.stats()["admission_rejects_total"] > 0
+    finally:
+        await store.close()
+
+
+async def test_concurrent_puts_gets_deletes_stay_consistent(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings(total_size=32 * MiB))
+    try:
+
+        async def worker(n: int) -> None:
+            for i in range(60):
+                key = f"w{n % 3} {i % 17}"
+                data = payload(key, i, 1000 + 97 * i)
+                await store.put_slice(key, data, None)
+                got = await store.get_slice(key)
+                if got is not None:
+                    head = bytes(got).split(b"|")[0].decode()
+                    assert head == key
+                if i % 13 == 0:
+                    await store.delete_prefix(f"w{n % 3} 1")
+
+        await asyncio.gather(*(worker(n) for n in range(6)))
+        await store._reap_idle()
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_stats_keys_are_prometheus_friendly(make_settings: Make) -> None:
+    import re
+
+    store = await RawDiskStore.open(make_settings())
+    try:
+        await store.put_slice("s 0", b"x" * 100, None)
+        await store.get_slice("s 0")
+        await store.sync()
+        await store.checkpoint()
+        stats = store.stats()
+        for key, value in stats.items():
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", key)
+            assert isinstance(value, float)
+        assert stats["journal_syncs_total"] >= 1
+        assert stats["checkpoints_total"] >= 1
+        assert stats["checkpoint_seconds_last"] > 0
+    finally:
+        await store.close()
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "put", "put", "delete", "prefix", "sync", "restart"]),
+            st.integers(0, 11),
+            st.integers(0, 60_000),
+        ),
+        max_size=40,
+    )
+)
+def test_random_operations_keep_map_and_index_consistent(
+    make_settings: Make, operations: list[tuple[str, int, int]]
+) -> None:
+    settings = make_settings(reformat=True)
+
+    async def run() -> None:
+        store = await RawDiskStore.open(settings)
+        model: dict[str, bytes] = {}
+        try:
+            for n, (op, k, size) in enumerate(operations):
+                key = f"o{k % 4} {k}"
+                if op == "put":
+                    data = payload(key, n, size)
+                    if await store.put_slice(key, data, None):
+                        model[key] = data
+                elif op == "delete":
+                    removed = await store.delete(f"o{k % 4}")
+                    doomed = [x for x in model if x.startswith(f"o{k % 4} ")]
+                    assert removed == len(doomed)
+                    for x in doomed:
+                        del model[x]
+                elif op == "prefix":
+                    removed = await store.delete_prefix(f"o{k % 4} 1")
+                    doomed = [x for x in model if x.startswith(f"o{k % 4} 1")]
+                    assert removed == len(doomed)
+                    for x in doomed:
+                        del model[x]
+                elif op == "sync":
+                    await store.sync()
+                else:
+                    await store.close()
+                    store = await RawDiskStore.open(settings)
+                check_consistent(store)
+                assert sorted(store.keys()) == sorted(model)
+            for key, data in model.items():
+                got = await store.get_slice(key)
+                assert got is not None and bytes(got) == data
+        finally:
+            await store.close()
+
+    # Each example starts from a fresh device.
+    if os.path.exists(settings.device_path):
+        os.unlink(settings.device_path)
+    asyncio.run(run())
+
+
+async def _crash(store: RawDiskStore) -> None:
+    """Stop a store as a kill -9 would: no checkpoint, no final sync, lock released."""
+    await store._abandon()

@@ -1339,6 +1339,11 @@ class RawDiskStore:
     def geometry(self) -> Geometry:
         return self._geo
 
+    async def _drain(self) -> None:
+        """Wait for background drops scheduled by reads (tests)."""
+        while self._tasks - {t for t in self._tasks if t.get_coro().__name__ == "_reaper"}:
+            await asyncio.sleep(0.01)
+
     async def _reap_idle(self) -> None:
         """Wait until purged entries have all been reclaimed (tests and the CLI)."""
         while self._index.dead and not self._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,36 @@ def check_consistent(store: RawDiskStore) -> None:
     # Every visible key is found through the table at its own row.
     for key, row in index.live_keys_with_rows():
         assert index.find(key, index.hash_of(row)) == row
+
+
+def write_at(path: str, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def read_at(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def flip_byte(path: str, offset: int) -> None:
+    write_at(path, offset, bytes([read_at(path, offset, 1)[0] ^ 0xFF]))
+
+
+def fd_flags(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return int(line.split()[1], 8)
+    return 0
+
+
+def write_new(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)

@@ -19,7 +19,16 @@ from cache.protocol import Store
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.rawdisk.layout import CODEC_ZSTD
 from settings import RawDiskCacheSettings
-from tests.rawdisk.conftest import MiB, check_consistent, payload
+from tests.rawdisk.conftest import (
+    MiB,
+    check_consistent,
+    exists,
+    fd_flags,
+    payload,
+    read_at,
+    write_at,
+    write_new,
+)
 
 Make = Callable[..., RawDiskCacheSettings]
 
@@ -321,10 +330,8 @@ async def test_newer_format_version_refused(make_settings: Make) -> None:
     from dataclasses import replace
 
     newer = replace(sb, version=sb.version + 1).pack()
-    with open(settings.device_path, "r+b") as f:
-        f.write(newer)
-        f.seek(4096)
-        f.write(newer)
+    write_at(settings.device_path, 0, newer)
+    write_at(settings.device_path, 4096, newer)
     with pytest.raises(RawDiskError, match="newer than the version"):
         await RawDiskStore.open(settings)
     store = await RawDiskStore.open(make_settings(reformat=True))
@@ -333,12 +340,10 @@ async def test_newer_format_version_refused(make_settings: Make) -> None:
 
 async def test_foreign_file_is_not_overwritten(make_settings: Make) -> None:
     settings = make_settings()
-    with open(settings.device_path, "wb") as f:
-        f.write(b"precious user data" * 1000)
+    write_new(settings.device_path, b"precious user data" * 1000)
     with pytest.raises(RawDiskError, match="does not hold a slicecache L2 store"):
         await RawDiskStore.open(settings)
-    with open(settings.device_path, "rb") as f:
-        assert f.read(18) == b"precious user data"
+    assert read_at(settings.device_path, 0, 18) == b"precious user data"
 
 
 async def test_too_little_disk_is_a_clear_startup_error(
@@ -352,7 +357,7 @@ async def test_too_little_disk_is_a_clear_startup_error(
     monkeypatch.setattr(os, "posix_fallocate", no_space)
     with pytest.raises(RawDiskError, match="not enough disk space"):
         await RawDiskStore.open(settings)
-    assert not os.path.exists(settings.device_path)  # no half-created device left behind
+    assert not exists(settings.device_path)  # no half-created device left behind
 
 
 async def test_device_too_small_for_the_layout(make_settings: Make) -> None:
@@ -369,8 +374,7 @@ async def test_direct_io_really_used_or_explained(make_settings: Make) -> None:
         got = await store.get_slice("d 0")
         assert got is not None and bytes(got) == payload("d 0", 0, 123_457)
         if store.stats()["direct_io"]:
-            flags = int(open(f"/proc/self/fdinfo/{store._device.data_fd}").read().split()[3], 8)
-            assert flags & os.O_DIRECT
+            assert fd_flags(store._device.data_fd) & os.O_DIRECT
         else:
             assert "O_DIRECT" in store.direct_io_reason
     finally:

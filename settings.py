@@ -7,6 +7,7 @@ breaks a rule stops the process at startup with one line naming the variable and
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import sys
@@ -170,6 +171,35 @@ class Settings(BaseSettings):
         default="/_slicecache",
         description="Path prefix of the admin routes (healthz, readyz, metrics, stats).",
     )
+    admin_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve the admin routes only on this port (0 = on the main port).",
+    )
+    admin_allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs (JSON list or comma-separated) allowed to reach admin routes; "
+        "empty = everyone.",
+    )
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="After SIGTERM: readyz fails while requests are still served this long.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="After draining: how long in-flight responses may take to finish.",
+    )
+    max_request_target_bytes: int = Field(
+        default=8192, ge=256, le=1_048_576, description="Longest request target (else 414)."
+    )
+    max_header_bytes: int = Field(
+        default=65536, ge=1024, le=16_777_216, description="Most request header bytes (else 431)."
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @field_validator("upstream_address")
@@ -178,9 +208,9 @@ class Settings(BaseSettings):
         upstream_url(value)
         return value
 
-    @field_validator("slice_patterns", mode="before")
+    @field_validator("slice_patterns", "admin_allow_networks", mode="before")
     @classmethod
-    def _split_patterns(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if not text:
@@ -200,6 +230,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a valid regex: {exc}") from None
         return patterns
 
+    @field_validator("admin_allow_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network such as 10.0.0.0/8") from None
+        return networks
+
     @field_validator("admin_prefix")
     @classmethod
     def _admin_prefix(cls, value: str) -> str:
@@ -213,6 +253,12 @@ class Settings(BaseSettings):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.admin_port and self.admin_port == self.port:
+            raise ValueError("ADMIN_PORT must differ from PORT (0 = admin on the main port)")
+        return self
 
     @model_validator(mode="after")
     def _l2_fits_blocks(self) -> Settings:
@@ -245,7 +291,9 @@ def upstream_url(address: str) -> str:
     except ValueError:
         raise ValueError("port must be a number from 1 to 65535") from None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+    # The port is always written: cache keys and invalidation compare origins exactly.
+    port = port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def describe_error(error: ValidationError) -> str:

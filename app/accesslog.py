@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import SCOPE_KEY, RequestLog
+from app.metrics import Metrics
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,8 +61,13 @@ def _request_id(scope: Scope) -> str:
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
+    """Writes the access line and records the per-request metrics."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics | None = None, stream: TextIO | None = None
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,16 +80,20 @@ class AccessLogMiddleware:
         status = 0
         sent = 0
         complete = False
+        first_byte: float | None = None
         request_id_header = (b"x-request-id", log.request_id.encode("latin-1"))
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent, complete
+            nonlocal status, sent, complete, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), request_id_header]
             elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                sent += size
                 complete = not message.get("more_body", False)
+                if first_byte is None and (size or complete):
+                    first_byte = time.perf_counter()
             await send(message)
 
         try:
@@ -106,5 +116,8 @@ class AccessLogMiddleware:
             }
             if not complete:
                 entry["aborted"] = log.aborted or "client disconnected"
+            if self.metrics is not None:
+                ttfb = None if first_byte is None else first_byte - started
+                self.metrics.observe_request(scope["method"], status, log.cache, sent, ttfb)
             out = self.stream or sys.stdout
             out.write(json.dumps(entry, separators=(",", ":")) + "\n")

@@ -1,19 +1,62 @@
-"""The ``slicecache`` console script: settings from the environment, uvicorn tuned for a proxy."""
+"""The ``slicecache`` console script: settings from the environment, uvicorn tuned for a proxy.
+
+Graceful shutdown (what a load balancer needs): the first SIGTERM or SIGINT makes readyz
+answer 503 while requests are still served for ``SLICECACHE_DRAIN_SECONDS``; then uvicorn
+stops accepting, gives in-flight responses ``SLICECACHE_SHUTDOWN_GRACE_SECONDS``, and the
+lifespan flushes the write-behind queue and syncs the L2 index. The process exits 0. A
+second signal skips the drain.
+"""
 
 from __future__ import annotations
 
+import socket
+import time
+from types import FrameType
+
 import uvicorn
+from starlette.applications import Starlette
 
 from app.accesslog import configure_logging
+from app.lifecycle import Lifecycle
 from app.main import create_app
-from settings import load_settings
+from settings import Settings, load_settings
 
 
-def main() -> None:
-    settings = load_settings()
-    configure_logging(settings.log_level)
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_seconds: float):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_seconds = drain_seconds
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded as a captured signal: uvicorn would re-raise it after shutdown and
+        # the process would die of it instead of exiting 0.
+        if self.drain_deadline is not None or self.drain_seconds <= 0:
+            self.should_exit = True
+            return
+        self.lifecycle.draining = True
+        self.drain_deadline = time.monotonic() + self.drain_seconds
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            return True
+        return await super().on_tick(counter)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_for(app: Starlette, settings: Settings) -> DrainingServer:
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         # httptools parses ~3x cheaper than h11; uvloop is libuv's event loop.
@@ -21,14 +64,28 @@ def main() -> None:
         loop="uvloop",
         lifespan="on",
         access_log=False,
+        log_config=None,
         # The TCP peer is appended to X-Forwarded-For as it is; uvicorn's proxy-headers
         # mode would replace it with the client's own claim.
         proxy_headers=False,
-        log_config=None,
         server_header=False,
         date_header=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        timeout_keep_alive=30,
     )
-    uvicorn.Server(config).run()
+    lifecycle: Lifecycle = app.state.runtime.lifecycle
+    return DrainingServer(config, lifecycle, settings.drain_seconds)
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    server = server_for(create_app(settings), settings)
+    sockets = [listening_socket(settings.host, settings.port)]
+    if settings.admin_port:
+        # One server, two sockets: the app routes by the port a request came in on.
+        sockets.append(listening_socket(settings.host, settings.admin_port))
+    server.run(sockets=sockets)
 
 
 if __name__ == "__main__":

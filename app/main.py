@@ -7,6 +7,7 @@ built on first access from the environment, so importing this module never reads
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,16 +22,23 @@ from app.accesslog import AccessLogMiddleware, configure_logging
 from app.asgi_io import send_text
 from app.context import RequestContext
 from app.fills import ByteBudget
+from app.headers import Headers
 from app.httpcache.freshness import FreshnessPolicy
+from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_uri
 from app.lifecycle import Lifecycle
+from app.metrics import Metrics
 from app.objects import ObjectDirectory
 from app.proxy import pass_through
+from app.purge import handle_purge
 from app.sliced import serve_sliced
 from app.slicer import SliceEngine
 from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
 from cache.memory import MemoryStore
+from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.tiered import TieredStore
 from settings import Settings, load_settings
+
+log = logging.getLogger("slicecache")
 
 TransportFactory = Callable[[Settings], httpx.AsyncBaseTransport]
 
@@ -41,6 +49,7 @@ class Runtime:
 
     settings: Settings
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    metrics: Metrics = field(default_factory=Metrics)
     upstream: UpstreamClient | None = None
     store: TieredStore | None = None
     directory: ObjectDirectory | None = None
@@ -59,15 +68,90 @@ class Runtime:
         assert self.upstream is not None
         if self.settings.preserve_host and (host := ctx.header("host")):
             scheme = self.upstream.base_url.split("://", 1)[0]
-            return f"{scheme}://{host}{ctx.target}"
-        return self.upstream.base_url + ctx.target
+            raw = f"{scheme}://{host}{ctx.target}"
+        else:
+            raw = self.upstream.base_url + ctx.target
+        return normalize_uri(raw) or raw
+
+    async def invalidate_after(self, ctx: RequestContext, answer: tuple[int, Headers]) -> None:
+        """RFC 9111 4.4: a successful unsafe request invalidates what it may have changed."""
+        if self.directory is None:
+            return
+        status, headers = answer
+        for uri in invalidated_uris(ctx.method, status, self.object_key(ctx), headers):
+            await self.directory.forget(uri)
+
+    def figures(self) -> dict[str, float]:
+        """Engine and store figures exported as ``slicecache_*`` at scrape time."""
+        figures: dict[str, float] = {}
+        if self.directory is not None:
+            budget = self.directory.engine.budget
+            figures["bytes_in_flight"] = float(budget.in_use)
+            figures["slices_filling"] = float(len(self.directory.engine.fills))
+        if self.store is not None:
+            counters = self.store.counters
+            figures["write_behind_queue_depth"] = float(self.store.queue_depth)
+            figures["write_behind_dropped_total"] = float(counters["write_behind_dropped"])
+            figures["write_behind_written_total"] = float(counters["write_behind_written"])
+            figures["cache_tier_errors_total"] = float(counters["l2_errors"])
+            if self.store.l1 is not None:
+                for key, value in self.store.l1.stats().items():
+                    figures[f"l1_{key}"] = value
+        figures["active_requests"] = float(self.lifecycle.active_requests)
+        return figures
+
+    def stats(self) -> dict[str, object]:
+        """What ``<admin>/stats`` answers: tiers, usage, hit ratios, top-level config."""
+        m = self.metrics
+        served = m.hits + m.misses
+        settings = self.settings
+        tiers: dict[str, object] = {}
+        if self.store is not None:
+            if self.store.l1 is not None:
+                tiers["l1"] = self.store.l1.stats()
+            if self.store.l2 is not None:
+                tiers["l2"] = self.store.l2.stats()
+            tiers["write_behind"] = {
+                "queue_depth": self.store.queue_depth,
+                **self.store.counters,
+            }
+        return {
+            "ready": self.lifecycle.accepting,
+            "draining": self.lifecycle.draining,
+            "active_requests": self.lifecycle.active_requests,
+            "requests": {"hits": m.hits, "misses": m.misses},
+            "hit_ratio": (m.hits / served) if served else None,
+            "slices": {**m.counters.slices, **m.slice_hits()},
+            "upstream": {
+                "requests": m.counters.upstream_requests,
+                "bytes": m.counters.upstream_bytes,
+                "retries": m.counters.retries,
+                "errors": dict(m.counters.errors),
+            },
+            "purges": dict(m.counters.purges),
+            "tiers": tiers,
+            "config": {
+                "upstream": settings.upstream_base_url,
+                "slice_size": settings.slice_size,
+                "max_concurrent_subrequests": settings.max_concurrent_subrequests,
+                "enable_cache": settings.enable_cache,
+                "enable_l2_cache": settings.enable_l2_cache,
+                "l1_cache_size_bytes": settings.l1_cache_size_bytes,
+                "l2_total_size": settings.raw_disk_cache.total_size
+                if settings.enable_l2_cache
+                else 0,
+                "cache_ttl": settings.cache_ttl,
+                "purge_enabled": settings.purge.enabled,
+            },
+        }
 
 
 class ProxyEndpoint:
     """The catch-all route: every method, every path outside the admin prefix."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: admin.AdminGuard) -> None:
         self.runtime = runtime
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
@@ -75,11 +159,27 @@ class ProxyEndpoint:
         if upstream is None:
             await send_text(send, 503, "Service Unavailable: starting")
             return
+        if self.guard.on_admin_port(scope):
+            await send_text(send, 404, "Not Found: this port serves only the admin routes")
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await send_text(send, *refusal)
+            return
         ctx = RequestContext.from_scope(scope)
         runtime.lifecycle.request_started()
         preserve_host = runtime.settings.preserve_host
         try:
-            if runtime.directory is not None and runtime.sliceable(ctx):
+            if ctx.method == "PURGE":
+                await handle_purge(
+                    ctx,
+                    send,
+                    runtime.settings.purge,
+                    runtime.directory,
+                    runtime.object_key(ctx),
+                    runtime.metrics.counters,
+                )
+            elif runtime.directory is not None and runtime.sliceable(ctx):
                 await serve_sliced(
                     ctx,
                     receive,
@@ -89,9 +189,33 @@ class ProxyEndpoint:
                     preserve_host=preserve_host,
                 )
             else:
-                await pass_through(ctx, receive, send, upstream, preserve_host=preserve_host)
+                answer = await pass_through(
+                    ctx, receive, send, upstream, preserve_host=preserve_host
+                )
+                if answer is not None and ctx.method not in SAFE_METHODS:
+                    await runtime.invalidate_after(ctx, answer)
         finally:
             runtime.lifecycle.request_finished()
+
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """Request-line and header size limits: a short 414/431, never a forwarded giant."""
+        settings = self.runtime.settings
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        if target > settings.max_request_target_bytes:
+            return 414, "URI Too Long"
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if header_bytes > settings.max_header_bytes:
+            return 431, "Request Header Fields Too Large"
+        return None
+
+
+async def open_l2(settings: Settings) -> RawDiskStore:
+    """Open the raw-disk tier, or stop startup with one line saying why."""
+    try:
+        return await RawDiskStore.open(settings.raw_disk_cache)
+    except RawDiskError as error:
+        log.error(f"cannot open the L2 device: {error}")
+        raise SystemExit(f"slicecache: cannot open the L2 device: {error}") from None
 
 
 def create_app(
@@ -119,9 +243,10 @@ def create_app(
             settings.upstream_base_url, timeouts, make_transport(settings)
         )
         if settings.enable_cache:
+            l2 = await open_l2(settings) if settings.enable_l2_cache else None
             runtime.store = TieredStore(
                 MemoryStore(settings.l1_cache_size_bytes),
-                None,
+                l2,
                 queue_size=settings.write_behind_queue_size,
             )
             engine = SliceEngine(
@@ -131,6 +256,7 @@ def create_app(
                 lookahead=settings.max_concurrent_subrequests,
                 max_retries=settings.max_retries,
                 budget=ByteBudget(settings.max_in_flight_bytes),
+                counters=runtime.metrics.counters,
             )
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,
@@ -138,6 +264,13 @@ def create_app(
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget
+            store = runtime.store
+            runtime.metrics.slice_hits = lambda: {
+                "hit_l1": float(store.counters["slice_hits_l1"]),
+                "hit_l2": float(store.counters["slice_hits_l2"]),
+            }
+            if l2 is not None:
+                runtime.metrics.add_source("raw_disk_cache", "L2 raw-disk store", l2.stats)
         runtime.lifecycle.ready = True
         try:
             yield
@@ -150,13 +283,21 @@ def create_app(
                 await runtime.store.close()
             await runtime.upstream.aclose()
 
+    runtime.metrics.add_source("slicecache", "slicecache engine and tiers", runtime.figures)
+    guard = admin.AdminGuard(settings.admin_port, settings.admin_allow_networks)
     routes = [
-        *admin.routes(settings.admin_prefix, runtime.lifecycle),
-        Route("/{path:path}", ProxyEndpoint(runtime), methods=None),
+        *admin.routes(
+            settings.admin_prefix,
+            runtime.lifecycle,
+            guard,
+            metrics=runtime.metrics.render,
+            stats=runtime.stats,
+        ),
+        Route("/{path:path}", ProxyEndpoint(runtime, guard), methods=None),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics)
     return app
 
 

@@ -289,8 +289,10 @@ class ObjectDirectory:
         headers = engine.slice_request_headers(request_headers, 0, engine.slice_size - 1, None)
         if stored is not None:
             headers += validators_for_revalidation(stored.headers)
+        # A purge while this probe is out means its answer must not be stored.
+        generation = engine.generation
         request_time = time.time()
-        engine.origin_requests += 1
+        engine.counters.upstream_requests += 1
         response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
@@ -342,6 +344,8 @@ class ObjectDirectory:
 
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
         decision = storability("GET", 200, request_headers, response_headers)
+        if decision.store and engine.generation != generation:
+            decision = dataclasses.replace(decision, store=False, reason="purged")
         if decision.store and meta.validator is None and size > engine.slice_size:
             # Without a validator two versions could be spliced: relay, never slice.
             if in_hand is not None:

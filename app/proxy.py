@@ -76,8 +76,8 @@ async def pass_through(
     upstream: UpstreamClient,
     *,
     preserve_host: bool,
-) -> None:
-    """Relay one exchange; the response is streamed to ``send``."""
+) -> tuple[int, Headers] | None:
+    """Relay one exchange; returns the origin's status and headers, None if it failed."""
     body = RequestBody(receive) if ctx.has_body else None
     headers = origin_request_headers(ctx, upstream, preserve_host)
     started = time.perf_counter()
@@ -87,17 +87,19 @@ async def pass_through(
         )
     except ClientGone:
         ctx.log.aborted = "client disconnected during upload"
-        return
+        return None
     except httpx.TransportError as error:
         ctx.log.upstream_seconds = time.perf_counter() - started
         log.warning("upstream failed", extra={"fields": {"error": kind(error), "path": ctx.path}})
         await reply_upstream_error(send, ctx, error)
-        return
+        return None
     ctx.log.upstream_seconds = time.perf_counter() - started
     if ctx.log.cache == "-":
         ctx.log.cache = "BYPASS"
     body_done = body is None or body.complete
+    answer = response.status_code, decode_raw(response.headers.raw)
     await relay_response(ctx, receive, send, response, request_body_done=body_done)
+    return answer
 
 
 # Bodies up to this size are relayed without a disconnect watcher.

@@ -25,6 +25,7 @@ import httpx
 
 from app.fills import ByteBudget, SliceClaim, SliceFill
 from app.headers import Headers
+from app.metrics import EngineCounters
 from app.objectmeta import ObjectMeta
 from app.slices import clip, slice_bounds, slices_for_range
 from app.upstream import UpstreamClient
@@ -60,6 +61,16 @@ class SliceStats:
     coalesced: int = 0
 
 
+def _error_kind(error: Exception) -> str:
+    if isinstance(error, httpx.TimeoutException):
+        return "upstream_timeout"
+    if isinstance(error, httpx.TransportError):
+        return "upstream_connection"
+    if isinstance(error, SliceError):
+        return "slice_invalid"
+    return "internal"
+
+
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     if value is None:
         return None
@@ -80,11 +91,10 @@ class SliceEngine:
     budget: ByteBudget
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
-    _fills: dict[str, SliceFill] = field(default_factory=dict)
+    fills: dict[str, SliceFill] = field(default_factory=dict)
     # Bumped by every purge: a fill that started before one does not store its bytes.
     generation: int = 0
-    origin_requests: int = 0
-    retries: int = 0
+    counters: EngineCounters = field(default_factory=EngineCounters)
 
     # --- streaming a range -------------------------------------------------------------
 
@@ -143,19 +153,21 @@ class SliceEngine:
         stats: SliceStats,
     ) -> SliceClaim:
         key = keys.slice_key(entry_key, meta.version, index)
-        fill = self._fills.get(key)
+        fill = self.fills.get(key)
         if fill is None and self.store is not None:
             data = await self.store.get_slice(key)
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if data is not None and len(data) == last - first + 1:
                 stats.hit += 1
                 return SliceClaim(data=data)
-            fill = self._fills.get(key)  # someone may have started it while we looked
+            fill = self.fills.get(key)  # someone may have started it while we looked
         if fill is not None:
             stats.coalesced += 1
+            self.counters.slices["coalesced"] += 1
             fill.readers += 1
             return SliceClaim(fill=fill)
         stats.miss += 1
+        self.counters.slices["miss"] += 1
         bounds = slice_bounds(index, self.slice_size, meta.size)
         fill = self.start_fill(key, bounds, target, meta, request_headers, None, store=True)
         fill.readers += 1
@@ -176,7 +188,7 @@ class SliceEngine:
     ) -> SliceFill:
         """Fetch one slice in a task of its own; ``response`` is an answer already in hand."""
         fill = SliceFill(key, *bounds)
-        self._fills[key] = fill
+        self.fills[key] = fill
         fill.task = asyncio.get_running_loop().create_task(
             self._run_fill(fill, target, meta, request_headers, response, store)
         )
@@ -214,11 +226,12 @@ class SliceEngine:
             raise
         except Exception as error:
             fill.fail(error)
+            self.counters.error(_error_kind(error))
         finally:
             if response is not None:
                 await response.aclose()
-            if self._fills.get(fill.key) is fill:
-                del self._fills[fill.key]
+            if self.fills.get(fill.key) is fill:
+                del self.fills[fill.key]
 
     def slice_request_headers(
         self, request_headers: Headers, first: int, last: int, etag: str | None
@@ -261,11 +274,12 @@ class SliceEngine:
                     headers = self.slice_request_headers(
                         request_headers, first, fill.last, meta.etag
                     )
-                    self.origin_requests += 1
+                    self.counters.upstream_requests += 1
                     response = await self.upstream.send("GET", target, headers)
                     self.check_slice_response(response, first, fill.last, meta)
                 async for chunk in response.aiter_raw():
                     fill.append(chunk)
+                    self.counters.upstream_bytes += len(chunk)
                 if fill.filled != fill.length:
                     raise SliceError(
                         f"origin sent {fill.filled} of {fill.length} bytes", retryable=True
@@ -276,7 +290,7 @@ class SliceEngine:
                 if not retryable or attempt >= self.max_retries:
                     raise
                 attempt += 1
-                self.retries += 1
+                self.counters.retries += 1
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
             finally:
@@ -329,10 +343,10 @@ class SliceEngine:
             raise ObjectChanged("size changed")
 
     async def close(self) -> None:
-        for fill in list(self._fills.values()):
+        for fill in list(self.fills.values()):
             if fill.task is not None:
                 fill.task.cancel()
-        for fill in list(self._fills.values()):
+        for fill in list(self.fills.values()):
             if fill.task is not None:
                 with contextlib.suppress(BaseException):
                     await fill.task

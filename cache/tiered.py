@@ -55,6 +55,8 @@ class TieredStore:
             "l2_errors": 0,
             "l1_promotions": 0,
             "stale_writes_discarded": 0,
+            "slice_hits_l1": 0,
+            "slice_hits_l2": 0,
         }
 
     # --- purge bookkeeping ---------------------------------------------------------------
@@ -76,6 +78,7 @@ class TieredStore:
         if self.l1 is not None:
             data = await self.l1.get_slice(key)
             if data is not None:
+                self.counters["slice_hits_l1"] += 1
                 return data
         if self.l2 is None:
             return None
@@ -88,6 +91,7 @@ class TieredStore:
             return None
         if data is None or self._purged_since(epoch, key):
             return None
+        self.counters["slice_hits_l2"] += 1
         if self.l1 is not None:
             await self.l1.put_slice(key, bytes(data), None)
             self.counters["l1_promotions"] += 1

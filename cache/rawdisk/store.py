@@ -178,6 +178,7 @@ class RawDiskStore:
         self._inflight_blocks = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
+        self._reaper_task: asyncio.Task[None] | None = None
         self._reap_wanted = asyncio.Event()
         self._closed = False
         self._stats: dict[str, float] = dict.fromkeys(_COUNTERS, 0.0)
@@ -217,7 +218,7 @@ class RawDiskStore:
         """
         store = await asyncio.to_thread(cls._open_sync, settings, index_capacity)
         store._maintenance = asyncio.create_task(store._maintain(), name="l2-maintenance")
-        store._spawn(store._reaper())
+        store._reaper_task = asyncio.create_task(store._reaper(), name="l2-reaper")
         if store._index.dead:
             store._reap_wanted.set()
         return store
@@ -1341,7 +1342,7 @@ class RawDiskStore:
 
     async def _drain(self) -> None:
         """Wait for background drops scheduled by reads (tests)."""
-        while self._tasks - {t for t in self._tasks if t.get_coro().__name__ == "_reaper"}:
+        while self._tasks:
             await asyncio.sleep(0.01)
 
     async def _reap_idle(self) -> None:
@@ -1353,7 +1354,7 @@ class RawDiskStore:
     async def _abandon(self) -> None:
         """Stop as a crash would: nothing more is written, the lock is released (tests)."""
         self._closed = True
-        tasks = [*self._tasks, *([self._maintenance] if self._maintenance else [])]
+        tasks = [*self._tasks, *(t for t in (self._maintenance, self._reaper_task) if t)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -1366,11 +1367,13 @@ class RawDiskStore:
         if self._closed:
             return
         self._closed = True
-        self._reap_wanted.set()
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        for background in (self._maintenance, self._reaper_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        if self._tasks:  # drops scheduled by reads: let them finish, briefly
+            await asyncio.wait(list(self._tasks), timeout=1.0)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -1,0 +1,96 @@
+"""python -m cache.rawdisk info|verify|format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cache.rawdisk import RawDiskStore
+from cache.rawdisk.layout import RECORD_HEADER_SIZE, key_hash
+from settings import RawDiskCacheSettings
+from tests.rawdisk.conftest import MiB, flip_byte, payload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cache.rawdisk", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def _fill(settings: RawDiskCacheSettings, count: int) -> int:
+    store = await RawDiskStore.open(settings)
+    for i in range(count):
+        assert await store.put_slice(f"k {i}", payload(f"k {i}", 0, 9000), None)
+    row = store._index.find(b"k 3", key_hash(b"k 3"))
+    offset = store.geometry.block_offset(store._index.extent_of(row)[0])
+    await store.close()
+    return offset
+
+
+def test_format_info_verify(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    done = cli("format", path, "--size", "16M")
+    assert done.returncode == 0, done.stderr
+    assert "formatted" in done.stdout
+    again = cli("format", path, "--size", "16M")
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    offset = asyncio.run(_fill(settings, 10))
+
+    info = cli("info", path, "--json")
+    assert info.returncode == 0, info.stderr
+    data = json.loads(info.stdout)
+    assert data["entries"] == 10 and data["block_size"] == 4096
+    assert 0 <= data["fragmentation"] <= 1
+    assert "usage_ratio" in data
+
+    ok = cli("verify", path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "10 ok, 0 damaged" in ok.stdout
+
+    flip_byte(path, offset + RECORD_HEADER_SIZE + 10)
+    bad = cli("verify", path)
+    assert bad.returncode == 1
+    assert "1 damaged" in bad.stdout and "k 3" in bad.stdout
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 1
+    assert cli("verify", path).returncode == 0
+
+    wiped = cli("format", path, "--force")
+    assert wiped.returncode == 0, wiped.stderr
+    assert json.loads(cli("info", path, "--json").stdout)["entries"] == 0
+
+
+def test_cli_refuses_a_device_in_use(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+
+    async def hold() -> None:
+        store = await RawDiskStore.open(settings)
+        try:
+            busy = await asyncio.to_thread(cli, "info", path)
+            assert busy.returncode == 2
+            assert "in use by another process" in busy.stderr
+        finally:
+            await store.close()
+
+    asyncio.run(hold())
+
+
+def test_cli_on_a_foreign_file(tmp_path: Path) -> None:
+    path = tmp_path / "other.bin"
+    path.write_bytes(b"not ours" * 4096)
+    done = cli("info", str(path))
+    assert done.returncode == 2 and "does not hold" in done.stderr
+    fmt = cli("format", str(path), "--size", "16M")
+    assert fmt.returncode == 2 and "other data" in fmt.stderr

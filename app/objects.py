@@ -39,6 +39,7 @@ from app.httpcache.freshness import (
 from app.httpcache.storable import storability
 from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
+from app.fills import SliceFill
 from app.slicer import SliceEngine, SliceError, parse_content_range
 from cache import keys
 from cache.protocol import Store
@@ -59,6 +60,7 @@ class Opened:
     status: CacheStatus
     probed: bool = False  # this request's own probe fetched slice 0
     shareable: bool = True  # False: private to this response, never stored
+    first_fill: SliceFill | None = None  # slice 0 as the probe fetched it, done or not
 
 
 @dataclass(slots=True)
@@ -357,8 +359,9 @@ class ObjectDirectory:
         else:
             entry_key = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
             cache_status = CacheStatus.bypass(decision.reason)
+        first_fill = None
         if in_hand is not None and size > 0:
-            engine.start_fill(
+            first_fill = engine.start_fill(
                 keys.slice_key(entry_key, meta.version, 0),
                 (0, min(engine.slice_size, size) - 1),
                 target,
@@ -369,7 +372,14 @@ class ObjectDirectory:
             )
         elif in_hand is not None:
             await in_hand.aclose()
-        return Opened(meta, entry_key, cache_status, probed=True, shareable=decision.store)
+        return Opened(
+            meta,
+            entry_key,
+            cache_status,
+            probed=True,
+            shareable=decision.store,
+            first_fill=first_fill,
+        )
 
     def _meta_from(
         self,

@@ -119,18 +119,27 @@ class SliceEngine:
         last: int,
         request_headers: Headers,
         stats: SliceStats,
+        first_fill: SliceFill | None = None,
     ) -> AsyncGenerator[SliceData, None]:
-        """Bytes ``first..last`` in order, as soon as they exist."""
+        """Bytes ``first..last`` in order, as soon as they exist.
+
+        ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
+        complete and (for a private or not yet written entry) in no store.
+        """
         indexes = slices_for_range(first, last, self.slice_size)
         claims: dict[int, SliceClaim] = {}
+        if first_fill is not None and indexes.start == 0 and first_fill.error is None:
+            first_fill.readers += 1
+            claims[0] = SliceClaim(fill=first_fill)
         scheduled = indexes.start
         try:
             for index in indexes:
                 # Keep the lookahead window claimed; a slow client stops it moving.
                 while scheduled < indexes.stop and scheduled < index + self.lookahead:
-                    claims[scheduled] = await self._claim(
-                        entry_key, target, meta, scheduled, request_headers, stats
-                    )
+                    if scheduled not in claims:
+                        claims[scheduled] = await self._claim(
+                            entry_key, target, meta, scheduled, request_headers, stats
+                        )
                     scheduled += 1
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)

@@ -49,6 +49,9 @@ class TieredStore:
         self._purges: list[tuple[int, KeyMatcher]] = []
         self._writer: asyncio.Task[None] | None = None
         self._writing: _Write | None = None
+        # Slices queued for L2, readable until written: without L1 (or after an L1
+        # eviction) a reader in that window would otherwise go back to the origin.
+        self._pending: dict[str, SliceData] = {}
         self.counters = {
             "write_behind_dropped": 0,
             "write_behind_written": 0,
@@ -67,6 +70,8 @@ class TieredStore:
     def _record_purge(self, matches: KeyMatcher) -> None:
         self._epoch += 1
         self._purges.append((self._epoch, matches))
+        for key in [k for k in self._pending if matches(k)]:
+            del self._pending[key]
 
     def _trim_purges(self) -> None:
         if self._queue.empty() and self._writing is None:
@@ -82,6 +87,10 @@ class TieredStore:
                 return data
         if self.l2 is None:
             return None
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.counters["slice_hits_l1"] += 1
+            return pending
         epoch = self._epoch
         try:
             data = await self.l2.get_slice(key)
@@ -120,6 +129,8 @@ class TieredStore:
     def contains_slice(self, key: str) -> bool:
         if self.l1 is not None and self.l1.contains_slice(key):
             return True
+        if key in self._pending:
+            return True
         contains = getattr(self.l2, "contains_slice", None)
         return bool(contains(key)) if contains is not None else False
 
@@ -142,6 +153,8 @@ class TieredStore:
         except asyncio.QueueFull:
             self.counters["write_behind_dropped"] += 1
             return False
+        if kind == "slice":
+            self._pending[key] = data
         return True
 
     def _ensure_writer(self) -> None:
@@ -173,6 +186,8 @@ class TieredStore:
                 self.counters["l2_errors"] += 1
                 log.exception("L2 write failed; the slice stays in L1 only")
             finally:
+                if item.kind == "slice" and self._pending.get(item.key) is item.data:
+                    del self._pending[item.key]
                 self._writing = None
                 self._queue.task_done()
                 self._trim_purges()

@@ -114,6 +114,7 @@ class Index:
         self.arena_dead = 0  # arena bytes of freed records
         self.live_bytes = 0
         self.stored_bytes = 0
+        self._dead_cursor = 0
 
     # --- sizes -------------------------------------------------------------------------
 
@@ -325,9 +326,10 @@ class Index:
         end = min(end, len(self.arena))
         if start >= end:
             return 0
-        chunk = bytes(self.arena[start : end + len(prefix)])
-        count = chunk.count(needle, 0, end - start + len(prefix))
+        # A match starting before ``end`` may run past it by len(prefix) bytes.
+        count = self.arena.count(needle, start, end + len(prefix))
         if count:
+            chunk = bytes(self.arena[start : end + len(prefix)])
             marked = chunk.replace(needle, b"\x01" + prefix)
             self.arena[start:end] = marked[: end - start]
             self.dead += count
@@ -340,10 +342,14 @@ class Index:
         """Up to ``limit`` rows purged but not reclaimed yet."""
         out: list[int] = []
         arena = self.arena
-        pos = arena.find(b"\x01")
+        # Resume where the last batch stopped, so reclaiming N rows is O(arena), not O(N * arena).
+        pos = arena.find(b"\x01", self._dead_cursor)
+        if pos < 0:
+            pos = arena.find(b"\x01")
         while pos >= 0 and len(out) < limit:
             term = arena.find(TERM, pos + 1)
             out.append(int(arena[term + 1 : term + 9], 16))
+            self._dead_cursor = term
             pos = arena.find(b"\x01", term + 9)
         return out
 
@@ -358,7 +364,7 @@ class Index:
 
     # --- arena compaction --------------------------------------------------------------
 
-    def compact_steps(self, window: int = 1 << 20) -> Iterator[None]:
+    def compact_steps(self, window: int = 64 << 10) -> Iterator[None]:
         """Rewrite the arena without freed records, a window at a time.
 
         The caller must not mutate the index until the generator is exhausted; lookups
@@ -382,6 +388,7 @@ class Index:
         self.arena = new
         self.key_off = new_off
         self.arena_dead = 0
+        self._dead_cursor = 0
 
     # --- persistence -------------------------------------------------------------------
 

@@ -88,8 +88,8 @@ CHECKPOINT_RECORDS = 100_000
 CHECKPOINT_JOURNAL_FILL = 0.5
 # Puts are declined while the journal half is this full (deletes always fit).
 JOURNAL_PUT_LIMIT = 0.9
-PURGE_WINDOW = 4 << 20
-REAP_BATCH = 500
+PURGE_WINDOW = 512 << 10
+REAP_BATCH = 256
 EVICT_BATCH = 64
 EXPIRY_BATCH = 4096
 FRAG_SCAN_SECONDS = 30.0
@@ -745,8 +745,9 @@ class RawDiskStore:
         start = entry.start
         self._readers[start] += 1
         self._reading[start] = entry.nblocks
+        ahead = self._next_extent(kb) if self._prefetch and kind == KIND_SLICE else None
         try:
-            result = await self._run(self._read_record, entry, kb)
+            result = await self._run(self._read_record, entry, kb, ahead)
         except (OSError, RuntimeError) as exc:
             stats["read_errors_total"] += 1
             log.warning("L2 read of %r failed: %s", key, exc)
@@ -777,8 +778,6 @@ class RawDiskStore:
         stats["hits_total"] += 1
         stats["reads_total"] += 1
         stats["read_bytes_total"] += len(result)
-        if self._prefetch and kind == KIND_SLICE:
-            self._maybe_prefetch(kb)
         return result
 
     def _release_reader(self, start: int) -> None:
@@ -792,8 +791,18 @@ class RawDiskStore:
         if nblocks is not None:
             self._map.free(start, nblocks)
 
-    def _read_record(self, entry: Entry, kb: bytes) -> object:
-        """Worker thread: read and verify one extent. Returns the payload or _BAD."""
+    def _read_record(self, entry: Entry, kb: bytes, ahead: tuple[int, int] | None = None) -> object:
+        """Worker thread: read and verify one extent. Returns the payload or _BAD.
+
+        ``ahead`` is (offset, length) of the next slice of a sequential read: after the read
+        the kernel is asked to start reading it in (POSIX_FADV_WILLNEED), so a cold next
+        slice is on its way before the client asks for it.
+        """
+        if ahead is not None:
+            try:
+                self._device.prefetch(*ahead)
+            except OSError:
+                pass
         klen = len(kb)
         length = RECORD_HEADER_SIZE + klen + entry.stored_len
         raw = self._device.read_extent(length, self._geo.block_offset(entry.start))
@@ -819,20 +828,18 @@ class RawDiskStore:
         data = codec.decode(entry.codec, payload, entry.orig_len)
         return _BAD if data is None else data
 
-    def _maybe_prefetch(self, kb: bytes) -> None:
+    def _next_extent(self, kb: bytes) -> tuple[int, int] | None:
+        """Where the next slice of ``kb`` (``<entry> <version> <index + 1>``) is, if stored."""
         head, sep, tail = kb.rpartition(b" ")
         if not sep or not tail.isdigit():
-            return
+            return None
         nxt = head + b" " + str(int(tail) + 1).encode()
-        h = key_hash(nxt)
-        row = self._index.find(nxt, h)
+        row = self._index.find(nxt, key_hash(nxt))
         if row < 0 or not self._index.is_visible(row):
-            return
+            return None
         start, nblocks = self._index.extent_of(row)
         self._stats["prefetches_total"] += 1
-        offset = self._geo.block_offset(start)
-        length = nblocks * self._geo.block_size
-        self._pool.submit(self._device.prefetch, offset, length)
+        return self._geo.block_offset(start), nblocks * self._geo.block_size
 
     # ===================================================================================
     # writes

@@ -718,6 +718,18 @@ class RawDiskStore:
             return None
         return bytes(data)
 
+    def contains_slice(self, key: str) -> bool:
+        """Whether a slice is indexed, for X-Cache (a damaged one still reads as a miss)."""
+        kb = key.encode()
+        index = self._index
+        row = index.find(kb, key_hash(kb))
+        if row < 0 or not index.is_visible(row):
+            return False
+        entry = index.entry(row)
+        if entry.kind != KIND_SLICE or (entry.expires and entry.expires <= _now()):
+            return False
+        return not (self._rules and any(kb.startswith(p) for p in self._rules))
+
     async def _get(self, key: str, kind: int) -> SliceData | None:
         stats = self._stats
         stats["lookups_total"] += 1

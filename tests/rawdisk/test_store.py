@@ -65,6 +65,9 @@ async def test_put_get_meta_and_slices(make_settings: Make) -> None:
         got = await store.get_slice("http://o/a v 0")
         assert got is not None and bytes(got) == data2
         assert sorted(store.keys()) == ["http://o/a", "http://o/a v 0"]
+        assert store.contains_slice("http://o/a v 0")
+        assert not store.contains_slice("http://o/a")  # metadata, not a slice
+        assert not store.contains_slice("http://o/b v 0")
         stats = store.stats()
         assert stats["entries"] == 2
         assert stats["hits_total"] == 3 and stats["misses_total"] == 3

@@ -24,6 +24,7 @@ class ObjectMeta:
     response_time: float  # ... and its response_time
     vary: list[str] | None = None  # request fields the response varies on
     whole: bool = False  # stored from a 200 of one slice: the origin may not serve ranges
+    status: int = 200  # a whole object may be a cached 301, 404, 410...
 
     @property
     def validator(self) -> str | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
+from app.fills import SliceFill
 from app.headers import Headers, decode_raw, end_to_end, get
 from app.httpcache.cache_status import CacheStatus
 from app.httpcache.conditional import (
@@ -39,7 +40,6 @@ from app.httpcache.freshness import (
 from app.httpcache.storable import storability
 from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
-from app.fills import SliceFill
 from app.slicer import SliceEngine, SliceError, parse_content_range
 from cache import keys
 from cache.protocol import Store
@@ -114,7 +114,9 @@ class ObjectDirectory:
             return await self._probe_shared(entry_key, object_key, target, request_headers, None)
 
         now = time.time()
-        stored = StoredResponseInfo(200, meta.headers, meta.request_time, meta.response_time)
+        stored = StoredResponseInfo(
+            meta.status, meta.headers, meta.request_time, meta.response_time
+        )
         decision = decide(stored, request_headers, now, policy=self.policy)
         if decision.serve_stored:
             if decision.outcome is Outcome.FRESH:
@@ -311,7 +313,7 @@ class ObjectDirectory:
                 response_time=response_time,
             )
             entry_key = await self._adopt(object_key, meta, request_headers)
-            info = StoredResponseInfo(200, meta.headers, request_time, response_time)
+            info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
             return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
 
@@ -325,13 +327,20 @@ class ObjectDirectory:
                 None,
             )
             if first != 0 or total is None or last != min(engine.slice_size, total) - 1:
+                # The origin's ranges cannot be trusted: the request passes through whole.
                 await response.aclose()
-                raise SliceError("origin's first slice has a wrong Content-Range", retryable=False)
+                self._unsliceable[object_key] = time.time() + UNSLICEABLE_MEMORY_SECONDS
+                return Forward("origin answered the first slice with a wrong Content-Range")
             size = total
-        elif status == 200:
+        elif status != 416:
             length = get(response_headers, "content-length")
-            if length is not None and length.isdigit() and int(length) <= engine.slice_size:
-                size, whole = int(length), True  # one slice: cached whole, ranges or not
+            small = length is not None and length.isdigit() and int(length) <= engine.slice_size
+            # One slice or less: cached whole, whatever the origin does with ranges. A
+            # status other than 200 only if it may be stored at all (301, 404, 410...).
+            if small and (
+                status == 200 or storability("GET", status, request_headers, response_headers)
+            ):
+                size, whole = int(length or 0), True
         elif status == 416:
             if (get(response_headers, "content-range") or "").replace(" ", "") == "bytes*/0":
                 size = 0
@@ -345,7 +354,8 @@ class ObjectDirectory:
             return Forward(f"origin answered {status}")
 
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
-        decision = storability("GET", 200, request_headers, response_headers)
+        meta.status = 200 if status in (206, 416) else status
+        decision = storability("GET", meta.status, request_headers, response_headers)
         if decision.store and engine.generation != generation:
             decision = dataclasses.replace(decision, store=False, reason="purged")
         if decision.store and meta.validator is None and size > engine.slice_size:

@@ -120,7 +120,7 @@ async def _answer(
     headers.append(("cache-status", cache_status))
 
     precondition = evaluate_client_conditionals(
-        ctx.method, ctx.headers, meta.etag, meta.last_modified
+        ctx.method, ctx.headers, meta.etag, meta.last_modified, status=meta.status
     )
     if precondition == 304:
         ctx.log.cache = str(opened.status.x_cache())
@@ -132,7 +132,7 @@ async def _answer(
         await send_text(send, 412, "Precondition Failed")
         return
 
-    range_header = ctx.header("range")
+    range_header = ctx.header("range") if meta.status == 200 else None
     if range_header is not None and not ranges.if_range_allows(
         ctx.header("if-range"), meta.etag, meta.last_modified
     ):
@@ -166,7 +166,7 @@ async def _answer(
             headers.append(("content-length", str(length)))
     else:
         spans = [(0, size - 1)] if size else []
-        status = 200
+        status = meta.status
         boundary = None
         headers.append(("content-length", str(size)))
 

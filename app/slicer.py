@@ -170,6 +170,12 @@ class SliceEngine:
                 stats.hit += 1
                 return SliceClaim(data=data)
             fill = self.fills.get(key)  # someone may have started it while we looked
+        if fill is None and meta.whole:
+            # A whole object came from one plain GET; its evicted body is fetched again
+            # the same way, by a new probe, not by a range request the origin may ignore.
+            if self.on_object_changed is not None:
+                await self.on_object_changed(entry_key.split(keys.SEPARATOR, 1)[0])
+            raise ObjectChanged("the cached body of a whole object was evicted")
         if fill is not None:
             stats.coalesced += 1
             self.counters.slices["coalesced"] += 1

@@ -239,9 +239,7 @@ def test_no_cache_response_is_revalidated_every_time(
     assert origin_hits(origin, f"/files/{name}") == 3
 
 
-def test_client_conditional_is_answered_from_cache(
-    cache_proxy: CacheProxy, origin: Origin
-) -> None:
+def test_client_conditional_is_answered_from_cache(cache_proxy: CacheProxy, origin: Origin) -> None:
     name = "1000-inm.bin"
     with cache_proxy() as url:
         get(url, f"/files/{name}")

@@ -358,6 +358,10 @@ class ObjectDirectory:
         decision = storability("GET", meta.status, request_headers, response_headers)
         if decision.store and engine.generation != generation:
             decision = dataclasses.replace(decision, store=False, reason="purged")
+        capacity = getattr(self.store, "capacity_bytes", None)
+        if decision.store and capacity is not None and size > capacity:
+            # It would only evict itself (and everything else) on the way through.
+            decision = dataclasses.replace(decision, store=False, reason="too-large")
         if decision.store and meta.validator is None and size > engine.slice_size:
             # Without a validator two versions could be spliced: relay, never slice.
             if in_hand is not None:

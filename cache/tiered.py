@@ -45,6 +45,11 @@ class TieredStore:
         self.l1 = l1
         self.l2 = l2
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=max(queue_size, 1))
+        # What the tiers can hold at most: a bigger object is streamed, never stored.
+        self.capacity_bytes = int(
+            (l1.capacity_bytes if l1 is not None else 0)
+            + (l2.stats().get("capacity_bytes", 0) if l2 is not None else 0)
+        )
         self._epoch = 0
         self._purges: list[tuple[int, KeyMatcher]] = []
         self._writer: asyncio.Task[None] | None = None

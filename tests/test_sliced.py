@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import time
 
 import httpx
 import pytest
@@ -268,3 +269,35 @@ def test_failed_slice_after_start_aborts_never_eof(proxy: ProxyFactory, origin: 
             origin.app.set_fault(name, "")
     # Slice 0 came from the cache; the failure after it is a reset, not a clean short body.
     assert 0 < received < 1024 * 1024
+
+
+def test_object_larger_than_the_cache_is_streamed_not_stored(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    name = "2m-too-large.bin"
+    with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:
+        first = httpx.get(f"{url}/files/{name}")
+        second = httpx.get(f"{url}/files/{name}")
+    for response in (first, second):
+        assert sha256(response.content) == expected_sha256(name)
+    assert second.headers["x-cache"] == "BYPASS"
+    assert "too-large" in second.headers["cache-status"]
+
+
+def test_slow_reader_stops_the_lookahead(proxy: ProxyFactory, origin: Origin) -> None:
+    name = "64m-slow-reader.bin"
+    path = f"/files/{name}"
+    mib = 1024 * 1024
+    with (
+        proxy(slice_size=mib, max_concurrent_subrequests=4) as url,
+        httpx.stream("GET", f"{url}{path}", timeout=30) as response,
+    ):
+        chunks = response.iter_raw(65536)
+        read = len(next(chunks))
+        time.sleep(1.0)  # the client stops reading; the proxy must stop fetching
+        sent_while_paused = origin.bytes_sent_for(path)
+        for chunk in chunks:
+            read += len(chunk)
+    assert read == 64 * mib
+    # What the client holds plus socket buffers plus the 4-slice window, far from 64 MiB.
+    assert sent_while_paused < 24 * mib

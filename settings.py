@@ -147,8 +147,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds an object is fresh when the origin says nothing about freshness.",
     )
-    stale_if_error_seconds: int = Field(
-        default=0,
+    stale_if_error_seconds: float = Field(
+        default=0.0,
         ge=0,
         description="Seconds past expiry a stale object may stand in for a failed origin "
         "when the origin gives no stale-if-error (a must-revalidate or no-cache still wins).",

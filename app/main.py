@@ -260,7 +260,7 @@ def create_app(
             )
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,
-                default_stale_if_error=settings.stale_if_error_seconds,
+                default_stale_if_error=int(settings.stale_if_error_seconds),
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget

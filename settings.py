@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     max_concurrent_subrequests: int = Field(
         default=4, ge=1, le=64, description="Slices fetched ahead of one client at once."
     )
+    slices_per_subrequest: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Consecutive missing slices one Range request fetches (the origin's "
+        "first-byte latency is paid once per request); the lookahead is "
+        "MAX_CONCURRENT_SUBREQUESTS such requests.",
+    )
     max_retries: int = Field(
         default=3, ge=0, le=10, description="Retries of a slice fetch on connect errors, 5xx."
     )

@@ -32,13 +32,14 @@ class SliceFill:
         self.error: BaseException | None = None
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
+        self.run: list[SliceFill] = [self]  # the slices one origin request is filling
         self._progress = asyncio.Event()
 
     @property
     def length(self) -> int:
         return len(self.buffer)
 
-    def append(self, chunk: bytes) -> None:
+    def append(self, chunk: bytes | memoryview) -> None:
         end = self.filled + len(chunk)
         if end > self.length:
             raise SliceOverflow(f"slice {self.key!r} got {end} of {self.length} bytes")
@@ -103,8 +104,11 @@ class SliceClaim:
         if fill is None:
             return
         fill.readers -= 1
-        if fill.readers == 0 and not fill.done and fill.task is not None:
-            fill.task.cancel()
+        # The request is shared by the whole run: stop it only when nobody waits for any
+        # slice of it that is still unfinished.
+        if fill.task is not None and all(f.readers == 0 or f.done for f in fill.run):
+            if not all(f.done for f in fill.run):
+                fill.task.cancel()
 
 
 class ByteBudget:

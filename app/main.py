@@ -254,6 +254,7 @@ def create_app(
                 store=runtime.store,
                 slice_size=settings.slice_size,
                 lookahead=settings.max_concurrent_subrequests,
+                run_length=settings.slices_per_subrequest,
                 max_retries=settings.max_retries,
                 budget=ByteBudget(settings.max_in_flight_bytes),
                 counters=runtime.metrics.counters,

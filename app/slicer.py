@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from app.fills import ByteBudget, SliceClaim, SliceFill
+from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
 from app.headers import Headers
 from app.metrics import EngineCounters
 from app.objectmeta import ObjectMeta
@@ -89,6 +89,8 @@ class SliceEngine:
     lookahead: int
     max_retries: int
     budget: ByteBudget
+    # Consecutive missing slices fetched by one Range request.
+    run_length: int = 1
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
@@ -123,6 +125,8 @@ class SliceEngine:
     ) -> AsyncGenerator[SliceData, None]:
         """Bytes ``first..last`` in order, as soon as they exist.
 
+        Up to ``lookahead`` runs of ``run_length`` slices are claimed ahead of the slice
+        being sent; the window moves only as the client reads, so a slow client stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
         complete and (for a private or not yet written entry) in no store.
         """
@@ -131,15 +135,19 @@ class SliceEngine:
         if first_fill is not None and indexes.start == 0 and first_fill.error is None:
             first_fill.readers += 1
             claims[0] = SliceClaim(fill=first_fill)
+        window = self.lookahead * self.run_length
         scheduled = indexes.start
         try:
             for index in indexes:
-                # Keep the lookahead window claimed; a slow client stops it moving.
-                while scheduled < indexes.stop and scheduled < index + self.lookahead:
+                while scheduled < indexes.stop and scheduled < index + window:
                     if scheduled not in claims:
-                        claims[scheduled] = await self._claim(
-                            entry_key, target, meta, scheduled, request_headers, stats
-                        )
+                        limit = min(self.run_length, indexes.stop - scheduled)
+                        for offset, claim in enumerate(
+                            await self._claim(
+                                entry_key, target, meta, scheduled, limit, request_headers, stats
+                            )
+                        ):
+                            claims[scheduled + offset] = claim
                     scheduled += 1
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
@@ -158,9 +166,11 @@ class SliceEngine:
         target: str,
         meta: ObjectMeta,
         index: int,
+        limit: int,
         request_headers: Headers,
         stats: SliceStats,
-    ) -> SliceClaim:
+    ) -> list[SliceClaim]:
+        """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
         if fill is None and self.store is not None:
@@ -168,7 +178,7 @@ class SliceEngine:
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if data is not None and len(data) == last - first + 1:
                 stats.hit += 1
-                return SliceClaim(data=data)
+                return [SliceClaim(data=data)]
             fill = self.fills.get(key)  # someone may have started it while we looked
         if fill is None and meta.whole:
             # A whole object came from one plain GET; its evicted body is fetched again
@@ -180,15 +190,22 @@ class SliceEngine:
             stats.coalesced += 1
             self.counters.slices["coalesced"] += 1
             fill.readers += 1
-            return SliceClaim(fill=fill)
-        stats.miss += 1
-        self.counters.slices["miss"] += 1
-        bounds = slice_bounds(index, self.slice_size, meta.size)
-        fill = self.start_fill(key, bounds, target, meta, request_headers, None, store=True)
-        fill.readers += 1
-        return SliceClaim(fill=fill)
+            return [SliceClaim(fill=fill)]
+        run = [(key, slice_bounds(index, self.slice_size, meta.size))]
+        contains = getattr(self.store, "contains_slice", None)
+        for following in range(index + 1, index + limit):
+            next_key = keys.slice_key(entry_key, meta.version, following)
+            if next_key in self.fills or (contains is not None and contains(next_key)):
+                break  # the run stops where the cache (or another fill) takes over
+            run.append((next_key, slice_bounds(following, self.slice_size, meta.size)))
+        stats.miss += len(run)
+        self.counters.slices["miss"] += len(run)
+        fills = self.start_run(run, target, meta, request_headers, None, store=True)
+        for started in fills:
+            started.readers += 1
+        return [SliceClaim(fill=started) for started in fills]
 
-    # --- filling a slice from the origin -------------------------------------------------
+    # --- filling slices from the origin --------------------------------------------------
 
     def start_fill(
         self,
@@ -202,51 +219,75 @@ class SliceEngine:
         store: bool,
     ) -> SliceFill:
         """Fetch one slice in a task of its own; ``response`` is an answer already in hand."""
-        fill = SliceFill(key, *bounds)
-        self.fills[key] = fill
-        fill.task = asyncio.get_running_loop().create_task(
-            self._run_fill(fill, target, meta, request_headers, response, store)
-        )
-        return fill
+        return self.start_run(
+            [(key, bounds)], target, meta, request_headers, response, store=store
+        )[0]
 
-    async def _run_fill(
+    def start_run(
         self,
-        fill: SliceFill,
+        run: list[tuple[str, tuple[int, int]]],
+        target: str,
+        meta: ObjectMeta,
+        request_headers: Headers,
+        response: httpx.Response | None,
+        *,
+        store: bool,
+    ) -> list[SliceFill]:
+        """Fetch consecutive slices with one Range request, in one task, fill by fill.
+
+        One request for several slices pays the origin's first-byte latency once: with
+        20 ms of latency and 1 MiB slices at 50 MB/s, single-slice requests spend half
+        their time waiting.
+        """
+        fills = [SliceFill(key, *bounds) for key, bounds in run]
+        task = asyncio.get_running_loop().create_task(
+            self._run_fills(fills, target, meta, request_headers, response, store)
+        )
+        for fill in fills:
+            fill.run = fills
+            fill.task = task
+            self.fills[fill.key] = fill
+        return fills
+
+    async def _run_fills(
+        self,
+        fills: list[SliceFill],
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
         response: httpx.Response | None,
         store: bool,
     ) -> None:
-        generation = self.generation
+        size = sum(fill.length for fill in fills)
         try:
-            await self.budget.acquire(fill.length)
+            await self.budget.acquire(size)
             try:
-                await self._fetch_into(fill, target, meta, request_headers, response)
+                await self._fetch_run(fills, target, meta, request_headers, response, store)
                 response = None
             finally:
-                self.budget.release(fill.length)
-            fill.finish()
-            if store and self.store is not None and self.generation == generation:
-                await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+                self.budget.release(size)
         except ObjectChanged as error:
-            fill.fail(error)
-            object_key = fill.key.split(keys.SEPARATOR, 1)[0]
+            for fill in fills:
+                fill.fail(error)
+            object_key = fills[0].key.split(keys.SEPARATOR, 1)[0]
             log.warning("origin object changed", extra={"fields": {"key": object_key}})
             if self.on_object_changed is not None:
                 await self.on_object_changed(object_key)
         except asyncio.CancelledError:
             # Only readers that are themselves leaving remain; they must still see an error.
-            fill.fail(SliceError("slice fetch cancelled", retryable=False))
+            for fill in fills:
+                fill.fail(SliceError("slice fetch cancelled", retryable=False))
             raise
         except Exception as error:
-            fill.fail(error)
+            for fill in fills:
+                fill.fail(error)
             self.counters.error(_error_kind(error))
         finally:
             if response is not None:
                 await response.aclose()
-            if self.fills.get(fill.key) is fill:
-                del self.fills[fill.key]
+            for fill in fills:
+                if self.fills.get(fill.key) is fill:
+                    del self.fills[fill.key]
 
     def slice_request_headers(
         self, request_headers: Headers, first: int, last: int, etag: str | None
@@ -273,32 +314,47 @@ class SliceEngine:
             headers.append(("if-match", etag))
         return headers
 
-    async def _fetch_into(
+    async def _fetch_run(
         self,
-        fill: SliceFill,
+        fills: list[SliceFill],
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
         response: httpx.Response | None,
+        store: bool,
     ) -> None:
+        generation = self.generation
         attempt = 0
+        current = 0  # the fill being written; earlier ones are complete
+        last = fills[-1].last
         while True:
-            first = fill.first + fill.filled  # resume after what readers already have
+            first = fills[current].first + fills[current].filled  # resume where we stopped
             try:
                 if response is None:
-                    headers = self.slice_request_headers(
-                        request_headers, first, fill.last, meta.etag
-                    )
+                    headers = self.slice_request_headers(request_headers, first, last, meta.etag)
                     self.counters.upstream_requests += 1
                     response = await self.upstream.send("GET", target, headers)
-                    self.check_slice_response(response, first, fill.last, meta)
+                    self.check_slice_response(response, first, last, meta)
                 async for chunk in response.aiter_raw():
-                    fill.append(chunk)
                     self.counters.upstream_bytes += len(chunk)
-                if fill.filled != fill.length:
-                    raise SliceError(
-                        f"origin sent {fill.filled} of {fill.length} bytes", retryable=True
-                    )
+                    view = memoryview(chunk)
+                    while view:
+                        fill = fills[current]
+                        room = fill.length - fill.filled
+                        fill.append(view[:room])
+                        view = view[room:]
+                        if fill.filled == fill.length:
+                            fill.finish()
+                            if store and self.store is not None and self.generation == generation:
+                                await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+                            if current + 1 < len(fills):
+                                current += 1
+                            elif view:
+                                raise SliceOverflow(f"origin sent more than bytes {first}-{last}")
+                if not fills[-1].done:
+                    got = sum(fill.filled for fill in fills)
+                    total = sum(fill.length for fill in fills)
+                    raise SliceError(f"origin sent {got} of {total} bytes", retryable=True)
                 return
             except (httpx.TransportError, SliceError) as error:
                 retryable = isinstance(error, httpx.TransportError) or error.retryable

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from app.headers import HOP_BY_HOP
+
 Headers = Sequence[tuple[str, str]]
 """A header section: (lowercase name, value) pairs in wire order, repeated names allowed."""
 
 HeaderList = list[tuple[str, str]]
-
-# RFC 9110 7.6.1 connection-specific fields, plus the de-facto Keep-Alive and
-# Proxy-Connection, and the proxy authentication pair that only concerns the next hop.
-HOP_BY_HOP: frozenset[str] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 
 DELTA_SECONDS_MAX = 2**31
 """RFC 9111 1.2.2: a delta-seconds too large to represent is taken as 2^31."""

@@ -114,6 +114,12 @@ class AccessLogMiddleware:
                 "request_id": log.request_id,
                 "client": (scope.get("client") or ("-",))[0],
             }
+            if log.slices is not None:
+                entry["slices"] = {
+                    "hit": log.slices.hit,
+                    "miss": log.slices.miss,
+                    "coalesced": log.slices.coalesced,
+                }
             if not complete:
                 entry["aborted"] = log.aborted or "client disconnected"
             if self.metrics is not None:

@@ -12,6 +12,15 @@ SCOPE_KEY = "slicecache.request"
 
 
 @dataclass(slots=True)
+class SliceStats:
+    """Where one response's slices came from: the store, a new fetch, another's fetch."""
+
+    hit: int = 0
+    miss: int = 0
+    coalesced: int = 0
+
+
+@dataclass(slots=True)
 class RequestLog:
     """Filled by the handlers, written as one JSON line by the access-log middleware."""
 
@@ -19,6 +28,7 @@ class RequestLog:
     cache: str = "-"
     upstream_seconds: float = 0.0
     aborted: str | None = None  # why a started response was cut short
+    slices: SliceStats | None = None  # set on the sliced path
 
 
 @dataclass(slots=True)

@@ -26,7 +26,9 @@ class SliceFill:
         self.key = key
         self.first = first  # absolute offsets in the object, inclusive
         self.last = last
-        self.buffer = bytearray(last - first + 1)
+        self._length = last - first + 1
+        # Allocated with the first byte, so a fill waiting for the byte budget costs nothing.
+        self.buffer = bytearray()
         self.filled = 0
         self.done = False
         self.error: BaseException | None = None
@@ -37,12 +39,14 @@ class SliceFill:
 
     @property
     def length(self) -> int:
-        return len(self.buffer)
+        return self._length
 
     def append(self, chunk: bytes | memoryview) -> None:
         end = self.filled + len(chunk)
-        if end > self.length:
-            raise SliceOverflow(f"slice {self.key!r} got {end} of {self.length} bytes")
+        if end > self._length:
+            raise SliceOverflow(f"slice {self.key!r} got {end} of {self._length} bytes")
+        if not self.buffer:
+            self.buffer = bytearray(self._length)
         self.buffer[self.filled : end] = chunk
         self.filled = end
         self._wake()
@@ -64,12 +68,12 @@ class SliceFill:
 
     async def read(self, lo: int, hi: int) -> AsyncIterator[memoryview]:
         """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails."""
-        view = memoryview(self.buffer)
         position = lo
         while position < hi:
             if self.filled > position:
                 end = min(self.filled, hi)
-                yield view[position:end]
+                # The buffer exists once a byte arrived and never moves after that.
+                yield memoryview(self.buffer)[position:end]
                 position = end
                 continue
             if self.error is not None:

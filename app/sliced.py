@@ -12,7 +12,7 @@ from starlette.types import Receive, Send
 
 from app import ranges
 from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
-from app.context import RequestContext
+from app.context import RequestContext, SliceStats
 from app.fills import SliceFill
 from app.headers import Headers, end_to_end, with_via
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
@@ -21,7 +21,7 @@ from app.httpcache.freshness import current_age
 from app.objectmeta import ObjectMeta
 from app.objects import Forward, ObjectDirectory, Opened, Refuse
 from app.proxy import kind, pass_through, relay_response, reply_upstream_error
-from app.slicer import ObjectChanged, SliceEngine, SliceError, SliceStats
+from app.slicer import ObjectChanged, SliceEngine, SliceError
 from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
@@ -187,7 +187,7 @@ async def _answer(
         await send_body(send, b"", more=False)
         return
 
-    stats = SliceStats()
+    stats = ctx.log.slices = SliceStats()
     if boundary is None:
         pieces = engine.stream(
             entry_key,

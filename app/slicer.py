@@ -1,14 +1,13 @@
 """The slicing engine: objects cut into aligned slices, fetched ahead, coalesced, checked.
 
-Flow (DESIGN.md steps 3-7): :meth:`SliceEngine.open` finds an object's metadata, or learns
-it from one ``Range: bytes=0-(S-1)`` request whose 206 answer gives the total size and the
-validators and is itself slice 0 (no HEAD round trip; concurrent openers share that probe).
-:meth:`SliceEngine.stream` then yields the bytes of a range in order. Each slice comes
-from the store or from an in-flight fill; missing slices are fetched up to
-``max_concurrent_subrequests`` ahead of the one being sent, under a global byte budget,
-and every origin answer is checked (206, exact Content-Range, length, validator) before a
-byte of it is used. A validator mismatch raises :class:`ObjectChanged` and drops the
-object's cached slices: two versions are never spliced.
+Flow (DESIGN.md steps 5-7; the object's metadata comes from :mod:`app.objects`):
+:meth:`SliceEngine.stream` yields the bytes of a range in order. Each slice comes from the
+store or from an in-flight fill (coalesced: one origin fetch per slice, readers tail it);
+missing slices are fetched ahead of the one being sent, ``lookahead`` Range requests of up
+to ``run_length`` consecutive slices each, under a global byte budget. Every origin answer
+is checked (206, exact Content-Range, length, validator) before a byte of it is used. A
+validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
+two versions are never spliced into one response.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from app.context import SliceStats
 from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
 from app.headers import Headers
 from app.metrics import EngineCounters
@@ -50,15 +50,6 @@ class SliceError(Exception):
     def __init__(self, message: str, *, retryable: bool) -> None:
         super().__init__(message)
         self.retryable = retryable
-
-
-@dataclass(slots=True)
-class SliceStats:
-    """How one response's slices were served, for X-Cache and metrics."""
-
-    hit: int = 0
-    miss: int = 0
-    coalesced: int = 0
 
 
 def _error_kind(error: Exception) -> str:

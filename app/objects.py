@@ -59,7 +59,8 @@ class Opened:
     entry_key: str
     status: CacheStatus
     probed: bool = False  # this request's own probe fetched slice 0
-    shareable: bool = True  # False: private to this response, never stored
+    shareable: bool = True  # False: private to this response
+    stored: bool = True  # False: its slices are not written to the cache
     first_fill: SliceFill | None = None  # slice 0 as the probe fetched it, done or not
 
 
@@ -99,6 +100,9 @@ class ObjectDirectory:
     _metas: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=4096))
     _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
     _probes: dict[str, _Probe] = field(default_factory=dict)
+    # Metadata of objects shared in flight but too large to store: later clients join the
+    # fills (and the engine's recent slices) instead of probing again.
+    _unstored: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=1024))
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- lookup --------------------------------------------------------------------------
@@ -108,6 +112,10 @@ class ObjectDirectory:
         if until is not None and until > time.time():
             return Forward("origin does not serve ranges of this object")
         entry_key, meta = await self._lookup(object_key, request_headers)
+        in_store = True
+        if meta is None:
+            meta = self._unstored.get(entry_key)
+            in_store = False
         if meta is None:
             if on_miss(request_headers) is not None:
                 return Refuse(504, "only-if-cached: not in cache")
@@ -125,7 +133,9 @@ class ObjectDirectory:
                 status = CacheStatus.stale_hit(decision.ttl, decision.reason)
             if decision.revalidate_in_background:
                 self._revalidate_in_background(entry_key, object_key, target, request_headers)
-            return Opened(meta, entry_key, status)
+            if not in_store:
+                status = CacheStatus.bypass("too-large")
+            return Opened(meta, entry_key, status, stored=in_store)
         if decision.error_status is not None:
             return Refuse(decision.error_status, "only-if-cached: stored response is stale")
 
@@ -176,15 +186,19 @@ class ObjectDirectory:
 
     async def forget(self, object_key: str) -> int:
         """Drop the object, its variants and slices from every tier (change, purge, 4.4)."""
-        for key in [k for k in self._metas if keys.belongs_to(k, object_key)]:
-            self._metas.pop(key, None)
+        for cache in (self._metas, self._unstored):
+            for key in [k for k in cache if keys.belongs_to(k, object_key)]:
+                cache.pop(key, None)
+        for key in [k for k in self.engine.recent if keys.belongs_to(k, object_key)]:
+            self.engine.recent.pop(key, None)
         self._unsliceable.pop(object_key, None)
         self.engine.generation += 1
         return await self.store.delete(object_key) if self.store is not None else 0
 
     async def forget_prefix(self, prefix: str) -> int:
-        for key in [k for k in self._metas if k.startswith(prefix)]:
-            self._metas.pop(key, None)
+        for cache in (self._metas, self._unstored, self.engine.recent):
+            for key in [k for k in cache if k.startswith(prefix)]:
+                cache.pop(key, None)
         for key in [k for k in self._unsliceable if k.startswith(prefix)]:
             self._unsliceable.pop(key, None)
         self.engine.generation += 1
@@ -192,6 +206,8 @@ class ObjectDirectory:
 
     async def forget_all(self) -> int:
         self._metas.clear()
+        self._unstored.clear()
+        self.engine.recent.clear()
         self._unsliceable.clear()
         self.engine.generation += 1
         return await self.store.clear() if self.store is not None else 0
@@ -312,9 +328,15 @@ class ObjectDirectory:
                 request_time=request_time,
                 response_time=response_time,
             )
-            entry_key = await self._adopt(object_key, meta, request_headers)
             info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
+            if self._too_large(meta.size):
+                entry_key = object_key
+                if meta.vary:
+                    entry_key = variant_entry_key(object_key, meta.vary, request_headers)
+                self._unstored[entry_key] = meta
+                return Opened(meta, entry_key, CacheStatus.revalidated(ttl), stored=False)
+            entry_key = await self._adopt(object_key, meta, request_headers)
             return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
 
         size: int | None = None
@@ -358,11 +380,12 @@ class ObjectDirectory:
         decision = storability("GET", meta.status, request_headers, response_headers)
         if decision.store and engine.generation != generation:
             decision = dataclasses.replace(decision, store=False, reason="purged")
-        capacity = getattr(self.store, "capacity_bytes", None)
-        if decision.store and capacity is not None and size > capacity:
+        # Public content may be shared in flight even when it is not stored.
+        shareable = decision.store
+        if decision.store and self._too_large(size):
             # It would only evict itself (and everything else) on the way through.
             decision = dataclasses.replace(decision, store=False, reason="too-large")
-        if decision.store and meta.validator is None and size > engine.slice_size:
+        if shareable and meta.validator is None and size > engine.slice_size:
             # Without a validator two versions could be spliced: relay, never slice.
             if in_hand is not None:
                 await in_hand.aclose()
@@ -370,6 +393,12 @@ class ObjectDirectory:
         if decision.store:
             entry_key = await self._adopt(object_key, meta, request_headers)
             cache_status = CacheStatus.miss(fwd_status=status, stored=True)
+        elif shareable:
+            entry_key = object_key
+            if meta.vary:
+                entry_key = variant_entry_key(object_key, meta.vary, request_headers)
+            self._unstored[entry_key] = meta
+            cache_status = CacheStatus.bypass(decision.reason)
         else:
             entry_key = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
             cache_status = CacheStatus.bypass(decision.reason)
@@ -391,9 +420,14 @@ class ObjectDirectory:
             entry_key,
             cache_status,
             probed=True,
-            shareable=decision.store,
+            shareable=shareable,
+            stored=decision.store,
             first_fill=first_fill,
         )
+
+    def _too_large(self, size: int) -> bool:
+        capacity = getattr(self.store, "capacity_bytes", None)
+        return capacity is not None and size > capacity
 
     def _meta_from(
         self,

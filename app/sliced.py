@@ -13,7 +13,6 @@ from starlette.types import Receive, Send
 from app import ranges
 from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
 from app.context import RequestContext, SliceStats
-from app.fills import SliceFill
 from app.headers import Headers, end_to_end, with_via
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
@@ -198,11 +197,10 @@ async def _answer(
             ctx.headers,
             stats,
             opened.first_fill,
+            opened.stored,
         )
     else:
-        pieces = _multipart(
-            engine, entry_key, ctx, meta, decision.ranges, boundary, stats, opened.first_fill
-        )
+        pieces = _multipart(engine, entry_key, ctx, meta, decision.ranges, boundary, stats, opened)
     await _send_stream(ctx, receive, send, status, headers, pieces)
 
 
@@ -214,13 +212,21 @@ async def _multipart(
     parts: tuple[ranges.ByteRange, ...],
     boundary: str,
     stats: SliceStats,
-    first_fill: SliceFill | None,
+    opened: Opened,
 ) -> AsyncGenerator[SliceData, None]:
     content_type = meta.header("content-type")
     for part in parts:
         yield ranges.multipart_part_header(part, meta.size, content_type, boundary)
         stream = engine.stream(
-            entry_key, ctx.target, meta, part.first, part.last, ctx.headers, stats, first_fill
+            entry_key,
+            ctx.target,
+            meta,
+            part.first,
+            part.last,
+            ctx.headers,
+            stats,
+            opened.first_fill,
+            opened.stored,
         )
         async with contextlib.aclosing(stream):
             async for piece in stream:

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
+from cachetools import LRUCache
 
 from app.context import SliceStats
 from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
@@ -36,6 +37,7 @@ log = logging.getLogger("slicecache.slicer")
 
 CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
+RECENT_BYTES = 64 * 1024 * 1024
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
 
@@ -87,6 +89,11 @@ class SliceEngine:
     fills: dict[str, SliceFill] = field(default_factory=dict)
     # Bumped by every purge: a fill that started before one does not store its bytes.
     generation: int = 0
+    # Completed slices of objects that are shared but not stored (too large for the
+    # cache): clients a little behind the one that fetched them still find them here.
+    recent: LRUCache[str, bytearray] = field(
+        default_factory=lambda: LRUCache(maxsize=RECENT_BYTES, getsizeof=len)
+    )
     counters: EngineCounters = field(default_factory=EngineCounters)
 
     # --- streaming a range -------------------------------------------------------------
@@ -113,13 +120,15 @@ class SliceEngine:
         request_headers: Headers,
         stats: SliceStats,
         first_fill: SliceFill | None = None,
+        store: bool = True,
     ) -> AsyncGenerator[SliceData, None]:
         """Bytes ``first..last`` in order, as soon as they exist.
 
         Up to ``lookahead`` runs of ``run_length`` slices are claimed ahead of the slice
         being sent; the window moves only as the client reads, so a slow client stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
-        complete and (for a private or not yet written entry) in no store.
+        complete and (for a private or not yet written entry) in no store. ``store=False``:
+        slices this response fetches are not written to the cache (private, too large).
         """
         indexes = slices_for_range(first, last, self.slice_size)
         claims: dict[int, SliceClaim] = {}
@@ -135,7 +144,14 @@ class SliceEngine:
                         limit = min(self.run_length, indexes.stop - scheduled)
                         for offset, claim in enumerate(
                             await self._claim(
-                                entry_key, target, meta, scheduled, limit, request_headers, stats
+                                entry_key,
+                                target,
+                                meta,
+                                scheduled,
+                                limit,
+                                request_headers,
+                                stats,
+                                store,
                             )
                         ):
                             claims[scheduled + offset] = claim
@@ -160,10 +176,16 @@ class SliceEngine:
         limit: int,
         request_headers: Headers,
         stats: SliceStats,
+        store: bool,
     ) -> list[SliceClaim]:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
+        recent = self.recent.get(key) if fill is None else None
+        if recent is not None:
+            stats.coalesced += 1
+            self.counters.slices["coalesced"] += 1
+            return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
             data = await self.store.get_slice(key)
             first, last = slice_bounds(index, self.slice_size, meta.size)
@@ -191,7 +213,7 @@ class SliceEngine:
             run.append((next_key, slice_bounds(following, self.slice_size, meta.size)))
         stats.miss += len(run)
         self.counters.slices["miss"] += len(run)
-        fills = self.start_run(run, target, meta, request_headers, None, store=True)
+        fills = self.start_run(run, target, meta, request_headers, None, store=store)
         for started in fills:
             started.readers += 1
         return [SliceClaim(fill=started) for started in fills]
@@ -280,6 +302,10 @@ class SliceEngine:
                 if self.fills.get(fill.key) is fill:
                     del self.fills[fill.key]
 
+    def keep_recent(self, fill: SliceFill) -> None:
+        if keys.SEPARATOR + "private:" not in fill.key and fill.length <= RECENT_BYTES:
+            self.recent[fill.key] = fill.buffer
+
     def slice_request_headers(
         self, request_headers: Headers, first: int, last: int, etag: str | None
     ) -> Headers:
@@ -338,6 +364,8 @@ class SliceEngine:
                             fill.finish()
                             if store and self.store is not None and self.generation == generation:
                                 await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+                            elif not store and self.generation == generation:
+                                self.keep_recent(fill)
                             if current + 1 < len(fills):
                                 current += 1
                             elif view:

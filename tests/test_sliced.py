@@ -299,6 +299,33 @@ def test_object_larger_than_the_cache_is_streamed_not_stored(
     assert "too-large" in second.headers["cache-status"]
 
 
+def test_too_large_object_is_still_coalesced_in_flight(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    name = "2m-too-large-shared.bin"
+    path = f"/files/{name}"
+    with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:
+
+        def download(_: int) -> str:
+            return sha256(httpx.get(f"{url}{path}?latency_ms=30", timeout=30).content)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            digests = list(pool.map(download, range(8)))
+        stats = httpx.get(f"{url}/_slicecache/stats").json()
+    assert digests == [expected_sha256(name)] * 8
+    assert origin.bytes_sent_for(path) <= 1.05 * 2 * 1024 * 1024
+    assert stats["tiers"]["l1"]["entries"] == 0  # shared in flight, never stored
+
+
+def test_private_response_slices_are_never_stored(proxy: ProxyFactory) -> None:
+    name = "300000-private-slices.bin"
+    with proxy(slice_size=SLICE) as url:
+        response = httpx.get(f"{url}/files/{name}?cc=private")
+        stats = httpx.get(f"{url}/_slicecache/stats").json()
+    assert sha256(response.content) == expected_sha256(name)
+    assert stats["tiers"]["l1"]["entries"] == 0
+
+
 def test_slow_reader_stops_the_lookahead(proxy: ProxyFactory, origin: Origin) -> None:
     name = "64m-slow-reader.bin"
     path = f"/files/{name}"

@@ -46,7 +46,8 @@ from cache.protocol import Store
 
 log = logging.getLogger("slicecache.objects")
 
-UNSATISFIED_EMPTY = "bytes */0"
+# Key, entry and index bookkeeping a tier spends per slice (L1 counts ~256 B + the key).
+PER_SLICE_OVERHEAD_BYTES = 1024
 # How long an origin that ignored Range for a large object is not probed again.
 UNSLICEABLE_MEMORY_SECONDS = 60.0
 
@@ -426,8 +427,16 @@ class ObjectDirectory:
         )
 
     def _too_large(self, size: int) -> bool:
-        capacity = getattr(self.store, "capacity_bytes", None)
-        return capacity is not None and size > capacity
+        """Would the object, with each slice's bookkeeping, not fit in the tiers at all?
+
+        An object a little larger than the cache is the worst case of LRU: every slice a
+        sequential read inserts evicts the next one it is about to read.
+        """
+        capacity: int | None = getattr(self.store, "capacity_bytes", None)
+        if capacity is None:
+            return False
+        slices = size // self.engine.slice_size + 2
+        return size + slices * PER_SLICE_OVERHEAD_BYTES > capacity
 
     def _meta_from(
         self,

@@ -65,6 +65,8 @@ def main() -> int:
     env["SLICECACHE_PORT"] = str(proxy_port)
     # Ctrl-C on a demo should not wait out a load-balancer drain period.
     env.setdefault("SLICECACHE_DRAIN_SECONDS", "0")
+    # Room for the demo's 100 MiB file in memory, so the second fetch is a HIT.
+    env.setdefault("SLICECACHE_L1_CACHE_SIZE_BYTES", str(256 * 1024 * 1024))
     # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children in order.
     origin = subprocess.Popen(
         [sys.executable, "-m", "bench.origin", "--host", HOST, "--port", str(origin_port)],

@@ -34,7 +34,10 @@ class SliceFill:
         self.error: BaseException | None = None
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
-        self.run: list[SliceFill] = [self]  # the slices one origin request is filling
+        # The slices one origin request is filling, while it runs. Emptied when it ends:
+        # fills referring to each other would otherwise be freed only by the cycle GC,
+        # holding megabytes of buffers long after the last reader.
+        self.run: tuple[SliceFill, ...] = ()
         self._progress = asyncio.Event()
 
     @property
@@ -110,8 +113,9 @@ class SliceClaim:
         fill.readers -= 1
         # The request is shared by the whole run: stop it only when nobody waits for any
         # slice of it that is still unfinished.
-        if fill.task is not None and all(f.readers == 0 or f.done for f in fill.run):
-            if not all(f.done for f in fill.run):
+        run = fill.run or (fill,)
+        if fill.task is not None and all(f.readers == 0 or f.done for f in run):
+            if not all(f.done for f in run):
                 fill.task.cancel()
 
 

@@ -256,8 +256,9 @@ class SliceEngine:
         task = asyncio.get_running_loop().create_task(
             self._run_fills(fills, target, meta, request_headers, response, store)
         )
+        members = tuple(fills)
         for fill in fills:
-            fill.run = fills
+            fill.run = members
             fill.task = task
             self.fills[fill.key] = fill
         return fills
@@ -299,6 +300,7 @@ class SliceEngine:
             if response is not None:
                 await response.aclose()
             for fill in fills:
+                fill.run = ()
                 if self.fills.get(fill.key) is fill:
                     del self.fills[fill.key]
 

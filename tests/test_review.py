@@ -1,0 +1,237 @@
+"""Reviewer's tests: each one shows a defect (or guards a risky behaviour that was checked)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import httpx
+
+from bench.origin import expected_bytes
+from cache import keys
+from cache.memory import MemoryStore
+from cache.protocol import SliceData
+from cache.tiered import TieredStore
+from tests.conftest import Origin, ProxyFactory
+
+SLICE = 64 * 1024
+
+
+def test_small_range_of_a_cold_slice_is_cached(proxy: ProxyFactory, origin: Origin) -> None:
+    path = "/files/4m-review-small-range.bin"
+    target = f"{path}?bandwidth_mbps=2"  # the 1 MiB slice takes ~0.5 s to arrive
+    with proxy(slice_size=1024 * 1024) as url:
+        for _ in range(3):
+            r = httpx.get(f"{url}{target}", headers={"Range": "bytes=0-99"}, timeout=10)
+            assert r.status_code == 206
+            assert r.content == expected_bytes("4m-review-small-range.bin", 1, 0, 99)
+            r = httpx.get(f"{url}{target}", headers={"Range": "bytes=2097152-2097251"}, timeout=10)
+            assert r.status_code == 206
+    # nginx's slice module stores the whole slice whatever part the client wanted; here
+    # every small range re-fetches its slice because the fill is cancelled.
+    assert len(origin.requests_for(path)) == 2, origin.requests_for(path)
+
+
+def test_set_cookie_reaches_the_client_of_a_private_sliced_response(proxy: ProxyFactory) -> None:
+    # A private (per-user) download: never stored, so nothing justifies dropping the
+    # origin's Set-Cookie on its way to the one client it belongs to.
+    target = "/files/1m-review-cookie.bin?cc=private&setcookie=session%3Dabc"
+    with proxy(slice_size=SLICE) as url:
+        direct = httpx.get(f"{url}{target}", headers={"Range": "bytes=0-9"})
+    assert direct.status_code == 206
+    assert direct.headers.get("set-cookie") == "session=abc"
+
+
+class _SlowL2(MemoryStore):
+    """An L2 whose reads take a while: the bytes are read at once, handed back later."""
+
+    name = "l2"
+
+    def __init__(self) -> None:
+        super().__init__(64 * 1024 * 1024)
+        self.gate = asyncio.Event()
+
+    async def get_slice(self, key: str) -> SliceData | None:
+        data = await super().get_slice(key)
+        await self.gate.wait()
+        return data
+
+
+async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice() -> None:
+    l2 = _SlowL2()
+    store = TieredStore(MemoryStore(64 * 1024 * 1024), l2)
+    purged = "http://o:80/a.bin"
+    key = keys.slice_key(purged, "v1", 0)
+    await l2.put_slice(key, b"old bytes", None)
+    reader = asyncio.create_task(store.get_slice(key))
+    await asyncio.sleep(0.01)  # the L2 read is under way
+    await store.delete(purged)  # PURGE answers 200
+    # Unrelated traffic: one write-behind item drains, and the purge record goes with it.
+    await store.put_slice(keys.slice_key("http://o:80/b.bin", "v1", 0), b"b", None)
+    await store.flush()
+    l2.gate.set()
+    await reader
+    assert await store.get_slice(key) is None  # the purged slice came back into L1
+    await store.close()
+
+
+async def test_purge_records_do_not_pile_up_without_l2() -> None:
+    store = TieredStore(MemoryStore(1024 * 1024), None)
+    for n in range(10_000):
+        await store.delete(f"http://o:80/files/{n}.bin")
+    # Every PURGE of an L1-only cache keeps a closure forever (only the L2 writer trims).
+    assert len(store._purges) < 100
+
+
+TOKEN = "review-token"
+
+
+def _purge(url: str, path: str) -> httpx.Response:
+    return httpx.request("PURGE", f"{url}{path}", headers={"authorization": f"Bearer {TOKEN}"})
+
+
+def test_purging_one_object_does_not_stop_caching_of_another(proxy: ProxyFactory) -> None:
+    target = "/files/1m-review-bystander.bin?bandwidth_mbps=0.5"
+    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
+            time.sleep(0.25)  # its slices are in flight
+            assert _purge(url, "/files/unrelated-review.bin").status_code == 200
+            first = download.result()
+        assert first.status_code == 200
+        again = httpx.get(f"{url}{target}", timeout=30)
+    # A PURGE of an unrelated URL made every fill in flight discard its bytes.
+    assert again.headers["x-cache"] == "HIT", again.headers["x-cache-slices"]
+
+
+def test_purging_one_object_during_anothers_probe_keeps_it_cacheable(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    path = "/files/100k-review-probe.bin"
+    target = f"{path}?latency_ms=300"
+    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
+            time.sleep(0.1)  # the probe is out
+            assert _purge(url, "/files/unrelated-review.bin").status_code == 200
+            assert download.result().status_code == 200
+        before = len(origin.requests_for(path))
+        again = httpx.get(f"{url}{target}", timeout=30)
+    # The bystander's probe answer was treated as "purged": stored nowhere, not shared.
+    assert len(origin.requests_for(path)) == before, again.headers.get("cache-status")
+
+
+def test_two_ranges_in_one_cold_slice(proxy: ProxyFactory) -> None:
+    name = "2m-review-multipart.bin"
+    target = f"/files/{name}?bandwidth_mbps=2"
+    with proxy(slice_size=1024 * 1024) as url:
+        try:
+            r = httpx.get(
+                f"{url}{target}", headers={"Range": "bytes=0-9,500000-500009"}, timeout=10
+            )
+        except httpx.HTTPError as error:  # the proxy cut the response short
+            raise AssertionError(f"multipart response aborted: {error!r}") from None
+    assert r.status_code == 206
+    assert expected_bytes(name, 1, 500000, 500009) in r.content
+
+
+def _origin_saw(response: httpx.Response) -> dict[str, str]:
+    return {name: value for name, value in response.json()["headers"]}
+
+
+def test_sliced_fetches_send_the_origin_host_not_the_clients(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    path = "/echo/review-host"
+    origin_host = origin.url.removeprefix("http://")
+    with proxy(slice_size=SLICE) as url:  # preserve_host is off: the key is the origin's
+        attacker = httpx.get(f"{url}{path}", headers={"host": "evil.example"})
+        victim = httpx.get(f"{url}{path}")
+    # The probe forwarded the client's Host, so a vhost-aware origin's answer for
+    # evil.example is stored under the key of the origin's own host and served to all.
+    assert _origin_saw(victim)["host"] == origin_host
+    assert _origin_saw(attacker)["host"] == origin_host
+
+
+def test_sliced_fetches_drop_hop_by_hop_fields_and_add_via(proxy: ProxyFactory) -> None:
+    with proxy(slice_size=SLICE) as url:
+        r = httpx.get(
+            f"{url}/echo/review-hop",
+            headers={
+                "proxy-authorization": "Basic c2VjcmV0",  # credentials for this hop only
+                "connection": "x-hop",
+                "x-hop": "1",
+                "te": "trailers",
+            },
+        )
+    seen = _origin_saw(r)
+    assert "proxy-authorization" not in seen
+    assert "x-hop" not in seen and "te" not in seen and "connection" not in seen
+    assert "1.1 slicecache" in seen.get("via", "")  # RFC 9110 7.6.3
+
+
+def test_probe_holding_a_pool_connection_while_waiting_for_budget_deadlocks(
+    proxy: ProxyFactory,
+) -> None:
+    # Two cold downloads, one origin connection, a budget of one 4 MiB slice. B's probe
+    # takes the connection A's slice 0 just freed and, with more unread body than aiohttp
+    # buffers, holds it while its first fill waits for the budget; A's slice 1 holds the
+    # budget and waits for the connection. Neither moves until a client gives up.
+    slice_size = 4 * 1024 * 1024
+    settings = {
+        "slice_size": slice_size,
+        "max_in_flight_bytes": slice_size,
+        "upstream_pool_size": 1,
+        "slices_per_subrequest": 1,
+        "max_concurrent_subrequests": 2,
+    }
+    with proxy(**settings) as url:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            a = pool.submit(
+                httpx.get, f"{url}/files/12m-review-deadlock-a.bin?bandwidth_mbps=16", timeout=3
+            )
+            time.sleep(0.1)  # A's slice 0 is streaming on the only connection
+            b = pool.submit(httpx.get, f"{url}/files/8m-review-deadlock-b.bin", timeout=3)
+            try:
+                statuses = (a.result().status_code, b.result().status_code)
+            except httpx.TimeoutException as error:
+                raise AssertionError(f"requests stuck: {error!r}") from None
+    assert statuses == (200, 200)
+
+
+def test_revalidation_answered_after_a_purge_does_not_restore_the_entry(
+    proxy: ProxyFactory,
+) -> None:
+    target = "/files/100k-review-reval.bin?latency_ms=300"
+    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+        assert httpx.get(f"{url}{target}").status_code == 200  # stored
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            revalidating = pool.submit(
+                httpx.get, f"{url}{target}", headers={"cache-control": "no-cache"}, timeout=10
+            )
+            time.sleep(0.1)  # the conditional probe is out
+            assert _purge(url, target).json()["purged"] >= 1
+            assert revalidating.result().status_code == 200
+        after = httpx.get(f"{url}{target}", headers={"cache-control": "only-if-cached"})
+    # The purge's 200 promised the entry is gone; the 304 that arrived later put the
+    # metadata back (a 200/206 probe in the same window is refused storage as "purged").
+    assert after.status_code == 504, after.headers.get("cache-status")
+
+
+def test_guard_304_and_head_on_the_sliced_path(proxy: ProxyFactory) -> None:
+    # Checked and sound: a 304 carries validators, Via and Age but no Content-Length or
+    # Content-Type; a HEAD announces the full length without a body.
+    target = "/files/300000-review-guard.bin"
+    with proxy(slice_size=SLICE) as url:
+        full = httpx.get(f"{url}{target}")
+        etag = full.headers["etag"]
+        not_modified = httpx.get(f"{url}{target}", headers={"if-none-match": etag})
+        head = httpx.head(f"{url}{target}")
+    assert not_modified.status_code == 304
+    assert not_modified.headers["etag"] == etag
+    assert "content-length" not in not_modified.headers
+    assert "content-type" not in not_modified.headers
+    assert "slicecache" in not_modified.headers["via"] and "age" in not_modified.headers
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == "300000"

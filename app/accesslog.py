@@ -6,6 +6,8 @@ delays a streamed body; it only counts what passes through ``send``.
 
 from __future__ import annotations
 
+import email.utils
+import functools
 import json
 import logging
 import sys
@@ -50,6 +52,16 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+@functools.lru_cache(maxsize=2)
+def _http_date(second: int) -> bytes:
+    return email.utils.formatdate(second, usegmt=True).encode()
+
+
+def http_date_now() -> bytes:
+    """An IMF-fixdate of now, formatted once per second."""
+    return _http_date(int(time.time()))
+
+
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
@@ -87,7 +99,12 @@ class AccessLogMiddleware:
             nonlocal status, sent, complete, first_byte
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), request_id_header]
+                headers = [*message.get("headers", []), request_id_header]
+                if not any(name == b"date" for name, _ in headers):
+                    # RFC 9110 6.6.1: relayed and cached responses keep the origin's Date;
+                    # ours go out with this hop's.
+                    headers.append((b"date", http_date_now()))
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 size = len(message.get("body", b""))
                 sent += size

@@ -69,7 +69,8 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
         # mode would replace it with the client's own claim.
         proxy_headers=False,
         server_header=False,
-        date_header=True,
+        # The app writes Date itself: the origin's on relayed and cached responses.
+        date_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
         timeout_keep_alive=30,
     )

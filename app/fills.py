@@ -21,6 +21,10 @@ class SliceOverflow(Exception):
     """The origin sent more bytes than the slice holds."""
 
 
+class FillAbandoned(Exception):
+    """Every reader left before the slice was complete; its fetch was stopped."""
+
+
 class SliceFill:
     def __init__(self, key: str, first: int, last: int) -> None:
         self.key = key
@@ -38,6 +42,7 @@ class SliceFill:
         # fills referring to each other would otherwise be freed only by the cycle GC,
         # holding megabytes of buffers long after the last reader.
         self.run: tuple[SliceFill, ...] = ()
+        self.stored = True  # its bytes go to the cache when complete
         self._progress = asyncio.Event()
 
     @property
@@ -102,8 +107,15 @@ class SliceClaim:
         async for piece in self.fill.read(lo, hi):
             yield piece
 
-    def release(self) -> None:
-        """Drop the hold; a fill nobody reads any more is cancelled (its origin fetch closed)."""
+    def release(self, *, abandon: bool) -> None:
+        """Drop the hold.
+
+        ``abandon=False``: the reader got its bytes. A fill that will be stored runs on to
+        the end (a small range of a cold slice still caches the slice, as nginx does); one
+        that will not is stopped when nobody else reads it. ``abandon=True``: the client
+        left or failed; the origin fetch is stopped if nobody else waits for any unfinished
+        slice of it.
+        """
         if self.released:
             return
         self.released = True
@@ -111,12 +123,19 @@ class SliceClaim:
         if fill is None:
             return
         fill.readers -= 1
-        # The request is shared by the whole run: stop it only when nobody waits for any
-        # slice of it that is still unfinished.
+        if not abandon and fill.stored:
+            return
+        # One request fills the whole run: stop it only when nobody waits for any slice of
+        # it that is still unfinished.
         run = fill.run or (fill,)
-        if fill.task is not None and all(f.readers == 0 or f.done for f in run):
-            if not all(f.done for f in run):
-                fill.task.cancel()
+        if fill.task is None or not all(f.readers == 0 or f.done for f in run):
+            return
+        if all(f.done for f in run):
+            return
+        # Failed at once, so that nobody joins a fill whose cancellation is pending.
+        for member in run:
+            member.fail(FillAbandoned(f"fetch of {member.key!r} abandoned"))
+        fill.task.cancel()
 
 
 class ByteBudget:

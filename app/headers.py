@@ -7,13 +7,14 @@ from collections.abc import Iterable
 VIA_TOKEN = "1.1 slicecache"
 
 # RFC 9110 7.6.1 connection-specific fields, plus the de-facto ones (Proxy-Connection,
-# Keep-Alive) and the proxy authentication pair that only concerns the next hop.
+# Keep-Alive) and the proxy authentication fields (11.7) that only concern the next hop.
 HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
         "proxy-connection",
         "proxy-authenticate",
+        "proxy-authentication-info",
         "proxy-authorization",
         "te",
         "trailer",

@@ -63,6 +63,8 @@ class Opened:
     shareable: bool = True  # False: private to this response
     stored: bool = True  # False: its slices are not written to the cache
     first_fill: SliceFill | None = None  # slice 0 as the probe fetched it, done or not
+    # Set-Cookie of the origin's answer, for the request that fetched it only (never stored).
+    cookies: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,7 @@ def variant_entry_key(object_key: str, vary: list[str], request_headers: Headers
 class _Probe:
     future: asyncio.Future[Opened | Forward]
     relay: httpx.Response | None = None  # for the request that started the probe only
+    budget_handed_over: bool = False  # slice 0's budget grant went to its fill
 
 
 @dataclass
@@ -108,7 +111,13 @@ class ObjectDirectory:
 
     # --- lookup --------------------------------------------------------------------------
 
-    async def open(self, object_key: str, target: str, request_headers: Headers) -> Opening:
+    async def open(
+        self, object_key: str, target: str, request_headers: Headers, origin_headers: Headers
+    ) -> Opening:
+        """How to serve this GET. ``request_headers`` are the client's (they decide Vary,
+        freshness, storability); ``origin_headers`` are what the origin is sent (the
+        origin's Host, no hop-by-hop fields, X-Forwarded-*, Via), the base of every probe
+        and slice request."""
         until = self._unsliceable.get(object_key)
         if until is not None and until > time.time():
             return Forward("origin does not serve ranges of this object")
@@ -120,7 +129,9 @@ class ObjectDirectory:
         if meta is None:
             if on_miss(request_headers) is not None:
                 return Refuse(504, "only-if-cached: not in cache")
-            return await self._probe_shared(entry_key, object_key, target, request_headers, None)
+            return await self._probe_shared(
+                entry_key, object_key, target, request_headers, origin_headers, None
+            )
 
         now = time.time()
         stored = StoredResponseInfo(
@@ -133,7 +144,9 @@ class ObjectDirectory:
             else:
                 status = CacheStatus.stale_hit(decision.ttl, decision.reason)
             if decision.revalidate_in_background:
-                self._revalidate_in_background(entry_key, object_key, target, request_headers)
+                self._revalidate_in_background(
+                    entry_key, object_key, target, request_headers, origin_headers
+                )
             if not in_store:
                 status = CacheStatus.bypass("too-large")
             return Opened(meta, entry_key, status, stored=in_store)
@@ -141,7 +154,9 @@ class ObjectDirectory:
             return Refuse(decision.error_status, "only-if-cached: stored response is stale")
 
         try:
-            result = await self._probe_shared(entry_key, object_key, target, request_headers, meta)
+            result = await self._probe_shared(
+                entry_key, object_key, target, request_headers, origin_headers, meta
+            )
         except (httpx.TransportError, SliceError):
             if decision.may_serve_on_error(time.time()):
                 return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, None))
@@ -193,7 +208,6 @@ class ObjectDirectory:
         for key in [k for k in self.engine.recent if keys.belongs_to(k, object_key)]:
             self.engine.recent.pop(key, None)
         self._unsliceable.pop(object_key, None)
-        self.engine.generation += 1
         return await self.store.delete(object_key) if self.store is not None else 0
 
     async def forget_prefix(self, prefix: str) -> int:
@@ -202,7 +216,6 @@ class ObjectDirectory:
                 cache.pop(key, None)
         for key in [k for k in self._unsliceable if k.startswith(prefix)]:
             self._unsliceable.pop(key, None)
-        self.engine.generation += 1
         return await self.store.delete_prefix(prefix) if self.store is not None else 0
 
     async def forget_all(self) -> int:
@@ -210,13 +223,17 @@ class ObjectDirectory:
         self._unstored.clear()
         self.engine.recent.clear()
         self._unsliceable.clear()
-        self.engine.generation += 1
         return await self.store.clear() if self.store is not None else 0
 
     # --- probes --------------------------------------------------------------------------
 
     def _revalidate_in_background(
-        self, entry_key: str, object_key: str, target: str, request_headers: Headers
+        self,
+        entry_key: str,
+        object_key: str,
+        target: str,
+        request_headers: Headers,
+        origin_headers: Headers,
     ) -> None:
         if entry_key in self._probes:
             return  # one refresh at a time
@@ -225,7 +242,7 @@ class ObjectDirectory:
             meta = await self.cached_meta(entry_key)
             try:
                 result = await self._probe_shared(
-                    entry_key, object_key, target, request_headers, meta
+                    entry_key, object_key, target, request_headers, origin_headers, meta
                 )
             except Exception as error:
                 log.info("background revalidation failed", extra={"fields": {"error": str(error)}})
@@ -243,6 +260,7 @@ class ObjectDirectory:
         object_key: str,
         target: str,
         request_headers: Headers,
+        origin_headers: Headers,
         stored: ObjectMeta | None,
     ) -> Opened | Forward:
         probe = self._probes.get(probe_key)
@@ -251,12 +269,14 @@ class ObjectDirectory:
             if isinstance(result, Opened) and result.shareable:
                 if self._variant_of(result, object_key, request_headers) == result.entry_key:
                     status = dataclasses.replace(result.status, collapsed=True)
-                    return dataclasses.replace(result, probed=False, status=status)
+                    return dataclasses.replace(result, probed=False, status=status, cookies=[])
             return Forward("the shared origin answer is not reusable for this request")
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.create_future())
         self._probes[probe_key] = probe
-        task = loop.create_task(self._run_probe(probe, object_key, target, request_headers, stored))
+        task = loop.create_task(
+            self._run_probe(probe, object_key, target, request_headers, origin_headers, stored)
+        )
         task.add_done_callback(lambda _: self._probes.pop(probe_key, None))
         try:
             result = await asyncio.shield(probe.future)
@@ -284,10 +304,13 @@ class ObjectDirectory:
         object_key: str,
         target: str,
         request_headers: Headers,
+        origin_headers: Headers,
         stored: ObjectMeta | None,
     ) -> None:
         try:
-            result = await self._probe_origin(probe, object_key, target, request_headers, stored)
+            result = await self._probe_origin(
+                probe, object_key, target, request_headers, origin_headers, stored
+            )
         except BaseException as error:
             if not probe.future.done():
                 probe.future.set_exception(error)
@@ -304,14 +327,39 @@ class ObjectDirectory:
         object_key: str,
         target: str,
         request_headers: Headers,
+        origin_headers: Headers,
         stored: ObjectMeta | None,
     ) -> Opened | Forward:
         engine = self.engine
-        headers = engine.slice_request_headers(request_headers, 0, engine.slice_size - 1, None)
+        headers = engine.slice_request_headers(origin_headers, 0, engine.slice_size - 1, None)
         if stored is not None:
             headers += validators_for_revalidation(stored.headers)
         # A purge while this probe is out means its answer must not be stored.
-        generation = engine.generation
+        epoch = engine.store_epoch()
+        # Slice 0's share of the byte budget is taken before the request goes out: a probe
+        # holding an origin connection while it waits for budget could deadlock with fills
+        # that hold budget while they wait for a connection.
+        await engine.budget.acquire(engine.slice_size)
+        try:
+            return await self._probe_with_budget(
+                probe, object_key, target, request_headers, origin_headers, stored, headers, epoch
+            )
+        finally:
+            if not probe.budget_handed_over:
+                engine.budget.release(engine.slice_size)
+
+    async def _probe_with_budget(
+        self,
+        probe: _Probe,
+        object_key: str,
+        target: str,
+        request_headers: Headers,
+        origin_headers: Headers,
+        stored: ObjectMeta | None,
+        headers: Headers,
+        epoch: int,
+    ) -> Opened | Forward:
+        engine = self.engine
         request_time = time.time()
         engine.counters.upstream_requests += 1
         response = await engine.upstream.send("GET", target, headers)
@@ -322,7 +370,11 @@ class ObjectDirectory:
         if status == 304 and stored is not None:
             await response.aclose()
             if not not_modified_matches(stored.headers, response_headers):
-                return await self._probe_origin(probe, object_key, target, request_headers, None)
+                # Not the response we hold: fetch it plainly (same budget grant).
+                plain = engine.slice_request_headers(origin_headers, 0, engine.slice_size - 1, None)
+                return await self._probe_with_budget(
+                    probe, object_key, target, request_headers, origin_headers, None, plain, epoch
+                )
             meta = dataclasses.replace(
                 stored,
                 headers=merge_304_headers(stored.headers, response_headers),
@@ -331,6 +383,12 @@ class ObjectDirectory:
             )
             info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
+            if engine.purged_since(epoch, object_key):
+                # Purged while we revalidated: serve this once, store nothing.
+                private = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
+                return Opened(
+                    meta, private, CacheStatus.revalidated(ttl), shareable=False, stored=False
+                )
             if self._too_large(meta.size):
                 entry_key = object_key
                 if meta.vary:
@@ -379,7 +437,7 @@ class ObjectDirectory:
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
         meta.status = 200 if status in (206, 416) else status
         decision = storability("GET", meta.status, request_headers, response_headers)
-        if decision.store and engine.generation != generation:
+        if decision.store and engine.purged_since(epoch, object_key):
             decision = dataclasses.replace(decision, store=False, reason="purged")
         # Public content may be shared in flight even when it is not stored.
         shareable = decision.store
@@ -410,10 +468,12 @@ class ObjectDirectory:
                 (0, min(engine.slice_size, size) - 1),
                 target,
                 meta,
-                request_headers,
+                origin_headers,
                 in_hand,
                 store=decision.store,
+                prepaid=engine.slice_size,
             )
+            probe.budget_handed_over = True
         elif in_hand is not None:
             await in_hand.aclose()
         return Opened(
@@ -424,6 +484,7 @@ class ObjectDirectory:
             shareable=shareable,
             stored=decision.store,
             first_fill=first_fill,
+            cookies=[(k, v) for k, v in response_headers if k == "set-cookie"],
         )
 
     def _too_large(self, size: int) -> bool:
@@ -451,7 +512,9 @@ class ObjectDirectory:
             size=size,
             etag=get(headers, "etag"),
             last_modified=get(headers, "last-modified"),
-            headers=end_to_end(headers, NOT_STORED),
+            # A whole object replays its own Content-Range (if a 200 had one); a sliced
+            # one's belongs to the probe, not to the object.
+            headers=end_to_end(headers, NOT_STORED - {"content-range"} if whole else NOT_STORED),
             request_time=request_time,
             response_time=response_time,
             vary=list(vary) if vary and vary != "*" else None,

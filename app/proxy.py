@@ -36,10 +36,9 @@ def origin_request_headers(
     )
 
 
-# Like nginx, this hop states its own Date and Server: uvicorn writes both, and a second
-# copy from the origin would make the fields invalid. The origin's Date is still used for
-# age calculations where a response is cached.
-REPLACED_BY_THIS_HOP = frozenset({"date", "server"})
+# The origin's Date is relayed as it is (RFC 9110 6.6.1; a response without one gets ours
+# from the access-log middleware). Server names this hop, like nginx's.
+REPLACED_BY_THIS_HOP = frozenset({"server"})
 
 
 def client_response_headers(response: httpx.Response) -> Headers:

@@ -5,7 +5,7 @@ in ``*``) removes every object whose path starts with the target; ``X-Purge-All:
 empties the cache. The answer is JSON ``{"purged": N, "scope": ..., "target": ...}``.
 What the 200 reports as purged is never served afterwards: the directory forgets the
 metadata, every tier deletes the keys, and fills or L2 writes still in flight are
-discarded instead of stored (see ``TieredStore`` and ``SliceEngine.generation``).
+discarded instead of stored (see the purge epochs of ``TieredStore``).
 """
 
 from __future__ import annotations

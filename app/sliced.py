@@ -19,16 +19,21 @@ from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
 from app.objectmeta import ObjectMeta
 from app.objects import Forward, ObjectDirectory, Opened, Refuse
-from app.proxy import kind, pass_through, relay_response, reply_upstream_error
+from app.proxy import (
+    kind,
+    origin_request_headers,
+    pass_through,
+    relay_response,
+    reply_upstream_error,
+)
 from app.slicer import ObjectChanged, SliceEngine, SliceError
 from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
 
-# Fields of the stored response this hop restates or leaves out when replaying it.
-NOT_REPLAYED = frozenset(
-    {"date", "server", "age", "content-length", "content-range", "accept-ranges"}
-)
+# Fields of the stored response this hop restates when replaying it. Date is replayed:
+# with Age it tells a downstream cache how old the response is (RFC 9111 4.2.3).
+NOT_REPLAYED = frozenset({"server", "age", "content-length", "accept-ranges"})
 
 
 # RFC 9110 15.4.5: a 304 carries the validators and caching fields, not content metadata.
@@ -67,10 +72,11 @@ async def serve_sliced(
     preserve_host: bool,
 ) -> None:
     engine = directory.engine
+    origin_headers = origin_request_headers(ctx, engine.upstream, preserve_host)
     # One restart is allowed: the object changed before we sent a byte of it.
     for attempt in range(2):
         try:
-            opened = await directory.open(object_key, ctx.target, ctx.headers)
+            opened = await directory.open(object_key, ctx.target, ctx.headers, origin_headers)
         except (httpx.TransportError, SliceError) as error:
             ctx.log.cache = "MISS"
             if isinstance(error, httpx.TransportError):
@@ -90,7 +96,7 @@ async def serve_sliced(
                 await pass_through(ctx, receive, send, engine.upstream, preserve_host=preserve_host)
             return
         try:
-            await _answer(ctx, receive, send, engine, opened)
+            await _answer(ctx, receive, send, engine, opened, origin_headers)
             return
         except ObjectChanged:
             if attempt == 0:
@@ -108,6 +114,7 @@ async def _answer(
     send: Send,
     engine: SliceEngine,
     opened: Opened,
+    origin_headers: Headers,
 ) -> None:
     meta, entry_key = opened.meta, opened.entry_key
     size = meta.size
@@ -117,6 +124,7 @@ async def _answer(
     )
     headers = [(k, v) for k, v in headers if k != "cache-status"]
     headers.append(("cache-status", cache_status))
+    headers.extend(opened.cookies)  # the fetching request's own Set-Cookie, never stored
 
     precondition = evaluate_client_conditionals(
         ctx.method, ctx.headers, meta.etag, meta.last_modified, status=meta.status
@@ -151,6 +159,7 @@ async def _answer(
     if decision.outcome is ranges.RangeOutcome.PARTIAL:
         spans = [(r.first, r.last) for r in decision.ranges]
         status = 206
+        headers = [(k, v) for k, v in headers if k != "content-range"]
         if len(decision.ranges) == 1:
             only = decision.ranges[0]
             headers.append(("content-range", ranges.content_range(only, size)))
@@ -194,13 +203,15 @@ async def _answer(
             meta,
             spans[0][0],
             spans[0][1],
-            ctx.headers,
+            origin_headers,
             stats,
             opened.first_fill,
             opened.stored,
         )
     else:
-        pieces = _multipart(engine, entry_key, ctx, meta, decision.ranges, boundary, stats, opened)
+        pieces = _multipart(
+            engine, entry_key, ctx, meta, decision.ranges, boundary, stats, opened, origin_headers
+        )
     await _send_stream(ctx, receive, send, status, headers, pieces)
 
 
@@ -213,6 +224,7 @@ async def _multipart(
     boundary: str,
     stats: SliceStats,
     opened: Opened,
+    origin_headers: Headers,
 ) -> AsyncGenerator[SliceData, None]:
     content_type = meta.header("content-type")
     for part in parts:
@@ -223,7 +235,7 @@ async def _multipart(
             meta,
             part.first,
             part.last,
-            ctx.headers,
+            origin_headers,
             stats,
             opened.first_fill,
             opened.stored,

@@ -37,7 +37,6 @@ log = logging.getLogger("slicecache.slicer")
 
 CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
-RECENT_BYTES = 64 * 1024 * 1024
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
 
@@ -87,13 +86,18 @@ class SliceEngine:
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
-    # Bumped by every purge: a fill that started before one does not store its bytes.
-    generation: int = 0
     # Completed slices of objects that are shared but not stored (too large for the
-    # cache): clients a little behind the one that fetched them still find them here.
-    recent: LRUCache[str, bytearray] = field(
-        default_factory=lambda: LRUCache(maxsize=RECENT_BYTES, getsizeof=len)
-    )
+    # cache), kept only while other responses stream the same object, so that clients a
+    # little behind the one that fetched a slice still find it. Sized in __post_init__.
+    recent: LRUCache[str, bytearray] = field(init=False)
+    # Responses streaming each entry right now.
+    streaming: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Two lookahead windows: the drift between readers worth bridging.
+        window = self.lookahead * self.run_length * self.slice_size
+        self.recent = LRUCache(maxsize=2 * window, getsizeof=len)
+
     counters: EngineCounters = field(default_factory=EngineCounters)
 
     # --- streaming a range -------------------------------------------------------------
@@ -137,6 +141,7 @@ class SliceEngine:
             claims[0] = SliceClaim(fill=first_fill)
         window = self.lookahead * self.run_length
         scheduled = indexes.start
+        self.streaming[entry_key] = self.streaming.get(entry_key, 0) + 1
         try:
             for index in indexes:
                 while scheduled < indexes.stop and scheduled < index + window:
@@ -158,14 +163,18 @@ class SliceEngine:
                     scheduled += 1
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
+                done = False
                 try:
                     async for piece in claim.read(lo, hi):
                         yield piece
+                    done = True
                 finally:
-                    claim.release()
+                    claim.release(abandon=not done)
         finally:
+            # Claims still held here were never read: the response ended early.
             for claim in claims.values():
-                claim.release()
+                claim.release(abandon=True)
+            self._stream_ended(entry_key)
 
     async def _claim(
         self,
@@ -181,6 +190,8 @@ class SliceEngine:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
+        if fill is not None and fill.error is not None:
+            fill = None  # failed or abandoned: start afresh rather than inherit its error
         recent = self.recent.get(key) if fill is None else None
         if recent is not None:
             stats.coalesced += 1
@@ -193,6 +204,8 @@ class SliceEngine:
                 stats.hit += 1
                 return [SliceClaim(data=data)]
             fill = self.fills.get(key)  # someone may have started it while we looked
+            if fill is not None and fill.error is not None:
+                fill = None
         if fill is None and meta.whole:
             # A whole object came from one plain GET; its evicted body is fetched again
             # the same way, by a new probe, not by a range request the origin may ignore.
@@ -230,10 +243,13 @@ class SliceEngine:
         response: httpx.Response | None,
         *,
         store: bool,
+        prepaid: int = 0,
     ) -> SliceFill:
-        """Fetch one slice in a task of its own; ``response`` is an answer already in hand."""
+        """Fetch one slice in a task of its own; ``response`` is an answer already in hand,
+        ``prepaid`` bytes of the byte budget already granted to it."""
+        run = [(key, bounds)]
         return self.start_run(
-            [(key, bounds)], target, meta, request_headers, response, store=store
+            run, target, meta, request_headers, response, store=store, prepaid=prepaid
         )[0]
 
     def start_run(
@@ -245,6 +261,7 @@ class SliceEngine:
         response: httpx.Response | None,
         *,
         store: bool,
+        prepaid: int = 0,
     ) -> list[SliceFill]:
         """Fetch consecutive slices with one Range request, in one task, fill by fill.
 
@@ -254,12 +271,13 @@ class SliceEngine:
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, response, store)
+            self._run_fills(fills, target, meta, request_headers, response, store, prepaid)
         )
         members = tuple(fills)
         for fill in fills:
             fill.run = members
             fill.task = task
+            fill.stored = store
             self.fills[fill.key] = fill
         return fills
 
@@ -271,10 +289,12 @@ class SliceEngine:
         request_headers: Headers,
         response: httpx.Response | None,
         store: bool,
+        prepaid: int,
     ) -> None:
-        size = sum(fill.length for fill in fills)
+        size = prepaid or sum(fill.length for fill in fills)
         try:
-            await self.budget.acquire(size)
+            if not prepaid:
+                await self.budget.acquire(size)
             try:
                 await self._fetch_run(fills, target, meta, request_headers, response, store)
                 response = None
@@ -304,8 +324,33 @@ class SliceEngine:
                 if self.fills.get(fill.key) is fill:
                     del self.fills[fill.key]
 
-    def keep_recent(self, fill: SliceFill) -> None:
-        if keys.SEPARATOR + "private:" not in fill.key and fill.length <= RECENT_BYTES:
+    def store_epoch(self) -> int:
+        """The store's purge epoch now (0 when the store does not track purges)."""
+        return int(getattr(self.store, "epoch", 0))
+
+    def purged_since(self, epoch: int, key: str) -> bool:
+        purged_since = getattr(self.store, "purged_since", None)
+        return bool(purged_since(epoch, key)) if purged_since is not None else False
+
+    def _stream_ended(self, entry_key: str) -> None:
+        remaining = self.streaming.get(entry_key, 1) - 1
+        if remaining > 0:
+            self.streaming[entry_key] = remaining
+            return
+        self.streaming.pop(entry_key, None)
+        prefix = entry_key + keys.SEPARATOR
+        for key in [k for k in self.recent if k.startswith(prefix)]:
+            self.recent.pop(key, None)
+
+    async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
+        """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``."""
+        if self.purged_since(epoch, fill.key):
+            return  # fetched before a purge that covers it: never stored
+        if store and self.store is not None:
+            await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+            return
+        entry_key = fill.key.rsplit(keys.SEPARATOR, 2)[0]
+        if self.streaming.get(entry_key, 0) > 1 and fill.length <= self.recent.maxsize:
             self.recent[fill.key] = fill.buffer
 
     def slice_request_headers(
@@ -342,7 +387,8 @@ class SliceEngine:
         response: httpx.Response | None,
         store: bool,
     ) -> None:
-        generation = self.generation
+        # A purge after this instant that covers a slice means its bytes are not stored.
+        epoch = self.store_epoch()
         attempt = 0
         current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
@@ -360,18 +406,14 @@ class SliceEngine:
                     while view:
                         fill = fills[current]
                         room = fill.length - fill.filled
+                        if len(view) > room and current + 1 == len(fills):
+                            raise SliceOverflow(f"origin sent more than bytes {first}-{last}")
                         fill.append(view[:room])
                         view = view[room:]
                         if fill.filled == fill.length:
                             fill.finish()
-                            if store and self.store is not None and self.generation == generation:
-                                await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
-                            elif not store and self.generation == generation:
-                                self.keep_recent(fill)
-                            if current + 1 < len(fills):
-                                current += 1
-                            elif view:
-                                raise SliceOverflow(f"origin sent more than bytes {first}-{last}")
+                            await self._keep(fill, store, epoch)
+                            current = min(current + 1, len(fills) - 1)
                 if not fills[-1].done:
                     got = sum(fill.filled for fill in fills)
                     total = sum(fill.length for fill in fills)

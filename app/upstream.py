@@ -101,7 +101,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             max_line_size=16 * 1024,
             max_field_size=16 * 1024,
         )
-        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._urls: LRUCache[str, yarl.URL] = LRUCache(maxsize=4096)
 
     def _yarl_url(self, url: httpx.URL) -> yarl.URL:
@@ -115,12 +115,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
-        client_timeout = self._timeouts.get((timeout.get("connect"), timeout.get("read")))
+        limits = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        client_timeout = self._timeouts.get(limits)
         if client_timeout is None:
             client_timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                total=None, connect=limits[2], sock_connect=limits[0], sock_read=limits[1]
             )
-            self._timeouts[(timeout.get("connect"), timeout.get("read"))] = client_timeout
+            self._timeouts[limits] = client_timeout
         body: bytes | httpx.AsyncByteStream | None
         try:
             body = request.content or None
@@ -168,7 +169,8 @@ class UpstreamClient:
             "connect": timeouts.connect,
             "read": timeouts.read,
             "write": timeouts.read,
-            "pool": timeouts.connect,
+            # Waiting for a free pooled connection is bounded too (a full pool is not a hang).
+            "pool": timeouts.connect + timeouts.read,
         }
 
     def url_for(self, raw_path: str) -> httpx.URL:

@@ -5,11 +5,14 @@ L2 through a bounded queue drained by one background task: a full queue drops th
 write (counted), it never blocks the client stream. An error in a tier is logged and
 counted and degrades to the next tier; it never fails a request.
 
-Purges must leave no window in which a purged entry comes back. Two places could bring
-one back: a queued (or in-progress) L2 write of a purged key, and a concurrent L2 read
-that promotes into L1 after the purge. Every purge is recorded with an epoch number;
-queued writes and reads in flight carry the epoch they started in, and anything a later
-purge matches is discarded (and deleted from L2 again if it was already written).
+Purges must leave no window in which a purged entry comes back. Three places could bring
+one back: a queued (or in-progress) L2 write of a purged key, a concurrent L2 read that
+promotes into L1 after the purge, and a slice fetched from the origin before the purge
+that is stored after it. Every purge is recorded with an epoch number; writes, reads and
+fills carry the epoch they started in (:attr:`TieredStore.epoch`), and anything a later
+purge matches is discarded (and deleted from L2 again if it was already written). The
+last :data:`PURGE_RECORDS` purges are kept; an operation older than all of them is
+treated as purged, which can only skip a store, never serve purged bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +31,8 @@ from cache.protocol import SliceData, Store
 log = logging.getLogger("slicecache.cache")
 
 KeyMatcher = Callable[[str], bool]
+
+PURGE_RECORDS = 1024
 
 
 @dataclass(slots=True)
@@ -51,9 +57,8 @@ class TieredStore:
             + (l2.stats().get("capacity_bytes", 0) if l2 is not None else 0)
         )
         self._epoch = 0
-        self._purges: list[tuple[int, KeyMatcher]] = []
+        self._purges: deque[tuple[int, KeyMatcher]] = deque(maxlen=PURGE_RECORDS)
         self._writer: asyncio.Task[None] | None = None
-        self._writing: _Write | None = None
         # Slices queued for L2, readable until written: without L1 (or after an L1
         # eviction) a reader in that window would otherwise go back to the origin.
         self._pending: dict[str, SliceData] = {}
@@ -69,7 +74,17 @@ class TieredStore:
 
     # --- purge bookkeeping ---------------------------------------------------------------
 
-    def _purged_since(self, epoch: int, key: str) -> bool:
+    @property
+    def epoch(self) -> int:
+        """The current purge epoch: remember it when an operation starts."""
+        return self._epoch
+
+    def purged_since(self, epoch: int, key: str) -> bool:
+        """Did a purge since ``epoch`` cover ``key``? (Conservative past the kept records.)"""
+        if epoch >= self._epoch:
+            return False
+        if self._purges and self._purges[0][0] > epoch + 1:
+            return True  # some purges since then were forgotten: assume they matched
         return any(when > epoch and matches(key) for when, matches in self._purges)
 
     def _record_purge(self, matches: KeyMatcher) -> None:
@@ -77,10 +92,6 @@ class TieredStore:
         self._purges.append((self._epoch, matches))
         for key in [k for k in self._pending if matches(k)]:
             del self._pending[key]
-
-    def _trim_purges(self) -> None:
-        if self._queue.empty() and self._writing is None:
-            self._purges.clear()
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -103,7 +114,7 @@ class TieredStore:
             self.counters["l2_errors"] += 1
             log.exception("L2 read failed; serving from the origin")
             return None
-        if data is None or self._purged_since(epoch, key):
+        if data is None or self.purged_since(epoch, key):
             return None
         self.counters["slice_hits_l2"] += 1
         if self.l1 is not None:
@@ -125,7 +136,7 @@ class TieredStore:
             self.counters["l2_errors"] += 1
             log.exception("L2 metadata read failed")
             return None
-        if meta is None or self._purged_since(epoch, key):
+        if meta is None or self.purged_since(epoch, key):
             return None
         if self.l1 is not None:
             await self.l1.put_meta(key, meta, None)
@@ -170,16 +181,15 @@ class TieredStore:
         assert self.l2 is not None
         while True:
             item = await self._queue.get()
-            self._writing = item
             try:
-                if self._purged_since(item.epoch, item.key):
+                if self.purged_since(item.epoch, item.key):
                     self.counters["stale_writes_discarded"] += 1
                     continue
                 if item.kind == "slice":
                     await self.l2.put_slice(item.key, item.data, item.expires_at)
                 else:
                     await self.l2.put_meta(item.key, bytes(item.data), item.expires_at)
-                if self._purged_since(item.epoch, item.key):
+                if self.purged_since(item.epoch, item.key):
                     # Purged while we were writing it: take it out again.
                     await self.l2.delete_prefix(item.key)
                     self.counters["stale_writes_discarded"] += 1
@@ -193,9 +203,7 @@ class TieredStore:
             finally:
                 if item.kind == "slice" and self._pending.get(item.key) is item.data:
                     del self._pending[item.key]
-                self._writing = None
                 self._queue.task_done()
-                self._trim_purges()
 
     @property
     def queue_depth(self) -> int:

@@ -45,7 +45,8 @@ def proxy(origin: Origin) -> ProxyFactory:
         overrides.setdefault("upstream_address", origin.url)
         settings = Settings(**overrides)
         app = create_app(settings, configure_logs=False)
-        with run_asgi_in_thread(app, proxy_headers=False) as url:
+        # As the console script runs it: the app writes Date, the TCP peer is the client.
+        with run_asgi_in_thread(app, proxy_headers=False, date_header=False) as url:
             yield url
 
     return start

@@ -342,7 +342,7 @@ def cache_url(scripted: tuple[ScriptedOrigin, str], clock: Clock) -> Iterator[st
     way tests/conftest.py's ``proxy`` factory starts one, after the clock is in place."""
     settings = Settings(upstream_address=scripted[1])
     app = create_app(settings, configure_logs=False)
-    with run_asgi_in_thread(app, proxy_headers=False) as url:
+    with run_asgi_in_thread(app, proxy_headers=False, date_header=False) as url:
         yield url
 
 
@@ -1542,7 +1542,12 @@ HEADERS = [
         ],
         ("freshness-max-age",),
     ),
-    *(_store_header(*entry) for entry in HEADER_LIST),
+    # headers-store-Set-Cookie is left out on purpose: slicecache stores a response that
+    # sets a cookie only when it is explicitly public, and never replays the cookie (a
+    # product decision of the RFC 9111 issue, as nginx's and Varnish's defaults do; the
+    # suite scores that as a setup failure, not a conformance failure). The rule is tested
+    # in tests/test_http_cache.py.
+    *(_store_header(*entry) for entry in HEADER_LIST if entry[0] != "Set-Cookie"),
 ]
 
 

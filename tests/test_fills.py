@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
+from app.fills import ByteBudget, FillAbandoned, SliceClaim, SliceFill, SliceOverflow
 
 
 async def collect(fill: SliceFill, lo: int, hi: int) -> bytes:
@@ -53,16 +53,39 @@ def test_overflow_is_refused() -> None:
         fill.append(b"12345")
 
 
-async def test_releasing_the_last_claim_cancels_the_fetch() -> None:
+async def test_abandoning_the_last_claim_cancels_the_fetch() -> None:
     fill = SliceFill("k", 0, 9)
     fill.task = asyncio.create_task(asyncio.sleep(60))
     first, second = SliceClaim(fill=fill), SliceClaim(fill=fill)
     fill.readers = 2
-    first.release()
-    first.release()  # twice is once
+    first.release(abandon=True)
+    first.release(abandon=True)  # twice is once
     await asyncio.sleep(0)
     assert not fill.task.cancelled()
-    second.release()
+    second.release(abandon=True)
+    assert isinstance(fill.error, FillAbandoned)  # nobody can join it any more
+    with pytest.raises(asyncio.CancelledError):
+        await fill.task
+
+
+async def test_a_stored_fill_outlives_readers_that_got_their_bytes() -> None:
+    fill = SliceFill("k", 0, 9)
+    fill.task = asyncio.create_task(asyncio.sleep(60))
+    claim = SliceClaim(fill=fill)
+    fill.readers = 1
+    claim.release(abandon=False)  # a small range: the slice is still fetched and cached
+    await asyncio.sleep(0)
+    assert not fill.task.cancelled() and fill.error is None
+    fill.task.cancel()
+
+
+async def test_an_unstored_fill_stops_when_its_last_reader_is_done() -> None:
+    fill = SliceFill("k", 0, 9)
+    fill.stored = False
+    fill.task = asyncio.create_task(asyncio.sleep(60))
+    claim = SliceClaim(fill=fill)
+    fill.readers = 1
+    claim.release(abandon=False)
     with pytest.raises(asyncio.CancelledError):
         await fill.task
 

@@ -25,16 +25,19 @@ _MONTHS = {
     )
 }
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
+# RFC 9110 5.6.7: every separator is exactly one SP (asctime pads a one-digit day with a
+# second SP); a date with other whitespace is invalid, and an invalid Expires means
+# "already expired" (RFC 9111 5.3).
 _IMF_FIXDATE = re.compile(
-    r"[A-Za-z]{3},[ \t]+(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})[ \t]+" + _TIME + r"[ \t]+GMT",
+    r"[A-Za-z]{3}, (\d{2}) ([A-Za-z]{3}) (\d{4}) " + _TIME + r" GMT",
     re.IGNORECASE,
 )
 _RFC850 = re.compile(
-    r"[A-Za-z]{6,9},[ \t]+(\d{2})-([A-Za-z]{3})-(\d{2})[ \t]+" + _TIME + r"[ \t]+GMT",
+    r"[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) " + _TIME + r" GMT",
     re.IGNORECASE,
 )
 _ASCTIME = re.compile(
-    r"[A-Za-z]{3}[ \t]+([A-Za-z]{3})[ \t]+(\d{1,2})[ \t]+" + _TIME + r"[ \t]+(\d{4})",
+    r"[A-Za-z]{3} ([A-Za-z]{3}) (\d{2}| \d) " + _TIME + r" (\d{4})",
     re.IGNORECASE,
 )
 _SECONDS_PER_YEAR = 365.2425 * 86400

@@ -299,9 +299,7 @@ def test_object_larger_than_the_cache_is_streamed_not_stored(
     assert "too-large" in second.headers["cache-status"]
 
 
-def test_too_large_object_is_still_coalesced_in_flight(
-    proxy: ProxyFactory, origin: Origin
-) -> None:
+def test_too_large_object_is_still_coalesced_in_flight(proxy: ProxyFactory, origin: Origin) -> None:
     name = "2m-too-large-shared.bin"
     path = f"/files/{name}"
     with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:

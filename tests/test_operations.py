@@ -145,7 +145,10 @@ def test_purge_during_a_fill_does_not_reinsert_old_bytes(
 
         worker = threading.Thread(target=slow_download)
         worker.start()
-        time.sleep(0.2)  # the first slices are in flight
+        # Purge once the slices after the probe are in flight (the origin has seen them).
+        deadline = time.monotonic() + 10
+        while len(origin.requests_for(path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert purge(url, f"{path}?bandwidth_mbps=2").json()["purged"] >= 1
         worker.join(30)
         assert done.is_set()

@@ -305,7 +305,9 @@ def test_too_large_object_is_still_coalesced_in_flight(proxy: ProxyFactory, orig
     with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:
 
         def download(_: int) -> str:
-            return sha256(httpx.get(f"{url}{path}?latency_ms=30", timeout=30).content)
+            # ~0.5 s per download at 4 MB/s: the eight clients overlap however they start.
+            query = "latency_ms=30&bandwidth_mbps=4"
+            return sha256(httpx.get(f"{url}{path}?{query}", timeout=30).content)
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             digests = list(pool.map(download, range(8)))

@@ -94,9 +94,11 @@ class SliceEngine:
     streaming: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Two lookahead windows: the drift between readers worth bridging.
+        # The drift between concurrent readers worth bridging: two lookahead windows, or a
+        # half of the in-flight budget (32 curl clients on 2 cores drift tens of MiB apart).
         window = self.lookahead * self.run_length * self.slice_size
-        self.recent = LRUCache(maxsize=2 * window, getsizeof=len)
+        capacity = max(2 * window, self.budget.capacity // 2)
+        self.recent = LRUCache(maxsize=capacity, getsizeof=len)
 
     counters: EngineCounters = field(default_factory=EngineCounters)
 

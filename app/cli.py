@@ -17,6 +17,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from app.accesslog import configure_logging
+from app.httpserver import HttpProtocol
 from app.lifecycle import Lifecycle
 from app.main import create_app
 from settings import Settings, load_settings
@@ -59,8 +60,9 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
         app,
         host=settings.host,
         port=settings.port,
-        # httptools parses ~3x cheaper than h11; uvloop is libuv's event loop.
-        http="httptools",
+        # httptools parses ~3x cheaper than h11 (this subclass dates uvicorn's own 400s);
+        # uvloop is libuv's event loop.
+        http=HttpProtocol,
         loop="uvloop",
         lifespan="on",
         access_log=False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from cache.protocol import SliceData
@@ -132,9 +132,15 @@ class SliceClaim:
             return
         if all(f.done for f in run):
             return
-        # Failed at once, so that nobody joins a fill whose cancellation is pending.
-        for member in run:
-            member.fail(FillAbandoned(f"fetch of {member.key!r} abandoned"))
+        abandon_run(fill)
+
+
+def abandon_run(fill: SliceFill) -> None:
+    """Stop the origin fetch of ``fill``'s run; failed at once, so that nobody joins a fill
+    whose cancellation is pending."""
+    for member in fill.run or (fill,):
+        member.fail(FillAbandoned(f"fetch of {member.key!r} abandoned"))
+    if fill.task is not None:
         fill.task.cancel()
 
 
@@ -145,6 +151,8 @@ class ByteBudget:
         self.capacity = capacity
         self.in_use = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # Called when a request has to wait: the engine stops fetches nobody reads.
+        self.on_pressure: Callable[[], None] | None = None
 
     async def acquire(self, amount: int) -> None:
         # One request bigger than the whole budget still runs, alone.
@@ -152,6 +160,8 @@ class ByteBudget:
         if not self._waiters and self.in_use + amount <= self.capacity:
             self.in_use += amount
             return
+        if self.on_pressure is not None:
+            self.on_pressure()
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((amount, waiter))
         try:

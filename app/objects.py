@@ -339,7 +339,11 @@ class ObjectDirectory:
         # Slice 0's share of the byte budget is taken before the request goes out: a probe
         # holding an origin connection while it waits for budget could deadlock with fills
         # that hold budget while they wait for a connection.
-        await engine.budget.acquire(engine.slice_size)
+        try:
+            async with asyncio.timeout(engine.upstream.timeouts.read):
+                await engine.budget.acquire(engine.slice_size)
+        except TimeoutError:
+            raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         try:
             return await self._probe_with_budget(
                 probe, object_key, target, request_headers, origin_headers, stored, headers, epoch

@@ -73,6 +73,10 @@ async def serve_sliced(
 ) -> None:
     engine = directory.engine
     origin_headers = origin_request_headers(ctx, engine.upstream, preserve_host)
+    if not preserve_host:
+        # What fills the shared cache must not depend on what is not in the cache key: the
+        # client's Host would reach stored answers (absolute URLs built from it).
+        origin_headers = [(k, v) for k, v in origin_headers if k != "x-forwarded-host"]
     # One restart is allowed: the object changed before we sent a byte of it.
     for attempt in range(2):
         try:

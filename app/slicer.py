@@ -24,7 +24,7 @@ import httpx
 from cachetools import LRUCache
 
 from app.context import SliceStats
-from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow
+from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow, abandon_run
 from app.headers import Headers
 from app.metrics import EngineCounters
 from app.objectmeta import ObjectMeta
@@ -94,6 +94,7 @@ class SliceEngine:
     streaming: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.budget.on_pressure = self._stop_unread_fills
         # The drift between concurrent readers worth bridging: two lookahead windows, or a
         # half of the in-flight budget (32 curl clients on 2 cores drift tens of MiB apart).
         window = self.lookahead * self.run_length * self.slice_size
@@ -333,6 +334,14 @@ class SliceEngine:
     def purged_since(self, epoch: int, key: str) -> bool:
         purged_since = getattr(self.store, "purged_since", None)
         return bool(purged_since(epoch, key)) if purged_since is not None else False
+
+    def _stop_unread_fills(self) -> None:
+        """Budget is short: fetches that outlived all their readers (kept going only to fill
+        the cache) give way to requests somebody is waiting for."""
+        for fill in list(self.fills.values()):
+            run = fill.run or (fill,)
+            if fill.error is None and not fill.done and all(f.readers == 0 for f in run):
+                abandon_run(fill)
 
     def _stream_ended(self, entry_key: str) -> None:
         remaining = self.streaming.get(entry_key, 1) - 1

@@ -24,7 +24,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from cache.keys import belongs_to
+from cachetools import LRUCache
+
+from cache.keys import SEPARATOR, belongs_to
 from cache.memory import MemoryStore
 from cache.protocol import SliceData, Store
 
@@ -32,7 +34,8 @@ log = logging.getLogger("slicecache.cache")
 
 KeyMatcher = Callable[[str], bool]
 
-PURGE_RECORDS = 1024
+PURGE_RECORDS = 1024  # prefix and all purges remembered
+OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) remembered
 
 
 @dataclass(slots=True)
@@ -58,6 +61,12 @@ class TieredStore:
         )
         self._epoch = 0
         self._purges: deque[tuple[int, KeyMatcher]] = deque(maxlen=PURGE_RECORDS)
+        # Object purges are the common kind (every successful POST/PUT/DELETE invalidates
+        # its URL): kept apart, as object key -> epoch, so that write traffic cannot push
+        # the records of an operation in flight out of memory.
+        self._object_purges: LRUCache[str, int] = LRUCache(maxsize=OBJECT_PURGE_RECORDS)
+        self._object_purges_forgotten = 0  # the newest epoch an evicted record had
+        self._prefix_purges_forgotten = 0
         self._writer: asyncio.Task[None] | None = None
         # Slices queued for L2, readable until written: without L1 (or after an L1
         # eviction) a reader in that window would otherwise go back to the origin.
@@ -83,15 +92,35 @@ class TieredStore:
         """Did a purge since ``epoch`` cover ``key``? (Conservative past the kept records.)"""
         if epoch >= self._epoch:
             return False
-        if self._purges and self._purges[0][0] > epoch + 1:
-            return True  # some purges since then were forgotten: assume they matched
+        if self._object_purges.get(key.split(SEPARATOR, 1)[0], 0) > epoch:
+            return True
+        if self._object_purges_forgotten > epoch:
+            return True  # an object purge since then was forgotten: assume it matched
+        if self._prefix_purges_forgotten > epoch:
+            return True  # a prefix purge since then was forgotten: assume it matched
         return any(when > epoch and matches(key) for when, matches in self._purges)
+
+    def _drop_pending(self, matches: KeyMatcher) -> None:
+        for key in [k for k in self._pending if matches(k)]:
+            del self._pending[key]
 
     def _record_purge(self, matches: KeyMatcher) -> None:
         self._epoch += 1
+        if len(self._purges) == PURGE_RECORDS:
+            self._prefix_purges_forgotten = self._purges[0][0]
         self._purges.append((self._epoch, matches))
-        for key in [k for k in self._pending if matches(k)]:
-            del self._pending[key]
+        self._drop_pending(matches)
+
+    def _record_object_purge(self, object_key: str) -> None:
+        self._epoch += 1
+        if (
+            len(self._object_purges) >= OBJECT_PURGE_RECORDS
+            and object_key not in self._object_purges
+        ):
+            _, oldest = self._object_purges.popitem()
+            self._object_purges_forgotten = max(self._object_purges_forgotten, oldest)
+        self._object_purges[object_key] = self._epoch
+        self._drop_pending(lambda key: belongs_to(key, object_key))
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -231,7 +260,7 @@ class TieredStore:
         return removed
 
     async def delete(self, object_key: str) -> int:
-        self._record_purge(lambda key: belongs_to(key, object_key))
+        self._record_object_purge(object_key)
         return await self._in_every_tier(lambda tier: tier.delete(object_key))
 
     async def delete_prefix(self, prefix: str) -> int:

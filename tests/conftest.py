@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.httpserver import HttpProtocol
 from app.main import create_app
 from bench.origin import OriginApp, create_origin_app
 from settings import Settings
@@ -46,7 +47,9 @@ def proxy(origin: Origin) -> ProxyFactory:
         settings = Settings(**overrides)
         app = create_app(settings, configure_logs=False)
         # As the console script runs it: the app writes Date, the TCP peer is the client.
-        with run_asgi_in_thread(app, proxy_headers=False, date_header=False) as url:
+        with run_asgi_in_thread(
+            app, proxy_headers=False, date_header=False, http=HttpProtocol
+        ) as url:
             yield url
 
     return start

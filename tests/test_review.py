@@ -12,7 +12,7 @@ from bench.origin import expected_bytes
 from cache import keys
 from cache.memory import MemoryStore
 from cache.protocol import SliceData
-from cache.tiered import PURGE_RECORDS, TieredStore
+from cache.tiered import OBJECT_PURGE_RECORDS, PURGE_RECORDS, TieredStore
 from tests.conftest import Origin, ProxyFactory
 
 SLICE = 64 * 1024
@@ -82,6 +82,7 @@ async def test_purge_records_do_not_pile_up_without_l2() -> None:
         await store.delete(f"http://o:80/files/{n}.bin")
     # Purge records are bounded (the oldest are forgotten, conservatively), never unbounded.
     assert len(store._purges) <= PURGE_RECORDS
+    assert len(store._object_purges) <= OBJECT_PURGE_RECORDS
 
 
 TOKEN = "review-token"

@@ -219,9 +219,9 @@ async def test_guard_purge_records_boundary() -> None:
     key = keys.slice_key("http://o:80/kept.bin", "v1", 0)
     start = store.epoch
     for n in range(PURGE_RECORDS):
-        await store.delete(f"http://o:80/other-{n}.bin")
+        await store.delete_prefix(f"http://o:80/other-{n}/")
     assert not store.purged_since(start, key)  # every purge since then is still known
-    await store.delete("http://o:80/one-more.bin")
+    await store.delete_prefix("http://o:80/one-more/")
     assert store.purged_since(start, key)  # one forgotten: conservatively "purged"
     assert not store.purged_since(start + 1, key)
     assert not store.purged_since(store.epoch, key)

@@ -52,6 +52,18 @@ PER_SLICE_OVERHEAD_BYTES = 1024
 UNSLICEABLE_MEMORY_SECONDS = 60.0
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectRequest:
+    """A GET as the directory sees it."""
+
+    object_key: str  # the cache key: what the origin sees (see Runtime.object_key)
+    target: str  # path and query, as sent to the origin
+    headers: Headers  # the client's: they decide Vary, freshness and storability
+    # What the origin is sent (its own Host, no hop-by-hop fields, X-Forwarded-*, Via):
+    # the base of every probe and slice request.
+    origin_headers: Headers
+
+
 @dataclass(slots=True)
 class Opened:
     """Serve ``meta`` from slices under ``entry_key``."""
@@ -111,13 +123,10 @@ class ObjectDirectory:
 
     # --- lookup --------------------------------------------------------------------------
 
-    async def open(
-        self, object_key: str, target: str, request_headers: Headers, origin_headers: Headers
-    ) -> Opening:
-        """How to serve this GET. ``request_headers`` are the client's (they decide Vary,
-        freshness, storability); ``origin_headers`` are what the origin is sent (the
-        origin's Host, no hop-by-hop fields, X-Forwarded-*, Via), the base of every probe
-        and slice request."""
+    async def open(self, request: ObjectRequest) -> Opening:
+        """How to serve this GET: from the stored object, after revalidating it, or from a
+        new (shared) probe."""
+        object_key, request_headers = request.object_key, request.headers
         until = self._unsliceable.get(object_key)
         if until is not None and until > time.time():
             return Forward("origin does not serve ranges of this object")
@@ -129,9 +138,7 @@ class ObjectDirectory:
         if meta is None:
             if on_miss(request_headers) is not None:
                 return Refuse(504, "only-if-cached: not in cache")
-            return await self._probe_shared(
-                entry_key, object_key, target, request_headers, origin_headers, None
-            )
+            return await self._probe_shared(entry_key, request, None)
 
         now = time.time()
         stored = StoredResponseInfo(
@@ -144,9 +151,7 @@ class ObjectDirectory:
             else:
                 status = CacheStatus.stale_hit(decision.ttl, decision.reason)
             if decision.revalidate_in_background:
-                self._revalidate_in_background(
-                    entry_key, object_key, target, request_headers, origin_headers
-                )
+                self._revalidate_in_background(entry_key, request)
             if not in_store:
                 status = CacheStatus.bypass("too-large")
             return Opened(meta, entry_key, status, stored=in_store)
@@ -154,9 +159,7 @@ class ObjectDirectory:
             return Refuse(decision.error_status, "only-if-cached: stored response is stale")
 
         try:
-            result = await self._probe_shared(
-                entry_key, object_key, target, request_headers, origin_headers, meta
-            )
+            result = await self._probe_shared(entry_key, request, meta)
         except (httpx.TransportError, SliceError):
             if decision.may_serve_on_error(time.time()):
                 return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, None))
@@ -227,23 +230,14 @@ class ObjectDirectory:
 
     # --- probes --------------------------------------------------------------------------
 
-    def _revalidate_in_background(
-        self,
-        entry_key: str,
-        object_key: str,
-        target: str,
-        request_headers: Headers,
-        origin_headers: Headers,
-    ) -> None:
+    def _revalidate_in_background(self, entry_key: str, request: ObjectRequest) -> None:
         if entry_key in self._probes:
             return  # one refresh at a time
 
         async def refresh() -> None:
             meta = await self.cached_meta(entry_key)
             try:
-                result = await self._probe_shared(
-                    entry_key, object_key, target, request_headers, origin_headers, meta
-                )
+                result = await self._probe_shared(entry_key, request, meta)
             except Exception as error:
                 log.info("background revalidation failed", extra={"fields": {"error": str(error)}})
                 return
@@ -255,28 +249,20 @@ class ObjectDirectory:
         task.add_done_callback(self._background.discard)
 
     async def _probe_shared(
-        self,
-        probe_key: str,
-        object_key: str,
-        target: str,
-        request_headers: Headers,
-        origin_headers: Headers,
-        stored: ObjectMeta | None,
+        self, probe_key: str, request: ObjectRequest, stored: ObjectMeta | None
     ) -> Opened | Forward:
         probe = self._probes.get(probe_key)
         if probe is not None:
             result = await asyncio.shield(probe.future)
             if isinstance(result, Opened) and result.shareable:
-                if self._variant_of(result, object_key, request_headers) == result.entry_key:
+                if self._variant_of(result, request) == result.entry_key:
                     status = dataclasses.replace(result.status, collapsed=True)
                     return dataclasses.replace(result, probed=False, status=status, cookies=[])
             return Forward("the shared origin answer is not reusable for this request")
         loop = asyncio.get_running_loop()
         probe = _Probe(loop.create_future())
         self._probes[probe_key] = probe
-        task = loop.create_task(
-            self._run_probe(probe, object_key, target, request_headers, origin_headers, stored)
-        )
+        task = loop.create_task(self._run_probe(probe, request, stored))
         task.add_done_callback(lambda _: self._probes.pop(probe_key, None))
         try:
             result = await asyncio.shield(probe.future)
@@ -288,10 +274,10 @@ class ObjectDirectory:
             return Forward(result.reason, relay)
         return result
 
-    def _variant_of(self, opened: Opened, object_key: str, request_headers: Headers) -> str:
+    def _variant_of(self, opened: Opened, request: ObjectRequest) -> str:
         if not opened.meta.vary:
-            return object_key
-        return variant_entry_key(object_key, opened.meta.vary, request_headers)
+            return request.object_key
+        return variant_entry_key(request.object_key, opened.meta.vary, request.headers)
 
     def _drop_relay(self, probe: _Probe) -> None:
         if probe.relay is not None:
@@ -299,18 +285,10 @@ class ObjectDirectory:
             self._background.add(asyncio.get_running_loop().create_task(relay.aclose()))
 
     async def _run_probe(
-        self,
-        probe: _Probe,
-        object_key: str,
-        target: str,
-        request_headers: Headers,
-        origin_headers: Headers,
-        stored: ObjectMeta | None,
+        self, probe: _Probe, request: ObjectRequest, stored: ObjectMeta | None
     ) -> None:
         try:
-            result = await self._probe_origin(
-                probe, object_key, target, request_headers, origin_headers, stored
-            )
+            result = await self._probe_origin(probe, request, stored)
         except BaseException as error:
             if not probe.future.done():
                 probe.future.set_exception(error)
@@ -322,16 +300,12 @@ class ObjectDirectory:
             probe.future.set_result(result)
 
     async def _probe_origin(
-        self,
-        probe: _Probe,
-        object_key: str,
-        target: str,
-        request_headers: Headers,
-        origin_headers: Headers,
-        stored: ObjectMeta | None,
+        self, probe: _Probe, request: ObjectRequest, stored: ObjectMeta | None
     ) -> Opened | Forward:
         engine = self.engine
-        headers = engine.slice_request_headers(origin_headers, 0, engine.slice_size - 1, None)
+        headers = engine.slice_request_headers(
+            request.origin_headers, 0, engine.slice_size - 1, None
+        )
         if stored is not None:
             headers += validators_for_revalidation(stored.headers)
         # A purge while this probe is out means its answer must not be stored.
@@ -345,9 +319,7 @@ class ObjectDirectory:
         except TimeoutError:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         try:
-            return await self._probe_with_budget(
-                probe, object_key, target, request_headers, origin_headers, stored, headers, epoch
-            )
+            return await self._probe_with_budget(probe, request, stored, headers, epoch)
         finally:
             if not probe.budget_handed_over:
                 engine.budget.release(engine.slice_size)
@@ -355,15 +327,13 @@ class ObjectDirectory:
     async def _probe_with_budget(
         self,
         probe: _Probe,
-        object_key: str,
-        target: str,
-        request_headers: Headers,
-        origin_headers: Headers,
+        request: ObjectRequest,
         stored: ObjectMeta | None,
         headers: Headers,
         epoch: int,
     ) -> Opened | Forward:
         engine = self.engine
+        object_key, target, request_headers = request.object_key, request.target, request.headers
         request_time = time.time()
         engine.counters.upstream_requests += 1
         response = await engine.upstream.send("GET", target, headers)
@@ -375,10 +345,10 @@ class ObjectDirectory:
             await response.aclose()
             if not not_modified_matches(stored.headers, response_headers):
                 # Not the response we hold: fetch it plainly (same budget grant).
-                plain = engine.slice_request_headers(origin_headers, 0, engine.slice_size - 1, None)
-                return await self._probe_with_budget(
-                    probe, object_key, target, request_headers, origin_headers, None, plain, epoch
+                plain = engine.slice_request_headers(
+                    request.origin_headers, 0, engine.slice_size - 1, None
                 )
+                return await self._probe_with_budget(probe, request, None, plain, epoch)
             meta = dataclasses.replace(
                 stored,
                 headers=merge_304_headers(stored.headers, response_headers),
@@ -472,7 +442,7 @@ class ObjectDirectory:
                 (0, min(engine.slice_size, size) - 1),
                 target,
                 meta,
-                origin_headers,
+                request.origin_headers,
                 in_hand,
                 store=decision.store,
                 prepaid=engine.slice_size,

@@ -18,7 +18,7 @@ from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
 from app.objectmeta import ObjectMeta
-from app.objects import Forward, ObjectDirectory, Opened, Refuse
+from app.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
 from app.proxy import (
     kind,
     origin_request_headers,
@@ -80,7 +80,9 @@ async def serve_sliced(
     # One restart is allowed: the object changed before we sent a byte of it.
     for attempt in range(2):
         try:
-            opened = await directory.open(object_key, ctx.target, ctx.headers, origin_headers)
+            opened = await directory.open(
+                ObjectRequest(object_key, ctx.target, ctx.headers, origin_headers)
+            )
         except (httpx.TransportError, SliceError) as error:
             ctx.log.cache = "MISS"
             if isinstance(error, httpx.TransportError):

@@ -131,8 +131,10 @@ class SliceEngine:
     ) -> AsyncGenerator[SliceData, None]:
         """Bytes ``first..last`` in order, as soon as they exist.
 
-        Up to ``lookahead`` runs of ``run_length`` slices are claimed ahead of the slice
-        being sent; the window moves only as the client reads, so a slow client stops it.
+        Missing slices are fetched ahead of the one being sent: up to ``lookahead`` runs of
+        ``run_length`` slices. Cached slices are read only when their turn comes, so a hit
+        costs one slice of memory per response, not a window of copies. The window moves
+        only as the client reads, so a slow client stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
         complete and (for a private or not yet written entry) in no store. ``store=False``:
         slices this response fetches are not written to the cache (private, too large).
@@ -145,25 +147,28 @@ class SliceEngine:
         window = self.lookahead * self.run_length
         scheduled = indexes.start
         self.streaming[entry_key] = self.streaming.get(entry_key, 0) + 1
+
+        async def claim_from(index: int, most: int) -> None:
+            # A run never reaches into slices this response already holds.
+            limit = 1
+            while limit < most and index + limit < indexes.stop and index + limit not in claims:
+                limit += 1
+            got = await self._claim(
+                entry_key, target, meta, index, limit, request_headers, stats, store
+            )
+            for offset, claim in enumerate(got):
+                claims[index + offset] = claim
+
         try:
             for index in indexes:
                 while scheduled < indexes.stop and scheduled < index + window:
-                    if scheduled not in claims:
-                        limit = min(self.run_length, indexes.stop - scheduled)
-                        for offset, claim in enumerate(
-                            await self._claim(
-                                entry_key,
-                                target,
-                                meta,
-                                scheduled,
-                                limit,
-                                request_headers,
-                                stats,
-                                store,
-                            )
-                        ):
-                            claims[scheduled + offset] = claim
+                    if scheduled not in claims and (
+                        scheduled == index or not self._cached(entry_key, meta, scheduled)
+                    ):
+                        await claim_from(scheduled, self.run_length)
                     scheduled += 1
+                if index not in claims:  # cached when the window passed it
+                    await claim_from(index, 1)
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 done = False
@@ -178,6 +183,16 @@ class SliceEngine:
             for claim in claims.values():
                 claim.release(abandon=True)
             self._stream_ended(entry_key)
+
+    def _cached(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:
+        """Held by a tier or the recent buffer (an index lookup: no bytes are read)."""
+        key = keys.slice_key(entry_key, meta.version, index)
+        if key in self.recent:
+            return True
+        if key in self.fills:
+            return False  # in flight: joined now, so that it keeps a reader
+        contains = getattr(self.store, "contains_slice", None)
+        return bool(contains(key)) if contains is not None else False
 
     async def _claim(
         self,

@@ -33,7 +33,8 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+from app.httpcache.dates import parse_http_date
 
 __all__ = [
     "ByteRange",
@@ -46,7 +47,6 @@ __all__ = [
     "multipart_length",
     "multipart_part_header",
     "multipart_trailer",
-    "parse_http_date",
     "parse_range_header",
     "unsatisfied_content_range",
 ]
@@ -217,43 +217,6 @@ def if_range_allows(if_range: str | None, etag: str | None, last_modified: str |
         return False
     modified = parse_http_date(last_modified.strip(_OWS))
     return modified is not None and asked == modified
-
-
-_DAYS = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
-_LONG_DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MONTH = "|".join(_MONTHS)
-_TIME = r"(\d\d):(\d\d):(\d\d)"
-# RFC 9110 5.6.7: senders use IMF-fixdate; recipients must also accept the two obsolete
-# forms. Matching is case-sensitive, as the grammar says.
-_IMF_FIXDATE = re.compile(rf"(?:{_DAYS}), (\d\d) ({_MONTH}) (\d{{4}}) {_TIME} GMT", re.ASCII)
-_RFC850 = re.compile(rf"(?:{_LONG_DAYS}), (\d\d)-({_MONTH})-(\d\d) {_TIME} GMT", re.ASCII)
-_ASCTIME = re.compile(rf"(?:{_DAYS}) ({_MONTH}) ([ \d]\d) {_TIME} (\d{{4}})", re.ASCII)
-
-
-def parse_http_date(value: str, *, now: datetime | None = None) -> datetime | None:
-    """An HTTP-date as an aware UTC datetime, or None when it is not one.
-
-    ``now`` only matters for the two-digit years of rfc850-date: a year that would be
-    more than 50 years in the future means the most recent past year with those digits.
-    """
-    if m := _IMF_FIXDATE.fullmatch(value):
-        day, month, year, hh, mm, ss = m.groups()
-    elif m := _ASCTIME.fullmatch(value):
-        month, day, hh, mm, ss, year = m.groups()
-    elif m := _RFC850.fullmatch(value):
-        day, month, yy, hh, mm, ss = m.groups()
-        current = (now or datetime.now(UTC)).year
-        full = current - current % 100 + int(yy)
-        year = str(full - 100 if full > current + 50 else full)
-    else:
-        return None
-    try:
-        return datetime(
-            int(year), _MONTHS.index(month) + 1, int(day), int(hh), int(mm), int(ss), tzinfo=UTC
-        )
-    except ValueError:  # Feb 30, hour 25, leap second 60: not a date we can compare
-        return None
 
 
 # --- Content-Range and multipart/byteranges (RFC 9110 14.4, 14.6) ---------------------

@@ -75,6 +75,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
+from app.httpcache.dates import parse_http_date
 from app.ranges import (
     ByteRange,
     RangeOutcome,
@@ -85,7 +86,6 @@ from app.ranges import (
     multipart_length,
     multipart_part_header,
     multipart_trailer,
-    parse_http_date,
     parse_range_header,
     unsatisfied_content_range,
 )

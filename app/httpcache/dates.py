@@ -20,31 +20,24 @@ __all__ = ["format_http_date", "parse_http_date"]
 _MONTHS = {
     name: index
     for index, name in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
         start=1,
     )
 }
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
-# RFC 9110 5.6.7: every separator is exactly one SP (asctime pads a one-digit day with a
-# second SP); a date with other whitespace is invalid, and an invalid Expires means
-# "already expired" (RFC 9111 5.3).
-_IMF_FIXDATE = re.compile(
-    r"[A-Za-z]{3}, (\d{2}) ([A-Za-z]{3}) (\d{4}) " + _TIME + r" GMT",
-    re.IGNORECASE,
-)
-_RFC850 = re.compile(
-    r"[A-Za-z]{6,9}, (\d{2})-([A-Za-z]{3})-(\d{2}) " + _TIME + r" GMT",
-    re.IGNORECASE,
-)
-_ASCTIME = re.compile(
-    r"[A-Za-z]{3} ([A-Za-z]{3}) (\d{2}| \d) " + _TIME + r" (\d{4})",
-    re.IGNORECASE,
-)
+# RFC 9110 5.6.7: HTTP-date is case-sensitive and every separator is exactly one SP
+# (asctime pads a one-digit day with a second SP); anything else is invalid, and an
+# invalid Expires means "already expired" (RFC 9111 5.3).
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_IMF_FIXDATE = re.compile(_DAY + r", (\d{2}) ([A-Za-z]{3}) (\d{4}) " + _TIME + r" GMT")
+_RFC850 = re.compile(_LONG_DAY + r", (\d{2})-([A-Za-z]{3})-(\d{2}) " + _TIME + r" GMT")
+_ASCTIME = re.compile(_DAY + r" ([A-Za-z]{3}) (\d{2}| \d) " + _TIME + r" (\d{4})")
 _SECONDS_PER_YEAR = 365.2425 * 86400
 
 
 def _timestamp(year: int, month_name: str, day: int, hh: int, mm: int, ss: int) -> int | None:
-    month = _MONTHS.get(month_name.lower())
+    month = _MONTHS.get(month_name)
     if month is None or year < 1 or year > 9999:
         return None
     if ss == 60:  # a leap second (RFC 9110 allows 60); POSIX time has no room for it
@@ -74,9 +67,9 @@ def _rfc850_year(two_digits: int, now: float | None) -> int:
 def parse_http_date(value: str, *, now: float | None = None) -> int | None:
     """Parse an HTTP-date into a POSIX timestamp; None when it is not a valid HTTP-date.
 
-    Accepts IMF-fixdate, RFC 850 and asctime (case-insensitive names, flexible whitespace;
-    the weekday is not checked against the date). ``now`` only disambiguates the two-digit
-    year of RFC 850 dates. Never raises.
+    Accepts IMF-fixdate, RFC 850 and asctime exactly as the grammar writes them (case
+    and single spaces matter, RFC 9110 5.6.7; the weekday is not checked against the
+    date). ``now`` only disambiguates the two-digit year of RFC 850 dates. Never raises.
     """
     text = value.strip(" \t")
     match = _IMF_FIXDATE.fullmatch(text)

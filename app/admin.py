@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from app.asgi_io import send_body, send_json, send_start, send_text
+from app.asgi_io import send_json, send_text, send_whole
 from app.lifecycle import Lifecycle
 
 AsgiHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -79,14 +79,7 @@ def routes(
             await send_text(send, 503, "draining" if lifecycle.draining else "starting")
 
     async def metrics_route(scope: Scope, receive: Receive, send: Send) -> None:
-        body = metrics()
-        headers = [
-            ("content-type", PROMETHEUS_TEXT),
-            ("content-length", str(len(body))),
-            ("cache-control", "no-store"),
-        ]
-        await send_start(send, 200, headers)
-        await send_body(send, body, more=False)
+        await send_whole(send, 200, metrics(), PROMETHEUS_TEXT)
 
     async def stats_route(scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, json.dumps(stats(), indent=2, sort_keys=True).encode())

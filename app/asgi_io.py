@@ -88,19 +88,19 @@ async def send_text(
 ) -> None:
     """A short plain-text reply (errors, admin answers); never cached by anyone."""
     body = (text.rstrip("\n") + "\n").encode()
-    headers: Headers = [
-        ("content-type", "text/plain; charset=utf-8"),
-        ("content-length", str(len(body))),
-        ("cache-control", "no-store"),
-        *(extra_headers or []),
-    ]
-    await send_start(send, status, headers)
-    await send_body(send, body, more=False)
+    await send_whole(send, status, body, "text/plain; charset=utf-8", extra_headers)
 
 
 async def send_json(send: Send, status: int, body: bytes, extra: Headers | None = None) -> None:
+    await send_whole(send, status, body, "application/json", extra)
+
+
+async def send_whole(
+    send: Send, status: int, body: bytes, content_type: str, extra: Headers | None = None
+) -> None:
+    """A small reply generated here, in one piece, not to be cached."""
     headers: Headers = [
-        ("content-type", "application/json"),
+        ("content-type", content_type),
         ("content-length", str(len(body))),
         ("cache-control", "no-store"),
         *(extra or []),

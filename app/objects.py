@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import httpx
@@ -94,11 +93,6 @@ class Refuse:
 
 
 Opening = Opened | Forward | Refuse
-
-
-def variant_entry_key(object_key: str, vary: list[str], request_headers: Headers) -> str:
-    """The entry key of the Vary variant this request selects."""
-    return keys.variant_key(object_key, selecting_headers(tuple(vary), request_headers) or [])
 
 
 @dataclass(slots=True)
@@ -182,7 +176,7 @@ class ObjectDirectory:
         base = await self.cached_meta(object_key)
         if base is None or not base.vary:
             return object_key, base
-        entry_key = variant_entry_key(object_key, base.vary, request_headers)
+        entry_key = self._entry_key(object_key, base, request_headers)
         return entry_key, await self.cached_meta(entry_key)
 
     async def cached_meta(self, key: str) -> ObjectMeta | None:
@@ -275,9 +269,7 @@ class ObjectDirectory:
         return result
 
     def _variant_of(self, opened: Opened, request: ObjectRequest) -> str:
-        if not opened.meta.vary:
-            return request.object_key
-        return variant_entry_key(request.object_key, opened.meta.vary, request.headers)
+        return self._entry_key(request.object_key, opened.meta, request.headers)
 
     def _drop_relay(self, probe: _Probe) -> None:
         if probe.relay is not None:
@@ -359,15 +351,12 @@ class ObjectDirectory:
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
             if engine.purged_since(epoch, object_key):
                 # Purged while we revalidated: serve this once, store nothing.
-                private = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
+                private = keys.private_key(object_key)
                 return Opened(
                     meta, private, CacheStatus.revalidated(ttl), shareable=False, stored=False
                 )
             if self._too_large(meta.size):
-                entry_key = object_key
-                if meta.vary:
-                    entry_key = variant_entry_key(object_key, meta.vary, request_headers)
-                self._unstored[entry_key] = meta
+                entry_key = self._share_unstored(object_key, meta, request_headers)
                 return Opened(meta, entry_key, CacheStatus.revalidated(ttl), stored=False)
             entry_key = await self._adopt(object_key, meta, request_headers)
             return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
@@ -427,13 +416,10 @@ class ObjectDirectory:
             entry_key = await self._adopt(object_key, meta, request_headers)
             cache_status = CacheStatus.miss(fwd_status=status, stored=True)
         elif shareable:
-            entry_key = object_key
-            if meta.vary:
-                entry_key = variant_entry_key(object_key, meta.vary, request_headers)
-            self._unstored[entry_key] = meta
+            entry_key = self._share_unstored(object_key, meta, request_headers)
             cache_status = CacheStatus.bypass(decision.reason)
         else:
-            entry_key = f"{object_key}{keys.SEPARATOR}private:{uuid.uuid4().hex}"
+            entry_key = keys.private_key(object_key)
             cache_status = CacheStatus.bypass(decision.reason)
         first_fill = None
         if in_hand is not None and size > 0:
@@ -495,11 +481,23 @@ class ObjectDirectory:
             whole=whole,
         )
 
+    @staticmethod
+    def _entry_key(object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
+        """The object's own key, or for a response with Vary the variant this request selects."""
+        if not meta.vary:
+            return object_key
+        selecting = selecting_headers(tuple(meta.vary), request_headers)
+        return keys.variant_key(object_key, selecting or [])
+
+    def _share_unstored(self, object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
+        """Too large to store: remembered in memory only, so later clients join its fills."""
+        entry_key = self._entry_key(object_key, meta, request_headers)
+        self._unstored[entry_key] = meta
+        return entry_key
+
     async def _adopt(self, object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
         """Store ``meta`` as the current version; returns the entry key it lives under."""
-        entry_key = object_key
-        if meta.vary:
-            entry_key = variant_entry_key(object_key, meta.vary, request_headers)
+        entry_key = self._entry_key(object_key, meta, request_headers)
         old = await self.cached_meta(entry_key)
         if old is not None and old.validator != meta.validator:
             await self.forget(object_key)  # a new version: the old slices are garbage

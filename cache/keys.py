@@ -13,6 +13,7 @@ starting with ``K + SEPARATOR``.
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 SEPARATOR = " "
 
@@ -27,6 +28,11 @@ def variant_key(object_key: str, selecting_headers: list[tuple[str, str]]) -> st
 def version_tag(validator: str) -> str:
     """A short, key-safe digest of an object's validator (strong ETag, or Last-Modified+size)."""
     return hashlib.blake2b(validator.encode(), digest_size=8).hexdigest()
+
+
+def private_key(object_key: str) -> str:
+    """An entry key no other request will use: a response that must not be shared."""
+    return f"{object_key}{SEPARATOR}private:{uuid.uuid4().hex}"
 
 
 def slice_key(entry_key: str, version: str, index: int) -> str:

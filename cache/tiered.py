@@ -147,7 +147,8 @@ class TieredStore:
             return None
         self.counters["slice_hits_l2"] += 1
         if self.l1 is not None:
-            await self.l1.put_slice(key, bytes(data), None)
+            # A tier hands out bytes nobody else writes to: promoted as they are, no copy.
+            await self.l1.put_slice(key, data, None)
             self.counters["l1_promotions"] += 1
         return data
 

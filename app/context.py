@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import Scope
 
@@ -40,7 +40,6 @@ class RequestContext:
     client_ip: str | None
     scheme: str
     log: RequestLog
-    extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -11,16 +10,12 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     active_requests: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def request_started(self) -> None:
         self.active_requests += 1
-        self.idle.clear()
 
     def request_finished(self) -> None:
         self.active_requests -= 1
-        if self.active_requests == 0:
-            self.idle.set()
 
     @property
     def accepting(self) -> bool:

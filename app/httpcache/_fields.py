@@ -113,9 +113,3 @@ def parse_delta_seconds(value: str) -> int | None:
 def connection_tokens(headers: Headers) -> set[str]:
     """Lowercase field names listed in Connection (RFC 9110 7.6.1)."""
     return {member.lower() for member in split_list(get_all(headers, "connection"))}
-
-
-def without(headers: Headers, names: Iterable[str]) -> HeaderList:
-    """A copy of ``headers`` with every field in ``names`` (case-insensitive) removed."""
-    drop = {name.lower() for name in names}
-    return [(key, value) for key, value in headers if key.lower() not in drop]

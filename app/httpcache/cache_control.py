@@ -96,11 +96,6 @@ class CacheControl:
         """Field names of a qualified ``private``, else ``()``."""
         return self.private if isinstance(self.private, tuple) else ()
 
-    @property
-    def has_explicit_freshness(self) -> bool:
-        """True with ``max-age`` or ``s-maxage`` (Expires is a header, checked elsewhere)."""
-        return self.max_age is not None or self.s_maxage is not None
-
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """A field name (RFC 9110 5.6.2 token), lowercase."""

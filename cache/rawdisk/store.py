@@ -175,7 +175,6 @@ class RawDiskStore:
         self._delete_epoch = 0
         self._delete_log: list[tuple[int, bytes, bool]] = []
         self._inflight_puts: Counter[int] = Counter()
-        self._inflight_blocks = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
@@ -923,7 +922,6 @@ class RawDiskStore:
                     return self._declined("no_space_total")
                 gen = self._next_gen
                 self._next_gen += 1
-                self._inflight_blocks += nblocks
             created = int(now)
             try:
                 checksum = await self._run(
@@ -942,11 +940,9 @@ class RawDiskStore:
                 self._stats["write_errors_total"] += 1
                 log.warning("L2 write of %r failed: %s", key, exc)
                 async with self._mutate:
-                    self._inflight_blocks -= nblocks
                     self._map.free(start, nblocks)
                 return self._declined()
             async with self._mutate:
-                self._inflight_blocks -= nblocks
                 if self._closed or self._deleted_since(start_epoch, kb):
                     self._map.free(start, nblocks)
                     self._stats["discarded_puts_total"] += 1

@@ -41,7 +41,7 @@ from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
 from app.slicer import SliceEngine, SliceError, parse_content_range
 from cache import keys
-from cache.protocol import Store
+from cache.protocol import CacheFront
 
 log = logging.getLogger("slicecache.objects")
 
@@ -105,7 +105,7 @@ class _Probe:
 @dataclass
 class ObjectDirectory:
     engine: SliceEngine
-    store: Store | None
+    store: CacheFront | None
     policy: FreshnessPolicy
     _metas: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=4096))
     _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
@@ -453,11 +453,10 @@ class ObjectDirectory:
         An object a little larger than the cache is the worst case of LRU: every slice a
         sequential read inserts evicts the next one it is about to read.
         """
-        capacity: int | None = getattr(self.store, "capacity_bytes", None)
-        if capacity is None:
+        if self.store is None:
             return False
         slices = size // self.engine.slice_size + 2
-        return size + slices * PER_SLICE_OVERHEAD_BYTES > capacity
+        return size + slices * PER_SLICE_OVERHEAD_BYTES > self.store.capacity_bytes
 
     def _meta_from(
         self,

@@ -13,7 +13,7 @@ from starlette.types import Receive, Send
 from app import ranges
 from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
 from app.context import RequestContext, SliceStats
-from app.headers import Headers, end_to_end, with_via
+from app.headers import Headers, with_via
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
@@ -55,7 +55,8 @@ def x_cache(status: CacheStatus, hit: int, total: int) -> str:
 
 
 def replay_headers(meta: ObjectMeta, now: float) -> Headers:
-    headers = with_via(end_to_end(meta.headers, NOT_REPLAYED))
+    # Stored headers were made end-to-end when stored: only this hop's own fields go.
+    headers = with_via([(k, v) for k, v in meta.headers if k not in NOT_REPLAYED])
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     headers.append(("age", str(age)))
     headers.append(("accept-ranges", "bytes"))

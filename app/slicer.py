@@ -31,7 +31,7 @@ from app.objectmeta import ObjectMeta
 from app.slices import clip, slice_bounds, slices_for_range
 from app.upstream import UpstreamClient
 from cache import keys
-from cache.protocol import SliceData, Store
+from cache.protocol import CacheFront, SliceData
 
 log = logging.getLogger("slicecache.slicer")
 
@@ -76,7 +76,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 @dataclass
 class SliceEngine:
     upstream: UpstreamClient
-    store: Store | None
+    store: CacheFront | None
     slice_size: int
     lookahead: int
     max_retries: int
@@ -107,9 +107,9 @@ class SliceEngine:
 
     def cached_slices(self, entry_key: str, meta: ObjectMeta, first: int, last: int) -> int:
         """How many of the range's slices the store holds right now (for X-Cache)."""
-        contains = getattr(self.store, "contains_slice", None)
-        if contains is None or meta.size == 0:
+        if self.store is None or meta.size == 0:
             return 0
+        contains = self.store.contains_slice
         version = meta.version
         return sum(
             1
@@ -191,8 +191,7 @@ class SliceEngine:
             return True
         if key in self.fills:
             return False  # in flight: joined now, so that it keeps a reader
-        contains = getattr(self.store, "contains_slice", None)
-        return bool(contains(key)) if contains is not None else False
+        return self.store is not None and self.store.contains_slice(key)
 
     async def _claim(
         self,
@@ -236,10 +235,11 @@ class SliceEngine:
             fill.readers += 1
             return [SliceClaim(fill=fill)]
         run = [(key, slice_bounds(index, self.slice_size, meta.size))]
-        contains = getattr(self.store, "contains_slice", None)
         for following in range(index + 1, index + limit):
             next_key = keys.slice_key(entry_key, meta.version, following)
-            if next_key in self.fills or (contains is not None and contains(next_key)):
+            if next_key in self.fills or (
+                self.store is not None and self.store.contains_slice(next_key)
+            ):
                 break  # the run stops where the cache (or another fill) takes over
             run.append((next_key, slice_bounds(following, self.slice_size, meta.size)))
         stats.miss += len(run)
@@ -343,12 +343,11 @@ class SliceEngine:
                     del self.fills[fill.key]
 
     def store_epoch(self) -> int:
-        """The store's purge epoch now (0 when the store does not track purges)."""
-        return int(getattr(self.store, "epoch", 0))
+        """The store's purge epoch now (0 without a store)."""
+        return self.store.epoch if self.store is not None else 0
 
     def purged_since(self, epoch: int, key: str) -> bool:
-        purged_since = getattr(self.store, "purged_since", None)
-        return bool(purged_since(epoch, key)) if purged_since is not None else False
+        return self.store is not None and self.store.purged_since(epoch, key)
 
     def _stop_unread_fills(self) -> None:
         """Budget is short: fetches that outlived all their readers (kept going only to fill

@@ -12,6 +12,7 @@ starting with ``K + SEPARATOR``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 
@@ -25,6 +26,7 @@ def variant_key(object_key: str, selecting_headers: list[tuple[str, str]]) -> st
     return f"{object_key}{SEPARATOR}vary:{digest}"
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per slice of every response
 def version_tag(validator: str) -> str:
     """A short, key-safe digest of an object's validator (strong ETag, or Last-Modified+size)."""
     return hashlib.blake2b(validator.encode(), digest_size=8).hexdigest()

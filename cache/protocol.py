@@ -65,3 +65,24 @@ class Store(Protocol):
     async def close(self) -> None:
         """Flush what must survive a restart and release resources."""
         ...
+
+
+@runtime_checkable
+class CacheFront(Store, Protocol):
+    """The store the app talks to (``cache.tiered.TieredStore``): a tier plus what request
+    handling needs to know without reading bytes."""
+
+    capacity_bytes: int  # what all tiers together can hold
+
+    @property
+    def epoch(self) -> int:
+        """The purge epoch now: remember it when a fetch or a read starts."""
+        ...
+
+    def purged_since(self, epoch: int, key: str) -> bool:
+        """Did a purge since ``epoch`` cover ``key``?"""
+        ...
+
+    def contains_slice(self, key: str) -> bool:
+        """Is the slice held by some tier (an index lookup: no bytes are read)?"""
+        ...

@@ -251,7 +251,10 @@ def create_app(
             total=settings.total_timeout or None,
         )
         runtime.upstream = UpstreamClient(
-            settings.upstream_base_url, timeouts, make_transport(settings)
+            settings.upstream_base_url,
+            timeouts,
+            make_transport(settings),
+            runtime.metrics.counters,
         )
         if settings.enable_cache:
             l2 = await open_l2(settings) if settings.enable_l2_cache else None

@@ -327,7 +327,6 @@ class ObjectDirectory:
         engine = self.engine
         object_key, target, request_headers = request.object_key, request.target, request.headers
         request_time = time.time()
-        engine.counters.upstream_requests += 1
         response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)

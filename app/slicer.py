@@ -54,10 +54,12 @@ class SliceError(Exception):
 
 
 def _error_kind(error: Exception) -> str:
+    """Why a slice fetch failed for good (each failed origin request is counted as an
+    ``upstream_*`` error by the client already)."""
     if isinstance(error, httpx.TimeoutException):
-        return "upstream_timeout"
+        return "slice_timeout"
     if isinstance(error, httpx.TransportError):
-        return "upstream_connection"
+        return "slice_connection"
     if isinstance(error, SliceError):
         return "slice_invalid"
     return "internal"
@@ -422,7 +424,6 @@ class SliceEngine:
             try:
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
-                    self.counters.upstream_requests += 1
                     response = await self.upstream.send("GET", target, headers)
                     self.check_slice_response(response, first, last, meta)
                 async for chunk in response.aiter_raw():

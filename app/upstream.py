@@ -25,6 +25,8 @@ import httpx
 import yarl
 from cachetools import LRUCache
 
+from app.metrics import EngineCounters
+
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
 READ_BUFFER_BYTES = 1024 * 1024
@@ -159,8 +161,11 @@ class UpstreamClient:
         base_url: str,
         timeouts: UpstreamTimeouts,
         transport: httpx.AsyncBaseTransport,
+        counters: EngineCounters | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Every origin request passes here (pass-through, probes, slices): counted once.
+        self.counters = counters or EngineCounters()
         self.origin_host = httpx.URL(self.base_url).netloc.decode("ascii")
         self.timeouts = timeouts
         self._transport = transport
@@ -196,6 +201,23 @@ class UpstreamClient:
 
         Raises httpx.TransportError subclasses: ConnectError, ConnectTimeout, ReadTimeout...
         """
+        self.counters.upstream_requests += 1
+        try:
+            return await self._send(method, raw_path, headers, body)
+        except httpx.TimeoutException:
+            self.counters.error("upstream_timeout")
+            raise
+        except httpx.TransportError:
+            self.counters.error("upstream_connection")
+            raise
+
+    async def _send(
+        self,
+        method: str,
+        raw_path: str,
+        headers: list[tuple[str, str]],
+        body: AsyncIterator[bytes] | None,
+    ) -> httpx.Response:
         request = httpx.Request(
             method,
             self.url_for(raw_path),

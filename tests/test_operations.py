@@ -333,3 +333,20 @@ def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: 
         assert process.wait(30) == 0
     assert sha256(again.content) == expected_sha256(name)
     assert origin.requests_for(f"/files/{name}") == []
+
+
+def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead_port = placeholder.getsockname()[1]
+    with proxy(enable_cache=False) as url:
+        httpx.post(f"{url}/echo/counted", content=b"x")  # pass-through
+        text = httpx.get(f"{url}/_slicecache/metrics").text
+    values = _metric_values(text)
+    assert values[("slicecache_upstream_requests_total", ())] == 1
+    with proxy(upstream_address=f"127.0.0.1:{dead_port}") as url:
+        assert httpx.get(f"{url}/files/1k.bin").status_code == 502
+        text = httpx.get(f"{url}/_slicecache/metrics").text
+    values = _metric_values(text)
+    assert values[("slicecache_upstream_requests_total", ())] == 1
+    assert values[("slicecache_errors_total", (("kind", "upstream_connection"),))] == 1

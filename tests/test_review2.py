@@ -80,10 +80,10 @@ def test_unrelated_invalidations_during_a_probe_do_not_make_it_private(
     # purged: ordinary write traffic (~500 POSTs/s) turns a cold object's probe answer
     # into a private, unstored, uncoalesced one although nothing about it was purged.
     path = "/files/60000-review2-busy.bin"
-    target = f"{path}?latency_ms=4000"
+    target = f"{path}?latency_ms=12000"  # room for 1,029 POSTs on a loaded machine
     with proxy(slice_size=SLICE) as url:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            download = pool.submit(httpx.get, f"{url}{target}", timeout=15)
+            download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
             time.sleep(0.2)  # the probe is out
             with httpx.Client(timeout=5) as client:
                 for n in range(PURGE_RECORDS + 5):

@@ -633,19 +633,27 @@ class Bench:
         }
 
     def target_g(self) -> dict[str, Any]:
-        """Peak RSS of one 1 GiB download vs one 100 MiB download (fresh proxies)."""
+        """Peak RSS of one 1 GiB download vs one 100 MiB download (fresh proxies).
+
+        A sampled peak of ~80 MiB moves by +-10 MiB from run to run, so each size runs
+        three times, each in a fresh proxy, and the medians are compared.
+        """
         peaks = {}
         for mib in (100, 1024):
-            with self.slicecache(f"slicecache-g{mib}") as sc:
-                base = sc.rss()
-                with h.RssSampler(sc, 0.05) as rss:
-                    f = h.fetch_sync(sc.url + self.name(mib), max_time=300)
-                peaks[mib] = {"base": base, "peak": rss.peak, "ok": f.ok}
+            runs = []
+            for attempt in range(3):
+                with self.slicecache(f"slicecache-g{mib}-{attempt}") as sc:
+                    base = sc.rss()
+                    with h.RssSampler(sc, 0.05) as rss:
+                        f = h.fetch_sync(sc.url + self.name(mib), max_time=300)
+                    runs.append({"base": base, "peak": rss.peak, "ok": f.ok})
+            runs.sort(key=lambda run: run["peak"])
+            peaks[mib] = {**runs[1], "ok": all(run["ok"] for run in runs)}
         ratio = peaks[1024]["peak"] / peaks[100]["peak"]
         return {
             "target": "peak RSS(1 GiB) <= 1.10x peak RSS(100 MiB)",
             "measured": f"{peaks[1024]['peak'] / MiB:.0f} MiB vs {peaks[100]['peak'] / MiB:.0f} "
-            f"MiB = {ratio:.2f}x (idle {peaks[100]['base'] / MiB:.0f} MiB)",
+            f"MiB = {ratio:.2f}x, medians of 3 (idle {peaks[100]['base'] / MiB:.0f} MiB)",
             "value": ratio,
             "pass": ratio <= 1.10 and bool(peaks[100]["ok"]) and bool(peaks[1024]["ok"]),
         }

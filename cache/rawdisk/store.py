@@ -906,16 +906,18 @@ class RawDiskStore:
             if self._index.find(kb, h) < 0:
                 return self._declined("admission_rejects_total")
         compress = self._compress and compressible is not False and kind == KIND_SLICE
-        if compress:
-            codec_id, payload, tried = await self._run(codec.encode, data, True)
-            if tried and codec_id == 0:
-                self._stats["compression_skipped_total"] += 1
-        else:
-            codec_id, payload = 0, data
-        nblocks = extent_blocks(len(kb), len(payload), self._geo.block_size)
+        # Registered before compression starts: a delete that covers this key while zstd
+        # (or the write) runs in a worker thread must make the put drop itself at commit.
         start_epoch = self._delete_epoch
         self._inflight_puts[start_epoch] += 1
         try:
+            if compress:
+                codec_id, payload, tried = await self._run(codec.encode, data, True)
+                if tried and codec_id == 0:
+                    self._stats["compression_skipped_total"] += 1
+            else:
+                codec_id, payload = 0, data
+            nblocks = extent_blocks(len(kb), len(payload), self._geo.block_size)
             async with self._mutate:
                 start = self._allocate(nblocks)
                 if start < 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -20,6 +20,7 @@ from cache.rawdisk.index import NSHARDS, Index
 
 MAGIC = b"SLCCKPT1"
 HEADER_SIZE = 4096
+CHUNK = 1 << 20  # copy, hash and write index memory this much at a time
 SECTION_NAMES = ("rows", "key_off", "arena", "free_rows", "caps", "shard_used", "tables", "map")
 _HEAD = struct.Struct("<8sIIQQQQdQQQQQQ")
 _SECTION = struct.Struct("<QQ")
@@ -85,16 +86,6 @@ def unpack_header(raw: bytes, format_id: int) -> CheckpointHeader | None:
     )
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    try:
-        done = 0
-        while done < len(view):
-            done += os.pwrite(fd, view[done:], offset + done)
-    finally:
-        view.release()
-
-
 def _read_all(fd: int, length: int, offset: int) -> bytes:
     parts = []
     done = 0
@@ -107,8 +98,28 @@ def _read_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _stable_chunks(parts: Sequence[bytes | bytearray | memoryview]) -> Iterator[bytes]:
+    """The parts' bytes as private copies of at most CHUNK bytes (small parts coalesced)."""
+    pending = bytearray()
+    for part in parts:
+        view = memoryview(part).cast("B")
+        try:
+            pos = 0
+            while pos < len(view):
+                take = min(CHUNK - len(pending), len(view) - pos)
+                pending += view[pos : pos + take]
+                pos += take
+                if len(pending) >= CHUNK:
+                    yield bytes(pending)
+                    pending.clear()
+        finally:
+            view.release()
+    if pending:
+        yield bytes(pending)
+
+
 def write_sections(
-    fd: int,
+    write: Callable[[bytes | bytearray | memoryview, int], None],
     slot_offset: int,
     slot_size: int,
     index_sections: Sequence[bytes | bytearray | memoryview],
@@ -139,10 +150,12 @@ def write_sections(
     for group in groups:
         digest = xxhash.xxh3_64()
         length = 0
-        for part in group:
-            digest.update(part)
-            _write_all(fd, part, offset + length)
-            length += len(part)
+        for chunk in _stable_chunks(group):
+            # Hash exactly the bytes written: a copy, taken while the GIL is held, of index
+            # memory that reads on the event loop keep changing (access time, frequency).
+            digest.update(chunk)
+            write(chunk, offset + length)
+            length += len(chunk)
         sections.append((length, digest.intdigest()))
         offset += length
     return tuple(sections), len(block_map)
@@ -189,6 +202,24 @@ def read_checkpoint(
     if len(index.shards) != NSHARDS:
         return None
     return LoadedCheckpoint(header=header, index=index, block_map=block_map)
+
+
+def sections_match(fd: int, slot_offset: int, sections: Sequence[tuple[int, int]]) -> bool:
+    """Read a slot's sections back and compare them with the digests about to be committed."""
+    offset = slot_offset + HEADER_SIZE
+    for length, digest in sections:
+        hasher = xxhash.xxh3_64()
+        done = 0
+        while done < length:
+            chunk = os.pread(fd, min(length - done, 8 << 20), offset + done)
+            if not chunk:
+                return False
+            hasher.update(chunk)
+            done += len(chunk)
+        if hasher.intdigest() != digest:
+            return False
+        offset += length
+    return True
 
 
 def read_header(fd: int, slot_offset: int, format_id: int) -> CheckpointHeader | None:

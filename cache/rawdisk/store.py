@@ -36,6 +36,7 @@ from cache.rawdisk.checkpoint import (
     CheckpointHeader,
     read_checkpoint,
     read_header,
+    sections_match,
     write_sections,
 )
 from cache.rawdisk.device import Device
@@ -94,6 +95,7 @@ EVICT_BATCH = 64
 EXPIRY_BATCH = 4096
 FRAG_SCAN_SECONDS = 30.0
 FRAG_WINDOW = 1 << 20
+LOG_EVERY = 60.0  # a repeating L2 error is logged once a minute, with a count
 _BAD = object()  # read result: damaged record
 
 _COUNTERS = (
@@ -158,6 +160,9 @@ class RawDiskStore:
         self._map = BlockMap(self._geo.data_blocks)
         self._next_gen = 1
         self._ckpt_seq = 0
+        # The slot holding the newest verified checkpoint: the next one goes to the other
+        # slot, and a failed one leaves this one (and the journal half it names) untouched.
+        self._good_slot = 0
         self._epoch = 1
         self._journal_pos = 0
         self._journal_seq = 0
@@ -176,6 +181,7 @@ class RawDiskStore:
         self._delete_log: list[tuple[int, bytes, bool]] = []
         self._inflight_puts: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._log_marks: dict[str, tuple[float, int]] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._reap_wanted = asyncio.Event()
@@ -337,11 +343,12 @@ class RawDiskStore:
     def _write_checkpoint_sync(self, journal_epoch: int) -> None:
         """Write a full checkpoint into the next slot, durably (startup only)."""
         seq = self._ckpt_seq + 1
-        slot = self._geo.checkpoint_slot(seq % 2)
+        slot_number = 1 - self._good_slot
+        slot = self._geo.checkpoint_slot(slot_number)
         views = self._index.sections()
         try:
             sections, map_len = write_sections(
-                self._device.fd, slot, self._geo.checkpoint_slot_size, views, self._map.map
+                self._device.pwrite, slot, self._geo.checkpoint_slot_size, views, self._map.map
             )
         finally:
             for view in views:
@@ -352,6 +359,7 @@ class RawDiskStore:
         self._device.pwrite(header.pack(), slot)
         self._device.sync_meta()
         self._ckpt_seq = seq
+        self._good_slot = slot_number
 
     def _checkpoint_header(
         self,
@@ -380,16 +388,17 @@ class RawDiskStore:
         for slot in (0, 1):
             header = read_header(dev.fd, geo.checkpoint_slot(slot), self._format_id)
             if header is not None:
-                headers.append((header, geo.checkpoint_slot(slot)))
+                headers.append((header, slot))
                 max_epoch = max(max_epoch, header.journal_epoch)
                 max_seq = max(max_seq, header.seq)
         headers.sort(key=lambda item: item[0].seq, reverse=True)
         loaded = None
         unusual = False
-        for position, (header, offset) in enumerate(headers):
-            loaded = read_checkpoint(dev.fd, offset, header, geo.data_blocks)
+        for position, (header, slot) in enumerate(headers):
+            loaded = read_checkpoint(dev.fd, geo.checkpoint_slot(slot), header, geo.data_blocks)
             if loaded is not None:
                 unusual = position > 0
+                self._good_slot = slot
                 break
             log.error("L2 device %s: checkpoint seq %d is damaged", dev.path, header.seq)
         for half in (0, 1):
@@ -411,7 +420,7 @@ class RawDiskStore:
         self._index = loaded.index
         self._map = BlockMap(geo.data_blocks, loaded.block_map)
         self._next_gen = header.next_gen
-        self._ckpt_seq = header.seq
+        self._ckpt_seq = max_seq  # past a damaged newer header too: seqs only grow
         self._reclaim_all_dead()
         replayed = self._replay(header.journal_epoch)
         self._stats["replayed_records"] = float(replayed)
@@ -639,34 +648,39 @@ class RawDiskStore:
         self._stats["journal_sync_seconds_last"] = elapsed
 
     async def checkpoint(self) -> None:
-        """Write the whole index to the next checkpoint slot and start a new journal epoch."""
+        """Write the whole index to the next checkpoint slot and start a new journal epoch.
+
+        Crash-ordered (FORMAT.md 3.4): sections written from a snapshot and read back
+        verified, all under the mutation lock (so the snapshot and the epoch switch are one
+        point in the journal); then data fdatasync, the old epoch's tail, fdatasync, the
+        header, fdatasync. A checkpoint that does not verify writes no header and does not
+        move the journal to a new epoch: the slot alternation advances only past a verified
+        checkpoint, so the last good one (and the journal half it names) is never reused.
+        """
         started = time.perf_counter()
         async with self._persist:
             async with self._mutate:
                 seq = self._ckpt_seq + 1
-                slot = self._geo.checkpoint_slot(seq % 2)
+                slot_number = 1 - self._good_slot
+                slot = self._geo.checkpoint_slot(slot_number)
                 views = self._index.sections()
+                block_map = bytes(self._map.map)  # reads free HELD blocks without the lock
                 try:
                     sections, map_len = await self._run(
-                        write_sections,
-                        self._device.fd,
-                        slot,
-                        self._geo.checkpoint_slot_size,
-                        views,
-                        self._map.map,
+                        self._write_verified_sections, slot, views, block_map
                     )
                 except ValueError as exc:
-                    self._stats["checkpoint_failures_total"] += 1
-                    log.error("L2 checkpoint skipped: %s (evicting to shrink the index)", exc)
+                    self._checkpoint_failed(f"{exc} (evicting to shrink the index)")
                     self._index_pressure = True
                     return
                 finally:
                     for view in views:
                         if isinstance(view, memoryview):
                             view.release()
+                if not sections:
+                    self._checkpoint_failed("sections did not read back as written")
+                    return
                 tail, tail_offset, _ = self._take_journal()
-                if tail:
-                    await self._run(self._device.pwrite, tail, tail_offset)
                 new_epoch = self._epoch + 1
                 header = self._checkpoint_header(seq, new_epoch, sections, map_len)
                 self._epoch = new_epoch
@@ -675,19 +689,60 @@ class RawDiskStore:
                 self._records_since_ckpt = 0
                 self._ckpt_due = False
 
+            packed = header.pack()
+
             def finish() -> None:
-                self._device.sync_data()
-                self._device.sync_meta()
-                self._device.pwrite(header.pack(), slot)
-                self._device.sync_meta()
+                device = self._device
+                device.sync_data()  # the data every tail record names, before the tail
+                if tail:
+                    device.pwrite(tail, tail_offset)
+                device.sync_meta()  # sections and tail, before the header naming them
+                for _attempt in range(3):
+                    device.pwrite(packed, slot)
+                    device.sync_meta()
+                    if device.pread(HEADER_SIZE, slot) == packed:
+                        return
+                raise OSError(f"checkpoint header at {slot} does not read back")
 
             await self._run(finish)
             self._ckpt_seq = seq
+            self._good_slot = slot_number
         elapsed = time.perf_counter() - started
         self._stats["checkpoints_total"] += 1
         self._stats["checkpoint_seconds_total"] += elapsed
         self._stats["checkpoint_seconds_last"] = elapsed
         self._stats["checkpoint_bytes_last"] = float(HEADER_SIZE + header.payload_bytes)
+
+    def _write_verified_sections(
+        self, slot: int, views: list[bytes | bytearray | memoryview], block_map: bytes
+    ) -> tuple[tuple[tuple[int, int], ...], int]:
+        """Worker thread: write a checkpoint's sections, fdatasync, read them back.
+
+        Returns ((), 0) when they do not read back with the digests computed while writing.
+        """
+        sections, map_len = write_sections(
+            self._device.pwrite, slot, self._geo.checkpoint_slot_size, views, block_map
+        )
+        self._device.sync_meta()
+        if not sections_match(self._device.fd, slot, sections):
+            return (), 0
+        return sections, map_len
+
+    def _checkpoint_failed(self, reason: str) -> None:
+        self._stats["checkpoint_failures_total"] += 1
+        self._log_limited("checkpoint", logging.ERROR, "L2 checkpoint skipped: %s", reason)
+
+    def _log_limited(self, what: str, level: int, msg: str, *args: object) -> None:
+        """Log at most once per LOG_EVERY seconds per ``what``, with how many were held back."""
+        now = time.monotonic()
+        last, held = self._log_marks.get(what, (-math.inf, 0))
+        if now - last < LOG_EVERY:
+            self._log_marks[what] = (last, held + 1)
+            return
+        self._log_marks[what] = (now, 0)
+        if held:
+            msg += f" ({held} more like this in the last {LOG_EVERY:.0f} s)"
+        log.log(level, msg, *args)
 
     _index_pressure = False
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from cache.rawdisk import RawDiskStore, codec
+from cache.rawdisk.checkpoint import read_checkpoint, read_header
 from settings import RawDiskCacheSettings
-from tests.rawdisk.conftest import MiB, check_consistent, payload
+from tests.rawdisk.conftest import check_consistent, flip_byte, payload
 
 Make = Callable[..., RawDiskCacheSettings]
 
@@ -44,4 +46,128 @@ async def test_put_compressing_across_a_covering_delete_is_dropped(
         check_consistent(store)
     finally:
         gate.set()
+        await store.close()
+
+
+def _slot_checkpoint_is_valid(store: RawDiskStore, slot: int) -> int:
+    """The seq of the valid checkpoint in ``slot`` (0 or 1), or -1."""
+    offset = store.geometry.checkpoint_slot(slot)
+    header = read_header(store._device.fd, offset, store._format_id)
+    if header is None:
+        return -1
+    loaded = read_checkpoint(store._device.fd, offset, header, store.geometry.data_blocks)
+    return -1 if loaded is None else header.seq
+
+
+def _touch_during_checkpoint_writes(store: RawDiskStore, loop: asyncio.AbstractEventLoop) -> None:
+    """Each checkpoint section write first lets the loop serve a hit on every row (as L2
+    hits do: atime and frequency change without the mutation lock)."""
+    original = store._device.pwrite
+    geo = store.geometry
+    region = (geo.checkpoint_offset, geo.journal_offset)
+
+    def touch_all(done: threading.Event) -> None:
+        index = store._index
+        for row in range(index.nrows):
+            if index.is_visible(row):
+                index.touch(row, int(time.time()) + 7)
+        done.set()
+
+    def pwrite(data: Any, offset: int) -> None:
+        if region[0] <= offset < region[1] and threading.current_thread().name.startswith("l2-io"):
+            done = threading.Event()
+            loop.call_soon_threadsafe(touch_all, done)
+            done.wait(5)
+        original(data, offset)
+
+    store._device.pwrite = pwrite  # type: ignore[method-assign]
+
+
+async def test_checkpoint_taken_during_hits_verifies(make_settings: Make) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    keys = [f"http://o/f v {i}" for i in range(40)]
+    try:
+        for key in keys:
+            assert await store.put_slice(key, payload(key, 1, 3000), None)
+        _touch_during_checkpoint_writes(store, asyncio.get_running_loop())
+        for _ in range(4):
+            await store.checkpoint()
+            seq = store._ckpt_seq
+            assert _slot_checkpoint_is_valid(store, seq % 2) == seq
+        assert store.stats()["checkpoint_failures_total"] == 0
+    finally:
+        await store._abandon()
+    store = await RawDiskStore.open(settings)
+    try:
+        assert store.stats()["index_recoveries"] == 0
+        for key in keys:
+            assert bytes(await store.get_slice(key) or b"") == payload(key, 1, 3000)
+    finally:
+        await store.close()
+
+
+async def test_a_bad_checkpoint_never_replaces_the_last_good_one(make_settings: Make) -> None:
+    """Two checkpoints in a row fail verification (bad bytes reach the slot); a crash after
+    them still reopens the full index from the last good checkpoint plus the journal."""
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    keys = [f"http://o/g v {i}" for i in range(30)]
+    try:
+        for key in keys[:10]:
+            assert await store.put_slice(key, payload(key, 1, 2000), None)
+        await store.checkpoint()
+        good = store._ckpt_seq
+        assert _slot_checkpoint_is_valid(store, good % 2) == good
+        original = store._device.pwrite
+        geo = store.geometry
+
+        def corrupting(data: Any, offset: int) -> None:
+            if geo.checkpoint_offset + 4096 <= offset < geo.journal_offset:
+                data = bytes(data)
+                data = bytes([data[0] ^ 0xFF]) + data[1:] if data else data
+            original(data, offset)
+
+        store._device.pwrite = corrupting  # type: ignore[method-assign]
+        for round_ in range(2):
+            for key in keys[10 + 10 * round_ : 20 + 10 * round_]:
+                assert await store.put_slice(key, payload(key, 1, 2000), None)
+            await store.checkpoint()
+            assert _slot_checkpoint_is_valid(store, good % 2) == good
+        assert store.stats()["checkpoint_failures_total"] == 2
+        await store.sync()
+    finally:
+        await store._abandon()
+    store = await RawDiskStore.open(settings)
+    try:
+        assert store.stats()["index_recoveries"] == 0
+        for key in keys:
+            assert bytes(await store.get_slice(key) or b"") == payload(key, 1, 2000), key
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_fallback_at_startup_rewrites_the_damaged_slot_not_the_good_one(
+    make_settings: Make,
+) -> None:
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    keys = [f"a {i}" for i in range(20)]
+    for key in keys:
+        assert await store.put_slice(key, payload(key, 0, 2000), None)
+    await store.checkpoint()
+    await store.close()  # the newest checkpoint, in the other slot
+    newest = store._good_slot
+    offset = store.geometry.checkpoint_slot(newest) + 4096 + 100
+    flip_byte(settings.device_path, offset)
+    store = await RawDiskStore.open(settings)
+    try:
+        # The fresh startup checkpoint went into the damaged slot: both are valid now, so a
+        # crash while it was written could not have cost the only good one.
+        assert store._good_slot == newest
+        assert _slot_checkpoint_is_valid(store, newest) == store._ckpt_seq
+        assert _slot_checkpoint_is_valid(store, 1 - newest) == store._ckpt_seq - 2
+        assert sorted(store.keys()) == sorted(keys)
+    finally:
         await store.close()

@@ -1127,6 +1127,8 @@ class RawDiskStore:
                 removed += 1
             removed += await self._purge_locked(kb + b" ")
         self._stats["deletes_total"] += 1
+        if removed:
+            await self._make_durable()
         return removed
 
     async def delete_prefix(self, prefix: str) -> int:
@@ -1136,6 +1138,8 @@ class RawDiskStore:
         async with self._mutate:
             removed = await self._purge_locked(pb)
         self._stats["purges_total"] += 1
+        if removed:
+            await self._make_durable()
         return removed
 
     async def clear(self) -> int:
@@ -1146,28 +1150,51 @@ class RawDiskStore:
             self._journal(journal.ClearRecord())
         self._stats["purges_total"] += 1
         self._stats["purged_entries_total"] += removed
+        await self._make_durable()
         return removed
 
+    async def _make_durable(self) -> None:
+        """Sync now, and finish the sync even if the caller is cancelled: a delete is
+        durable before it returns (a PURGE's 200 must survive a crash right after it)."""
+        if self._closed:
+            return
+        task = asyncio.ensure_future(self.sync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
     async def _purge_locked(self, prefix: bytes) -> int:
-        """Make every live key starting with ``prefix`` invisible now; reclaim later."""
+        """Make every live key starting with ``prefix`` invisible now; reclaim later.
+
+        Cancelled between windows, it still marks the rest and journals itself: what
+        became invisible must stay gone after a restart.
+        """
         self._record_delete(prefix, True)
         self._rules.append(prefix)
+        index = self._index
+        total = 0
+        pos = 0
+        cancelled = False
         try:
-            index = self._index
-            total = 0
-            pos = 0
             end = len(index.arena)
             while pos < end:
                 total += index.mark_prefix(prefix, pos, pos + PURGE_WINDOW)
                 pos += PURGE_WINDOW
                 if pos < end:
                     await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if pos < len(index.arena):  # cancelled midway: finish in one go
+                total += index.mark_prefix(prefix, pos, len(index.arena))
             if total:
                 self._journal(journal.PurgeRecord(prefix))
                 self._reap_wanted.set()
-        finally:
+            if cancelled:  # no caller left to wait for durability: sync anyway
+                self._spawn(self.sync())
             self._rules.remove(prefix)
-        self._stats["purged_entries_total"] += total
+            self._stats["purged_entries_total"] += total
         return total
 
     async def _drop_if_current(self, row: int, gen: int, counter: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from cache.rawdisk import RawDiskStore, codec
+from cache.rawdisk import store as store_module
 from cache.rawdisk.checkpoint import read_checkpoint, read_header
 from settings import RawDiskCacheSettings
 from tests.rawdisk.conftest import check_consistent, flip_byte, payload
@@ -169,5 +171,58 @@ async def test_fallback_at_startup_rewrites_the_damaged_slot_not_the_good_one(
         assert _slot_checkpoint_is_valid(store, newest) == store._ckpt_seq
         assert _slot_checkpoint_is_valid(store, 1 - newest) == store._ckpt_seq - 2
         assert sorted(store.keys()) == sorted(keys)
+    finally:
+        await store.close()
+
+
+async def test_purge_is_durable_when_it_returns(make_settings: Make) -> None:
+    """A crash right after delete/delete_prefix returned never brings the objects back."""
+    settings = make_settings(sync_interval=30.0)
+    store = await RawDiskStore.open(settings)
+    keys = [f"http://o/p v {i}" for i in range(20)] + ["http://o/q", "http://o/q v 0"]
+    try:
+        for key in keys:
+            assert await store.put_slice(key, payload(key, 0, 1000), None)
+        await store.sync()
+        assert await store.delete_prefix("http://o/p ") == 20
+        assert await store.delete("http://o/q") == 2
+    finally:
+        await store._abandon()  # as kill -9: the next periodic sync never happens
+    store = await RawDiskStore.open(settings)
+    try:
+        assert list(store.keys()) == []
+        for key in keys:
+            assert await store.get_slice(key) is None
+    finally:
+        await store.close()
+
+
+async def test_purge_cancelled_midway_still_records_itself(
+    make_settings: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PURGE_WINDOW", 256)  # many windows, many yields
+    settings = make_settings(sync_interval=30.0)
+    store = await RawDiskStore.open(settings)
+    keys = [f"http://o/c v {i}" for i in range(60)]
+    try:
+        for key in keys:
+            assert await store.put_slice(key, payload(key, 0, 500), None)
+        await store.sync()
+        purge = asyncio.create_task(store.delete_prefix("http://o/c "))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not purge.done()
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+        # Whatever the cancelled purge made invisible is gone for good: it finished
+        # marking, journaled itself and synced.
+        assert [key for key in keys if store.contains_slice(key)] == []
+        await store._drain()
+    finally:
+        await store._abandon()
+    store = await RawDiskStore.open(settings)
+    try:
+        assert list(store.keys()) == []
     finally:
         await store.close()

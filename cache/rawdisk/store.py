@@ -181,6 +181,11 @@ class RawDiskStore:
         self._delete_log: list[tuple[int, bytes, bool]] = []
         self._inflight_puts: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Extents freed by records not yet durable (HELD until the next sync/checkpoint).
+        self._unsynced_frees: list[tuple[int, int]] = []
+        self._pending_free_blocks = 0
+        self._defer_frees = False  # immediate while loading (replayed records are durable)
+        self._sync_soon = False
         self._log_marks: dict[str, tuple[float, int]] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
@@ -241,6 +246,7 @@ class RawDiskStore:
                     os.unlink(settings.device_path)
             raise
         store._stats["load_seconds"] = time.perf_counter() - started
+        store._defer_frees = True
         return store
 
     @classmethod
@@ -551,11 +557,36 @@ class RawDiskStore:
         return True
 
     def _free_extent(self, start: int, nblocks: int) -> None:
+        if self._defer_frees:
+            # Not reusable until the record that frees it is durable: otherwise a crash
+            # could replay an index entry naming blocks another key has overwritten.
+            self._map.mark(start, nblocks, HELD)
+            self._unsynced_frees.append((start, nblocks))
+            self._pending_free_blocks += nblocks
+            return
         if self._readers.get(start):
             self._map.mark(start, nblocks, HELD)
             self._held_by_readers[start] = nblocks
         else:
             self._map.free(start, nblocks)
+
+    def _take_frees(self) -> list[tuple[int, int]]:
+        frees = self._unsynced_frees
+        self._unsynced_frees = []
+        return frees
+
+    def _release_frees(self, frees: list[tuple[int, int]]) -> None:
+        """The records freeing these extents are durable now: make them allocatable."""
+        for start, nblocks in frees:
+            self._pending_free_blocks -= nblocks
+            if self._readers.get(start):
+                self._held_by_readers[start] = nblocks
+            else:
+                self._map.free(start, nblocks)
+
+    def _keep_frees(self, frees: list[tuple[int, int]]) -> None:
+        """A sync failed or was cut short: these stay pending for the next one."""
+        self._unsynced_frees[:0] = frees
 
     def _drop_row(self, row: int, journal_it: bool) -> None:
         gen = self._index.gen_of(row)
@@ -633,6 +664,9 @@ class RawDiskStore:
         if self._device.fd < 0:
             return
         data, offset, _length = self._take_journal()
+        # Frees named by records that a full journal cut off wait for the checkpoint.
+        frees = [] if self._ckpt_due else self._take_frees()
+        self._sync_soon = False
         started = time.perf_counter()
 
         def work() -> None:
@@ -641,7 +675,12 @@ class RawDiskStore:
                 self._device.pwrite(data, offset)
             self._device.sync_meta()
 
-        await self._run(work)
+        try:
+            await self._run(work)
+        except BaseException:
+            self._keep_frees(frees)
+            raise
+        self._release_frees(frees)
         elapsed = time.perf_counter() - started
         self._stats["journal_syncs_total"] += 1
         self._stats["journal_sync_seconds_total"] += elapsed
@@ -681,6 +720,7 @@ class RawDiskStore:
                     self._checkpoint_failed("sections did not read back as written")
                     return
                 tail, tail_offset, _ = self._take_journal()
+                frees = self._take_frees()  # the snapshot names none of these extents
                 new_epoch = self._epoch + 1
                 header = self._checkpoint_header(seq, new_epoch, sections, map_len)
                 self._epoch = new_epoch
@@ -704,7 +744,12 @@ class RawDiskStore:
                         return
                 raise OSError(f"checkpoint header at {slot} does not read back")
 
-            await self._run(finish)
+            try:
+                await self._run(finish)
+            except BaseException:
+                self._keep_frees(frees)
+                raise
+            self._release_frees(frees)
             self._ckpt_seq = seq
             self._good_slot = slot_number
         elapsed = time.perf_counter() - started
@@ -932,7 +977,7 @@ class RawDiskStore:
 
     def _over(self, fraction: float) -> bool:
         geo = self._geo
-        if self._map.used_blocks > fraction * geo.data_blocks:
+        if self._map.used_blocks - self._pending_free_blocks > fraction * geo.data_blocks:
             return True
         return self._index.live > fraction * geo.max_entries
 
@@ -975,10 +1020,16 @@ class RawDiskStore:
             nblocks = extent_blocks(len(kb), len(payload), self._geo.block_size)
             async with self._mutate:
                 start = self._allocate(nblocks)
-                if start < 0:
-                    return self._declined("no_space_total")
                 gen = self._next_gen
                 self._next_gen += 1
+            if start < 0 and self._pending_free_blocks >= nblocks and not self._closed:
+                # Evicted space becomes reusable once its records are durable: sync now
+                # rather than decline every put until the next periodic sync.
+                await self.sync()
+                async with self._mutate:
+                    start = self._allocate(nblocks)
+            if start < 0:
+                return self._declined("no_space_total")
             created = int(now)
             try:
                 checksum = await self._run(
@@ -1076,20 +1127,28 @@ class RawDiskStore:
         return checksum
 
     def _allocate(self, nblocks: int) -> int:
-        """Allocate (as HELD) a contiguous extent, evicting a little if needed."""
+        """Allocate (as HELD) a contiguous extent, evicting a little if needed.
+
+        Blocks freed by an eviction become allocatable only after the next sync (see
+        ``_free_extent``), so when space is short this evicts enough for the put to fit
+        after that sync, asks for it soon, and declines this put.
+        """
+        index = self._index
         start = self._map.allocate(nblocks, HELD)
-        if start >= 0 and self._index.live < self._geo.max_entries:
+        for _ in range(EVICT_BATCH):
+            if start >= 0 and index.live < self._geo.max_entries:
+                return start
+            if start < 0 and self._pending_free_blocks >= nblocks:
+                break
+            if not self._evict_one():
+                break
+            if start < 0:
+                start = self._map.allocate(nblocks, HELD)
+        if start >= 0 and index.live < self._geo.max_entries:
             return start
         if start >= 0:
             self._map.free(start, nblocks)
-        for _ in range(EVICT_BATCH):
-            if not self._evict_one():
-                break
-            if self._index.live >= self._geo.max_entries:
-                continue
-            start = self._map.allocate(nblocks, HELD)
-            if start >= 0:
-                return start
+        self._sync_soon = True
         return -1
 
     def _deleted_since(self, epoch: int, kb: bytes) -> bool:
@@ -1143,14 +1202,18 @@ class RawDiskStore:
         return removed
 
     async def clear(self) -> int:
-        async with self._mutate:
-            removed = self._index.entries
-            self._record_delete(b"", True)
-            self._reset()
-            self._journal(journal.ClearRecord())
+        # The reset frees every block at once, so it is made durable before any put can
+        # reuse one (lock order as in checkpoint(): persist, then mutate).
+        async with self._persist:
+            async with self._mutate:
+                removed = self._index.entries
+                self._record_delete(b"", True)
+                self._reset()
+                self._journal(journal.ClearRecord())
+                if not self._closed:
+                    await asyncio.shield(self._sync_locked())
         self._stats["purges_total"] += 1
         self._stats["purged_entries_total"] += removed
-        await self._make_durable()
         return removed
 
     async def _make_durable(self) -> None:
@@ -1256,9 +1319,9 @@ class RawDiskStore:
             await asyncio.sleep(tick)
             try:
                 now = time.monotonic()
-                if now - last_sync >= interval:
+                if now - last_sync >= interval or self._sync_soon:
                     last_sync = now
-                    if self._journal_buf or self._records_since_ckpt:
+                    if self._journal_buf or self._records_since_ckpt or self._unsynced_frees:
                         await self.sync()
                 if (
                     self._ckpt_due

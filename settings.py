@@ -208,6 +208,19 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(
         default=65536, ge=1024, le=16_777_216, description="Most request header bytes (else 431)."
     )
+    request_head_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a whole request head (else 408 and close).",
+    )
+    max_client_connections: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Most client connections; past it the one idle longest is closed "
+        "(503 if none is idle).",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @field_validator("upstream_address")

@@ -1,0 +1,219 @@
+"""The HTTP edge against hostile or odd request heads, on a real server over real sockets.
+
+Each test drives the proxy with raw bytes: what a client library would never send is
+exactly what an attacker or a broken client does.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+
+from tests.conftest import ProxyFactory
+
+MiB = 1024 * 1024
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12])
+
+
+def _exchange(url: str, request: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``request`` whole, read until the server closes or a complete answer arrives."""
+    with socket.create_connection(_address(url), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+            head, sep, body = received.partition(b"\r\n\r\n")
+            if sep:
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length" and len(body) >= int(value):
+                        return received
+        return received
+
+
+def _stream_head_until_answer(url: str, head_start: bytes, total: int) -> tuple[bytes, int]:
+    """Send ``head_start`` then ``total`` filler bytes in chunks while watching for an answer.
+
+    Returns the answer (b"" if none) and how many bytes the server let us send before it
+    answered or closed: a server that reads the whole head first lets us send everything.
+    """
+    chunk = b"a" * (256 * 1024)
+    sent = 0
+    answer = b""
+    deadline = time.monotonic() + 60
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.setblocking(False)
+        pending = memoryview(head_start)
+        while time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock] if sent < total else [], [], 1)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                answer += data
+                if b"\r\n\r\n" in answer:
+                    break
+            if writable:
+                if not pending:
+                    pending = memoryview(chunk[: min(len(chunk), total - sent)])
+                try:
+                    n = sock.send(pending)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                pending = pending[n:]
+                sent += n
+        return answer, sent
+
+
+def test_an_oversized_header_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        answer, sent = _stream_head_until_answer(
+            url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: ", 64 * MiB
+        )
+        assert _status(answer) == 431
+        # Socket buffers on loopback hold a few MiB; a server reading on would take all 64.
+        assert sent < 16 * MiB
+        # The server is still fine for others.
+        assert _status(_exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
+
+
+def test_an_oversized_target_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_request_target_bytes=8192) as url:
+        answer, sent = _stream_head_until_answer(url, b"GET /files/", 64 * MiB)
+        assert _status(answer) == 414
+        assert sent < 16 * MiB
+
+
+def test_many_small_headers_past_the_limit_get_431(proxy: ProxyFactory) -> None:
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
+    assert _status(answer) == 431
+
+
+def test_a_head_just_under_the_limits_is_served(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        value = b"v" * 60000
+        answer = _exchange(url, b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Big: " + value + b"\r\n\r\n")
+    assert _status(answer) == 200
+
+
+def _read_until_closed(sock: socket.socket, deadline: float) -> bytes:
+    received = b""
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    else:
+        raise AssertionError(f"connection still open at the deadline, got {received[:100]!r}")
+    return received
+
+
+def test_a_partial_head_gets_408_after_the_head_timeout(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
+            answer = _read_until_closed(sock, time.monotonic() + 30)
+    assert _status(answer) == 408
+
+
+def test_a_silent_connection_is_closed_after_the_head_timeout(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            assert _read_until_closed(sock, time.monotonic() + 30) == b""
+
+
+def test_a_trickled_head_is_cut_off_by_the_head_timeout(proxy: ProxyFactory) -> None:
+    """Slowloris: one byte at a time keeps every per-read timer happy, not this one."""
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
+            deadline = time.monotonic() + 30
+            answer = b""
+            while time.monotonic() < deadline:
+                try:
+                    sock.sendall(b"X")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    answer = _read_until_closed(sock, deadline)
+                    break
+            else:
+                raise AssertionError("the trickle was never cut off")
+    assert _status(answer) == 408
+
+
+def test_a_keep_alive_connection_serves_a_second_request(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=5) as url:
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            for _ in range(2):
+                sock.sendall(b"GET /echo/k HTTP/1.1\r\nHost: t\r\n\r\n")
+                received = b""
+                while b'"headers"' not in received or not received.rstrip().endswith(b"}"):
+                    chunk = sock.recv(65536)
+                    assert chunk
+                    received += chunk
+                assert _status(received) == 200
+
+
+def test_past_the_connection_cap_the_longest_idle_connection_makes_room(
+    proxy: ProxyFactory,
+) -> None:
+    with proxy(enable_cache=False, max_client_connections=4) as url:
+        idle = [socket.create_connection(_address(url)) for _ in range(4)]
+        try:
+            answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert _status(answer) == 200
+            # The first idle connection was closed to make room.
+            assert _read_until_closed(idle[0], time.monotonic() + 30) == b""
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(
+    proxy: ProxyFactory,
+) -> None:
+    with proxy(enable_cache=False, max_client_connections=2) as url:
+        busy = [socket.create_connection(_address(url)) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(b"GET /slow-headers?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            # Both heads are read (the origin request is out) before the third arrives.
+            deadline = time.monotonic() + 30
+            answer = b""
+            while time.monotonic() < deadline:
+                answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                if _status(answer) == 503:
+                    break
+            assert _status(answer) == 503
+        finally:
+            for sock in busy:
+                sock.close()

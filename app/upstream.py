@@ -60,6 +60,10 @@ def _httpx_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:
         raise httpx.TransportError(str(exc) or type(exc).__name__) from exc
+    except (ValueError, TypeError, UnicodeError) as exc:
+        # aiohttp refusing what it was asked to send (a header it will not serialize, a
+        # value it cannot parse in the answer): the exchange failed, a 502, not a bug's 500.
+        raise httpx.LocalProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
 class _AiohttpBody(httpx.AsyncByteStream):
@@ -104,6 +108,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             max_field_size=16 * 1024,
         )
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+        self._pool_size = pool_size
+        self._keepalive_seconds = keepalive_seconds
+        self._bytes_pool: httpx.AsyncHTTPTransport | None = None
         self._urls: LRUCache[str, yarl.URL] = LRUCache(maxsize=4096)
 
     def _yarl_url(self, url: httpx.URL) -> yarl.URL:
@@ -129,7 +136,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             body = request.content or None
         except httpx.RequestNotRead:
             body = request.stream  # type: ignore[assignment]
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        try:
+            # aiohttp writes header strings as UTF-8: decoding the client's bytes as UTF-8
+            # sends them back byte for byte.
+            headers = [(k.decode("utf-8"), v.decode("utf-8")) for k, v in request.headers.raw]
+        except UnicodeDecodeError:
+            # Other obs-text (RFC 9110 5.5) cannot pass through aiohttp unchanged; httpx's
+            # own transport sends bytes as they are. Rare, so it is opened on first need.
+            return await self._bytes_transport().handle_async_request(request)
         with _httpx_errors(request):
             response = await self._session.request(
                 request.method,
@@ -149,8 +163,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": b""},
         )
 
+    def _bytes_transport(self) -> httpx.AsyncHTTPTransport:
+        if self._bytes_pool is None:
+            self._bytes_pool = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self._pool_size,
+                    keepalive_expiry=self._keepalive_seconds,
+                ),
+            )
+        return self._bytes_pool
+
     async def aclose(self) -> None:
         await self._session.close()
+        if self._bytes_pool is not None:
+            await self._bytes_pool.aclose()
 
 
 class UpstreamClient:
@@ -221,7 +247,9 @@ class UpstreamClient:
         request = httpx.Request(
             method,
             self.url_for(raw_path),
-            headers=headers,
+            # As bytes: the values are the client's latin-1-decoded octets (httpx would
+            # encode str values as ASCII and fail on obs-text).
+            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             stream=_BodyStream(body) if body is not None else None,
             extensions={"timeout": self._timeout_ext},
         )

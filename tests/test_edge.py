@@ -6,11 +6,13 @@ exactly what an attacker or a broken client does.
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import time
+from typing import Any
 
-from tests.conftest import ProxyFactory
+from tests.conftest import Origin, ProxyFactory
 
 MiB = 1024 * 1024
 
@@ -217,3 +219,113 @@ def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(
         finally:
             for sock in busy:
                 sock.close()
+
+
+def _get(
+    url: str, head_fields: bytes, target: bytes = b"/files/1k.bin", version: bytes = b"1.1"
+) -> bytes:
+    request = (
+        b"GET "
+        + target
+        + b" HTTP/"
+        + version
+        + b"\r\n"
+        + head_fields
+        + b"Connection: close\r\n\r\n"
+    )
+    return _exchange(url, request)
+
+
+def test_a_host_that_is_not_uri_host_and_port_gets_400(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        host, port = _address(url)
+        for bad in [
+            b"victim.example#",
+            b"%s:%d/files/1m.bin#" % (host.encode(), port),
+            b"victim.example/x",
+            b"victim.example?x",
+            b"user@victim.example",
+            b"victim.example:80:80",
+            b"victim.example:99999",
+            b"[::1",
+            b"[zz::1]",
+            b"victim example",
+            b"victim.example:8o",
+        ]:
+            assert _status(_get(url, b"Host: " + bad + b"\r\n")) == 400, bad
+
+
+def test_a_host_with_a_fragment_cannot_store_another_urls_bytes(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        host, port = _address(url)
+        attack = b"Host: %s:%d/files/1m.bin#\r\n" % (host.encode(), port)
+        _get(url, attack, target=b"/files/1k.bin")
+        victim = _get(url, b"Host: %s:%d\r\n" % (host.encode(), port), target=b"/files/1m.bin")
+    assert _status(victim) == 200
+    assert len(victim.partition(b"\r\n\r\n")[2]) == MiB
+
+
+def test_valid_hosts_are_served(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        for good in [
+            b"victim.example",
+            b"Victim.Example:8080",
+            b"127.0.0.1:80",
+            b"[::1]:80",
+            b"a-b.c_d~e!$&'()*+,;=",
+        ]:
+            assert _status(_get(url, b"Host: " + good + b"\r\n")) == 200, good
+
+
+def test_two_hosts_or_none_in_http_1_1_get_400(proxy: ProxyFactory) -> None:
+    with proxy() as url:
+        assert _status(_get(url, b"Host: a\r\nHost: b\r\n")) == 400
+        assert _status(_get(url, b"Host: a\r\nhost: a\r\n")) == 400
+        assert _status(_get(url, b"")) == 400
+        # HTTP/1.0 needs no Host.
+        assert _status(_get(url, b"", version=b"1.0")) == 200
+
+
+def _json_body(answer: bytes) -> dict[str, Any]:
+    return dict(json.loads(answer.partition(b"\r\n\r\n")[2]))
+
+
+def test_a_padded_content_length_is_forwarded_normalized(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False) as url:
+        for padded in [b"3 ", b"3\t", b" 3"]:
+            answer = _exchange(
+                url,
+                b"POST /echo/p HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                + padded
+                + b"\r\nConnection: close\r\n\r\nabc",
+            )
+            assert _status(answer) == 200, (padded, answer[:300])
+            echoed = _json_body(answer)
+            assert echoed["body_length"] == 3
+            assert ["content-length", "3"] in echoed["headers"]
+
+
+def test_header_bytes_above_0x7f_reach_the_origin_unchanged(proxy: ProxyFactory) -> None:
+    for settings in [{"enable_cache": False}, {}]:
+        with proxy(**settings) as url:
+            for target in [b"/echo/latin", b"/files/1k.bin"]:
+                answer = _exchange(
+                    url,
+                    b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nX-Name: caf\xe9\xff\r\n"
+                    b"Connection: close\r\n\r\n",
+                )
+                assert _status(answer) == 200, (settings, target, answer[:300])
+                if target.startswith(b"/echo"):
+                    assert ["x-name", "caf\xe9\xff"] in _json_body(answer)["headers"]
+
+
+def test_the_admin_prefix_is_matched_on_the_raw_path(proxy: ProxyFactory, origin: Origin) -> None:
+    """Routing is on the path as sent (the origin gets it so): encoded, it is not admin."""
+    with proxy(enable_cache=False) as url:
+        assert b'"hit_ratio"' in _get(url, b"Host: t\r\n", target=b"/_slicecache/stats")
+        forwarded = len(origin.requests_for("/_slicecache/stats"))
+        for target in [b"/%5fslicecache/stats", b"/%5Fslicecache/stats", b"/_slicecache%2fstats"]:
+            answer = _get(url, b"Host: t\r\n", target=target)
+            assert b'"hit_ratio"' not in answer, target
+        # The origin (which decodes) saw all three: they were forwarded, as sent.
+        assert len(origin.requests_for("/_slicecache/stats")) == forwarded + 3

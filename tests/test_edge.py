@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import socket
 import time
 from typing import Any
 
 from tests.conftest import Origin, ProxyFactory
+from tests.test_operations import proxy_process
 
 MiB = 1024 * 1024
 
@@ -329,3 +331,17 @@ def test_the_admin_prefix_is_matched_on_the_raw_path(proxy: ProxyFactory, origin
             assert b'"hit_ratio"' not in answer, target
         # The origin (which decodes) saw all three: they were forwarded, as sent.
         assert len(origin.requests_for("/_slicecache/stats")) == forwarded + 3
+
+
+def test_a_shutdown_grace_below_one_second_is_kept(origin: Origin) -> None:
+    """``int(0.5) or None`` made a half-second grace an unbounded wait for in-flight responses."""
+    with proxy_process(
+        origin, enable_cache="false", drain_seconds="0", shutdown_grace_seconds="0.5"
+    ) as (process, url):
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /slow-headers?ms=120000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while not origin.requests_for("/slow-headers") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0

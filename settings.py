@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(
         default=100, ge=1, le=10000, description="Most connections open to the origin at once."
     )
+    upstream_keepalive_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle origin connection is kept for reuse; keep it below the "
+        "origin's keep-alive timeout (often 5 s), or it may close one as it is reused.",
+    )
 
     # --- slicing ---------------------------------------------------------------------------
     slice_size: int = Field(

@@ -292,7 +292,9 @@ def create_app(
         settings=settings,
         slice_patterns=[re.compile(pattern) for pattern in settings.slice_patterns],
     )
-    make_transport = transport_factory or (lambda s: default_transport(s.upstream_pool_size))
+    make_transport = transport_factory or (
+        lambda s: default_transport(s.upstream_pool_size, s.upstream_keepalive_seconds)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -10,6 +10,8 @@ import json
 import select
 import signal
 import socket
+import socketserver
+import threading
 import time
 from typing import Any
 
@@ -345,3 +347,120 @@ def test_a_shutdown_grace_below_one_second_is_kept(origin: Origin) -> None:
                 time.sleep(0.02)
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
+
+
+class RawOrigin:
+    """An origin that answers every request with the same canned bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                origin.requests += 1
+                self.request.sendall(origin.answer)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_origin_status_outside_100_599_is_a_502(proxy: ProxyFactory) -> None:
+    for status in [b"999", b"600", b"099"]:
+        raw = RawOrigin(
+            b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        try:
+            for settings in [{"enable_cache": False}, {}]:
+                with proxy(upstream_address=raw.url, **settings) as url:
+                    answer = _get(url, b"Host: t\r\n", target=b"/x")
+                    assert _status(answer) == 502, (status, settings, answer[:200])
+        finally:
+            raw.close()
+
+
+class ClosingOrigin:
+    """Answers the first request of each connection (keep-alive), and closes the connection
+    on reading a second one: an origin that closed an idle connection just as it was reused."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                origin.connections += 1
+                received = b""
+                served = 0
+                while True:
+                    while b"\r\n\r\n" not in received:
+                        chunk = self.request.recv(65536)
+                        if not chunk:
+                            return
+                        received += chunk
+                    if served:
+                        return  # closed "while idle"
+                    head, _, received = received.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(received) < length:
+                        chunk = self.request.recv(65536)
+                        if not chunk:
+                            return
+                        received += chunk
+                    origin.bodies.append(received[:length])
+                    received = received[length:]
+                    served += 1
+                    self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_streamed_put_on_a_pooled_connection_the_origin_closed_is_retried(
+    proxy: ProxyFactory,
+) -> None:
+    origin = ClosingOrigin()
+    try:
+        with proxy(upstream_address=origin.url, enable_cache=False) as url:
+            assert _status(_get(url, b"Host: t\r\n", target=b"/first")) == 200
+            body = bytes(range(256)) * 400
+            answer = _exchange(
+                url,
+                b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n" % len(body) + body,
+            )
+            assert _status(answer) == 200, answer[:300]
+            assert origin.bodies[-1] == body
+            assert origin.connections == 2
+    finally:
+        origin.close()

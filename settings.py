@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     upstream_pool_size: int = Field(
         default=100, ge=1, le=10000, description="Most connections open to the origin at once."
     )
+    upstream_keepalive_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle origin connection is kept for reuse; keep it below the "
+        "origin's keep-alive timeout (often 5 s), or it may close one as it is reused.",
+    )
 
     # --- slicing ---------------------------------------------------------------------------
     slice_size: int = Field(
@@ -207,6 +214,19 @@ class Settings(BaseSettings):
     )
     max_header_bytes: int = Field(
         default=65536, ge=1024, le=16_777_216, description="Most request header bytes (else 431)."
+    )
+    request_head_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client has to send a whole request head (else 408 and close).",
+    )
+    max_client_connections: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Most client connections; past it the one idle longest is closed "
+        "(503 if none is idle).",
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 

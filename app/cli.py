@@ -73,7 +73,9 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
         server_header=False,
         # The app writes Date itself: the origin's on relayed and cached responses.
         date_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # Seconds as they are: uvicorn annotates an int but hands it to asyncio.wait_for,
+        # and 0 means no grace (int(0.5) or None made half a second an unbounded wait).
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         timeout_keep_alive=30,
     )
     lifecycle: Lifecycle = app.state.runtime.lifecycle

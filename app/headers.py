@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 
 VIA_TOKEN = "1.1 slicecache"
@@ -89,6 +91,8 @@ def upstream_request_headers(
     ]
     if client_ip:
         forwarded_for.append(client_ip)
+    # RFC 9110 5.5: a value excludes its surrounding whitespace; aiohttp refuses "3 ".
+    headers = [(k, v.strip(" \t") if k == "content-length" else v) for k, v in headers]
     host = client_host if preserve_host and client_host else origin_host
     headers.insert(0, ("host", host))
     if forwarded_for:
@@ -98,3 +102,42 @@ def upstream_request_headers(
         headers.append(("x-forwarded-host", client_host))
     headers.append(("x-request-id", request_id))
     return with_via(headers)
+
+
+# RFC 3986 3.2.2 reg-name: unreserved / pct-encoded / sub-delims (an empty name is allowed).
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+_PORT = re.compile(r"[0-9]*")
+
+
+def parse_host(value: str) -> tuple[str, int | None] | None:
+    """``uri-host [ ":" port ]`` (RFC 9110 7.2) as (lowercase host, port or None); None if not.
+
+    IPv6 literals come back in brackets. A value that is not exactly that — a path, a
+    query, a fragment, userinfo, spaces — is refused: it is the client's claim about
+    which URL it asks for, and a cache key is built from it.
+    """
+    if value.startswith("["):
+        literal, sep, rest = value[1:].partition("]")
+        if not sep:
+            return None
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return None
+        host = f"[{literal.lower()}]"
+    else:
+        host, _, _ = value.partition(":")
+        rest = value[len(host) :]
+        if not _REG_NAME.fullmatch(host):
+            return None
+        host = host.lower()
+    if not rest:
+        return host, None
+    if not rest.startswith(":") or not _PORT.fullmatch(port := rest[1:]):
+        return None
+    if not port:
+        return host, None  # "host:" means the default port (RFC 3986 3.2.3)
+    if len(port) > 5:
+        return None
+    number = int(port)
+    return (host, number) if number <= 65535 else None

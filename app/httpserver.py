@@ -1,4 +1,25 @@
-"""uvicorn's httptools protocol, with a Date on the replies uvicorn writes by itself.
+"""uvicorn's httptools protocol, hardened for the edge: head limits, a head timeout, a cap.
+
+- **Head size** (431/414 as soon as the limit is passed): httptools grows a header value,
+  and uvicorn the URL, by concatenation, so a 256 MiB header cost minutes of CPU and its
+  size in memory before the app could refuse it. Here the bytes of each request head are
+  counted as they arrive, before the parser sees them; past ``MAX_REQUEST_TARGET_BYTES``
+  plus ``MAX_HEADER_BYTES`` (plus the request line's own few bytes) the head is refused
+  without being read further. The URL (``on_url``, fed piecewise) and the completed fields
+  (``on_header``) are counted exactly, so the precise limits hold too.
+- **Head timeout** (``REQUEST_HEAD_TIMEOUT``, like nginx's ``client_header_timeout``): a
+  connection must deliver a whole request head within that time from when the server
+  starts waiting for it (the connection's start, or the first byte of a later request;
+  idle time between requests is uvicorn's keep-alive timeout). A partial head gets 408,
+  a silent connection is closed.
+- **Connection cap** (``MAX_CLIENT_CONNECTIONS``): past it, the connection that has waited
+  longest for a request head (idle keep-alive or trickling slowloris) is closed to make
+  room; if every connection is busy with a response, the new one gets 503.
+
+A refusal is written, the write side shut (FIN: the client sees the answer and can stop
+sending), and the rest of the client's input is discarded for a short linger (at most
+``LINGER_BYTES`` or ``LINGER_SECONDS``) so that a client that is still sending reads the
+answer instead of a reset; then the connection is closed.
 
 The app writes Date (the origin's on relayed and cached responses), so uvicorn's own Date
 header is off; its 400 for a malformed request would then go out without one, which RFC
@@ -7,12 +28,274 @@ header is off; its 400 for a malformed request would then go out without one, wh
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from app.accesslog import http_date_now
 
+# After a refusal, how much more input is read (and dropped) before the connection closes.
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
+# The request line's bytes besides the target: method, spaces, version, CRLFs.
+REQUEST_LINE_SLACK = 128
+# Per field: ": " and CRLF, and whitespace around the value that the parser trims.
+FIELD_OVERHEAD = 4
+
+REASONS = {
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    max_target_bytes: int = 8192
+    max_header_bytes: int = 65536
+    head_timeout: float = 30.0
+    max_connections: int = 4096
+
+    @property
+    def max_head_bytes(self) -> int:
+        """Raw bytes a head may take: the target, the fields, the rest of the request line."""
+        return self.max_target_bytes + self.max_header_bytes + REQUEST_LINE_SLACK
+
+
+def limits_of(config: Config) -> EdgeLimits:
+    """The limits of the app being served (``create_app`` puts its settings on the app)."""
+    state = getattr(config.app, "state", None)
+    runtime = getattr(state, "runtime", None)
+    settings = getattr(runtime, "settings", None)
+    if settings is None:
+        return EdgeLimits()
+    return EdgeLimits(
+        max_target_bytes=settings.max_request_target_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        head_timeout=settings.request_head_timeout,
+        max_connections=settings.max_client_connections,
+    )
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop the parser at once."""
+
 
 class HttpProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits_of(config)
+        # Between a message's end and the next one's headers: counting head bytes.
+        self._in_head = True
+        self._head_bytes = 0
+        self._url_bytes = 0
+        self._field_bytes = 0
+        self._waiting_since = time.monotonic()
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: int | None = None  # status decided by a parser callback
+        self._pending_refusal: int | None = None  # waits for the running response to end
+        self._lingering = False
+        self._discarded = 0
+
+    # Connection lifecycle
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+        if len(self.connections) > self.limits.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._lingering:
+            self.transport.close()  # the client is done sending too
+
+    def _make_room(self) -> None:
+        """Over the cap: drop the connection waiting longest for a head, else refuse this one."""
+        oldest: HttpProtocol | None = None
+        for connection in self.connections:
+            if (
+                isinstance(connection, HttpProtocol)
+                and connection is not self
+                and connection._waiting_for_head()
+                and (oldest is None or connection._waiting_since < oldest._waiting_since)
+            ):
+                oldest = connection
+        if oldest is not None:
+            oldest.transport.close()
+        else:
+            self._refuse(503, linger=False)
+
+    def _waiting_for_head(self) -> bool:
+        busy = self.cycle is not None and not self.cycle.response_complete
+        return self._in_head and not busy and not self.transport.is_closing()
+
+    # Input
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.transport.close()
+            return
+        if self._pending_refusal is not None:
+            return  # reading is paused; anything still buffered is the refused head's
+        self._unset_keepalive_if_required()
+        if not self._in_head:
+            self._feed(data)
+            return
+        room = self.limits.max_head_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._feed(data)
+        else:
+            # Feed only what the limit allows; the rest is parsed only if the head ended.
+            self._head_bytes += room + 1
+            self._feed(data[: room + 1])
+            if self._lingering or self._pending_refusal is not None or self.parser is None:
+                return
+            if self._in_head:
+                self._refuse_head(431 if self._url_bytes <= self.limits.max_target_bytes else 414)
+            else:
+                self._feed(data[room + 1 :])
+
+    def _feed(self, data: bytes) -> None:
+        if self.parser is None or self._lingering:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                status, self._refusal = self._refusal, None
+                self._refuse_head(status)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._head_timer is None:
+            self._waiting_since = time.monotonic()
+            self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > self.limits.max_target_bytes:
+            self._refusal = 414
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._field_bytes += len(name) + len(value) + FIELD_OVERHEAD
+        if self._field_bytes > self.limits.max_header_bytes:
+            self._refusal = 431
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = self._url_bytes = self._field_bytes = 0
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._pending_refusal is not None:
+            self.server_state.total_requests += 1
+            status, self._pending_refusal = self._pending_refusal, None
+            self._refuse(status)
+            return
+        super().on_response_complete()
+
+    # Timers
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head is trickling in behind a running response: that response
+            # finishes, then the connection closes.
+            self.cycle.keep_alive = False
+            return
+        if self._head_bytes == 0:
+            self.transport.close()  # nothing asked: nothing to answer
+        else:
+            self._refuse(408)
+
+    # Refusals
+
+    def _refuse_head(self, status: int) -> None:
+        """Refuse the head being read, after the response running on this connection, if any."""
+        self._cancel_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._pending_refusal = status
+            self.flow.pause_reading()
+            self.cycle.keep_alive = False
+            return
+        self._refuse(status)
+
+    def _refuse(self, status: int, *, linger: bool = True) -> None:
+        self._cancel_head_timer()
+        self.parser = None  # type: ignore[assignment]
+        reason = REASONS[status]
+        body = f"{reason}\n".encode("ascii")
+        self.transport.write(
+            b"".join(
+                [
+                    b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
+                    b"date: " + http_date_now() + b"\r\n",
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: %d\r\n" % len(body),
+                    b"connection: close\r\n\r\n",
+                    body,
+                ]
+            )
+        )
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
     def send_400_response(self, msg: str) -> None:
         state = self.server_state
         defaults = state.default_headers

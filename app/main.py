@@ -7,26 +7,28 @@ built on first access from the environment, so importing this module never reads
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import admin
 from app.accesslog import AccessLogMiddleware, configure_logging, http_date_now
 from app.asgi_io import send_text
 from app.context import RequestContext
 from app.fills import ByteBudget
-from app.headers import Headers
+from app.headers import Headers, parse_host
 from app.httpcache.freshness import FreshnessPolicy
-from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_uri
+from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
@@ -66,14 +68,21 @@ class Runtime:
         return True
 
     def object_key(self, ctx: RequestContext) -> str:
-        """What the origin sees: its scheme, the Host it is sent, and the request target."""
+        """What the origin sees: its scheme, the Host it is sent, and the request target.
+
+        Built from parts, in ``normalize_uri``'s shape (``scheme://host:port/path?query``),
+        never by parsing a concatenation: a Host of ``victim.example#`` would turn the
+        target into a fragment and name victim's entry. ``ProxyEndpoint`` has refused
+        every Host that is not ``uri-host[:port]`` before a key is asked for.
+        """
         assert self.upstream is not None
-        if self.settings.preserve_host and (host := ctx.header("host")):
-            scheme = self.upstream.base_url.split("://", 1)[0]
-            raw = f"{scheme}://{host}{ctx.target}"
-        else:
-            raw = self.upstream.base_url + ctx.target
-        return normalize_uri(raw) or raw
+        scheme, host, port = origin_parts(self.upstream.base_url)
+        if self.settings.preserve_host and (value := ctx.header("host")):
+            parsed = parse_host(value)
+            if parsed is not None:
+                host, port = parsed[0], parsed[1] or DEFAULT_PORTS[scheme]
+        path = ctx.path if ctx.path.startswith("/") else f"/{ctx.path}"
+        return f"{scheme}://{host}:{port}{path}{ctx.target[len(ctx.path) :]}"
 
     async def invalidate_after(self, ctx: RequestContext, answer: tuple[int, Headers]) -> None:
         """RFC 9111 4.4: a successful unsafe request invalidates what it may have changed."""
@@ -200,7 +209,18 @@ class ProxyEndpoint:
             runtime.lifecycle.request_finished()
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
-        """Request-line and header size limits: a short 414/431, never a forwarded giant."""
+        """A short 4xx for what must not be forwarded: a bad Host, oversized heads.
+
+        The protocol (``app/httpserver.py``) refuses oversized heads as they arrive; this
+        is the same rule for any other server the app runs under.
+        """
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        if len(hosts) > 1:
+            return 400, "Bad Request: more than one Host field"  # RFC 9112 3.2
+        if not hosts and scope.get("http_version", "1.1") == "1.1":
+            return 400, "Bad Request: no Host field"
+        if hosts and parse_host(hosts[0].decode("latin-1")) is None:
+            return 400, "Bad Request: Host is not uri-host[:port]"
         settings = self.runtime.settings
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
         if target > settings.max_request_target_bytes:
@@ -209,6 +229,39 @@ class ProxyEndpoint:
         if header_bytes > settings.max_header_bytes:
             return 431, "Request Header Fields Too Large"
         return None
+
+
+class RawPathRouting:
+    """Route on the path as the client sent it, percent-encoding included.
+
+    The proxy forwards that raw path, slice patterns match it, and an external filter on
+    the admin prefix sees it: ``/%5fslicecache/stats`` is not the admin prefix anywhere,
+    so it is not one here either (it is forwarded to the origin like any other path).
+    Starlette would route on the decoded path that uvicorn puts in ``scope["path"]``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path = scope.get("raw_path")
+        if scope["type"] == "http" and raw_path:
+            scope = {**scope, "path": raw_path.decode("latin-1")}
+        await self.app(scope, receive, send)
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@functools.lru_cache(maxsize=8)
+def origin_parts(base_url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of the origin's ``scheme://host:port`` (settings validated it)."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return scheme, host, parts.port or DEFAULT_PORTS[scheme]
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
@@ -239,7 +292,9 @@ def create_app(
         settings=settings,
         slice_patterns=[re.compile(pattern) for pattern in settings.slice_patterns],
     )
-    make_transport = transport_factory or (lambda s: default_transport(s.upstream_pool_size))
+    make_transport = transport_factory or (
+        lambda s: default_transport(s.upstream_pool_size, s.upstream_keepalive_seconds)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -312,6 +367,7 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
+    app.add_middleware(RawPathRouting)
     app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics)
     return app
 

@@ -81,9 +81,7 @@ async def pass_through(
     headers = origin_request_headers(ctx, upstream, preserve_host)
     started = time.perf_counter()
     try:
-        response = await upstream.send(
-            ctx.method, ctx.target, headers, body.__aiter__() if body else None
-        )
+        response = await upstream.send(ctx.method, ctx.target, headers, body)
     except ClientGone:
         ctx.log.aborted = "client disconnected during upload"
         return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -60,6 +60,10 @@ def _httpx_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:
         raise httpx.TransportError(str(exc) or type(exc).__name__) from exc
+    except (ValueError, TypeError, UnicodeError) as exc:
+        # aiohttp refusing what it was asked to send (a header it will not serialize, a
+        # value it cannot parse in the answer): the exchange failed, a 502, not a bug's 500.
+        raise httpx.LocalProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
 
 
 class _AiohttpBody(httpx.AsyncByteStream):
@@ -88,7 +92,7 @@ class _AiohttpBody(httpx.AsyncByteStream):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session; created inside a running event loop."""
 
-    def __init__(self, *, pool_size: int, keepalive_seconds: float = 30.0) -> None:
+    def __init__(self, *, pool_size: int, keepalive_seconds: float = 3.0) -> None:
         self._connector = aiohttp.TCPConnector(
             limit=pool_size, limit_per_host=0, keepalive_timeout=keepalive_seconds
         )
@@ -104,6 +108,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             max_field_size=16 * 1024,
         )
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+        self._pool_size = pool_size
+        self._keepalive_seconds = keepalive_seconds
+        self._bytes_pool: httpx.AsyncHTTPTransport | None = None
         self._urls: LRUCache[str, yarl.URL] = LRUCache(maxsize=4096)
 
     def _yarl_url(self, url: httpx.URL) -> yarl.URL:
@@ -129,7 +136,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             body = request.content or None
         except httpx.RequestNotRead:
             body = request.stream  # type: ignore[assignment]
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        try:
+            # aiohttp writes header strings as UTF-8: decoding the client's bytes as UTF-8
+            # sends them back byte for byte.
+            headers = [(k.decode("utf-8"), v.decode("utf-8")) for k, v in request.headers.raw]
+        except UnicodeDecodeError:
+            # Other obs-text (RFC 9110 5.5) cannot pass through aiohttp unchanged; httpx's
+            # own transport sends bytes as they are. Rare, so it is opened on first need.
+            return await self._bytes_transport().handle_async_request(request)
         with _httpx_errors(request):
             response = await self._session.request(
                 request.method,
@@ -149,8 +163,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": b""},
         )
 
+    def _bytes_transport(self) -> httpx.AsyncHTTPTransport:
+        if self._bytes_pool is None:
+            self._bytes_pool = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=self._pool_size,
+                    keepalive_expiry=self._keepalive_seconds,
+                ),
+            )
+        return self._bytes_pool
+
     async def aclose(self) -> None:
         await self._session.close()
+        if self._bytes_pool is not None:
+            await self._bytes_pool.aclose()
 
 
 class UpstreamClient:
@@ -195,15 +221,26 @@ class UpstreamClient:
         method: str,
         raw_path: str,
         headers: list[tuple[str, str]],
-        body: AsyncIterator[bytes] | None = None,
+        body: AsyncIterable[bytes] | None = None,
     ) -> httpx.Response:
         """Send one request; the response body is not read yet (``aiter_raw``/``aclose``).
 
-        Raises httpx.TransportError subclasses: ConnectError, ConnectTimeout, ReadTimeout...
+        ``body`` is iterated afresh by a retry, which continues where the last pull
+        stopped (``RequestBody`` does). Raises httpx.TransportError subclasses:
+        ConnectError, ConnectTimeout, ReadTimeout...
         """
         self.counters.upstream_requests += 1
         try:
-            return await self._send(method, raw_path, headers, body)
+            response = await self._send_retrying(method, raw_path, headers, body)
+            if not 100 <= response.status_code <= 599:
+                # RFC 9110 15: a status is 100-599; anything else (999) is a broken origin,
+                # and uvicorn has no status line for it.
+                await response.aclose()
+                raise httpx.RemoteProtocolError(
+                    f"origin status {response.status_code} outside 100-599",
+                    request=response.request,
+                )
+            return response
         except httpx.TimeoutException:
             self.counters.error("upstream_timeout")
             raise
@@ -211,18 +248,39 @@ class UpstreamClient:
             self.counters.error("upstream_connection")
             raise
 
+    async def _send_retrying(
+        self,
+        method: str,
+        raw_path: str,
+        headers: list[tuple[str, str]],
+        body: AsyncIterable[bytes] | None,
+    ) -> httpx.Response:
+        """One retry, on a new connection, of an idempotent request whose connection failed
+        before any response byte: typically a pooled connection the origin closed while
+        idle, just as it was reused. RFC 9110 9.2.2 allows it for idempotent methods; the
+        body is replayed from what was kept of it (at most ``REPLAY_BYTES``)."""
+        replayable = _ReplayableBody(body) if body is not None else None
+        try:
+            return await self._send(method, raw_path, headers, replayable)
+        except (httpx.ReadError, httpx.WriteError):
+            if method not in IDEMPOTENT_METHODS or (replayable and not replayable.replayable):
+                raise
+        return await self._send(method, raw_path, headers, replayable)
+
     async def _send(
         self,
         method: str,
         raw_path: str,
         headers: list[tuple[str, str]],
-        body: AsyncIterator[bytes] | None,
+        body: _ReplayableBody | None,
     ) -> httpx.Response:
         request = httpx.Request(
             method,
             self.url_for(raw_path),
-            headers=headers,
-            stream=_BodyStream(body) if body is not None else None,
+            # As bytes: the values are the client's latin-1-decoded octets (httpx would
+            # encode str values as ASCII and fail on obs-text).
+            headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            stream=_BodyAttempt(body) if body is not None else None,
             extensions={"timeout": self._timeout_ext},
         )
         if body is None:
@@ -243,12 +301,67 @@ class UpstreamClient:
         await self._transport.aclose()
 
 
-class _BodyStream(httpx.AsyncByteStream):
-    def __init__(self, body: AsyncIterator[bytes]) -> None:
+# RFC 9110 9.2.2.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Request body bytes kept for a retry; a longer body that has started is not retried.
+REPLAY_BYTES = 256 * 1024
+
+
+class _ReplayableBody:
+    """A streamed request body, its first ``REPLAY_BYTES`` kept so a retry can resend them."""
+
+    def __init__(self, source: AsyncIterable[bytes]) -> None:
+        self._source = source
+        self._iterator: AsyncIterator[bytes] | None = None
+        self.kept: list[bytes] = []
+        self._kept_bytes = 0
+        self.replayable = True
+        self.done = False
+
+    async def pull(self) -> bytes | None:
+        """The next chunk from the source (kept while replayable); None at its end."""
+        if self._iterator is None:
+            self._iterator = self._source.__aiter__()
+        try:
+            chunk = await anext(self._iterator)
+        except StopAsyncIteration:
+            self.done = True
+            return None
+        except asyncio.CancelledError:
+            # A cancelled generator is finished for good; the source's next iteration
+            # continues where this one stopped (nothing was taken from it).
+            self._iterator = None
+            raise
+        if self.replayable:
+            self._kept_bytes += len(chunk)
+            if self._kept_bytes <= REPLAY_BYTES:
+                self.kept.append(chunk)
+            else:
+                self.replayable = False
+                self.kept = []
+        return chunk
+
+
+class _BodyAttempt(httpx.AsyncByteStream):
+    """One sending of a :class:`_ReplayableBody`: the kept chunks, then the rest."""
+
+    def __init__(self, body: _ReplayableBody) -> None:
         self._body = body
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._body:
+        body = self._body
+        sent = 0
+        while True:
+            if body.replayable and sent < len(body.kept):
+                sent += 1
+                yield body.kept[sent - 1]
+                continue
+            if body.done:
+                return
+            chunk = await body.pull()
+            if chunk is None:
+                return
+            sent += 1
             yield chunk
 
 
@@ -276,5 +389,5 @@ class _DeadlineBody(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-def default_transport(pool_size: int) -> httpx.AsyncBaseTransport:
-    return AiohttpTransport(pool_size=pool_size)
+def default_transport(pool_size: int, keepalive_seconds: float = 3.0) -> httpx.AsyncBaseTransport:
+    return AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds)

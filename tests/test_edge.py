@@ -1,0 +1,466 @@
+"""The HTTP edge against hostile or odd request heads, on a real server over real sockets.
+
+Each test drives the proxy with raw bytes: what a client library would never send is
+exactly what an attacker or a broken client does.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import socketserver
+import threading
+import time
+from typing import Any
+
+from tests.conftest import Origin, ProxyFactory
+from tests.test_operations import proxy_process
+
+MiB = 1024 * 1024
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _status(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12])
+
+
+def _exchange(url: str, request: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send ``request`` whole, read until the server closes or a complete answer arrives."""
+    with socket.create_connection(_address(url), timeout=timeout) as sock:
+        sock.sendall(request)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+            head, sep, body = received.partition(b"\r\n\r\n")
+            if sep:
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length" and len(body) >= int(value):
+                        return received
+        return received
+
+
+def _stream_head_until_answer(url: str, head_start: bytes, total: int) -> tuple[bytes, int]:
+    """Send ``head_start`` then ``total`` filler bytes in chunks while watching for an answer.
+
+    Returns the answer (b"" if none) and how many bytes the server let us send before it
+    answered or closed: a server that reads the whole head first lets us send everything.
+    """
+    chunk = b"a" * (256 * 1024)
+    sent = 0
+    answer = b""
+    deadline = time.monotonic() + 60
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.setblocking(False)
+        pending = memoryview(head_start)
+        while time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock] if sent < total else [], [], 1)
+            if readable:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                answer += data
+                if b"\r\n\r\n" in answer:
+                    break
+            if writable:
+                if not pending:
+                    pending = memoryview(chunk[: min(len(chunk), total - sent)])
+                try:
+                    n = sock.send(pending)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                pending = pending[n:]
+                sent += n
+        return answer, sent
+
+
+def test_an_oversized_header_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        answer, sent = _stream_head_until_answer(
+            url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: ", 64 * MiB
+        )
+        assert _status(answer) == 431
+        # Socket buffers on loopback hold a few MiB; a server reading on would take all 64.
+        assert sent < 16 * MiB
+        # The server is still fine for others.
+        assert _status(_exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
+
+
+def test_an_oversized_target_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_request_target_bytes=8192) as url:
+        answer, sent = _stream_head_until_answer(url, b"GET /files/", 64 * MiB)
+        assert _status(answer) == 414
+        assert sent < 16 * MiB
+
+
+def test_many_small_headers_past_the_limit_get_431(proxy: ProxyFactory) -> None:
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
+    assert _status(answer) == 431
+
+
+def test_a_head_just_under_the_limits_is_served(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+        value = b"v" * 60000
+        answer = _exchange(url, b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Big: " + value + b"\r\n\r\n")
+    assert _status(answer) == 200
+
+
+def _read_until_closed(sock: socket.socket, deadline: float) -> bytes:
+    received = b""
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    else:
+        raise AssertionError(f"connection still open at the deadline, got {received[:100]!r}")
+    return received
+
+
+def test_a_partial_head_gets_408_after_the_head_timeout(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
+            answer = _read_until_closed(sock, time.monotonic() + 30)
+    assert _status(answer) == 408
+
+
+def test_a_silent_connection_is_closed_after_the_head_timeout(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            assert _read_until_closed(sock, time.monotonic() + 30) == b""
+
+
+def test_a_trickled_head_is_cut_off_by_the_head_timeout(proxy: ProxyFactory) -> None:
+    """Slowloris: one byte at a time keeps every per-read timer happy, not this one."""
+    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
+            deadline = time.monotonic() + 30
+            answer = b""
+            while time.monotonic() < deadline:
+                try:
+                    sock.sendall(b"X")
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    answer = _read_until_closed(sock, deadline)
+                    break
+            else:
+                raise AssertionError("the trickle was never cut off")
+    assert _status(answer) == 408
+
+
+def test_a_keep_alive_connection_serves_a_second_request(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False, request_head_timeout=5) as url:
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            for _ in range(2):
+                sock.sendall(b"GET /echo/k HTTP/1.1\r\nHost: t\r\n\r\n")
+                received = b""
+                while b'"headers"' not in received or not received.rstrip().endswith(b"}"):
+                    chunk = sock.recv(65536)
+                    assert chunk
+                    received += chunk
+                assert _status(received) == 200
+
+
+def test_past_the_connection_cap_the_longest_idle_connection_makes_room(
+    proxy: ProxyFactory,
+) -> None:
+    with proxy(enable_cache=False, max_client_connections=4) as url:
+        idle = [socket.create_connection(_address(url)) for _ in range(4)]
+        try:
+            answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert _status(answer) == 200
+            # The first idle connection was closed to make room.
+            assert _read_until_closed(idle[0], time.monotonic() + 30) == b""
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(
+    proxy: ProxyFactory,
+) -> None:
+    with proxy(enable_cache=False, max_client_connections=2) as url:
+        busy = [socket.create_connection(_address(url)) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(b"GET /slow-headers?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            # Both heads are read (the origin request is out) before the third arrives.
+            deadline = time.monotonic() + 30
+            answer = b""
+            while time.monotonic() < deadline:
+                answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                if _status(answer) == 503:
+                    break
+            assert _status(answer) == 503
+        finally:
+            for sock in busy:
+                sock.close()
+
+
+def _get(
+    url: str, head_fields: bytes, target: bytes = b"/files/1k.bin", version: bytes = b"1.1"
+) -> bytes:
+    request = (
+        b"GET "
+        + target
+        + b" HTTP/"
+        + version
+        + b"\r\n"
+        + head_fields
+        + b"Connection: close\r\n\r\n"
+    )
+    return _exchange(url, request)
+
+
+def test_a_host_that_is_not_uri_host_and_port_gets_400(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        host, port = _address(url)
+        for bad in [
+            b"victim.example#",
+            b"%s:%d/files/1m.bin#" % (host.encode(), port),
+            b"victim.example/x",
+            b"victim.example?x",
+            b"user@victim.example",
+            b"victim.example:80:80",
+            b"victim.example:99999",
+            b"[::1",
+            b"[zz::1]",
+            b"victim example",
+            b"victim.example:8o",
+        ]:
+            assert _status(_get(url, b"Host: " + bad + b"\r\n")) == 400, bad
+
+
+def test_a_host_with_a_fragment_cannot_store_another_urls_bytes(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        host, port = _address(url)
+        attack = b"Host: %s:%d/files/1m.bin#\r\n" % (host.encode(), port)
+        _get(url, attack, target=b"/files/1k.bin")
+        victim = _get(url, b"Host: %s:%d\r\n" % (host.encode(), port), target=b"/files/1m.bin")
+    assert _status(victim) == 200
+    assert len(victim.partition(b"\r\n\r\n")[2]) == MiB
+
+
+def test_valid_hosts_are_served(proxy: ProxyFactory) -> None:
+    with proxy(preserve_host=True) as url:
+        for good in [
+            b"victim.example",
+            b"Victim.Example:8080",
+            b"127.0.0.1:80",
+            b"[::1]:80",
+            b"a-b.c_d~e!$&'()*+,;=",
+        ]:
+            assert _status(_get(url, b"Host: " + good + b"\r\n")) == 200, good
+
+
+def test_two_hosts_or_none_in_http_1_1_get_400(proxy: ProxyFactory) -> None:
+    with proxy() as url:
+        assert _status(_get(url, b"Host: a\r\nHost: b\r\n")) == 400
+        assert _status(_get(url, b"Host: a\r\nhost: a\r\n")) == 400
+        assert _status(_get(url, b"")) == 400
+        # HTTP/1.0 needs no Host.
+        assert _status(_get(url, b"", version=b"1.0")) == 200
+
+
+def _json_body(answer: bytes) -> dict[str, Any]:
+    return dict(json.loads(answer.partition(b"\r\n\r\n")[2]))
+
+
+def test_a_padded_content_length_is_forwarded_normalized(proxy: ProxyFactory) -> None:
+    with proxy(enable_cache=False) as url:
+        for padded in [b"3 ", b"3\t", b" 3"]:
+            answer = _exchange(
+                url,
+                b"POST /echo/p HTTP/1.1\r\nHost: t\r\nContent-Length: "
+                + padded
+                + b"\r\nConnection: close\r\n\r\nabc",
+            )
+            assert _status(answer) == 200, (padded, answer[:300])
+            echoed = _json_body(answer)
+            assert echoed["body_length"] == 3
+            assert ["content-length", "3"] in echoed["headers"]
+
+
+def test_header_bytes_above_0x7f_reach_the_origin_unchanged(proxy: ProxyFactory) -> None:
+    for settings in [{"enable_cache": False}, {}]:
+        with proxy(**settings) as url:
+            for target in [b"/echo/latin", b"/files/1k.bin"]:
+                answer = _exchange(
+                    url,
+                    b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nX-Name: caf\xe9\xff\r\n"
+                    b"Connection: close\r\n\r\n",
+                )
+                assert _status(answer) == 200, (settings, target, answer[:300])
+                if target.startswith(b"/echo"):
+                    assert ["x-name", "caf\xe9\xff"] in _json_body(answer)["headers"]
+
+
+def test_the_admin_prefix_is_matched_on_the_raw_path(proxy: ProxyFactory, origin: Origin) -> None:
+    """Routing is on the path as sent (the origin gets it so): encoded, it is not admin."""
+    with proxy(enable_cache=False) as url:
+        assert b'"hit_ratio"' in _get(url, b"Host: t\r\n", target=b"/_slicecache/stats")
+        forwarded = len(origin.requests_for("/_slicecache/stats"))
+        for target in [b"/%5fslicecache/stats", b"/%5Fslicecache/stats", b"/_slicecache%2fstats"]:
+            answer = _get(url, b"Host: t\r\n", target=target)
+            assert b'"hit_ratio"' not in answer, target
+        # The origin (which decodes) saw all three: they were forwarded, as sent.
+        assert len(origin.requests_for("/_slicecache/stats")) == forwarded + 3
+
+
+def test_a_shutdown_grace_below_one_second_is_kept(origin: Origin) -> None:
+    """``int(0.5) or None`` made a half-second grace an unbounded wait for in-flight responses."""
+    with proxy_process(
+        origin, enable_cache="false", drain_seconds="0", shutdown_grace_seconds="0.5"
+    ) as (process, url):
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(b"GET /slow-headers?ms=120000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while not origin.requests_for("/slow-headers") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+
+
+class RawOrigin:
+    """An origin that answers every request with the same canned bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                origin.requests += 1
+                self.request.sendall(origin.answer)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_origin_status_outside_100_599_is_a_502(proxy: ProxyFactory) -> None:
+    for status in [b"999", b"600", b"099"]:
+        raw = RawOrigin(
+            b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        try:
+            for settings in [{"enable_cache": False}, {}]:
+                with proxy(upstream_address=raw.url, **settings) as url:
+                    answer = _get(url, b"Host: t\r\n", target=b"/x")
+                    assert _status(answer) == 502, (status, settings, answer[:200])
+        finally:
+            raw.close()
+
+
+class ClosingOrigin:
+    """Answers the first request of each connection (keep-alive), and closes the connection
+    on reading a second one: an origin that closed an idle connection just as it was reused."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.connections = 0
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                origin.connections += 1
+                received = b""
+                served = 0
+                while True:
+                    while b"\r\n\r\n" not in received:
+                        chunk = self.request.recv(65536)
+                        if not chunk:
+                            return
+                        received += chunk
+                    if served:
+                        return  # closed "while idle"
+                    head, _, received = received.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(received) < length:
+                        chunk = self.request.recv(65536)
+                        if not chunk:
+                            return
+                        received += chunk
+                    origin.bodies.append(received[:length])
+                    received = received[length:]
+                    served += 1
+                    self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_streamed_put_on_a_pooled_connection_the_origin_closed_is_retried(
+    proxy: ProxyFactory,
+) -> None:
+    origin = ClosingOrigin()
+    try:
+        with proxy(upstream_address=origin.url, enable_cache=False) as url:
+            assert _status(_get(url, b"Host: t\r\n", target=b"/first")) == 200
+            body = bytes(range(256)) * 400
+            answer = _exchange(
+                url,
+                b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n" % len(body) + body,
+            )
+            assert _status(answer) == 200, answer[:300]
+            assert origin.bodies[-1] == body
+            assert origin.connections == 2
+    finally:
+        origin.close()

@@ -7,12 +7,13 @@ import concurrent.futures
 import time
 
 import httpx
+import pytest
 
 from bench.origin import expected_bytes
-from cache import keys
+from cache import keys, tiered
 from cache.memory import MemoryStore
 from cache.protocol import SliceData
-from cache.tiered import OBJECT_PURGE_RECORDS, PURGE_RECORDS, TieredStore
+from cache.tiered import TieredStore
 from tests.conftest import Origin, ProxyFactory
 
 SLICE = 64 * 1024
@@ -76,13 +77,27 @@ async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice() -
     await store.close()
 
 
-async def test_purge_records_do_not_pile_up_without_l2() -> None:
+async def test_purge_records_do_not_pile_up_without_l2(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small bounds, so that ten times as many purges as are remembered run in milliseconds.
+    monkeypatch.setattr(tiered, "OBJECT_PURGE_RECORDS", 100)
+    monkeypatch.setattr(tiered, "PURGE_RECORDS", 10)
     store = TieredStore(MemoryStore(1024 * 1024), None)
-    for n in range(10_000):
+    before_all = store.epoch
+    for n in range(1_000):
         await store.delete(f"http://o:80/files/{n}.bin")
-    # Purge records are bounded (the oldest are forgotten, conservatively), never unbounded.
-    assert len(store._purges) <= PURGE_RECORDS
-    assert len(store._object_purges) <= OBJECT_PURGE_RECORDS
+        await store.delete_prefix(f"http://o:80/dir{n}/")
+    before_last = store.epoch - 2  # the last object purge and the last prefix purge
+    # Records are bounded: forgetting is what keeps them so, not the container's maxsize.
+    assert len(store._object_purges) == 100
+    assert len(store._purges) == 10
+    # Forgetting is conservative: an operation older than every kept record counts as
+    # purged, whatever its key; a recent one is judged on the kept records, key by key.
+    unrelated = keys.slice_key("http://o:80/other.bin", "v1", 0)
+    assert store.purged_since(before_all, unrelated)
+    assert not store.purged_since(before_last, unrelated)
+    assert store.purged_since(before_last, keys.slice_key("http://o:80/files/999.bin", "v1", 0))
+    assert store.purged_since(before_last, keys.slice_key("http://o:80/dir999/a.bin", "v1", 0))
+    assert not store.purged_since(store.epoch, unrelated)
 
 
 TOKEN = "review-token"

@@ -433,11 +433,17 @@ async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
         return Fetch(0, 0, 0.0, 0.0, error=type(err).__name__, started=started, client="aiohttp")
 
 
+CLIENTS_USED: set[str] = set()  # which clients measured this process's fetches (reports)
+
+
 async def fetch(url: str, max_time: float = 120.0) -> Fetch:
     """GET ``url`` into nothing: curl when installed (a C client is never the bottleneck)."""
     if CURL is not None:
-        return await _fetch_curl(url, max_time)
-    return await _fetch_aiohttp(url, max_time)
+        result = await _fetch_curl(url, max_time)
+    else:
+        result = await _fetch_aiohttp(url, max_time)
+    CLIENTS_USED.add(result.client)
+    return result
 
 
 async def fetch_many(urls: Sequence[str], max_time: float = 120.0) -> tuple[list[Fetch], float]:

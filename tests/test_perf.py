@@ -2,9 +2,10 @@
 
 The box is shared and has 2 cores, so nothing here asserts an absolute time: only ratios
 of medians of several samples against a baseline measured side by side in the same run
-(each test states the origin's latency and bandwidth it ran against), and memory bounds. Origin and proxies run as subprocesses
-(bench.harness), so the proxy's RSS is its own and the test's client does not share a GIL
-with either server. The whole module takes well under a minute.
+(each test states the origin's latency and bandwidth it ran against), and memory bounds.
+Origin and proxies run as subprocesses (bench.harness), so the proxy's RSS is its own and
+the test's client does not share a GIL with either server.
+The whole module takes about a minute and a half.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -39,3 +39,8 @@ async def async_wait_for(
             raise AssertionError(f"not within {timeout:.0f} s: {message or condition}")
         await asyncio.sleep(every)
     return value
+
+
+def wait_until_held(app: Any, token: str, count: int = 1) -> None:
+    """Wait until ``count`` origin requests are held with ``hold=<token>`` (bench.origin)."""
+    wait_for(lambda: app.holding.get(token, 0) >= count, f"{count} request(s) held on {token}")

@@ -496,7 +496,6 @@ async def test_admission_filter_protects_hot_entries_from_one_hit_wonders(
 async def test_concurrent_puts_gets_deletes_stay_consistent(make_settings: Make) -> None:
     store = await RawDiskStore.open(make_settings(total_size=32 * MiB))
     try:
-
         served = 0
 
         async def worker(n: int) -> None:

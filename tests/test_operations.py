@@ -302,13 +302,18 @@ def proxy_process(origin: Origin, **settings: str) -> Iterator[tuple[subprocess.
         process.wait(10)
 
 
+def _ready_answer_503(url: str) -> httpx.Response | None:
+    response = httpx.get(f"{url}/_slicecache/readyz")
+    return response if response.status_code == 503 else None
+
+
 def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: Path) -> None:
     name = "4m-sigterm.bin"
     settings = {
         "enable_l2_cache": "true",
         "raw_disk_cache__device_path": str(tmp_path / "l2.bin"),
         "raw_disk_cache__total_size": str(64 * 1024 * 1024),
-        "drain_seconds": "1",
+        "drain_seconds": "3",
         "shutdown_grace_seconds": "20",
         "slice_size": str(SLICE),
     }
@@ -321,10 +326,12 @@ def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: 
 
         worker = threading.Thread(target=download)
         worker.start()
-        time.sleep(0.5)
+        # The download is under way (its fills reached the origin), then SIGTERM.
+        wait_for(lambda: len(origin.requests_for(f"/files/{name}")) >= 2, "the download runs")
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        readiness = httpx.get(f"{url}/_slicecache/readyz")
+        # During the drain window readiness fails (first poll may still say ready).
+        readiness = wait_for(lambda: _ready_answer_503(url), "readiness fails while draining")
+        assert readiness is not None
         worker.join(60)
         code = process.wait(60)
     assert readiness.status_code == 503 and "draining" in readiness.text

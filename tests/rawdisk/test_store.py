@@ -31,6 +31,7 @@ from tests.rawdisk.conftest import (
     write_at,
     write_new,
 )
+from tests.waiting import async_wait_for
 
 Make = Callable[..., RawDiskCacheSettings]
 
@@ -159,16 +160,18 @@ async def test_purge_is_visible_at_once_and_survives_restart(make_settings: Make
 async def test_put_racing_a_delete_is_not_resurrected(make_settings: Make) -> None:
     store = await RawDiskStore.open(make_settings())
     gate = threading.Event()
+    writing = threading.Event()
     original = store._device.write_extent
 
     def slow_write(parts: Any, offset: int) -> None:
-        gate.wait(5)
+        writing.set()
+        gate.wait(30)
         original(parts, offset)
 
     try:
         store._device.write_extent = slow_write  # type: ignore[method-assign]
         put = asyncio.create_task(store.put_slice("http://o/a v 0", b"stale", None))
-        await asyncio.sleep(0.05)
+        await async_wait_for(writing.is_set, "the put is writing its extent")
         await store.delete("http://o/a")
         gate.set()
         assert not await put
@@ -231,11 +234,7 @@ async def test_expiry(make_settings: Make) -> None:
         await asyncio.sleep(math.ceil(expires_at) - time.time() + 0.1)
         assert await store.get_slice("t 0") is None
         assert "t 0" not in list(store.keys())
-        for _ in range(50):
-            if store.stats()["entries"] == 1:
-                break
-            await asyncio.sleep(0.05)
-        assert store.stats()["entries"] == 1
+        await async_wait_for(lambda: store.stats()["entries"] == 1, "the expired entry reaped")
         assert store.stats()["expired_total"] + store.stats()["expirations_total"] >= 1
     finally:
         await store.close()
@@ -458,7 +457,8 @@ async def test_eviction_keeps_usage_under_the_high_watermark(make_settings: Make
                 await store.get_slice(key)
             if await store.put_slice(key, b"e" * 40_000, None):
                 stored += 1
-        await asyncio.sleep(0.3)
+        # Eviction runs in the background: wait for it to bring usage under the mark.
+        await async_wait_for(lambda: store.stats()["usage_ratio"] <= 0.96, "usage under 96 %")
         stats = store.stats()
         assert stored > capacity // 40_000  # it kept accepting by evicting
         assert stats["evictions_total"] > 0
@@ -485,7 +485,7 @@ async def test_admission_filter_protects_hot_entries_from_one_hit_wonders(
         for i in range(capacity * 2 // size):
             await store.get_slice(f"once {i}")
             await store.put_slice(f"once {i}", b"o" * size, None)
-        await asyncio.sleep(0.2)
+        await store._drain()  # background drops scheduled by the reads are done
         survivors = sum([await store.get_slice(k) is not None for k in hot])
         assert survivors >= 0.9 * len(hot)
         assert store.stats()["admission_rejects_total"] > 0

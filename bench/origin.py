@@ -44,7 +44,9 @@ until the test releases the token (``OriginApp.release`` or ``POST
 /_origin/release?hold=<token>``); ``OriginApp.holding`` counts requests held per token.
 Tests use it instead of a sleep to keep a request out for exactly as long as they need.
 
-Several faults combine with commas (``fault=nolength,short``).
+Several faults combine with commas (``fault=nolength,short``). ``fault_from=<byte>`` limits
+the faults (query or sticky) to requests whose Range starts at or after that byte, so a
+slicing client's probe succeeds and its later slices fail.
 
 Other routes: ``/echo...`` (any method; JSON of the request, body hashed while streamed),
 ``/status/<code>``, ``/cookies`` (two Set-Cookie), ``/slow-headers?ms=N``.
@@ -230,6 +232,15 @@ def _float_param(query: dict[str, str], key: str) -> float | None:
         return float(value)
     except ValueError:
         return None
+
+
+def _range_start(range_header: str | None) -> int:
+    """First byte a ``bytes=N-...`` request asks for; 0 for anything else."""
+    if range_header and range_header.startswith("bytes="):
+        first = range_header[len("bytes=") :].split("-", 1)[0].strip()
+        if first.isdigit():
+            return int(first)
+    return 0
 
 
 def _wrong_range(r: ByteRange, size: int) -> ByteRange:
@@ -552,6 +563,9 @@ class OriginApp:
             return
         query = req.query
         faults = set(query.get("fault", "").split(",")) | self.sticky_faults.get(name, set())
+        fault_from = _int_param(query, "fault_from")
+        if fault_from is not None and _range_start(req.headers.get("range")) < fault_from:
+            faults = set()  # only requests for bytes from ``fault_from`` on are faulty
         if "status500" in faults:
             await ex.simple(500, b"fault: status500\n", plain, common)
             return

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from cache.rawdisk import RawDiskStore
 from settings import RawDiskCacheSettings
 from tests.rawdisk.conftest import MiB, check_consistent, check_payload, payload
@@ -99,3 +101,58 @@ def test_kill_minus_nine_many_times(tmp_path: Path) -> None:
         verified += asyncio.run(_verify(settings, run, durable))
     # Kills landed after syncs often enough that durability was really checked.
     assert verified > 0
+
+
+# --- scripted scenarios, killed for real ------------------------------------------------------
+# The same scenarios as the in-process ``_crash()`` tests of test_store.py, but the writer is
+# a real process killed with SIGKILL while its background tasks run.
+
+
+def _run_scenario_and_kill(scenario: str, device: str) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.rawdisk.crash_scenario", scenario, device],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()  # blocks until the scenario's writes have returned
+    if line.strip() != "DONE":
+        child.kill()
+        raise AssertionError(child.communicate(timeout=30)[1])
+    os.kill(child.pid, signal.SIGKILL)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL, err
+
+
+async def _check_scenario(scenario: str, device: str) -> None:
+    from tests.rawdisk.crash_scenario import settings_for
+
+    store = await RawDiskStore.open(settings_for(device))
+    try:
+        if scenario == "purge":
+            assert await store.get_slice("http://o/x v 5") is None
+            assert await store.get_slice("http://o/y v 5") == b"e" * 100
+            assert store.stats()["entries"] == 300
+        elif scenario == "journal":
+            expected = [f"k {i}" for i in range(20) if i != 3 and not str(i).startswith("1")]
+            assert sorted(store.keys()) == sorted(expected)
+            for key in expected:
+                assert bytes(await store.get_slice(key) or b"") == payload(key, 0, 3000)
+        else:
+            assert len(list(store.keys())) == 20
+            for i in range(10, 30):
+                got = await store.get_slice(f"k {i}")
+                assert got is not None and bytes(got) == payload(f"k {i}", 2, 2000)
+        await store._drain()
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("scenario", ["purge", "journal", "checkpoint"])
+def test_scenario_survives_a_real_kill_minus_nine(scenario: str, tmp_path: Path) -> None:
+    device = str(tmp_path / "scenario.bin")
+    _run_scenario_and_kill(scenario, device)
+    asyncio.run(_check_scenario(scenario, device))

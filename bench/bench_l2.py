@@ -12,7 +12,9 @@ Prints one table. Cases:
 * ``alloc``: a 1 MiB extent on a 100 GiB / 4 KiB geometry (26 M blocks) that is 90 % full
   and fragmented, on the in-memory block map (no 100 GiB file needed).
 * ``restart``: open a device whose index holds 1,000,000 entries (synthetic extents,
-  realistic 73-byte keys); clean (checkpoint only) and after a crash (journal replay).
+  realistic 73-byte keys); clean (checkpoint only) and unclean (journal replay): the
+  store is abandoned without close, checkpoint or final sync, the on-disk state a
+  kill -9 leaves (no process is killed here; tests/rawdisk/test_crash.py kills one).
   Index memory per entry from tracemalloc.
 * ``purge``: delete_prefix over all 1,000,000 entries: time until invisible, loop lag.
 """
@@ -322,7 +324,8 @@ async def bench_restart_and_purge(directory: str, entries: int, rows: list[dict[
         store = await RawDiskStore.open(settings)
         clean = time.perf_counter() - t0
         assert store.stats()["entries"] == entries
-        # A crash with a journal tail: real puts since the checkpoint, then no close.
+        # An unclean stop with a journal tail: real puts since the checkpoint, then no
+        # close (in-process: what a kill -9 leaves on disk, without killing anything).
         tail = min(20_000, entries // 10)
         payload = b"j" * 200
         for i in range(tail):
@@ -354,7 +357,7 @@ async def bench_restart_and_purge(directory: str, entries: int, rows: list[dict[
         )
         rows.append(
             {
-                "case": f"restart after kill, +{replayed:,} journal records",
+                "case": f"restart, unclean (no close), +{replayed:,} journal records",
                 "result": f"{crashed:.2f} s",
                 "target": "<= 2 s",
                 "loop p99 lag": "",

@@ -367,6 +367,7 @@ class Fetch:
     error: str = ""
     started: float = 0.0  # monotonic clock at launch (for aggregate wall time)
     ended: float = 0.0
+    client: str = ""  # which client measured: "curl" or "aiohttp" (reports say so)
 
     @property
     def ok(self) -> bool:
@@ -401,11 +402,13 @@ async def _fetch_curl(url: str, max_time: float) -> Fetch:
     ended = time.monotonic()
     parts = out.decode(errors="replace").split()
     if len(parts) < 4:
-        return Fetch(0, 0, 0.0, 0.0, error=f"curl exit {proc.returncode}", started=started)
+        return Fetch(
+            0, 0, 0.0, 0.0, error=f"curl exit {proc.returncode}", started=started, client="curl"
+        )
     status, size, ttfb, total = int(parts[0]), int(parts[1]), float(parts[2]), float(parts[3])
     error = "" if proc.returncode == 0 else f"curl exit {proc.returncode}"
     xc = parts[4] if len(parts) > 4 else ""
-    return Fetch(status, size, ttfb, total, xc, error, started, ended)
+    return Fetch(status, size, ttfb, total, xc, error, started, ended, "curl")
 
 
 async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
@@ -424,16 +427,23 @@ async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
                 size += len(chunk)
             total = time.monotonic() - started
             xc = resp.headers.get("x-cache", "")
-            return Fetch(resp.status, size, ttfb, total, xc, "", started, time.monotonic())
+            ended = time.monotonic()
+            return Fetch(resp.status, size, ttfb, total, xc, "", started, ended, "aiohttp")
     except (aiohttp.ClientError, TimeoutError) as err:
-        return Fetch(0, 0, 0.0, 0.0, error=type(err).__name__, started=started)
+        return Fetch(0, 0, 0.0, 0.0, error=type(err).__name__, started=started, client="aiohttp")
+
+
+CLIENTS_USED: set[str] = set()  # which clients measured this process's fetches (reports)
 
 
 async def fetch(url: str, max_time: float = 120.0) -> Fetch:
     """GET ``url`` into nothing: curl when installed (a C client is never the bottleneck)."""
     if CURL is not None:
-        return await _fetch_curl(url, max_time)
-    return await _fetch_aiohttp(url, max_time)
+        result = await _fetch_curl(url, max_time)
+    else:
+        result = await _fetch_aiohttp(url, max_time)
+    CLIENTS_USED.add(result.client)
+    return result
 
 
 async def fetch_many(urls: Sequence[str], max_time: float = 120.0) -> tuple[list[Fetch], float]:

@@ -39,13 +39,20 @@ ignored), ``ct``, ``latency_ms``, ``bandwidth_mbps``, and ``fault``:
 ``hang``        headers, then nothing for ``hang_s`` (60 s), then the body; ends early if
                 the client goes away.
 
-Several faults combine with commas (``fault=nolength,short``).
+``hold=<token>`` (any non-control route but /echo) holds the response, after its latency,
+until the test releases the token (``OriginApp.release`` or ``POST
+/_origin/release?hold=<token>``); ``OriginApp.holding`` counts requests held per token.
+Tests use it instead of a sleep to keep a request out for exactly as long as they need.
+
+Several faults combine with commas (``fault=nolength,short``). ``fault_from=<byte>`` limits
+the faults (query or sticky) to requests whose Range starts at or after that byte, so a
+slicing client's probe succeeds and its later slices fail.
 
 Other routes: ``/echo...`` (any method; JSON of the request, body hashed while streamed),
 ``/status/<code>``, ``/cookies`` (two Set-Cookie), ``/slow-headers?ms=N``.
 Control routes (not logged, no latency): ``POST /_origin/bump?name=<file name>``,
 ``POST /_origin/fault?name=<file name>&fault=<faults>`` (sticky faults; empty clears),
-``GET|DELETE /_origin/log``, ``GET /_origin/stats``.
+``GET|DELETE /_origin/log``, ``GET /_origin/stats``, ``POST /_origin/release?hold=<token>``.
 
 Pacing (``--bandwidth-mbps``, ``bandwidth_mbps=``): each response body is a token bucket
 against the monotonic clock, with a burst of one pacing chunk (10 ms worth of the rate,
@@ -227,6 +234,15 @@ def _float_param(query: dict[str, str], key: str) -> float | None:
         return None
 
 
+def _range_start(range_header: str | None) -> int:
+    """First byte a ``bytes=N-...`` request asks for; 0 for anything else."""
+    if range_header and range_header.startswith("bytes="):
+        first = range_header[len("bytes=") :].split("-", 1)[0].strip()
+        if first.isdigit():
+            return int(first)
+    return 0
+
+
 def _wrong_range(r: ByteRange, size: int) -> ByteRange:
     shift = r.length
     if r.first + shift < size:
@@ -383,6 +399,10 @@ class OriginApp:
         self.bytes_sent = 0
         # Content requests still running: tests use it to see an abandoned response stop.
         self.in_flight = 0
+        # ``hold=<token>``: released tokens, and how many requests each one holds now.
+        # Plain containers polled by the held requests: release() may come from any thread.
+        self.released: set[str] = set()
+        self.holding: dict[str, int] = {}
         _doubled_pattern()  # build it now, not inside the first timed request
 
     # --- in-process state API ---------------------------------------------------------
@@ -396,6 +416,21 @@ class OriginApp:
             self.sticky_faults[name] = set(faults.split(","))
         else:
             self.sticky_faults.pop(name, None)
+
+    def release(self, token: str) -> None:
+        """Let every request held with ``hold=<token>`` go on, now and later."""
+        self.released.add(token)
+
+    async def _hold(self, ex: _Exchange, token: str) -> bool:
+        """Wait until ``token`` is released; False if the client went away first."""
+        self.holding[token] = self.holding.get(token, 0) + 1
+        try:
+            while token not in self.released:
+                if not await ex.sleep(0.005):
+                    return False
+            return True
+        finally:
+            self.holding[token] -= 1
 
     def bump(self, name: str) -> int:
         """Make ``name`` a new version: new content, ETag and Last-Modified."""
@@ -458,6 +493,9 @@ class OriginApp:
             await self._echo(ex, req)
             return
         if not await ex.sleep(self._latency_s(req)):
+            return
+        hold = req.query.get("hold")
+        if hold is not None and not await self._hold(ex, hold):
             return
         plain = b"text/plain; charset=utf-8"
         common = self._common_headers()
@@ -525,6 +563,9 @@ class OriginApp:
             return
         query = req.query
         faults = set(query.get("fault", "").split(",")) | self.sticky_faults.get(name, set())
+        fault_from = _int_param(query, "fault_from")
+        if fault_from is not None and _range_start(req.headers.get("range")) < fault_from:
+            faults = set()  # only requests for bytes from ``fault_from`` on are faulty
         if "status500" in faults:
             await ex.simple(500, b"fault: status500\n", plain, common)
             return
@@ -680,6 +721,10 @@ class OriginApp:
 
     async def _control(self, ex: _Exchange, req: _Request) -> None:
         json_type = b"application/json"
+        if req.path == "/_origin/release" and req.method == "POST":
+            self.release(req.query.get("hold", ""))
+            await ex.simple(200, _json({"released": req.query.get("hold", "")}), json_type, [])
+            return
         if req.path == "/_origin/bump" and req.method == "POST":
             name = req.query.get("name")
             if not name:

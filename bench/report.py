@@ -403,7 +403,7 @@ def _ttfb_section(r: dict[str, Any], plots: list[str]) -> str:
         "`?latency_ms=20&bandwidth_mbps=50`). *cold* = a file name never requested before; "
         "*warm* = the same URL again right after. slicecache: 1 MiB slices, lookahead 4, "
         "L1 512 MiB. The simple proxy buffers the whole body and has no cache. TTFB is "
-        "curl's `time_starttransfer` (first response byte).",
+        + _ttfb_meaning(r),
         "",
         table(["Proxy", "Size", "TTFB avg", "TTFB p50", "TTFB p95", "Total p50", "n"], rows),
         "",
@@ -422,6 +422,53 @@ def _ttfb_section(r: dict[str, Any], plots: list[str]) -> str:
     if "ttfb.png" in plots:
         out += ["![TTFB](ttfb.png)", ""]
     return "\n".join(out)
+
+
+def _client(r: dict[str, Any]) -> str:
+    """The client(s) that measured this run's downloads, as the run recorded them."""
+    used = r.get("clients_used")
+    if used:
+        return " and ".join(used)
+    # Older results: only whether curl was installed (then it was the client used).
+    installed = str(r.get("machine", {}).get("curl", ""))
+    if installed.startswith("not installed"):
+        return "aiohttp"
+    return "curl" if installed else "client not recorded"
+
+
+def _ttfb_meaning(r: dict[str, Any]) -> str:
+    client = _client(r)
+    if client == "curl":
+        return "curl's `time_starttransfer` (first response byte)."
+    if client == "aiohttp":
+        return "the aiohttp fallback client's time to the response headers (curl missing)."
+    return f"the time to the first response byte as measured by {client}."
+
+
+def _target_c_bound(target: dict[str, Any]) -> str:
+    """The (c) bound, computed from the settings that run used (none recorded: no text)."""
+    detail = {int(k): v for k, v in target.get("detail", {}).items()}
+    if not detail or any("slice_size" not in d for d in detail.values()):
+        return ""
+    parts = []
+    for lookahead, d in sorted(detail.items()):
+        run = d["slices_per_subrequest"] * d["slice_size"]
+        parts.append(
+            f"{lookahead:.0f} x {run / MiB:g} MiB / ({d['latency_ms']:g} ms + "
+            f"{run / (d['cap_mbps'] * 1e6) * 1000:.0f} ms) = {d['bound_mbps']:.0f} MB/s at "
+            f"lookahead {lookahead} ({d['bound_mbps'] / d['cap_mbps']:.1f}x the cap)"
+        )
+    first = detail[min(detail)]
+    return (
+        "(c) *bound*: each origin request pays the first-byte latency once, then "
+        f"transfers its run of `SLICECACHE_SLICES_PER_SUBREQUEST` = "
+        f"{first['slices_per_subrequest']:.0f} slices of {first['slice_size'] / MiB:g} MiB at "
+        "the cap, and at most *lookahead* requests are in flight: bound = lookahead x "
+        "run / (latency + run / cap) = " + "; ".join(parts) + ". With one request per slice "
+        "(nginx's slice module, or a run of 1) it would be "
+        f"{first['single_slice_bound_mbps']:.0f} MB/s at lookahead {min(detail)}. "
+        "All figures from this run's settings."
+    )
 
 
 def _memory_section(r: dict[str, Any], plots: list[str]) -> str:
@@ -483,7 +530,7 @@ def _throughput_section(r: dict[str, Any], plots: list[str]) -> str:
     out = [
         "## 3. Throughput",
         "",
-        f"All clients download the same {size} MiB file at once (curl into /dev/null), in "
+        f"All clients download the same {size} MiB file at once ({_client(r)} into nothing), in "
         "rounds, so that every run moves a few hundred MB (CPU times tick in 10 ms). "
         "Aggregate MB/s = bytes received by all clients / wall time. *miss* = a new cold "
         "file each round (the clients share one origin fetch per slice), *hit* = the last of "
@@ -774,15 +821,9 @@ def write(results: dict[str, Any], out_dir: Path, stem: str = "report") -> Path:
     if results.get("targets"):
         t = ["## 8. Issue targets", "", targets_table(results["targets"]), ""]
         if "c" in results["targets"]:
-            t += [
-                "(c) *bound*: each origin request pays the first-byte latency once, then "
-                "transfers its run of `SLICECACHE_SLICES_PER_SUBREQUEST` slices (default 4) at "
-                "the cap, and at most *lookahead* requests are in flight: bound = lookahead x "
-                "run / (latency + run / cap) = 4 x 4 MiB / (20 ms + 84 ms) = 161 MB/s at "
-                "lookahead 4 (3.2x the cap), 322 MB/s at 8. With one request per slice "
-                "(nginx's slice module, or a run of 1) it would be 102 MB/s, ~2x.",
-                "",
-            ]
+            bound = _target_c_bound(results["targets"]["c"])
+            if bound:
+                t += [bound, ""]
         if "rss_32_clients.png" in plots:
             t += ["![RSS, 32 clients](rss_32_clients.png)", ""]
         body.append("\n".join(t))

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.origin import expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
+from tests.waiting import wait_for
 
 TOKEN = "s3cret-token"
 SLICE = 64 * 1024
@@ -43,11 +44,12 @@ def tier_settings(tier: str, device: Path) -> dict[str, Any]:
 
 
 def settle(url: str) -> None:
-    for _ in range(200):
-        depth = httpx.get(f"{url}/_slicecache/stats").json()["tiers"]["write_behind"]["queue_depth"]
-        if depth == 0:
-            return
-        time.sleep(0.01)
+
+    def drained() -> bool:
+        stats = httpx.get(f"{url}/_slicecache/stats").json()
+        return bool(stats["tiers"]["write_behind"]["queue_depth"] == 0)
+
+    wait_for(drained, "the write-behind queue drains")
 
 
 def purge(url: str, path: str, token: str | None = TOKEN, **headers: str) -> httpx.Response:
@@ -243,10 +245,10 @@ def _env(**settings: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("variable", "value", "rule"),
     [
-        ("slice_size", "1000", "SLICECACHE_SLICE_SIZE"),
-        ("upstream_address", "ftp://x:1", "SLICECACHE_UPSTREAM_ADDRESS"),
-        ("raw_disk_cache__block_size", "3000", "SLICECACHE_RAW_DISK_CACHE__BLOCK_SIZE"),
-        ("slice_patterns", "[", "SLICECACHE_SLICE_PATTERNS"),
+        ("slice_size", "1000", "greater than or equal to 65536"),
+        ("upstream_address", "ftp://x:1", "scheme must be http or https"),
+        ("raw_disk_cache__block_size", "3000", "must be a power of two"),
+        ("slice_patterns", "[", "Expecting value"),  # not JSON
     ],
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:
@@ -260,7 +262,9 @@ def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, 
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if "slicecache:" in line]
         assert len(lines) == 1, result.stderr
-        assert rule in lines[0] or "SLICE_PATTERNS" in rule
+        # The line names the variable as it is set, and says what is wrong with it.
+        assert f"SLICECACHE_{variable.upper()}:" in lines[0], lines[0]
+        assert rule in lines[0], lines[0]
         assert "Traceback" not in result.stderr
 
 
@@ -289,11 +293,18 @@ def proxy_process(origin: Origin, **settings: str) -> Iterator[tuple[subprocess.
                     break
             except httpx.TransportError:
                 time.sleep(0.05)
+        else:
+            raise AssertionError(f"the proxy never became ready: {process.poll()=}")
         yield process, url
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+def _ready_answer_503(url: str) -> httpx.Response | None:
+    response = httpx.get(f"{url}/_slicecache/readyz")
+    return response if response.status_code == 503 else None
 
 
 def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: Path) -> None:
@@ -302,7 +313,7 @@ def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: 
         "enable_l2_cache": "true",
         "raw_disk_cache__device_path": str(tmp_path / "l2.bin"),
         "raw_disk_cache__total_size": str(64 * 1024 * 1024),
-        "drain_seconds": "1",
+        "drain_seconds": "3",
         "shutdown_grace_seconds": "20",
         "slice_size": str(SLICE),
     }
@@ -315,10 +326,12 @@ def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: 
 
         worker = threading.Thread(target=download)
         worker.start()
-        time.sleep(0.5)
+        # The download is under way (its fills reached the origin), then SIGTERM.
+        wait_for(lambda: len(origin.requests_for(f"/files/{name}")) >= 2, "the download runs")
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        readiness = httpx.get(f"{url}/_slicecache/readyz")
+        # During the drain window readiness fails (first poll may still say ready).
+        readiness = wait_for(lambda: _ready_answer_503(url), "readiness fails while draining")
+        assert readiness is not None
         worker.join(60)
         code = process.wait(60)
     assert readiness.status_code == 503 and "draining" in readiness.text

@@ -1,15 +1,18 @@
 """Performance tests mirroring the prototype's seven (STREAMING_PROXY_PERFORMANCE.md).
 
 The box is shared and has 2 cores, so nothing here asserts an absolute time: only ratios
-between runs made side by side, and memory bounds. Origin and proxies run as subprocesses
-(bench.harness), so the proxy's RSS is its own and the test's client does not share a GIL
-with either server. The whole module takes well under a minute.
+of medians of several samples against a baseline measured side by side in the same run
+(each test states the origin's latency and bandwidth it ran against), and memory bounds.
+Origin and proxies run as subprocesses (bench.harness), so the proxy's RSS is its own and
+the test's client does not share a GIL with either server.
+The whole module takes about a minute and a half.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,18 +80,44 @@ def download(url: str) -> tuple[int, str, float, float]:
     return asyncio.run(_download(url))
 
 
+SAMPLES = 3  # per side of each comparison: the median, never one sample
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
 def name_of(path: str) -> str:
     return path.split("?", 1)[0].removeprefix("/files/")
 
 
 def test_ttfb_performance(origin: h.Server, logs: Path) -> None:
-    """TTFB is < 1 % of the download time of a 100 MiB file from a bandwidth-capped origin."""
+    """A cold stream's TTFB is the origin's latency, not its download time.
+
+    Origin: 20 ms latency, 25 MB/s, so a 20 MiB file takes ~0.85 s. Baseline: the same
+    downloads straight from the origin, in the same run. The proxy's median TTFB stays
+    within 3x the origin's own (a buffering proxy would be ~40x), and under a tenth of
+    the origin's median download time.
+    """
+    params = {"latency_ms": 20, "bandwidth_mbps": 25}
     with slicecache(origin, logs) as proxy:
         assert h.fetch_sync(proxy.url + cold("1m")).ok  # a fresh process's first request
-        fetch = h.fetch_sync(proxy.url + cold("100m", bandwidth_mbps=25), max_time=60)
-    assert fetch.ok and fetch.size == 100 * MiB
-    print(f"TTFB {fetch.ttfb * 1000:.2f} ms of {fetch.total * 1000:.0f} ms total")
-    assert fetch.ttfb < 0.01 * fetch.total
+        direct, streamed = [], []
+        for _ in range(SAMPLES):  # alternate, so a burst of load hits both alike
+            direct.append(h.fetch_sync(origin.url + cold("20m", **params), max_time=60))
+            streamed.append(h.fetch_sync(proxy.url + cold("20m", **params), max_time=60))
+    assert all(f.ok and f.size == 20 * MiB for f in direct + streamed)
+    origin_ttfb = median([f.ttfb for f in direct])
+    origin_total = median([f.total for f in direct])
+    ttfb = median([f.ttfb for f in streamed])
+    print(
+        f"median TTFB {ttfb * 1000:.1f} ms (origin alone {origin_ttfb * 1000:.1f} ms); "
+        f"the origin's own download takes {origin_total * 1000:.0f} ms"
+    )
+    assert ttfb < 3 * origin_ttfb
+    # The proxy fetches slices in parallel, so its total is shorter than the origin's
+    # single stream: the download time to compare with is the origin's.
+    assert ttfb < 0.1 * origin_total
 
 
 def test_memory_stability(origin: h.Server, logs: Path) -> None:
@@ -114,27 +143,31 @@ def test_cache_write_performance(origin: h.Server, logs: Path, tmp_path: Path) -
         "raw_disk_cache__device_path": str(device),
         "raw_disk_cache__total_size": 64 * MiB,
     }
+    # Origin: 20 ms latency, 50 MB/s. Medians of alternated samples, L2 off vs on.
     with slicecache(origin, logs) as off, slicecache(origin, logs, **l2) as on:
-        if not device.exists():
-            pytest.skip("the L2 tier is not wired into the app yet (no device file created)")
-        ratios = []
-        for size in ("1m", "5m", "10m"):
+        assert device.exists(), "the L2 tier did not create its device file"
+        offs, ons = [], []
+        for _ in range(SAMPLES):
             # Alternate, so that a burst of load on the box hits both variants alike.
-            a = h.fetch_sync(off.url + cold(size, latency_ms=20, bandwidth_mbps=50))
-            b = h.fetch_sync(on.url + cold(size, latency_ms=20, bandwidth_mbps=50))
-            assert a.ok and b.ok
-            ratios.append((b.ttfb / a.ttfb, b.total / a.total))
-            print(f"{size}: TTFB on/off {b.ttfb / a.ttfb:.2f}, time on/off {b.total / a.total:.2f}")
-    assert max(r[0] for r in ratios) < 2.0
-    assert max(r[1] for r in ratios) < 1.5
+            offs.append(h.fetch_sync(off.url + cold("5m", latency_ms=20, bandwidth_mbps=50)))
+            ons.append(h.fetch_sync(on.url + cold("5m", latency_ms=20, bandwidth_mbps=50)))
+    assert all(f.ok and f.size == 5 * MiB for f in offs + ons)
+    ttfb_ratio = median([f.ttfb for f in ons]) / median([f.ttfb for f in offs])
+    time_ratio = median([f.total for f in ons]) / median([f.total for f in offs])
+    print(f"median TTFB on/off {ttfb_ratio:.2f}, median time on/off {time_ratio:.2f}")
+    assert ttfb_ratio < 2.0
+    assert time_ratio < 1.5
 
 
 def test_concurrent_streaming_performance(origin: h.Server, logs: Path) -> None:
-    """8 clients on 8 different cold files: all byte-exact, wall time < 3x one client's."""
+    """8 clients on 8 cold files: all byte-exact, wall time < 3x one client's (median of 3).
+
+    Origin: no latency, 10 MB/s per response (8 MiB: ~0.85 s alone).
+    """
     params = {"bandwidth_mbps": 10}
     with slicecache(origin, logs) as proxy:
-        single = download(proxy.url + cold("16m", **params))
-        paths = [cold("16m", **params) for _ in range(8)]
+        singles = [download(proxy.url + cold("8m", **params))[3] for _ in range(SAMPLES)]
+        paths = [cold("8m", **params) for _ in range(8)]
 
         async def all_of_them() -> list[tuple[int, str, float, float]]:
             return await asyncio.gather(*(_download(proxy.url + p) for p in paths))
@@ -143,22 +176,28 @@ def test_concurrent_streaming_performance(origin: h.Server, logs: Path) -> None:
         results = asyncio.run(all_of_them())
         wall = time.perf_counter() - t0
     for path, (size, digest, _, _) in zip(paths, results, strict=True):
-        assert size == 16 * MiB
+        assert size == 8 * MiB
         assert digest == expected_sha256(name_of(path))
-    print(f"one client {single[3]:.2f} s, eight at once {wall:.2f} s")
-    assert wall < 3 * single[3]
+    single = median(singles)
+    print(f"one client (median of {SAMPLES}) {single:.2f} s, eight at once {wall:.2f} s")
+    assert wall < 3 * single
 
 
 def test_cache_hit_performance(origin: h.Server, logs: Path) -> None:
-    """A cache hit is >= 3x faster than the cold fetch from a 50 MB/s, 20 ms origin."""
+    """A cache hit is >= 3x faster than the cold fetch (medians of 3) from a 20 ms, 50 MB/s
+    origin."""
     with slicecache(origin, logs) as proxy:
-        path = cold("50m", latency_ms=20, bandwidth_mbps=50)
-        miss = h.fetch_sync(proxy.url + path)
-        hit = h.fetch_sync(proxy.url + path)
-    assert miss.ok and hit.ok and hit.size == miss.size == 50 * MiB
-    assert hit.x_cache in ("HIT", "")  # "" only with the aiohttp fallback client
-    print(f"miss {miss.total * 1000:.0f} ms, hit {hit.total * 1000:.0f} ms")
-    assert hit.total * 3 <= miss.total
+        misses, hits = [], []
+        for _ in range(SAMPLES):
+            path = cold("20m", latency_ms=20, bandwidth_mbps=50)
+            misses.append(h.fetch_sync(proxy.url + path))
+            hits.append(h.fetch_sync(proxy.url + path))
+    assert all(f.ok and f.size == 20 * MiB for f in misses + hits)
+    assert [f.x_cache for f in misses] == ["MISS"] * SAMPLES
+    assert [f.x_cache for f in hits] == ["HIT"] * SAMPLES, [f.client for f in hits]
+    miss, hit = median([f.total for f in misses]), median([f.total for f in hits])
+    print(f"median miss {miss * 1000:.0f} ms, hit {hit * 1000:.0f} ms")
+    assert hit * 3 <= miss
 
 
 def test_large_file_streaming(origin: h.Server, logs: Path) -> None:
@@ -177,15 +216,18 @@ def test_large_file_streaming(origin: h.Server, logs: Path) -> None:
 
 
 def test_streaming_vs_simple_proxy_comparison(origin: h.Server, logs: Path) -> None:
-    """Streaming TTFB is >= 10x below the buffering proxy's for a 50 MiB capped file."""
+    """Streaming TTFB is >= 10x below the buffering proxy's (medians of 3) for a 20 MiB file
+    from a 20 ms, 50 MB/s origin."""
     params = {"latency_ms": 20, "bandwidth_mbps": 50}
     with (
         h.started(h.start_simple_proxy, origin.url, logs) as simple,
         slicecache(origin, logs) as proxy,
     ):
-        buffered = h.fetch_sync(simple.url + cold("50m", **params))
-        streamed = h.fetch_sync(proxy.url + cold("50m", **params))
-    assert buffered.ok and streamed.ok
-    assert buffered.size == streamed.size == 50 * MiB
-    print(f"simple TTFB {buffered.ttfb * 1000:.0f} ms, slicecache {streamed.ttfb * 1000:.1f} ms")
-    assert streamed.ttfb * 10 <= buffered.ttfb
+        buffered, streamed = [], []
+        for _ in range(SAMPLES):
+            buffered.append(h.fetch_sync(simple.url + cold("20m", **params)))
+            streamed.append(h.fetch_sync(proxy.url + cold("20m", **params)))
+    assert all(f.ok and f.size == 20 * MiB for f in buffered + streamed)
+    slow, fast = median([f.ttfb for f in buffered]), median([f.ttfb for f in streamed])
+    print(f"median TTFB simple {slow * 1000:.0f} ms, slicecache {fast * 1000:.1f} ms")
+    assert fast * 10 <= slow

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from bench.origin import expected_bytes
-from cache import keys
+from cache import keys, tiered
 from cache.memory import MemoryStore
-from cache.protocol import SliceData
-from cache.tiered import OBJECT_PURGE_RECORDS, PURGE_RECORDS, TieredStore
+from cache.protocol import SliceData, Store
+from cache.rawdisk import RawDiskStore
+from cache.tiered import TieredStore
+from settings import RawDiskCacheSettings
 from tests.conftest import Origin, ProxyFactory
+from tests.waiting import wait_for, wait_until_held
 
 SLICE = 64 * 1024
 
@@ -51,38 +55,80 @@ class _SlowL2(MemoryStore):
     def __init__(self) -> None:
         super().__init__(64 * 1024 * 1024)
         self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
 
     async def get_slice(self, key: str) -> SliceData | None:
         data = await super().get_slice(key)
+        self.reading.set()
         await self.gate.wait()
         return data
 
 
-async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice() -> None:
-    l2 = _SlowL2()
+async def _slow_raw_disk(path: Path) -> tuple[RawDiskStore, asyncio.Event, asyncio.Event]:
+    """The real raw-disk store on a temp file, its reads handed back when a gate opens."""
+    store = await RawDiskStore.open(
+        RawDiskCacheSettings(device_path=str(path), total_size=16 * 1024 * 1024)
+    )
+    gate, reading = asyncio.Event(), asyncio.Event()
+    real_get = store.get_slice
+
+    async def get_slice(key: str) -> SliceData | None:
+        data = await real_get(key)  # the real read, checksum and all
+        reading.set()
+        await gate.wait()
+        return data
+
+    store.get_slice = get_slice  # type: ignore[method-assign]
+    return store, gate, reading
+
+
+@pytest.mark.parametrize("tier", ["fake", "rawdisk"])
+async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice(
+    tier: str, tmp_path: Path
+) -> None:
+    l2: Store
+    if tier == "fake":
+        fake = _SlowL2()
+        l2, gate, reading = fake, fake.gate, fake.reading
+    else:
+        l2, gate, reading = await _slow_raw_disk(tmp_path / "l2.bin")
     store = TieredStore(MemoryStore(64 * 1024 * 1024), l2)
     purged = "http://o:80/a.bin"
     key = keys.slice_key(purged, "v1", 0)
-    await l2.put_slice(key, b"old bytes", None)
+    assert await l2.put_slice(key, b"old bytes", None)  # really stored in the tier
     reader = asyncio.create_task(store.get_slice(key))
-    await asyncio.sleep(0.01)  # the L2 read is under way
+    await asyncio.wait_for(reading.wait(), 30)  # the L2 read is under way
     await store.delete(purged)  # PURGE answers 200
     # Unrelated traffic: one write-behind item drains, and the purge record goes with it.
     await store.put_slice(keys.slice_key("http://o:80/b.bin", "v1", 0), b"b", None)
     await store.flush()
-    l2.gate.set()
+    gate.set()
     await reader
     assert await store.get_slice(key) is None  # the purged slice came back into L1
     await store.close()
 
 
-async def test_purge_records_do_not_pile_up_without_l2() -> None:
+async def test_purge_records_do_not_pile_up_without_l2(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small bounds, so that ten times as many purges as are remembered run in milliseconds.
+    monkeypatch.setattr(tiered, "OBJECT_PURGE_RECORDS", 100)
+    monkeypatch.setattr(tiered, "PURGE_RECORDS", 10)
     store = TieredStore(MemoryStore(1024 * 1024), None)
-    for n in range(10_000):
+    before_all = store.epoch
+    for n in range(1_000):
         await store.delete(f"http://o:80/files/{n}.bin")
-    # Purge records are bounded (the oldest are forgotten, conservatively), never unbounded.
-    assert len(store._purges) <= PURGE_RECORDS
-    assert len(store._object_purges) <= OBJECT_PURGE_RECORDS
+        await store.delete_prefix(f"http://o:80/dir{n}/")
+    before_last = store.epoch - 2  # the last object purge and the last prefix purge
+    # Records are bounded: forgetting is what keeps them so, not the container's maxsize.
+    assert len(store._object_purges) == 100
+    assert len(store._purges) == 10
+    # Forgetting is conservative: an operation older than every kept record counts as
+    # purged, whatever its key; a recent one is judged on the kept records, key by key.
+    unrelated = keys.slice_key("http://o:80/other.bin", "v1", 0)
+    assert store.purged_since(before_all, unrelated)
+    assert not store.purged_since(before_last, unrelated)
+    assert store.purged_since(before_last, keys.slice_key("http://o:80/files/999.bin", "v1", 0))
+    assert store.purged_since(before_last, keys.slice_key("http://o:80/dir999/a.bin", "v1", 0))
+    assert not store.purged_since(store.epoch, unrelated)
 
 
 TOKEN = "review-token"
@@ -92,12 +138,16 @@ def _purge(url: str, path: str) -> httpx.Response:
     return httpx.request("PURGE", f"{url}{path}", headers={"authorization": f"Bearer {TOKEN}"})
 
 
-def test_purging_one_object_does_not_stop_caching_of_another(proxy: ProxyFactory) -> None:
-    target = "/files/1m-review-bystander.bin?bandwidth_mbps=0.5"
+def test_purging_one_object_does_not_stop_caching_of_another(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    path = "/files/1m-review-bystander.bin"
+    target = f"{path}?bandwidth_mbps=0.5"  # 2 s of body: the fills outlast the purge
     with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
-            time.sleep(0.25)  # its slices are in flight
+            # Its slices are in flight: the origin has seen a fill after the probe.
+            wait_for(lambda: len(origin.requests_for(path)) >= 2, "a fill after the probe")
             assert _purge(url, "/files/unrelated-review.bin").status_code == 200
             first = download.result()
         assert first.status_code == 200
@@ -110,12 +160,13 @@ def test_purging_one_object_during_anothers_probe_keeps_it_cacheable(
     proxy: ProxyFactory, origin: Origin
 ) -> None:
     path = "/files/100k-review-probe.bin"
-    target = f"{path}?latency_ms=300"
+    target = f"{path}?hold=review-probe"  # the origin holds the probe until released
     with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
-            time.sleep(0.1)  # the probe is out
+            wait_until_held(origin.app, "review-probe")  # the probe is out
             assert _purge(url, "/files/unrelated-review.bin").status_code == 200
+            origin.app.release("review-probe")
             assert download.result().status_code == 200
         before = len(origin.requests_for(path))
         again = httpx.get(f"{url}{target}", timeout=30)
@@ -173,7 +224,7 @@ def test_sliced_fetches_drop_hop_by_hop_fields_and_add_via(proxy: ProxyFactory) 
 
 
 def test_probe_holding_a_pool_connection_while_waiting_for_budget_deadlocks(
-    proxy: ProxyFactory,
+    proxy: ProxyFactory, origin: Origin
 ) -> None:
     # Two cold downloads, one origin connection, a budget of one 4 MiB slice. B's probe
     # takes the connection A's slice 0 just freed and, with more unread body than aiohttp
@@ -192,7 +243,8 @@ def test_probe_holding_a_pool_connection_while_waiting_for_budget_deadlocks(
             a = pool.submit(
                 httpx.get, f"{url}/files/12m-review-deadlock-a.bin?bandwidth_mbps=16", timeout=3
             )
-            time.sleep(0.1)  # A's slice 0 is streaming on the only connection
+            # A's slice 0 is streaming on the only connection.
+            wait_for(lambda: origin.requests_for("/files/12m-review-deadlock-a.bin"), "A's probe")
             b = pool.submit(httpx.get, f"{url}/files/8m-review-deadlock-b.bin", timeout=3)
             try:
                 statuses = (a.result().status_code, b.result().status_code)
@@ -202,17 +254,20 @@ def test_probe_holding_a_pool_connection_while_waiting_for_budget_deadlocks(
 
 
 def test_revalidation_answered_after_a_purge_does_not_restore_the_entry(
-    proxy: ProxyFactory,
+    proxy: ProxyFactory, origin: Origin
 ) -> None:
-    target = "/files/100k-review-reval.bin?latency_ms=300"
+    target = "/files/100k-review-reval.bin?hold=review-reval"
     with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+        origin.app.release("review-reval")
         assert httpx.get(f"{url}{target}").status_code == 200  # stored
+        origin.app.released.discard("review-reval")  # hold the next origin request
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             revalidating = pool.submit(
                 httpx.get, f"{url}{target}", headers={"cache-control": "no-cache"}, timeout=10
             )
-            time.sleep(0.1)  # the conditional probe is out
+            wait_until_held(origin.app, "review-reval")  # the conditional probe is out
             assert _purge(url, target).json()["purged"] >= 1
+            origin.app.release("review-reval")
             assert revalidating.result().status_code == 200
         after = httpx.get(f"{url}{target}", headers={"cache-control": "only-if-cached"})
     # The purge's 200 promised the entry is gone; the 304 that arrived later put the

@@ -15,6 +15,7 @@ from cache.tiered import PURGE_RECORDS, TieredStore
 from settings import Settings
 from tests.conftest import Origin, ProxyFactory
 from tests.servers import run_asgi_in_thread
+from tests.waiting import wait_for, wait_until_held
 
 MiB = 1024 * 1024
 SLICE = 64 * 1024
@@ -63,7 +64,9 @@ def test_a_finished_small_range_does_not_starve_other_clients_of_budget(
         )
         assert small.status_code == 206 and len(small.content) == 100
         try:
-            other = httpx.get(f"{url}/files/100k-review2-bystander.bin", timeout=3)
+            # The orphan fill would hold the budget ~20 s; 10 s tells the two apart on a
+            # loaded machine, where a cold 100 kB fetch still takes well under a second.
+            other = httpx.get(f"{url}/files/100k-review2-bystander.bin", timeout=10)
         except httpx.TimeoutException:
             raise AssertionError(
                 "an unrelated cold request waited for the budget of a finished response's "
@@ -80,15 +83,16 @@ def test_unrelated_invalidations_during_a_probe_do_not_make_it_private(
     # purged: ordinary write traffic (~500 POSTs/s) turns a cold object's probe answer
     # into a private, unstored, uncoalesced one although nothing about it was purged.
     path = "/files/60000-review2-busy.bin"
-    target = f"{path}?latency_ms=12000"  # room for 1,029 POSTs on a loaded machine
+    target = f"{path}?hold=review2-busy"  # the origin answers the probe when released
     with proxy(slice_size=SLICE) as url:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
-            time.sleep(0.2)  # the probe is out
+            download = pool.submit(httpx.get, f"{url}{target}", timeout=60)
+            wait_until_held(origin.app, "review2-busy")  # the probe is out
             with httpx.Client(timeout=5) as client:
                 for n in range(PURGE_RECORDS + 5):
                     assert client.post(f"{url}/echo/review2-api-{n}", content=b"x").is_success
-            assert not download.done(), "the POSTs were too slow to land inside the probe"
+            assert not download.done()  # held: cannot have finished, however slow the POSTs
+            origin.app.release("review2-busy")
             first = download.result()
         again = httpx.get(f"{url}{target}", headers={"cache-control": "only-if-cached"})
     assert first.status_code == 200
@@ -142,7 +146,7 @@ def test_guard_an_orphan_fill_of_a_stalled_origin_ends_at_the_read_timeout(
             timeout=5,
         )
         assert small.status_code == 206 and len(small.content) == 100
-        assert _wait_for_no_bytes_in_flight(url, 3.0) == 0
+        assert _wait_for_no_bytes_in_flight(url, 30.0) == 0
 
 
 def test_guard_budget_returns_to_zero_on_every_probe_outcome(
@@ -173,7 +177,7 @@ def test_guard_budget_returns_to_zero_on_every_probe_outcome(
             pass
         with httpx.stream("GET", f"{url}/files/4m-review2-b9.bin?bandwidth_mbps=1") as r:
             next(r.iter_raw())
-        assert _wait_for_no_bytes_in_flight(url, 3.0) == 0
+        assert _wait_for_no_bytes_in_flight(url, 30.0) == 0
 
 
 def test_guard_exactly_one_date_on_every_response_path(proxy: ProxyFactory) -> None:
@@ -241,12 +245,14 @@ def test_guard_streaming_counts_and_recent_slices_are_dropped_after_every_respon
         slices_per_subrequest=2,
     )
     app = create_app(settings, configure_logs=False)
-    target = "/files/4m-review2-streaming.bin?bandwidth_mbps=2"
+    path = "/files/4m-review2-streaming.bin"
+    target = f"{path}?bandwidth_mbps=2"
     with run_asgi_in_thread(app, proxy_headers=False, date_header=False) as url:
         engine = app.state.runtime.directory.engine
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            whole = pool.submit(httpx.get, f"{url}{target}", timeout=10)
-            time.sleep(0.3)
+            whole = pool.submit(httpx.get, f"{url}{target}", timeout=30)
+            # The first download is under way: its fills have reached the origin.
+            wait_for(lambda: len(origin.requests_for(path)) >= 2, "the first download's fills")
             behind = pool.submit(httpx.get, f"{url}{target}", timeout=10)
             parts = pool.submit(
                 httpx.get, f"{url}{target}", headers={"range": "bytes=0-9,3000000-3000009"}
@@ -255,9 +261,8 @@ def test_guard_streaming_counts_and_recent_slices_are_dropped_after_every_respon
                 next(gone.iter_raw())  # and leaves mid-body
             assert whole.result().status_code == behind.result().status_code == 200
             assert parts.result().status_code == 206
-        time.sleep(0.2)
-        assert engine.streaming == {}
-        assert len(engine.recent) == 0
+        # Every response is done: the maps let go of them (the last ones a moment later).
+        wait_for(lambda: engine.streaming == {} and len(engine.recent) == 0, "maps emptied")
 
 
 def test_guard_only_the_fetching_request_gets_the_origins_set_cookie(

@@ -2,8 +2,9 @@
 
 Usage: python -m tests.rawdisk.crash_writer DEVICE RUN SEED
 
-After each explicit sync it prints ``SYNCED <keys>``: keys whose latest put (and no later
-delete) is covered by that sync, which must therefore survive a kill -9.
+After each explicit sync it prints ``SYNCED <key>@<version>,...``: keys whose latest put
+(and no later delete) is covered by that sync, with that put's version, which must
+therefore survive a kill -9: the key reads back at that version or a later one.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ async def main(device: str, run: int, seed: int) -> None:
         device_path=device, total_size=32 * MiB, block_size=4096, sync_interval=0.02
     )
     store = await RawDiskStore.open(settings)
-    durable: set[str] = set()
-    pending: set[str] = set()
+    durable: dict[str, int] = {}
+    pending: dict[str, int] = {}
     print("READY", flush=True)
     n = 0
     while True:
@@ -33,7 +34,7 @@ async def main(device: str, run: int, seed: int) -> None:
         if roll < 0.75:
             key = f"r{run} k {rng.randrange(200)}"
             if await store.put_slice(key, payload(key, n, rng.randrange(1, 40_000)), None):
-                pending.add(key)
+                pending[key] = n
         elif roll < 0.85:
             # Victim keys: deleted and rewritten freely; only checked for correct bytes.
             key = f"r{run}v {rng.randrange(50)}"
@@ -46,7 +47,7 @@ async def main(device: str, run: int, seed: int) -> None:
             await store.sync()
             durable |= pending
             pending.clear()
-            print("SYNCED " + ",".join(sorted(durable)), flush=True)
+            print("SYNCED " + ",".join(f"{k}@{v}" for k, v in sorted(durable.items())), flush=True)
         else:
             await store.checkpoint()
 

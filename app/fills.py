@@ -169,8 +169,9 @@ class ByteBudget:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(amount)  # granted just as we were cancelled: give it back
-            else:
+            elif (amount, waiter) in self._waiters:
                 self._waiters.remove((amount, waiter))
+            # else: a release already popped the cancelled waiter (granting it nothing)
             raise
 
     def release(self, amount: int) -> None:

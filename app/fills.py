@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import httpx
+
 from cache.protocol import SliceData
 
 
@@ -184,3 +186,34 @@ class ByteBudget:
             if not waiter.done():
                 self.in_use += want
                 waiter.set_result(None)
+
+
+class FetchHold:
+    """What one origin fetch holds: its byte-budget grant and its open origin response.
+
+    The one owner of both. The fetch task uses them; the engine releases them from the
+    task's done-callback, so that they are released whatever the task's fate (finished,
+    failed, cancelled mid-way, or cancelled before its first step). Releasing is
+    idempotent.
+    """
+
+    def __init__(self, budget: ByteBudget, granted: int, response: httpx.Response | None):
+        self.budget = budget
+        self.granted = granted
+        self.response = response
+
+    def release_budget(self) -> None:
+        granted, self.granted = self.granted, 0
+        if granted:
+            self.budget.release(granted)
+
+    async def close(self) -> None:
+        response, self.response = self.response, None
+        if response is not None:
+            await response.aclose()
+
+    def close_soon(self) -> asyncio.Task[None] | None:
+        """Close the response from a synchronous callback; the caller keeps the task."""
+        if self.response is None:
+            return None
+        return asyncio.get_running_loop().create_task(self.close())

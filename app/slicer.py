@@ -24,7 +24,15 @@ import httpx
 from cachetools import LRUCache
 
 from app.context import SliceStats
-from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow, abandon_run
+from app.fills import (
+    ByteBudget,
+    FetchHold,
+    FillAbandoned,
+    SliceClaim,
+    SliceFill,
+    SliceOverflow,
+    abandon_run,
+)
 from app.headers import Headers
 from app.metrics import EngineCounters
 from app.objectmeta import ObjectMeta
@@ -88,6 +96,8 @@ class SliceEngine:
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
+    # Origin responses of ended fetches being closed (a reference keeps the task alive).
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
     # Completed slices of objects that are shared but not stored (too large for the
     # cache), kept only while other responses stream the same object, so that clients a
     # little behind the one that fetched a slice still find it. Sized in __post_init__.
@@ -290,9 +300,13 @@ class SliceEngine:
         their time waiting.
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
+        hold = FetchHold(self.budget, prepaid, response)
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, response, store, prepaid)
+            self._run_fills(fills, target, meta, request_headers, hold, store)
         )
+        # The hold is released here whatever the task's fate: a task cancelled before its
+        # first step never runs its own ``finally``.
+        task.add_done_callback(lambda _: self._run_ended(fills, hold))
         members = tuple(fills)
         for fill in fills:
             fill.run = members
@@ -301,25 +315,35 @@ class SliceEngine:
             self.fills[fill.key] = fill
         return fills
 
+    def _run_ended(self, fills: list[SliceFill], hold: FetchHold) -> None:
+        hold.release_budget()
+        closing = hold.close_soon()
+        if closing is not None:
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        for fill in fills:
+            fill.fail(FillAbandoned(f"fetch of {fill.key!r} ended before the slice did"))
+            fill.run = ()
+            if self.fills.get(fill.key) is fill:
+                del self.fills[fill.key]
+
     async def _run_fills(
         self,
         fills: list[SliceFill],
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
+        hold: FetchHold,
         store: bool,
-        prepaid: int,
     ) -> None:
-        size = prepaid or sum(fill.length for fill in fills)
+        # The budget grant and the response in hand belong to ``hold``, released by
+        # :meth:`_run_ended` once this task is over, however it ended.
         try:
-            if not prepaid:
+            if not hold.granted:
+                size = sum(fill.length for fill in fills)
                 await self.budget.acquire(size)
-            try:
-                await self._fetch_run(fills, target, meta, request_headers, response, store)
-                response = None
-            finally:
-                self.budget.release(size)
+                hold.granted = min(size, self.budget.capacity)
+            await self._fetch_run(fills, target, meta, request_headers, hold, store)
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
@@ -337,12 +361,7 @@ class SliceEngine:
                 fill.fail(error)
             self.counters.error(_error_kind(error))
         finally:
-            if response is not None:
-                await response.aclose()
-            for fill in fills:
-                fill.run = ()
-                if self.fills.get(fill.key) is fill:
-                    del self.fills[fill.key]
+            await hold.close()
 
     def store_epoch(self) -> int:
         """The store's purge epoch now (0 without a store)."""
@@ -411,7 +430,7 @@ class SliceEngine:
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
+        hold: FetchHold,
         store: bool,
     ) -> None:
         # A purge after this instant that covers a slice means its bytes are not stored.
@@ -422,9 +441,10 @@ class SliceEngine:
         while True:
             first = fills[current].first + fills[current].filled  # resume where we stopped
             try:
+                response = hold.response
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
-                    response = await self.upstream.send("GET", target, headers)
+                    response = hold.response = await self.upstream.send("GET", target, headers)
                     self.check_slice_response(response, first, last, meta)
                 async for chunk in response.aiter_raw():
                     self.counters.upstream_bytes += len(chunk)
@@ -454,9 +474,7 @@ class SliceEngine:
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
             finally:
-                if response is not None:
-                    await response.aclose()
-                    response = None
+                await hold.close()
 
     def check_slice_response(
         self, response: httpx.Response, first: int, last: int, meta: ObjectMeta

@@ -1,0 +1,62 @@
+"""Issue 11, the engine under pressure: budgets, held bytes, splices, stalls (real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.conftest import ProxyFactory
+
+KiB = 1024
+MiB = 1024 * KiB
+SLICE = 64 * KiB
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
+        if line.startswith(f"slicecache_{name} ") or line.startswith(f"slicecache_{name}{{"):
+            return float(line.split()[-1])
+    raise AssertionError(f"no slicecache_{name} in /metrics")
+
+
+def _settle(url: str, name: str, seconds: float = 15.0) -> float:
+    """Poll a gauge until it reads 0 or the (generous) deadline passes."""
+    deadline = time.monotonic() + seconds
+    while (value := _metric(url, name)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+async def _cold_round(url: str, tag: str, count: int) -> list[int | str]:
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+
+        async def one(i: int) -> int | str:
+            try:
+                response = await client.get(f"{url}/files/256k-{tag}-{i}.bin")
+            except httpx.HTTPError as error:
+                return type(error).__name__
+            if response.status_code == 200 and len(response.content) != 256 * KiB:
+                return "short"
+            return response.status_code
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def test_budget_returns_to_zero_after_concurrent_cold_gets_under_pressure(
+    proxy: ProxyFactory,
+) -> None:
+    # The issue's repro: a probe's slice-0 fill cancelled (under budget pressure) before its
+    # first step never released its prepaid grant nor closed the probe's origin response.
+    settings = {"slice_size": SLICE, "max_in_flight_bytes": MiB}
+    with proxy(**settings) as url:
+        for round_ in range(2):
+            statuses = asyncio.run(_cold_round(url, f"leak{round_}", 144))
+            assert statuses.count(200) == len(statuses), statuses
+            assert _settle(url, "bytes_in_flight") == 0, f"round {round_}: budget leaked"
+            assert _settle(url, "slices_filling") == 0, f"round {round_}: fills left"
+        # An idle proxy serves a cold object whole.
+        last = httpx.get(f"{url}/files/1m-after-leak.bin", timeout=30)
+        assert last.status_code == 200 and len(last.content) == MiB

@@ -23,6 +23,11 @@ class SliceOverflow(Exception):
     """The origin sent more bytes than the slice holds."""
 
 
+class SliceStalled(httpx.ReadTimeout):
+    """A reader waited longer than it may, in all, for the bytes of one slice (a 504, or an
+    aborted response once bytes were sent)."""
+
+
 class FillAbandoned(Exception):
     """Every reader left before the slice was complete; its fetch was stopped."""
 
@@ -76,8 +81,16 @@ class SliceFill:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def read(self, lo: int, hi: int) -> AsyncIterator[memoryview]:
-        """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails."""
+    async def read(
+        self, lo: int, hi: int, patience: float | None = None
+    ) -> AsyncIterator[memoryview]:
+        """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails.
+
+        ``patience``: seconds this reader may spend waiting for bytes in all (retries of
+        the fetch included), then :class:`SliceStalled`. Time the reader spends elsewhere
+        (sending to its client) does not count.
+        """
+        loop = asyncio.get_running_loop()
         position = lo
         while position < hi:
             if self.filled > position:
@@ -90,7 +103,18 @@ class SliceFill:
                 raise self.error
             if self.done:
                 raise RuntimeError(f"fill of {self.key!r} ended at {self.filled}/{self.length}")
-            await self._progress.wait()
+            if patience is None:
+                await self._progress.wait()
+                continue
+            if patience <= 0:
+                raise SliceStalled(f"no bytes of {self.key!r} in time")
+            started = loop.time()
+            try:
+                async with asyncio.timeout(patience):
+                    await self._progress.wait()
+            except TimeoutError:
+                raise SliceStalled(f"no bytes of {self.key!r} in time") from None
+            patience -= loop.time() - started
 
 
 @dataclass(slots=True)
@@ -101,12 +125,14 @@ class SliceClaim:
     fill: SliceFill | None = None
     released: bool = False
 
-    async def read(self, lo: int, hi: int) -> AsyncIterator[SliceData]:
+    async def read(
+        self, lo: int, hi: int, patience: float | None = None
+    ) -> AsyncIterator[SliceData]:
         if self.data is not None:
             yield memoryview(self.data)[lo:hi]
             return
         assert self.fill is not None
-        async for piece in self.fill.read(lo, hi):
+        async for piece in self.fill.read(lo, hi, patience):
             yield piece
 
     def release(self, *, abandon: bool) -> None:

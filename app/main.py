@@ -270,6 +270,7 @@ def create_app(
                 lookahead=settings.max_concurrent_subrequests,
                 run_length=settings.slices_per_subrequest,
                 max_retries=settings.max_retries,
+                slice_wait_timeout=settings.slice_wait_timeout,
                 budget=ByteBudget(settings.max_in_flight_bytes),
                 counters=runtime.metrics.counters,
             )

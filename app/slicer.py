@@ -93,6 +93,9 @@ class SliceEngine:
     budget: ByteBudget
     # Consecutive missing slices fetched by one Range request.
     run_length: int = 1
+    # Seconds a client may wait in all for the bytes of one slice, every retry included
+    # (None: unbounded). Without it a stalled slice cost (1 + max_retries) read timeouts.
+    slice_wait_timeout: float | None = None
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
@@ -185,7 +188,7 @@ class SliceEngine:
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 done = False
                 try:
-                    async for piece in claim.read(lo, hi):
+                    async for piece in claim.read(lo, hi, self.slice_wait_timeout):
                         yield piece
                     done = True
                 finally:

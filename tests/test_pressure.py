@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.conftest import ProxyFactory
+from tests.conftest import Origin, ProxyFactory
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -60,3 +60,28 @@ def test_budget_returns_to_zero_after_concurrent_cold_gets_under_pressure(
         # An idle proxy serves a cold object whole.
         last = httpx.get(f"{url}/files/1m-after-leak.bin", timeout=30)
         assert last.status_code == 200 and len(last.content) == MiB
+
+
+def test_a_stalled_slice_cuts_the_client_off_before_every_retry_has_timed_out(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    # The origin sends headers, then nothing. Each attempt costs READ_TIMEOUT; without a
+    # bound on the whole wait, the client waited (1 + MAX_RETRIES) of them. Measured in
+    # origin attempts, not seconds: the client is answered while retries remain.
+    name = "300k-stalled-slice.bin"
+    origin.app.set_fault(name, "hang")
+    retries = 6
+    settings = {
+        "slice_size": SLICE,
+        "read_timeout": 1.0,
+        "max_retries": retries,
+        "slice_wait_timeout": 1.0,
+    }
+    try:
+        with proxy(**settings) as url:
+            response = httpx.get(f"{url}/files/{name}", timeout=60)
+            attempts = len(origin.requests_for(f"/files/{name}"))
+    finally:
+        origin.app.set_fault(name, "")
+    assert response.status_code == 504, response.status_code
+    assert attempts < 1 + retries, f"the client waited through {attempts} origin attempts"

@@ -406,8 +406,8 @@ class ObjectDirectory:
         if decision.store and self._too_large(size):
             # It would only evict itself (and everything else) on the way through.
             decision = dataclasses.replace(decision, store=False, reason="too-large")
-        if shareable and meta.validator is None and size > engine.slice_size:
-            # Without a validator two versions could be spliced: relay, never slice.
+        if not meta.pins_version and size > engine.slice_size:
+            # Without a strong validator two versions could be spliced: never sliced.
             if in_hand is not None:
                 await in_hand.aclose()
             return Forward("no validator to pin the object's version")

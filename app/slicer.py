@@ -441,8 +441,17 @@ class SliceEngine:
         attempt = 0
         current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
+        pinned = meta.pins_version
         while True:
-            first = fills[current].first + fills[current].filled  # resume where we stopped
+            fill = fills[current]
+            if pinned:
+                first = fill.first + fill.filled  # resume where we stopped
+                recheck = 0
+            else:
+                # Nothing pins the version: the slice is read again from its first byte and
+                # the bytes already received must come back identical.
+                first = fill.first
+                recheck = fill.filled
             try:
                 response = hold.response
                 if response is None:
@@ -452,6 +461,14 @@ class SliceEngine:
                 async for chunk in response.aiter_raw():
                     self.counters.upstream_bytes += len(chunk)
                     view = memoryview(chunk)
+                    if recheck:
+                        fill = fills[current]
+                        count = min(recheck, len(view))
+                        offset = fill.filled - recheck
+                        if memoryview(fill.buffer)[offset : offset + count] != view[:count]:
+                            raise ObjectChanged("an unvalidated object changed during a retry")
+                        recheck -= count
+                        view = view[count:]
                     while view:
                         fill = fills[current]
                         room = fill.length - fill.filled

@@ -280,6 +280,7 @@ def create_app(
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget
+            engine.on_unsliceable = runtime.directory.mark_unsliceable
             store = runtime.store
             runtime.metrics.slice_hits = lambda: {
                 "hit_l1": float(store.counters["slice_hits_l1"]),

@@ -96,6 +96,8 @@ class SliceEngine:
     # Seconds a client may wait in all for the bytes of one slice, every retry included
     # (None: unbounded). Without it a stalled slice cost (1 + max_retries) read timeouts.
     slice_wait_timeout: float | None = None
+    # Called with the object key when the origin answered a slice's Range with a 200.
+    on_unsliceable: Callable[[str], None] | None = None
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
@@ -454,13 +456,24 @@ class SliceEngine:
                 recheck = fill.filled
             try:
                 response = hold.response
+                skip = 0  # bytes before ``first`` in an answer that ignored the Range
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
                     response = hold.response = await self.upstream.send("GET", target, headers)
-                    self.check_slice_response(response, first, last, meta)
+                    skip = self.check_slice_response(response, first, last, meta)
+                    if skip or (response.status_code == 200 and not meta.whole):
+                        self._ranges_ignored(fills[0].key)
+                wanted = last - first + 1  # what this answer may still give us
                 async for chunk in response.aiter_raw():
                     self.counters.upstream_bytes += len(chunk)
                     view = memoryview(chunk)
+                    if skip:
+                        count = min(skip, len(view))
+                        skip -= count
+                        view = view[count:]
+                    if response.status_code == 200 and len(view) > wanted:
+                        view = view[:wanted]  # a whole body: the bytes after ours are not ours
+                    wanted -= len(view)
                     if recheck:
                         fill = fills[current]
                         count = min(recheck, len(view))
@@ -480,6 +493,8 @@ class SliceEngine:
                             fill.finish()
                             await self._keep(fill, store, epoch)
                             current = min(current + 1, len(fills) - 1)
+                    if fills[-1].done and response.status_code == 200:
+                        break
                 if not fills[-1].done:
                     got = sum(fill.filled for fill in fills)
                     total = sum(fill.length for fill in fills)
@@ -498,11 +513,21 @@ class SliceEngine:
 
     def check_slice_response(
         self, response: httpx.Response, first: int, last: int, meta: ObjectMeta
-    ) -> None:
-        """A slice answer is used only if it is exactly the bytes asked, of the same version."""
+    ) -> int:
+        """A slice answer is used only if it is exactly the bytes asked, of the same version.
+
+        Returns how many leading bytes of the answer come before ``first`` (a 200 that
+        ignored the Range) and are skipped.
+        """
         status = response.status_code
         if status == 200 and meta.whole and first == 0:
-            return self._check_whole(response, meta)
+            self._check_whole(response, meta)
+            return 0
+        if status == 200 and not meta.whole:
+            # The origin ignored the Range (after honouring the first one): the whole body
+            # of the same version serves, read from ``first`` on.
+            self._check_whole(response, meta)
+            return first
         if status in (412, 416):
             raise ObjectChanged(f"origin answered {status} for a slice of a known object")
         if status >= 500:
@@ -529,16 +554,25 @@ class SliceEngine:
         length = headers.get("content-length")
         if length is not None and length.strip() != str(last - first + 1):
             raise SliceError(f"Content-Length {length} for {last - first + 1} B", retryable=False)
+        return 0
 
     def _check_whole(self, response: httpx.Response, meta: ObjectMeta) -> None:
-        """A one-slice object from an origin without ranges comes back as a 200."""
+        """A 200 for a slice: the whole object, which must be the same version and size."""
         headers = response.headers
         if meta.validator is not None and (
             headers.get("etag") != meta.etag or headers.get("last-modified") != meta.last_modified
         ):
             raise ObjectChanged("validator changed")
-        if headers.get("content-length") != str(meta.size):
+        length = headers.get("content-length")
+        if length is not None and length.strip() != str(meta.size):
             raise ObjectChanged("size changed")
+        if length is None and not meta.whole:
+            raise SliceError("a 200 without a Content-Length for a slice", retryable=True)
+
+    def _ranges_ignored(self, slice_key: str) -> None:
+        """New requests for the object pass through whole; running ones read this 200."""
+        if self.on_unsliceable is not None:
+            self.on_unsliceable(slice_key.split(keys.SEPARATOR, 1)[0])
 
     async def close(self) -> None:
         for fill in list(self.fills.values()):

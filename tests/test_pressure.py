@@ -166,3 +166,45 @@ def test_a_same_second_last_modified_does_not_pin_a_version(proxy: ProxyFactory)
     for response in (first, second):
         if response is not None and response.status_code == 200:
             assert response.content in flipping.versions, "two versions spliced into one body"
+
+
+class RangeForgettingOrigin:
+    """Honours the first Range request of its object, then answers every one with a 200."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.body = bytes((i * 13 + 5) % 251 for i in range(size))
+        self.requests = 0
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        self.requests += 1
+        headers = [(b"etag", b'"forgetful-1"'), (b"content-type", b"application/octet-stream")]
+        request_headers = dict(scope["headers"])
+        first, last, status = 0, self.size - 1, 200
+        if b"range" in request_headers and self.requests == 1:
+            spec = request_headers[b"range"].decode().split("=", 1)[1]
+            lo, _, hi = spec.partition("-")
+            first, last = int(lo), min(int(hi), self.size - 1)
+            status = 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{self.size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": self.body[first : last + 1]})  # type: ignore[operator]
+
+
+def test_an_origin_that_stops_honouring_ranges_does_not_break_downloads(
+    proxy: ProxyFactory,
+) -> None:
+    forgetful = RangeForgettingOrigin(10 * SLICE + 123)
+    with run_asgi_in_thread(forgetful) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            first = httpx.get(f"{url}/object.bin", timeout=30)
+            second = httpx.get(f"{url}/object.bin", timeout=30)
+            ranged = httpx.get(f"{url}/object.bin", headers={"range": "bytes=70000-"})
+    assert first.status_code == 200 and first.content == forgetful.body
+    assert second.status_code == 200 and second.content == forgetful.body
+    assert ranged.status_code in (200, 206)
+    expected = forgetful.body if ranged.status_code == 200 else forgetful.body[70000:]
+    assert ranged.content == expected

@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     max_retries: int = Field(
         default=3, ge=0, le=10, description="Retries of a slice fetch on connect errors, 5xx."
     )
+    slice_wait_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client may wait in all for the bytes of one slice, every "
+        "retry included; then 504 (or an aborted response once bytes were sent).",
+    )
     slice_patterns: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Regexes (JSON list or comma-separated) of paths to slice; empty = all.",

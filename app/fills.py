@@ -14,11 +14,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import httpx
+
 from cache.protocol import SliceData
 
 
 class SliceOverflow(Exception):
     """The origin sent more bytes than the slice holds."""
+
+
+class SliceStalled(httpx.ReadTimeout):
+    """A reader waited longer than it may, in all, for the bytes of one slice (a 504, or an
+    aborted response once bytes were sent)."""
 
 
 class FillAbandoned(Exception):
@@ -74,8 +81,16 @@ class SliceFill:
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def read(self, lo: int, hi: int) -> AsyncIterator[memoryview]:
-        """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails."""
+    async def read(
+        self, lo: int, hi: int, patience: float | None = None
+    ) -> AsyncIterator[memoryview]:
+        """Bytes ``lo..hi-1`` of the slice as they arrive; raises the fill's error if it fails.
+
+        ``patience``: seconds this reader may spend waiting for bytes in all (retries of
+        the fetch included), then :class:`SliceStalled`. Time the reader spends elsewhere
+        (sending to its client) does not count.
+        """
+        loop = asyncio.get_running_loop()
         position = lo
         while position < hi:
             if self.filled > position:
@@ -88,7 +103,18 @@ class SliceFill:
                 raise self.error
             if self.done:
                 raise RuntimeError(f"fill of {self.key!r} ended at {self.filled}/{self.length}")
-            await self._progress.wait()
+            if patience is None:
+                await self._progress.wait()
+                continue
+            if patience <= 0:
+                raise SliceStalled(f"no bytes of {self.key!r} in time")
+            started = loop.time()
+            try:
+                async with asyncio.timeout(patience):
+                    await self._progress.wait()
+            except TimeoutError:
+                raise SliceStalled(f"no bytes of {self.key!r} in time") from None
+            patience -= loop.time() - started
 
 
 @dataclass(slots=True)
@@ -99,12 +125,14 @@ class SliceClaim:
     fill: SliceFill | None = None
     released: bool = False
 
-    async def read(self, lo: int, hi: int) -> AsyncIterator[SliceData]:
+    async def read(
+        self, lo: int, hi: int, patience: float | None = None
+    ) -> AsyncIterator[SliceData]:
         if self.data is not None:
             yield memoryview(self.data)[lo:hi]
             return
         assert self.fill is not None
-        async for piece in self.fill.read(lo, hi):
+        async for piece in self.fill.read(lo, hi, patience):
             yield piece
 
     def release(self, *, abandon: bool) -> None:
@@ -169,8 +197,9 @@ class ByteBudget:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release(amount)  # granted just as we were cancelled: give it back
-            else:
+            elif (amount, waiter) in self._waiters:
                 self._waiters.remove((amount, waiter))
+            # else: a release already popped the cancelled waiter (granting it nothing)
             raise
 
     def release(self, amount: int) -> None:
@@ -183,3 +212,34 @@ class ByteBudget:
             if not waiter.done():
                 self.in_use += want
                 waiter.set_result(None)
+
+
+class FetchHold:
+    """What one origin fetch holds: its byte-budget grant and its open origin response.
+
+    The one owner of both. The fetch task uses them; the engine releases them from the
+    task's done-callback, so that they are released whatever the task's fate (finished,
+    failed, cancelled mid-way, or cancelled before its first step). Releasing is
+    idempotent.
+    """
+
+    def __init__(self, budget: ByteBudget, granted: int, response: httpx.Response | None):
+        self.budget = budget
+        self.granted = granted
+        self.response = response
+
+    def release_budget(self) -> None:
+        granted, self.granted = self.granted, 0
+        if granted:
+            self.budget.release(granted)
+
+    async def close(self) -> None:
+        response, self.response = self.response, None
+        if response is not None:
+            await response.aclose()
+
+    def close_soon(self) -> asyncio.Task[None] | None:
+        """Close the response from a synchronous callback; the caller keeps the task."""
+        if self.response is None:
+            return None
+        return asyncio.get_running_loop().create_task(self.close())

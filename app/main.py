@@ -325,6 +325,7 @@ def create_app(
                 lookahead=settings.max_concurrent_subrequests,
                 run_length=settings.slices_per_subrequest,
                 max_retries=settings.max_retries,
+                slice_wait_timeout=settings.slice_wait_timeout,
                 budget=ByteBudget(settings.max_in_flight_bytes),
                 counters=runtime.metrics.counters,
             )
@@ -334,6 +335,7 @@ def create_app(
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget
+            engine.on_unsliceable = runtime.directory.mark_unsliceable
             store = runtime.store
             runtime.metrics.slice_hits = lambda: {
                 "hit_l1": float(store.counters["slice_hits_l1"]),

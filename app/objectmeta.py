@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from app.httpcache.dates import parse_http_date
 from cache.keys import version_tag
 
 # Fields a stored response does not keep: they describe one message, not the object, or
@@ -34,6 +35,24 @@ class ObjectMeta:
         if self.last_modified:
             return f"lm:{self.last_modified}:{self.size}"
         return None
+
+    @property
+    def pins_version(self) -> bool:
+        """May bytes of two separate origin answers be joined as one version?
+
+        Only under a strong validator: a strong ETag, or a Last-Modified at least one
+        second older than the response's Date (RFC 9110 8.8.2.2; a same-second date is
+        weak: two versions may share it). Otherwise an object is not sliced across origin
+        requests, and a retry re-reads its slice from the first byte.
+        """
+        if self.etag and not self.etag.startswith("W/"):
+            return True
+        if not self.last_modified:
+            return False
+        modified = parse_http_date(self.last_modified)
+        date = self.header("date")
+        sent = parse_http_date(date) if date is not None else None
+        return modified is not None and sent is not None and sent - modified >= 1
 
     @property
     def version(self) -> str:

@@ -207,6 +207,11 @@ class ObjectDirectory:
         self._unsliceable.pop(object_key, None)
         return await self.store.delete(object_key) if self.store is not None else 0
 
+    def mark_unsliceable(self, object_key: str) -> None:
+        """The origin answered a slice's Range with a 200: pass the object through for a
+        while (the engine reads running responses' slices out of that 200)."""
+        self._unsliceable[object_key] = time.time() + UNSLICEABLE_MEMORY_SECONDS
+
     async def forget_prefix(self, prefix: str) -> int:
         for cache in (self._metas, self._unstored, self.engine.recent):
             for key in [k for k in cache if k.startswith(prefix)]:
@@ -406,8 +411,8 @@ class ObjectDirectory:
         if decision.store and self._too_large(size):
             # It would only evict itself (and everything else) on the way through.
             decision = dataclasses.replace(decision, store=False, reason="too-large")
-        if shareable and meta.validator is None and size > engine.slice_size:
-            # Without a validator two versions could be spliced: relay, never slice.
+        if not meta.pins_version and size > engine.slice_size:
+            # Without a strong validator two versions could be spliced: never sliced.
             if in_hand is not None:
                 await in_hand.aclose()
             return Forward("no validator to pin the object's version")

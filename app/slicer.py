@@ -24,7 +24,15 @@ import httpx
 from cachetools import LRUCache
 
 from app.context import SliceStats
-from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow, abandon_run
+from app.fills import (
+    ByteBudget,
+    FetchHold,
+    FillAbandoned,
+    SliceClaim,
+    SliceFill,
+    SliceOverflow,
+    abandon_run,
+)
 from app.headers import Headers
 from app.metrics import EngineCounters
 from app.objectmeta import ObjectMeta
@@ -85,9 +93,16 @@ class SliceEngine:
     budget: ByteBudget
     # Consecutive missing slices fetched by one Range request.
     run_length: int = 1
+    # Seconds a client may wait in all for the bytes of one slice, every retry included
+    # (None: unbounded). Without it a stalled slice cost (1 + max_retries) read timeouts.
+    slice_wait_timeout: float | None = None
+    # Called with the object key when the origin answered a slice's Range with a 200.
+    on_unsliceable: Callable[[str], None] | None = None
     # Called with the object key when the origin's object changed under a fill.
     on_object_changed: Callable[[str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
+    # Origin responses of ended fetches being closed (a reference keeps the task alive).
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
     # Completed slices of objects that are shared but not stored (too large for the
     # cache), kept only while other responses stream the same object, so that clients a
     # little behind the one that fetched a slice still find it. Sized in __post_init__.
@@ -175,7 +190,7 @@ class SliceEngine:
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 done = False
                 try:
-                    async for piece in claim.read(lo, hi):
+                    async for piece in claim.read(lo, hi, self.slice_wait_timeout):
                         yield piece
                     done = True
                 finally:
@@ -290,9 +305,13 @@ class SliceEngine:
         their time waiting.
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
+        hold = FetchHold(self.budget, prepaid, response)
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, response, store, prepaid)
+            self._run_fills(fills, target, meta, request_headers, hold, store)
         )
+        # The hold is released here whatever the task's fate: a task cancelled before its
+        # first step never runs its own ``finally``.
+        task.add_done_callback(lambda _: self._run_ended(fills, hold))
         members = tuple(fills)
         for fill in fills:
             fill.run = members
@@ -301,25 +320,35 @@ class SliceEngine:
             self.fills[fill.key] = fill
         return fills
 
+    def _run_ended(self, fills: list[SliceFill], hold: FetchHold) -> None:
+        hold.release_budget()
+        closing = hold.close_soon()
+        if closing is not None:
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        for fill in fills:
+            fill.fail(FillAbandoned(f"fetch of {fill.key!r} ended before the slice did"))
+            fill.run = ()
+            if self.fills.get(fill.key) is fill:
+                del self.fills[fill.key]
+
     async def _run_fills(
         self,
         fills: list[SliceFill],
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
+        hold: FetchHold,
         store: bool,
-        prepaid: int,
     ) -> None:
-        size = prepaid or sum(fill.length for fill in fills)
+        # The budget grant and the response in hand belong to ``hold``, released by
+        # :meth:`_run_ended` once this task is over, however it ended.
         try:
-            if not prepaid:
+            if not hold.granted:
+                size = sum(fill.length for fill in fills)
                 await self.budget.acquire(size)
-            try:
-                await self._fetch_run(fills, target, meta, request_headers, response, store)
-                response = None
-            finally:
-                self.budget.release(size)
+                hold.granted = min(size, self.budget.capacity)
+            await self._fetch_run(fills, target, meta, request_headers, hold, store)
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
@@ -337,12 +366,7 @@ class SliceEngine:
                 fill.fail(error)
             self.counters.error(_error_kind(error))
         finally:
-            if response is not None:
-                await response.aclose()
-            for fill in fills:
-                fill.run = ()
-                if self.fills.get(fill.key) is fill:
-                    del self.fills[fill.key]
+            await hold.close()
 
     def store_epoch(self) -> int:
         """The store's purge epoch now (0 without a store)."""
@@ -411,7 +435,7 @@ class SliceEngine:
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
+        hold: FetchHold,
         store: bool,
     ) -> None:
         # A purge after this instant that covers a slice means its bytes are not stored.
@@ -419,16 +443,45 @@ class SliceEngine:
         attempt = 0
         current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
+        pinned = meta.pins_version
         while True:
-            first = fills[current].first + fills[current].filled  # resume where we stopped
+            fill = fills[current]
+            if pinned:
+                first = fill.first + fill.filled  # resume where we stopped
+                recheck = 0
+            else:
+                # Nothing pins the version: the slice is read again from its first byte and
+                # the bytes already received must come back identical.
+                first = fill.first
+                recheck = fill.filled
             try:
+                response = hold.response
+                skip = 0  # bytes before ``first`` in an answer that ignored the Range
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
-                    response = await self.upstream.send("GET", target, headers)
-                    self.check_slice_response(response, first, last, meta)
+                    response = hold.response = await self.upstream.send("GET", target, headers)
+                    skip = self.check_slice_response(response, first, last, meta)
+                    if skip or (response.status_code == 200 and not meta.whole):
+                        self._ranges_ignored(fills[0].key)
+                wanted = last - first + 1  # what this answer may still give us
                 async for chunk in response.aiter_raw():
                     self.counters.upstream_bytes += len(chunk)
                     view = memoryview(chunk)
+                    if skip:
+                        count = min(skip, len(view))
+                        skip -= count
+                        view = view[count:]
+                    if response.status_code == 200 and len(view) > wanted:
+                        view = view[:wanted]  # a whole body: the bytes after ours are not ours
+                    wanted -= len(view)
+                    if recheck:
+                        fill = fills[current]
+                        count = min(recheck, len(view))
+                        offset = fill.filled - recheck
+                        if memoryview(fill.buffer)[offset : offset + count] != view[:count]:
+                            raise ObjectChanged("an unvalidated object changed during a retry")
+                        recheck -= count
+                        view = view[count:]
                     while view:
                         fill = fills[current]
                         room = fill.length - fill.filled
@@ -440,6 +493,8 @@ class SliceEngine:
                             fill.finish()
                             await self._keep(fill, store, epoch)
                             current = min(current + 1, len(fills) - 1)
+                    if fills[-1].done and response.status_code == 200:
+                        break
                 if not fills[-1].done:
                     got = sum(fill.filled for fill in fills)
                     total = sum(fill.length for fill in fills)
@@ -454,17 +509,25 @@ class SliceEngine:
                 delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
             finally:
-                if response is not None:
-                    await response.aclose()
-                    response = None
+                await hold.close()
 
     def check_slice_response(
         self, response: httpx.Response, first: int, last: int, meta: ObjectMeta
-    ) -> None:
-        """A slice answer is used only if it is exactly the bytes asked, of the same version."""
+    ) -> int:
+        """A slice answer is used only if it is exactly the bytes asked, of the same version.
+
+        Returns how many leading bytes of the answer come before ``first`` (a 200 that
+        ignored the Range) and are skipped.
+        """
         status = response.status_code
         if status == 200 and meta.whole and first == 0:
-            return self._check_whole(response, meta)
+            self._check_whole(response, meta)
+            return 0
+        if status == 200 and not meta.whole:
+            # The origin ignored the Range (after honouring the first one): the whole body
+            # of the same version serves, read from ``first`` on.
+            self._check_whole(response, meta)
+            return first
         if status in (412, 416):
             raise ObjectChanged(f"origin answered {status} for a slice of a known object")
         if status >= 500:
@@ -491,16 +554,25 @@ class SliceEngine:
         length = headers.get("content-length")
         if length is not None and length.strip() != str(last - first + 1):
             raise SliceError(f"Content-Length {length} for {last - first + 1} B", retryable=False)
+        return 0
 
     def _check_whole(self, response: httpx.Response, meta: ObjectMeta) -> None:
-        """A one-slice object from an origin without ranges comes back as a 200."""
+        """A 200 for a slice: the whole object, which must be the same version and size."""
         headers = response.headers
         if meta.validator is not None and (
             headers.get("etag") != meta.etag or headers.get("last-modified") != meta.last_modified
         ):
             raise ObjectChanged("validator changed")
-        if headers.get("content-length") != str(meta.size):
+        length = headers.get("content-length")
+        if length is not None and length.strip() != str(meta.size):
             raise ObjectChanged("size changed")
+        if length is None and not meta.whole:
+            raise SliceError("a 200 without a Content-Length for a slice", retryable=True)
+
+    def _ranges_ignored(self, slice_key: str) -> None:
+        """New requests for the object pass through whole; running ones read this 200."""
+        if self.on_unsliceable is not None:
+            self.on_unsliceable(slice_key.split(keys.SEPARATOR, 1)[0])
 
     async def close(self) -> None:
         for fill in list(self.fills.values()):

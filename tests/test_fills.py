@@ -117,3 +117,19 @@ async def test_cancelled_budget_waiter_gives_nothing_away() -> None:
     assert budget.in_use == 0
     await budget.acquire(1000)  # bigger than the budget: runs alone
     assert budget.in_use == 10
+
+
+async def test_a_waiter_cancelled_then_granted_away_raises_cancelled_not_valueerror() -> None:
+    # The waiter's future is cancelled, then a release pops it from the queue before its
+    # task resumes: acquire() must still end with CancelledError (a 504), not ValueError.
+    budget = ByteBudget(10)
+    await budget.acquire(10)
+    waiter = asyncio.create_task(budget.acquire(5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    budget.release(10)  # pops the cancelled waiter before its task runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.in_use == 0
+    await budget.acquire(10)
+    assert budget.in_use == 10

@@ -1,0 +1,160 @@
+"""Issue 11 (items 4, 5, 9, 10, 11): shared fills, purge epochs, L2 backpressure,
+qualified private/no-cache, and the event-loop cost of X-Cache-Slices and invalidation.
+
+Most tests run the real proxy in front of :class:`TinyOrigin`, a small ASGI origin whose
+answers each test shapes (headers, refusals, delays), and which records what it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.httpserver import HttpProtocol
+from app.main import create_app
+from settings import Settings
+from tests.servers import run_asgi_in_thread
+
+KiB = 1024
+MiB = 1024 * KiB
+SLICE = 64 * KiB
+
+Headers = list[tuple[str, str]]
+
+
+def _body(size: int, seed: int = 1) -> bytes:
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{block}".encode()).digest()
+        block += 1
+    return bytes(out[:size])
+
+
+class TinyOrigin:
+    """One object per path, Range-capable; ``refuse``/``headers_for`` shape each answer."""
+
+    def __init__(self) -> None:
+        self.bodies: dict[str, bytes] = {}
+        self.headers: dict[str, Headers] = {}  # extra response headers per path
+        self.not_modified: dict[str, Headers] = {}  # a 304's headers, per path
+        self.etag: dict[str, str] = {}
+        self.delay: dict[str, float] = {}  # seconds before answering a range past slice 0
+        # (request headers, first byte) -> a status to refuse with, or None
+        self.refuse: Callable[[dict[str, str], int], int | None] = lambda h, f: None
+        # (request headers, path) -> an ETag override (a per-client representation)
+        self.etag_for: Callable[[dict[str, str], str], str | None] = lambda h, p: None
+        self.log: list[tuple[str, dict[str, str]]] = []
+
+    def add(self, path: str, size: int, headers: Headers | None = None, etag: str = "") -> bytes:
+        body = _body(size, seed=len(self.bodies) + size)
+        self.bodies[path] = body
+        self.headers[path] = headers or []
+        self.etag[path] = etag or f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        return body
+
+    def requests(self, path: str) -> list[dict[str, str]]:
+        return [h for p, h in self.log if p == path]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        self.log.append((path, headers))
+        body = self.bodies.get(path)
+        if body is None:
+            await self._send(send, 404, [], b"")
+            return
+        etag = self.etag_for(headers, path) or self.etag[path]
+        extra = [("etag", etag), ("accept-ranges", "bytes"), *self.headers[path]]
+        if headers.get("if-none-match") == etag:
+            await self._send(send, 304, [("etag", etag), *self.not_modified.get(path, [])], b"")
+            return
+        first, last = 0, len(body) - 1
+        status = 200
+        spec = headers.get("range", "")
+        if spec.startswith("bytes="):
+            lo, _, hi = spec[6:].partition("-")
+            first, last = int(lo), min(int(hi or last), len(body) - 1)
+            status = 206
+            extra.append(("content-range", f"bytes {first}-{last}/{len(body)}"))
+        refused = self.refuse(headers, first)
+        if refused is not None:
+            await self._send(send, refused, [], b"refused")
+            return
+        if first > 0 and self.delay.get(path):
+            await asyncio.sleep(self.delay[path])
+        await self._send(send, status, extra, body[first : last + 1])
+
+    @staticmethod
+    async def _send(send: Any, status: int, headers: Headers, body: bytes) -> None:
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def tiny_setup(**overrides: Any) -> Iterator[tuple[TinyOrigin, str]]:
+    origin = TinyOrigin()
+    with run_asgi_in_thread(origin) as origin_url:
+        overrides.setdefault("upstream_address", origin_url)
+        overrides.setdefault("slice_size", SLICE)
+        app = create_app(Settings(**overrides), configure_logs=False)
+        with run_asgi_in_thread(
+            app, proxy_headers=False, date_header=False, http=HttpProtocol
+        ) as url:
+            yield origin, url
+
+
+def _l2(tmp_path: Path, size: int = 64 * MiB) -> dict[str, Any]:
+    return {
+        "enable_l2_cache": True,
+        "raw_disk_cache": {"device_path": str(tmp_path / "l2.bin"), "total_size": size},
+    }
+
+
+# --- item 10: qualified private / no-cache, and a 304 that changes storability ------------
+
+
+def test_fields_named_by_qualified_private_and_no_cache_are_not_shared() -> None:
+    cc = 'max-age=600, private="X-User-Token", no-cache="X-Session-Hint"'
+    with tiny_setup() as (origin, url):
+        origin.add(
+            "/small.bin",
+            1000,
+            [("cache-control", cc), ("x-user-token", "alice"), ("x-session-hint", "a")],
+        )
+        origin.add(
+            "/big.bin",
+            3 * SLICE,
+            [("cache-control", cc), ("x-user-token", "alice"), ("x-session-hint", "a")],
+        )
+        for path in ("/small.bin", "/big.bin"):
+            first = httpx.get(f"{url}{path}")
+            second = httpx.get(f"{url}{path}")
+            assert first.status_code == second.status_code == 200
+            assert second.headers["x-cache"] == "HIT", path
+            # The response that fetched it may carry them; a stored copy never does.
+            assert "x-user-token" not in second.headers, path
+            assert "x-session-hint" not in second.headers, path
+            assert first.headers.get("x-user-token") == "alice", path
+
+
+def test_a_304_that_makes_the_stored_response_private_is_not_kept_shared() -> None:
+    with tiny_setup() as (origin, url):
+        body = origin.add("/turns-private.bin", 3 * SLICE, [("cache-control", "max-age=0")])
+        first = httpx.get(f"{url}/turns-private.bin")
+        assert first.status_code == 200 and first.content == body
+        origin.not_modified["/turns-private.bin"] = [("cache-control", "private, max-age=600")]
+        revalidated = httpx.get(f"{url}/turns-private.bin")
+        assert revalidated.status_code == 200 and revalidated.content == body
+        after = httpx.get(f"{url}/turns-private.bin", headers={"cache-control": "only-if-cached"})
+        assert after.status_code == 504, "a response the origin made private is still shared"

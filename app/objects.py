@@ -22,7 +22,7 @@ import httpx
 from cachetools import LRUCache
 
 from app.fills import SliceFill
-from app.headers import Headers, decode_raw, end_to_end, get
+from app.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
 from app.httpcache.cache_status import CacheStatus
 from app.httpcache.conditional import (
     merge_304_headers,
@@ -445,7 +445,10 @@ class ObjectDirectory:
                 (0, min(engine.slice_size, size) - 1),
                 target,
                 meta,
-                request.origin_headers,
+                # Its retries are shared fetches: they carry nothing of this client's.
+                shared_fill_headers(request.origin_headers, meta.vary)
+                if shareable
+                else request.origin_headers,
                 in_hand,
                 store=decision.store,
                 prepaid=engine.slice_size,

@@ -8,7 +8,9 @@ answers each test shapes (headers, refusals, delays), and which records what it 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,12 +87,12 @@ class TinyOrigin:
             first, last = int(lo), min(int(hi or last), len(body) - 1)
             status = 206
             extra.append(("content-range", f"bytes {first}-{last}/{len(body)}"))
+        if first > 0 and self.delay.get(path):
+            await asyncio.sleep(self.delay[path])
         refused = self.refuse(headers, first)
         if refused is not None:
             await self._send(send, refused, [], b"refused")
             return
-        if first > 0 and self.delay.get(path):
-            await asyncio.sleep(self.delay[path])
         await self._send(send, status, extra, body[first : last + 1])
 
     @staticmethod
@@ -158,3 +160,57 @@ def test_a_304_that_makes_the_stored_response_private_is_not_kept_shared() -> No
         assert revalidated.status_code == 200 and revalidated.content == body
         after = httpx.get(f"{url}/turns-private.bin", headers={"cache-control": "only-if-cached"})
         assert after.status_code == 504, "a response the origin made private is still shared"
+
+
+# --- item 4: shared fills carry no client's headers -------------------------------------
+
+CLIENT_FIELDS = ("cookie", "authorization", "x-forwarded-for", "x-user-id")
+
+
+def _download(url: str, headers: dict[str, str]) -> tuple[int, bytes | None]:
+    try:
+        response = httpx.get(url, headers=headers, timeout=20)
+    except httpx.HTTPError:
+        return -1, None  # aborted mid-body
+    return response.status_code, response.content
+
+
+def test_a_client_the_origin_refuses_does_not_break_another_clients_shared_fills() -> None:
+    with tiny_setup(max_concurrent_subrequests=4) as (origin, url):
+        body = origin.add("/shared.bin", 6 * SLICE, [("cache-control", "public, max-age=600")])
+        origin.delay["/shared.bin"] = 0.5  # fills run long enough for B to join them
+        # The origin refuses this one client (a banned session, a rate limit on its IP).
+        origin.refuse = lambda h, first: (
+            403 if first > 0 and "banned" in h.get("cookie", "") else None
+        )
+        blocked = {"cookie": "session=banned", "authorization": "Bearer a", "x-user-id": "a"}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            a = pool.submit(_download, f"{url}/shared.bin", blocked)
+            deadline = time.monotonic() + 10
+            while len(origin.requests("/shared.bin")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)  # A's probe is answered and its fills are out
+            b = pool.submit(_download, f"{url}/shared.bin", {"x-user-id": "b"})
+            status_b, got_b = b.result()
+            a.result()
+    assert status_b == 200 and got_b == body, "B's download broke on A's refusal"
+    for sent in origin.requests("/shared.bin"):
+        if sent.get("range", "bytes=0-").startswith("bytes=0-"):
+            continue  # the probe is the client's own request
+        leaked = [name for name in CLIENT_FIELDS if name in sent]
+        assert not leaked, f"a shared fill carried a client's {leaked}"
+
+
+def test_a_clients_headers_cannot_make_a_shared_fill_see_another_version() -> None:
+    with tiny_setup(max_concurrent_subrequests=2) as (origin, url):
+        body = origin.add("/versioned.bin", 6 * SLICE, [("cache-control", "public, max-age=600")])
+        origin.delay["/versioned.bin"] = 0.2
+        # An origin that tailors the representation to one header without saying Vary.
+        origin.etag_for = lambda h, p: '"tailored"' if h.get("x-user-id") == "odd" else None
+        # Stored (metadata and slice 0) by an ordinary client's small range.
+        head = httpx.get(f"{url}/versioned.bin", headers={"range": "bytes=0-99"})
+        assert head.status_code == 206 and head.content == body[:100]
+        # The odd client's request fills the other slices.
+        cached = httpx.get(f"{url}/versioned.bin", headers={"x-user-id": "odd"})
+        assert cached.status_code == 200 and cached.content == body
+        again = httpx.get(f"{url}/versioned.bin", headers={"cache-control": "only-if-cached"})
+    assert again.status_code == 200, "one client's headers purged the object for everyone"

@@ -214,3 +214,75 @@ def test_a_clients_headers_cannot_make_a_shared_fill_see_another_version() -> No
         assert cached.status_code == 200 and cached.content == body
         again = httpx.get(f"{url}/versioned.bin", headers={"cache-control": "only-if-cached"})
     assert again.status_code == 200, "one client's headers purged the object for everyone"
+
+
+# --- item 11: no per-slice or per-entry scans on the event loop ---------------------------
+
+
+class _CountingFront:
+    """A store front that only answers index lookups, counting them."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+        self.epoch = 0
+        self.held_below = 0  # slices 0..held_below-1 are held (a download stopped half-way)
+
+    def contains_slice(self, key: str) -> bool:
+        self.lookups += 1
+        return int(key.rsplit(" ", 1)[1]) < self.held_below
+
+
+def test_x_cache_slices_of_a_huge_object_costs_a_bounded_number_of_lookups() -> None:
+    from app.fills import ByteBudget
+    from app.objectmeta import ObjectMeta
+    from app.slicer import SliceEngine
+
+    front = _CountingFront()
+    engine = SliceEngine(
+        upstream=None,  # type: ignore[arg-type]  # never asked
+        store=front,  # type: ignore[arg-type]
+        slice_size=SLICE,
+        lookahead=4,
+        max_retries=0,
+        budget=ByteBudget(MiB),
+    )
+    size = 4 * 1024 * MiB  # 65,536 slices
+    meta = ObjectMeta(size, '"e"', None, [], 0.0, 0.0)
+    front.held_below = size // SLICE // 2
+    cached = engine.cached_slices("http://o/huge", meta, 0, size - 1)
+    assert front.lookups <= 1024, f"{front.lookups} index lookups before the first byte"
+    assert abs(cached - size // SLICE // 2) <= size // SLICE // 100
+    front.held_below = 5
+    small = engine.cached_slices("http://o/huge", meta, 0, 10 * SLICE - 1)
+    assert small == 5, "a small range is counted exactly"
+
+
+def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) -> None:
+    import cache.memory
+    from cache import keys as cache_keys
+    from cache.memory import MemoryStore
+
+    async def scenario() -> tuple[int, int]:
+        store = MemoryStore(1 << 30)
+        for n in range(20_000):
+            await store.put_slice(f"http://o/f{n} v 0", b"x", None)
+        await store.put_meta("http://o/target", b"m", None)
+        await store.put_slice("http://o/target v 0", b"x", None)
+        await store.put_slice("http://o/target vary:1 v 0", b"x", None)
+        calls = 0
+        real = cache_keys.belongs_to
+
+        def counting(key: str, object_key: str) -> bool:
+            nonlocal calls
+            calls += 1
+            return real(key, object_key)
+
+        monkeypatch.setattr(cache.memory, "belongs_to", counting)
+        removed = await store.delete("http://o/target")
+        left = sum(1 for key in store.keys() if key.startswith("http://o/target"))
+        assert left == 0
+        return removed, calls
+
+    removed, calls = asyncio.run(scenario())
+    assert removed == 3
+    assert calls <= 10, f"one object's invalidation looked at {calls} L1 entries"

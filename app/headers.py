@@ -141,3 +141,15 @@ def parse_host(value: str) -> tuple[str, int | None] | None:
         return None
     number = int(port)
     return (host, number) if number <= 65535 else None
+
+
+def shared_fill_headers(origin_headers: Headers, vary: Iterable[str] | None) -> Headers:
+    """What a slice fetch shared by many clients sends: the origin's Host and the fields
+    the object varies on (equal for every client of the entry by construction), nothing
+    that belongs to the client who happened to start it (Cookie, Authorization,
+    X-Forwarded-For...). An origin that refuses or tailors its answer to one client then
+    cannot break, or purge, another client's download."""
+    keep = {"host"} | {name.lower() for name in vary or ()}
+    headers = [(k, v) for k, v in origin_headers if k in keep]
+    headers.append(("via", VIA_TOKEN))
+    return headers

@@ -22,7 +22,7 @@ import httpx
 from cachetools import LRUCache
 
 from app.fills import SliceFill
-from app.headers import Headers, decode_raw, end_to_end, get
+from app.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
 from app.httpcache.cache_status import CacheStatus
 from app.httpcache.conditional import (
     merge_304_headers,
@@ -353,6 +353,21 @@ class ObjectDirectory:
             )
             info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
+            # The 304's fields may have made the response private or no-store: the stored
+            # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3).
+            decision = storability("GET", meta.status, request_headers, meta.headers)
+            withheld = _withheld(meta, decision.headers_to_strip)
+            if not decision.store:
+                await self.forget(object_key)
+                private = keys.private_key(object_key)
+                return Opened(
+                    meta,
+                    private,
+                    CacheStatus.revalidated(ttl),
+                    shareable=False,
+                    stored=False,
+                    cookies=withheld,
+                )
             if engine.purged_since(epoch, object_key):
                 # Purged while we revalidated: serve this once, store nothing.
                 private = keys.private_key(object_key)
@@ -404,6 +419,9 @@ class ObjectDirectory:
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
         meta.status = 200 if status in (206, 416) else status
         decision = storability("GET", meta.status, request_headers, response_headers)
+        # RFC 9111 5.2.2.7/5.2.2.4: fields named by a qualified private/no-cache never reach
+        # the shared copy; the response that fetched them still gets them, like Set-Cookie.
+        withheld = _withheld(meta, decision.headers_to_strip)
         if decision.store and engine.purged_since(epoch, object_key):
             decision = dataclasses.replace(decision, store=False, reason="purged")
         # Public content may be shared in flight even when it is not stored.
@@ -432,7 +450,10 @@ class ObjectDirectory:
                 (0, min(engine.slice_size, size) - 1),
                 target,
                 meta,
-                request.origin_headers,
+                # Its retries are shared fetches: they carry nothing of this client's.
+                shared_fill_headers(request.origin_headers, meta.vary)
+                if shareable
+                else request.origin_headers,
                 in_hand,
                 store=decision.store,
                 prepaid=engine.slice_size,
@@ -448,7 +469,7 @@ class ObjectDirectory:
             shareable=shareable,
             stored=decision.store,
             first_fill=first_fill,
-            cookies=[(k, v) for k, v in response_headers if k == "set-cookie"],
+            cookies=[(k, v) for k, v in response_headers if k == "set-cookie"] + withheld,
         )
 
     def _too_large(self, size: int) -> bool:
@@ -518,3 +539,13 @@ class ObjectDirectory:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+
+
+def _withheld(meta: ObjectMeta, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Take the fields ``names`` out of ``meta``'s stored headers; returns what was taken."""
+    if not names:
+        return []
+    drop = frozenset(names)
+    taken = [(k, v) for k, v in meta.headers if k in drop]
+    meta.headers = [(k, v) for k, v in meta.headers if k not in drop]
+    return taken

@@ -13,7 +13,7 @@ from starlette.types import Receive, Send
 from app import ranges
 from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
 from app.context import RequestContext, SliceStats
-from app.headers import Headers, with_via
+from app.headers import Headers, shared_fill_headers, with_via
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
@@ -125,6 +125,8 @@ async def _answer(
 ) -> None:
     meta, entry_key = opened.meta, opened.entry_key
     size = meta.size
+    if opened.shareable:
+        origin_headers = shared_fill_headers(origin_headers, meta.vary)
     headers = replay_headers(meta, time.time())
     cache_status = append_cache_status(
         [v for k, v in meta.headers if k == "cache-status"], opened.status.header_value()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from cache.keys import belongs_to
+from cache.keys import SEPARATOR, belongs_to
 from cache.protocol import SliceData
 
 # Python object headers of the entry, its tuple key and the LRU's bookkeeping, measured
@@ -22,6 +22,39 @@ ENTRY_OVERHEAD_BYTES = 256
 
 SLICE = "s"
 META = "m"
+
+
+class _IndexedLRU(LRUCache[tuple[str, str], "_Entry"]):
+    """An LRU that also knows each object's entries, so that invalidating one object (every
+    successful POST/PUT/DELETE does, RFC 9111 4.4) costs its own entries, not a scan of
+    the whole cache (22 ms at 100k entries, on the event loop)."""
+
+    def __init__(self, maxsize: int, getsizeof: Callable[[_Entry], int]) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=getsizeof)
+        self.by_object: dict[str, set[tuple[str, str]]] = {}
+
+    def __setitem__(self, key: tuple[str, str], value: _Entry) -> None:
+        super().__setitem__(key, value)
+        self.by_object.setdefault(object_of(key[1]), set()).add(key)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        # Evictions come here too (popitem -> pop -> del).
+        super().__delitem__(key)
+        owner = object_of(key[1])
+        entries = self.by_object.get(owner)
+        if entries is not None:
+            entries.discard(key)
+            if not entries:
+                del self.by_object[owner]
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_object.clear()
+
+
+def object_of(key: str) -> str:
+    """The object key a slice, variant or metadata key belongs to (see cache.keys)."""
+    return key.split(SEPARATOR, 1)[0]
 
 
 @dataclass(slots=True)
@@ -38,9 +71,7 @@ class MemoryStore:
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
-        self._lru: LRUCache[tuple[str, str], _Entry] = LRUCache(
-            maxsize=max(capacity_bytes, 1), getsizeof=lambda entry: entry.cost
-        )
+        self._lru = _IndexedLRU(max(capacity_bytes, 1), lambda entry: entry.cost)
         self._time = time.time
         self.hits = 0
         self.misses = 0
@@ -92,7 +123,12 @@ class MemoryStore:
         return len(doomed)
 
     async def delete(self, object_key: str) -> int:
-        return self._remove_where(lambda key: belongs_to(key, object_key))
+        owner = object_of(object_key)
+        candidates = list(self._lru.by_object.get(owner, ()))
+        doomed = [k for k in candidates if belongs_to(k[1], object_key)]
+        for k in doomed:
+            del self._lru[k]
+        return len(doomed)
 
     async def delete_prefix(self, prefix: str) -> int:
         return self._remove_where(lambda key: key.startswith(prefix))

@@ -141,7 +141,8 @@ class ObjectDirectory:
         decision = decide(stored, request_headers, now, policy=self.policy)
         if decision.serve_stored:
             if decision.outcome is Outcome.FRESH:
-                status = CacheStatus.fresh_hit(decision.ttl)
+                by_operator = decision.lifetime.source == "default"
+                status = CacheStatus.fresh_hit(decision.ttl, "default-ttl" if by_operator else None)
             else:
                 status = CacheStatus.stale_hit(decision.ttl, decision.reason)
             if decision.revalidate_in_background:

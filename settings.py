@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         "Last-Modified. 0 = RFC 9111: such a response is stored but revalidated (or "
         "refetched) before every reuse. Cache-Status says detail=default-ttl when it applied.",
     )
+    targeted_cache_control: str = Field(
+        default="Slicecache-Cache-Control",
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$",
+        description="The origin's targeted cache-control field for this cache (RFC 9213), "
+        "obeyed before CDN-Cache-Control and both before Cache-Control/Expires; empty = "
+        "CDN-Cache-Control only. Forwarded downstream unchanged.",
+    )
     stale_if_error_seconds: float = Field(
         default=0.0,
         ge=0,

@@ -27,6 +27,7 @@ from app.fills import ByteBudget
 from app.headers import Headers
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_uri
+from app.httpcache.targeted import targeted_fields
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
@@ -276,6 +277,7 @@ def create_app(
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,
                 default_stale_if_error=int(settings.stale_if_error_seconds),
+                targeted_fields=targeted_fields(settings.targeted_cache_control),
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget

@@ -382,7 +382,14 @@ class ObjectDirectory:
             # One slice or less: cached whole, whatever the origin does with ranges. A
             # status other than 200 only if it may be stored at all (301, 404, 410...).
             if small and (
-                status == 200 or storability("GET", status, request_headers, response_headers)
+                status == 200
+                or storability(
+                    "GET",
+                    status,
+                    request_headers,
+                    response_headers,
+                    targeted=self.policy.targeted_fields,
+                )
             ):
                 size, whole = int(length or 0), True
         elif status == 416:
@@ -399,7 +406,13 @@ class ObjectDirectory:
 
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
         meta.status = 200 if status in (206, 416) else status
-        decision = storability("GET", meta.status, request_headers, response_headers)
+        decision = storability(
+            "GET",
+            meta.status,
+            request_headers,
+            response_headers,
+            targeted=self.policy.targeted_fields,
+        )
         if decision.store and engine.purged_since(epoch, object_key):
             decision = dataclasses.replace(decision, store=False, reason="purged")
         # Public content may be shared in flight even when it is not stored.

@@ -39,6 +39,7 @@ from ._fields import DELTA_SECONDS_MAX, Headers, get_all, parse_delta_seconds, s
 from .cache_control import CacheControl, cache_control_of, request_cache_control
 from .dates import parse_http_date
 from .storable import is_heuristically_cacheable
+from .targeted import CDN_CACHE_CONTROL, effective_headers
 
 __all__ = [
     "FreshnessPolicy",
@@ -340,6 +341,9 @@ class FreshnessPolicy:
     gives no stale-if-error and no directive forbids serving stale."""
     honour_request_no_cache: bool = True
     """False: ignore a client's ``no-cache``/``Pragma: no-cache`` (reload storms)."""
+    targeted_fields: tuple[str, ...] = (CDN_CACHE_CONTROL,)
+    """Lowercase targeted cache-control fields this cache obeys, first match wins
+    (RFC 9213); they replace Cache-Control and Expires when present and valid."""
     explicit_stale_overrides_s_maxage: bool = True
 
 
@@ -416,6 +420,9 @@ def decide(
     revalidation of STALE_WHILE_REVALIDATE is the cache's own business and still runs.
     The caller checks Vary and the method (GET/HEAD) before calling.
     """
+    stored = dataclasses.replace(
+        stored, headers=effective_headers(stored.headers, policy.targeted_fields)
+    )
     response_cc = cache_control_of(stored.headers)
     request_cc = request_cache_control(request_headers)
     if not policy.honour_request_no_cache and request_cc.no_cache is not False:

@@ -28,6 +28,7 @@ from app.headers import Headers
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_uri
 from app.httpcache.targeted import targeted_fields
+from app.interim import relay_interim_to
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
@@ -170,6 +171,7 @@ class ProxyEndpoint:
             await send_text(send, *refusal)
             return
         ctx = RequestContext.from_scope(scope)
+        relay_interim_to(scope, send)  # the origin's 103s go to this client (app.interim)
         runtime.lifecycle.request_started()
         preserve_host = runtime.settings.preserve_host
         try:

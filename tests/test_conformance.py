@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import socket
 import threading
 import time
 import uuid as uuidlib
@@ -2019,3 +2020,73 @@ CDN = [
 def test_cdn_cache_control(suite: SuiteRunner, case: Case) -> None:
     """cdn-cache-control.mjs: CDN-Cache-Control (RFC 9213) over Cache-Control and Expires."""
     suite.run(case.requests, real_pause=case.real_pause)
+
+
+# interim.mjs ---------------------------------------------------------------------------
+# httpx does not expose interim responses, so these read the cache's answer off the socket.
+
+Interim = tuple[int, list[tuple[str, str]]]
+
+
+def raw_exchange(
+    url: str, path: str, headers: list[tuple[str, str]]
+) -> tuple[list[Interim], int, dict[str, str]]:
+    """GET ``path`` over a plain socket: (interim responses, final status, final fields)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        while chunk := sock.recv(65536):
+            data += chunk
+    interim: list[Interim] = []
+    while True:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *field_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ")[1])
+        fields = [
+            (n.strip().lower(), v.strip()) for n, _, v in (f.partition(":") for f in field_lines)
+        ]
+        if 100 <= status < 200:
+            interim.append((status, fields))
+            continue
+        return interim, status, dict(fields)
+
+
+LINK = "</styles.css>; rel=preload; as=style"
+
+
+@pytest.mark.parametrize("code", [103, 102])
+def test_interim_responses_are_relayed_and_never_stored(
+    cache_url: str, scripted: tuple[ScriptedOrigin, str], code: int
+) -> None:
+    """interim-not-cached (required), interim-103, interim-102, interim-no-header-reuse:
+    the origin's 1xx reaches the client before the final response, the final response is
+    stored, and neither the 1xx nor its fields come back with the stored one."""
+    origin = scripted[0]
+    uuid = str(uuidlib.uuid4())
+    fields = [["link", LINK], ["x-my-header", "test"]] if code == 103 else []
+    origin.configure(
+        uuid,
+        [
+            {
+                "interim_responses": [[code, fields]],
+                "response_headers": [["Cache-Control", "max-age=100000"], ["Date", 0]],
+            },
+            {},
+        ],
+    )
+    path = f"/test/{uuid}"
+    interim, status, final = raw_exchange(cache_url, path, [("Req-Num", "1")])
+    assert status == 200
+    assert [(c, [tuple(f) for f in fs]) for c, fs in interim] == [
+        (code, [tuple(f) for f in fields])
+    ]
+    assert "x-my-header" not in final
+    interim, status, final = raw_exchange(cache_url, path, [("Req-Num", "2")])
+    assert status == 200
+    assert final["server-request-count"] == "1", "the second request was not served from cache"
+    assert interim == []
+    assert "x-my-header" not in final
+    assert len(origin.state[uuid]) == 1

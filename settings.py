@@ -165,9 +165,19 @@ class Settings(BaseSettings):
     # --- caching ---------------------------------------------------------------------------
     enable_cache: bool = Field(default=True, description="Cache anything at all.")
     cache_ttl: int = Field(
-        default=3600,
+        default=0,
         ge=0,
-        description="Seconds an object is fresh when the origin says nothing about freshness.",
+        description="Operator override (like nginx proxy_cache_valid): seconds a 200, 203 "
+        "or 204 is fresh when the origin sent no Cache-Control freshness, no Expires and no "
+        "Last-Modified. 0 = RFC 9111: such a response is stored but revalidated (or "
+        "refetched) before every reuse. Cache-Status says detail=default-ttl when it applied.",
+    )
+    targeted_cache_control: str = Field(
+        default="Slicecache-Cache-Control",
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$",
+        description="The origin's targeted cache-control field for this cache (RFC 9213), "
+        "obeyed before CDN-Cache-Control and both before Cache-Control/Expires; empty = "
+        "CDN-Cache-Control only. Forwarded downstream unchanged.",
     )
     stale_if_error_seconds: float = Field(
         default=0.0,

@@ -29,6 +29,8 @@ from app.fills import ByteBudget
 from app.headers import Headers, parse_host
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
+from app.httpcache.targeted import targeted_fields
+from app.interim import relay_interim_to
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
@@ -178,6 +180,7 @@ class ProxyEndpoint:
             await send_text(send, *refusal)
             return
         ctx = RequestContext.from_scope(scope)
+        relay_interim_to(scope, send)  # the origin's 103s go to this client (app.interim)
         runtime.lifecycle.request_started()
         preserve_host = runtime.settings.preserve_host
         try:
@@ -332,6 +335,7 @@ def create_app(
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,
                 default_stale_if_error=int(settings.stale_if_error_seconds),
+                targeted_fields=targeted_fields(settings.targeted_cache_control),
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             engine.on_object_changed = runtime.directory.forget

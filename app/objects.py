@@ -141,7 +141,8 @@ class ObjectDirectory:
         decision = decide(stored, request_headers, now, policy=self.policy)
         if decision.serve_stored:
             if decision.outcome is Outcome.FRESH:
-                status = CacheStatus.fresh_hit(decision.ttl)
+                by_operator = decision.lifetime.source == "default"
+                status = CacheStatus.fresh_hit(decision.ttl, "default-ttl" if by_operator else None)
             else:
                 status = CacheStatus.stale_hit(decision.ttl, decision.reason)
             if decision.revalidate_in_background:
@@ -355,7 +356,13 @@ class ObjectDirectory:
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
             # The 304's fields may have made the response private or no-store: the stored
             # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3).
-            decision = storability("GET", meta.status, request_headers, meta.headers)
+            decision = storability(
+                "GET",
+                meta.status,
+                request_headers,
+                meta.headers,
+                targeted=self.policy.targeted_fields,
+            )
             withheld = _withheld(meta, decision.headers_to_strip)
             if not decision.store:
                 await self.forget(object_key)
@@ -401,7 +408,14 @@ class ObjectDirectory:
             # One slice or less: cached whole, whatever the origin does with ranges. A
             # status other than 200 only if it may be stored at all (301, 404, 410...).
             if small and (
-                status == 200 or storability("GET", status, request_headers, response_headers)
+                status == 200
+                or storability(
+                    "GET",
+                    status,
+                    request_headers,
+                    response_headers,
+                    targeted=self.policy.targeted_fields,
+                )
             ):
                 size, whole = int(length or 0), True
         elif status == 416:
@@ -418,7 +432,13 @@ class ObjectDirectory:
 
         meta = self._meta_from(response_headers, size, request_time, response_time, whole)
         meta.status = 200 if status in (206, 416) else status
-        decision = storability("GET", meta.status, request_headers, response_headers)
+        decision = storability(
+            "GET",
+            meta.status,
+            request_headers,
+            response_headers,
+            targeted=self.policy.targeted_fields,
+        )
         # RFC 9111 5.2.2.7/5.2.2.4: fields named by a qualified private/no-cache never reach
         # the shared copy; the response that fetched them still gets them, like Set-Cookie.
         withheld = _withheld(meta, decision.headers_to_strip)

@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import httpx
 import yarl
 from cachetools import LRUCache
 
+from app.interim import interim_sink
 from app.metrics import EngineCounters
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
@@ -89,6 +91,33 @@ class _AiohttpBody(httpx.AsyncByteStream):
             self._response.close()
 
 
+class _InterimNotingResponse(aiohttp.ClientResponse):
+    """aiohttp reads and drops 1xx responses inside ``start``; this hands each one to the
+    request's interim sink (app.interim) on the way, so a 103 reaches the client."""
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        sink = interim_sink.get()
+        protocol = connection.protocol
+        if sink is None or protocol is None:
+            return await super().start(connection)
+        read = protocol.read
+
+        async def read_noting_interim() -> Any:
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                try:
+                    await sink(message.code, list(message.raw_headers))
+                except Exception:  # the client went away: the final response still matters
+                    pass
+            return message, payload
+
+        protocol.read = read_noting_interim  # type: ignore[method-assign]
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session; created inside a running event loop."""
 
@@ -106,6 +135,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             read_bufsize=READ_BUFFER_BYTES,
             max_line_size=16 * 1024,
             max_field_size=16 * 1024,
+            response_class=_InterimNotingResponse,
         )
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._pool_size = pool_size

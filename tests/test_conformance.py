@@ -6,7 +6,7 @@ of a test with the Nth configuration and records every request it saw; the clien
 judges each response by whether the server saw the request (``expected_type``), its
 status, headers and body. This file reproduces that machinery in Python:
 
-* :class:`ScriptedOrigin` is the suite's ``handle-test.mjs`` as a raw ASGI app: it picks
+* :class:`ScriptedOrigin` is the suite's ``handle-test.mjs`` as a raw HTTP/1.1 server: it picks
   the configuration by the ``Req-Num`` request header (else by its own count), answers
   ``999 304 Not Generated`` when an ``*_validated`` request was not conditional, adds
   ``Server-Request-Count``/``Client-Request-Count``/``Server-Now``/``Request-Numbers``,
@@ -22,8 +22,12 @@ status, headers and body. This file reproduces that machinery in Python:
   the file runs in seconds; ``SLICECACHE_CONFORMANCE_REAL_PAUSE=1`` sleeps for real.
   Tests that compare the ``Date`` a cache sends always sleep for real, since the server
   writes that field from its own once-a-second clock.
-* The suite's ``disconnect`` (the server drops the connection) is emulated by the origin
-  failing the request before it answers (uvicorn then sends a bare 500).
+* The origin speaks HTTP/1.1 itself (no ASGI server between), so the suite's
+  ``disconnect`` is a real dropped connection, and the malformed answers of the suite's
+  Node server (a body longer than its Content-Length, a Transfer-Encoding that is not
+  applied) and its interim responses go out byte for byte.
+* The cache runs with its default settings behind the project's own HTTP protocol class
+  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it.
 
 Tests are grouped by the suite's files; each parametrized case carries the suite's test
 id (``pytest -k cc-resp-no-store``). Where a required test depends on an optional one
@@ -33,8 +37,12 @@ dependencies are listed in the case's ``depends_on``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import os
+import socket
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -45,6 +53,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.httpserver import HttpProtocol
 from app.main import create_app
 from settings import Settings
 from tests.servers import run_asgi_in_thread
@@ -183,7 +192,20 @@ class ServerRequest:
 
 
 @dataclass
+class RawRequest:
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+
+
+@dataclass
 class ScriptedOrigin:
+    """The suite's server, speaking HTTP/1.1 itself over asyncio streams (as Node's ``http``
+    module does for the suite): it writes exactly the configured fields, interim (1xx)
+    responses before the final one, a body longer than a configured Content-Length, a
+    Transfer-Encoding it does not apply, and drops the connection for ``disconnect``."""
+
     configs: dict[str, list[Config]] = field(default_factory=dict)
     state: dict[str, list[ServerRequest]] = field(default_factory=dict)
     # The headers each configuration was answered with, after date fixups (handle-test.mjs
@@ -194,30 +216,28 @@ class ScriptedOrigin:
         self.configs[uuid] = requests
         self.state[uuid] = []
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
             while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        assert scope["type"] == "http"
-        while True:  # the request body is read and dropped
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
+                request = await _read_request(reader)
+                if request is None or not await self._answer(request, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _answer(self, request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False: the connection is to be closed."""
         headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        for name, value in request.headers:
+            name = name.lower()
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        segments = scope["path"].split("/")
+        segments = request.path.split("/")
         uuid = segments[2] if len(segments) > 2 and segments[1] == "test" else ""
         requests = self.configs.get(uuid)
         if requests is None:
-            await self._plain(send, 404, f"Config Not Found for {uuid}")
-            return
+            return await _plain(writer, 404, f"Config Not Found for {uuid}")
         server_state = self.state[uuid]
         srv_req_num = len(server_state) + 1
         try:
@@ -226,12 +246,11 @@ class ScriptedOrigin:
             cli_req_num = None
         req_num = cli_req_num or srv_req_num
         if req_num > len(requests):
-            await self._plain(send, 409, f"config not found for request {srv_req_num}")
-            return
+            return await _plain(writer, 409, f"config not found for request {srv_req_num}")
         config = requests[req_num - 1]
         now_ms = int(time.time() * 1000)
 
-        status = config.get("response_status", [200, "OK"])[0]
+        status, phrase = config.get("response_status", [200, "OK"])
         if config.get("expected_type", "").endswith("validated"):
             # Node reads the previous configuration's headers, fixed up in place if they
             # were sent, as configured if that request never reached the server.
@@ -247,9 +266,9 @@ class ScriptedOrigin:
                 status = 304
             if status != 304:
                 status = 999
+            phrase = {304: "Not Modified", 999: "Not Generated"}[status]
 
-        query = scope.get("query_string", b"").decode("latin-1")
-        base_url = scope["path"] + (f"?{query}" if query else "")
+        base_url = request.path + (f"?{request.query}" if request.query else "")
         out: list[tuple[str, str]] = [
             ("Server-Base-Url", base_url),
             ("Server-Request-Count", str(srv_req_num)),
@@ -276,7 +295,7 @@ class ScriptedOrigin:
         server_state.append(
             ServerRequest(
                 cli_req_num,
-                scope["method"],
+                request.method,
                 headers,
                 [(name, ", ".join(values)) for name, values in saved.items()],
             )
@@ -287,36 +306,95 @@ class ScriptedOrigin:
                 " ".join(str(r.request_num) if r.request_num else "NaN" for r in server_state),
             )
         )
+        for interim in config.get("interim_responses", []):
+            code, fields = interim[0], (interim[1] if len(interim) > 1 else [])
+            lines = [f"HTTP/1.1 {code} Interim"] + [f"{n}: {v}" for n, v in fields]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if config.get("disconnect"):
-            raise ConnectionAbortedError("scripted disconnect")
+            # Node destroys the socket: the cache sees the connection close, no answer.
+            await writer.drain()
+            writer.transport.abort()
+            return False
         body = b""
-        if status not in NO_BODY_STATUS:
+        if status not in NO_BODY_STATUS and request.method != "HEAD":
             body = (config.get("response_body") or uuid).encode()
-            if "content-length" not in names:
-                out.append(("Content-Length", str(len(body))))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        keep_alive = True
+        if "transfer-encoding" in names:
+            # Node writes the body as is and closes the connection to end it (RFC 9112
+            # 6.3: a Transfer-Encoding that is not chunked delimits by close).
+            keep_alive = False
+        elif "content-length" not in names and status not in NO_BODY_STATUS:
+            out.append(("Content-Length", str(len(body))))
+        head = [f"HTTP/1.1 {status} {phrase}"] + [f"{n}: {v}" for n, v in out]
+        if not keep_alive:
+            head.append("Connection: close")
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        await writer.drain()
+        # A configured Content-Length shorter than the body: Node writes the whole body
+        # and keeps the connection, so the extra bytes wait in the cache's socket.
+        return keep_alive
 
-    @staticmethod
-    async def _plain(send: Any, status: int, text: str) -> None:
-        body = text.encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"text/plain"),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+async def _read_request(reader: asyncio.StreamReader) -> RawRequest | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip(" \t")))
+    lowered = {name.lower(): value for name, value in headers}
+    if lowered.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    elif "content-length" in lowered:
+        await reader.readexactly(int(lowered["content-length"]))
+    path, _, query = target.partition("?")
+    return RawRequest(method, path, query, headers)
+
+
+async def _plain(writer: asyncio.StreamWriter, status: int, text: str) -> bool:
+    body = text.encode()
+    head = (
+        f"HTTP/1.1 {status} Error\r\ncontent-type: text/plain\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    return True
+
+
+@contextlib.contextmanager
+def serve_raw(origin: ScriptedOrigin) -> Iterator[str]:
+    """Serve ``origin`` on 127.0.0.1:<free port> from an event loop in a thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="scripted-origin", daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(
+        asyncio.start_server(origin.handle, "127.0.0.1", 0), loop
+    ).result(timeout=10)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+
+        async def stop() -> None:
+            server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def _last(headers: list[list[Any]], name: str) -> str | None:
@@ -330,8 +408,7 @@ def _last(headers: list[list[Any]], name: str) -> str | None:
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[tuple[ScriptedOrigin, str]]:
     app = ScriptedOrigin()
-    # Like Node, the origin states its own Date (and no Server); uvicorn must not add one.
-    with run_asgi_in_thread(app, http="h11", date_header=False, server_header=False) as url:
+    with serve_raw(app) as url:
         yield app, url
 
 
@@ -342,7 +419,8 @@ def cache_url(scripted: tuple[ScriptedOrigin, str], clock: Clock) -> Iterator[st
     way tests/conftest.py's ``proxy`` factory starts one, after the clock is in place."""
     settings = Settings(upstream_address=scripted[1])
     app = create_app(settings, configure_logs=False)
-    with run_asgi_in_thread(app, proxy_headers=False, date_header=False) as url:
+    # The project's own HTTP protocol class, as the CLI runs it (app/cli.py).
+    with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
         yield url
 
 
@@ -645,8 +723,29 @@ class Case:
     real_pause: bool = False
 
 
+# Known failures of the default configuration, each explained in README "Conformance".
+# strict: the day one passes, the test says so and the entry goes.
+KNOWN_FAILURES = {
+    "headers-store-Content-Length": "aiohttp rejects bytes after the announced body (502)",
+    "304-etag-update-response-Content-Length": "same: the first answer is a 502",
+    "headers-store-Transfer-Encoding": "a close-delimited 200 is relayed, not stored",
+}
+
+
 def cases(*items: Case) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in items])
+    return pytest.mark.parametrize(
+        "case",
+        [
+            pytest.param(
+                c,
+                id=c.id,
+                marks=[pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[c.id])]
+                if c.id in KNOWN_FAILURES
+                else [],
+            )
+            for c in items
+        ],
+    )
 
 
 def _two(first: Config, second: Config) -> list[Config]:
@@ -807,6 +906,14 @@ def _one_then(cc_headers: list[list[Any]], expected: str, pause: bool = True) ->
 
 
 CC_FRESHNESS = [
+    # Optional in the suite, but every test that depends on it is only counted when it
+    # passes: the default configuration must not reuse what the origin said nothing about.
+    Case("freshness-none", _one_then([], "not_cached")),
+    Case(
+        "freshness-s-maxage-shared",
+        _one_then([["Cache-Control", "s-maxage=3600"]], "cached"),
+        ("freshness-none",),
+    ),
     Case(
         "freshness-max-age-stale",
         [become_stale(), {"expected_type": "not_cached"}],
@@ -1315,7 +1422,12 @@ CONDITIONAL = [
         [
             fresh(response_headers=[["Last-Modified", -5000], ["ETag", '"abcdef"']]),
             {
-                "request_headers": [["If-None-Match", '"abcdef"'], ["If-Modified-Since", -1]],
+                # The suite's value: a date before Last-Modified, so that a cache that
+                # judged If-Modified-Since instead of If-None-Match would answer 200.
+                "request_headers": [
+                    ["If-None-Match", '"abcdef"'],
+                    ["If-Modified-Since", -10000],
+                ],
                 "magic_ims": True,
                 "expected_type": "cached",
                 "expected_status": 304,
@@ -1467,9 +1579,7 @@ def test_partial(suite: SuiteRunner, case: Case) -> None:
 
 # headers.mjs (with the suite's lib/header-list.mjs) ------------------------------------
 
-# (name, valB or None for httpContent, stored?). Omitted from the list: Content-Length
-# (the suite sends a wrong Content-Length the ASGI server refuses to write) and
-# Transfer-Encoding (not a field an ASGI app can set).
+# (name, valB or None for httpContent, stored?), as lib/header-list.mjs has them.
 HEADER_LIST: list[tuple[str, str | None, bool]] = [
     ("Test-Header", None, True),
     ("X-Test-Header", None, True),
@@ -1478,6 +1588,9 @@ HEADER_LIST: list[tuple[str, str | None, bool]] = [
     ("Cache-Control", "max-age=3600", True),
     ("Connection", None, False),
     ("Content-Encoding", None, True),
+    # Content-Length 10 with the 36-byte body of the suite's Node server (a body longer
+    # than announced): the cache keeps the announced length, body unchecked.
+    ("Content-Length", "10", True),
     ("Content-Location", "/bar", True),
     ("Content-MD5", "N7UdGUp1E+RbVvZSTy1R8g==", True),
     ("Content-Range", None, True),
@@ -1495,6 +1608,8 @@ HEADER_LIST: list[tuple[str, str | None, bool]] = [
     ("Set-Cookie", "a=c", True),
     ("Set-Cookie2", "a=c", True),
     ("TE", None, False),
+    # A Transfer-Encoding the origin does not apply: the body ends when it closes.
+    ("Transfer-Encoding", None, False),
     ("Upgrade", None, False),
     ("X-Frame-Options", "sameorigin", True),
     ("X-XSS-Protection", "1; mode=block", True),
@@ -1506,15 +1621,17 @@ def _store_header(name: str, val_b: str | None, store: bool) -> Case:
     headers: list[list[Any]] = [["Date", 0], [name, value, store]]
     if name != "Cache-Control":
         headers.append(["Cache-Control", "max-age=3600"])
+    check_body = {"check_body": False} if name == "Content-Length" else {}
     return Case(
         f"headers-store-{name}",
         [
-            {"response_headers": headers, "setup": True, "pause_after": True},
+            {"response_headers": headers, "setup": True, "pause_after": True, **check_body},
             {
                 "expected_type": "cached",
                 "expected_response_headers": [[name, value]] if store else [],
                 "expected_response_headers_missing": [] if store else [[name, value]],
                 "setup_tests": ["expected_type"],
+                **check_body,
             },
         ],
         ("freshness-max-age",),
@@ -1542,13 +1659,62 @@ HEADERS = [
         ],
         ("freshness-max-age",),
     ),
-    # headers-store-Set-Cookie is left out on purpose: slicecache stores a response that
-    # sets a cookie only when it is explicitly public, and never replays the cookie (a
-    # product decision of the RFC 9111 issue, as nginx's and Varnish's defaults do; the
-    # suite scores that as a setup failure, not a conformance failure). The rule is tested
-    # in tests/test_http_cache.py.
     *(_store_header(*entry) for entry in HEADER_LIST if entry[0] != "Set-Cookie"),
 ]
+
+# headers-store-Set-Cookie, with the expectation turned round on purpose. The suite wants
+# the response (max-age=3600, not public) stored and its cookie replayed to the next
+# client; slicecache stores a response that sets a cookie only when it is explicitly
+# public, and never replays the cookie (a deliberate product decision, README
+# "Conformance"; nginx and Varnish do the same by default). The suite scores this as a
+# setup failure of that one test. Here: the second request goes to the origin, and each
+# client gets only its own cookie.
+SET_COOKIE = http_content("Set-Cookie-store-value")
+HEADERS_SET_COOKIE = Case(
+    "headers-store-Set-Cookie",
+    [
+        {
+            "response_headers": [
+                ["Date", 0],
+                ["Set-Cookie", "a=c", False],
+                ["Cache-Control", "max-age=3600"],
+            ],
+            "expected_response_headers": [["Set-Cookie", "a=c"]],
+            "setup": True,
+            "pause_after": True,
+        },
+        {
+            "response_headers": [["Set-Cookie", "a=d", False], ["Cache-Control", "max-age=3600"]],
+            "expected_type": "not_cached",
+            "expected_response_headers": [["Set-Cookie", "a=d"]],
+        },
+    ],
+)
+HEADERS_SET_COOKIE_PUBLIC = Case(
+    "headers-store-Set-Cookie-public",
+    [
+        {
+            "response_headers": [
+                ["Date", 0],
+                ["Set-Cookie", "a=c", False],
+                ["Cache-Control", "public, max-age=3600"],
+            ],
+            "expected_response_headers": [["Set-Cookie", "a=c"]],
+            "setup": True,
+            "pause_after": True,
+        },
+        {
+            "expected_type": "cached",
+            "expected_response_headers_missing": ["Set-Cookie"],
+        },
+    ],
+)
+
+
+@cases(HEADERS_SET_COOKIE, HEADERS_SET_COOKIE_PUBLIC)
+def test_set_cookie_is_never_replayed(suite: SuiteRunner, case: Case) -> None:
+    """headers-store-Set-Cookie, asserting slicecache's documented deliberate behaviour."""
+    suite.run(case.requests, real_pause=case.real_pause)
 
 
 @cases(*HEADERS)
@@ -1596,6 +1762,49 @@ def _update304(name: str, val_a: str | None = None, val_b: str | None = None) ->
     )
 
 
+def _update304_no_update(name: str, value_a: str, value_b: str) -> Case:
+    """check304 of a ``noUpdate`` field: a 304 must not change it; bodies unchecked (the
+    first answer's 36-byte body is longer than its Content-Length of 5)."""
+    etag = '"' + http_content(f"{name}-etag-1") + '"'
+
+    def response(value: str, validator: bool) -> list[list[Any]]:
+        headers: list[list[Any]] = [
+            ["Date", 0],
+            [name, value, False],
+            ["Cache-Control", "max-age=2"],
+        ]
+        if validator:
+            headers.append(["ETag", etag])
+        return headers
+
+    return Case(
+        f"304-etag-update-response-{name}",
+        [
+            {
+                "response_headers": response(value_a, True),
+                "setup": True,
+                "pause_after": True,
+                "check_body": False,
+            },
+            {
+                "response_headers": response(value_b, True),
+                "expected_type": "etag_validated",
+                "setup_tests": ["expected_type"],
+                "expected_response_headers": [[name, value_a]],
+                "check_body": False,
+            },
+            {
+                "response_headers": response(value_a, False),
+                "expected_type": "cached",
+                "setup_tests": ["expected_type"],
+                "expected_response_headers": [[name, value_a]],
+                "check_body": False,
+            },
+        ],
+        ("304-lm-use-stored-Test-Header",),
+    )
+
+
 UPDATE304 = [
     Case(
         "304-lm-use-stored-Test-Header",
@@ -1623,6 +1832,7 @@ UPDATE304 = [
     _update304("Content-Foo"),
     _update304("X-Content-Foo"),
     _update304("Cache-Control", "max-age=1", "max-age=3600"),
+    _update304_no_update("Content-Length", "5", "10"),
 ]
 
 
@@ -1630,3 +1840,253 @@ UPDATE304 = [
 def test_update304(suite: SuiteRunner, case: Case) -> None:
     """update304.mjs: a 304 updates the stored header fields it carries."""
     suite.run(case.requests, real_pause=case.real_pause)
+
+
+# cdn-cache-control.mjs (RFC 9213) -------------------------------------------------------
+
+
+def _cdn(
+    case_id: str,
+    headers: list[list[Any]],
+    expected: str,
+    depends_on: tuple[str, ...] = ("cdn-max-age",),
+    pause: bool = True,
+) -> Case:
+    return Case(case_id, _one_then(headers, expected, pause), depends_on)
+
+
+def _not_checked(name: str, value: Any) -> list[Any]:
+    return [name, value, False]
+
+
+CDN = [
+    # optimal ones the required ones depend on
+    _cdn("cdn-max-age", [_not_checked("CDN-Cache-Control", "max-age=3600")], "cached", ()),
+    _cdn(
+        "cdn-max-age-max",
+        [_not_checked("CDN-Cache-Control", "max-age=2147483648")],
+        "cached",
+        ("freshness-none",),
+    ),
+    _cdn(
+        "cdn-max-age-max-plus",
+        [_not_checked("CDN-Cache-Control", "max-age=99999999999")],
+        "cached",
+        ("freshness-none",),
+    ),
+    _cdn(
+        "cdn-max-age-extension",
+        [_not_checked("CDN-Cache-Control", "foobar, max-age=3600")],
+        "cached",
+    ),
+    _cdn(
+        "cdn-max-age-expires",
+        [_not_checked("CDN-Cache-Control", "max-age=3600"), ["Expires", -10000], ["Date", 0]],
+        "cached",
+    ),
+    _cdn(
+        "cdn-max-age-cc-max-age-invalid-expires",
+        [_not_checked("CDN-Cache-Control", "max-age=3600"), ["Expires", "0", False], ["Date", 0]],
+        "cached",
+    ),
+    _cdn(
+        "cdn-max-age-short-cc-max-age",
+        [["Cache-Control", "max-age=1"], _not_checked("CDN-Cache-Control", "max-age=3600")],
+        "cached",
+    ),
+    # checks: both answers are allowed by the RFC; these are slicecache's
+    _cdn(
+        "cdn-max-age-space-before-equals",
+        [["Cache-Control", "max-age=1"], _not_checked("CDN-Cache-Control", "max-age =100")],
+        "not_cached",
+    ),
+    _cdn(
+        "cdn-max-age-space-after-equals",
+        [["Cache-Control", "max-age=1"], _not_checked("CDN-Cache-Control", "max-age= 100")],
+        "not_cached",
+    ),
+    # the 10 required ones
+    _cdn(
+        "cdn-max-age-age",
+        [["Date", 0], _not_checked("CDN-Cache-Control", "max-age=3600"), ["Age", "7200"]],
+        "not_cached",
+    ),
+    _cdn("cdn-max-age-0", [_not_checked("CDN-Cache-Control", "max-age=0")], "not_cached"),
+    _cdn(
+        "cdn-max-age-0-expires",
+        [_not_checked("CDN-Cache-Control", "max-age=0"), ["Expires", 10000], ["Date", 0]],
+        "not_cached",
+    ),
+    _cdn(
+        "cdn-max-age-long-cc-max-age",
+        [["Cache-Control", "max-age=3600"], _not_checked("CDN-Cache-Control", "max-age=1")],
+        "not_cached",
+    ),
+    _cdn(
+        "cdn-private",
+        [
+            ["CDN-Cache-Control", "private"],
+            ["Cache-Control", "max-age=10000"],
+            ["Expires", 10000],
+            ["Date", 0],
+        ],
+        "not_cached",
+        (),
+        pause=False,
+    ),
+    _cdn(
+        "cdn-no-cache",
+        [
+            ["CDN-Cache-Control", "no-cache"],
+            ["Cache-Control", "max-age=10000"],
+            ["Expires", 10000],
+            ["Date", 0],
+        ],
+        "not_cached",
+        (),
+        pause=False,
+    ),
+    _cdn(
+        "cdn-no-store-cc-fresh",
+        [
+            ["Cache-Control", "max-age=10000"],
+            _not_checked("CDN-Cache-Control", "no-store"),
+            ["Expires", 10000],
+            ["Date", 0],
+        ],
+        "not_cached",
+        ("freshness-none",),
+    ),
+    _cdn(
+        "cdn-fresh-cc-nostore",
+        [["Cache-Control", "no-store"], _not_checked("CDN-Cache-Control", "max-age=10000")],
+        "cached",
+        ("freshness-none",),
+    ),
+    _cdn(
+        "cdn-cc-invalid-sh-type-unknown",
+        [_not_checked("CDN-Cache-Control", "max-age=10000, &&&&&"), ["Cache-Control", "no-store"]],
+        "not_cached",
+    ),
+    _cdn(
+        "cdn-cc-invalid-sh-type-wrong",
+        [_not_checked("CDN-Cache-Control", 'max-age="10000"'), ["Cache-Control", "no-store"]],
+        "not_cached",
+    ),
+    # forwarding (RFC 9213 2.2: a targeted field goes on downstream unchanged)
+    Case(
+        "cdn-remove-header",
+        [
+            {
+                "response_headers": [
+                    ["Cache-Control", "max-age=10000"],
+                    _not_checked("CDN-Cache-Control", "foo"),
+                    ["Expires", 10000],
+                    ["Date", 0],
+                ],
+                "expected_response_headers": [["CDN-Cache-Control", "foo"]],
+            }
+        ],
+    ),
+    *(
+        Case(
+            case_id,
+            [
+                {
+                    "response_headers": [
+                        ["Cache-Control", "max-age=1"],
+                        *extra,
+                        ["CDN-Cache-Control", "max-age=10000"],
+                        ["Date", 0],
+                    ],
+                    "setup": True,
+                    "pause_after": True,
+                },
+                {"expected_response_headers": [expected]},
+            ],
+            ("cdn-max-age",),
+            real_pause=case_id == "cdn-date-update-exceed",
+        )
+        for case_id, extra, expected in [
+            ("cdn-remove-age-exceed", [], "Age"),
+            ("cdn-date-update-exceed", [], ["Date", 0]),
+            ("cdn-expires-update-exceed", [["Expires", 1]], ["Expires", 1]),
+        ]
+    ),
+]
+
+
+@cases(*CDN)
+def test_cdn_cache_control(suite: SuiteRunner, case: Case) -> None:
+    """cdn-cache-control.mjs: CDN-Cache-Control (RFC 9213) over Cache-Control and Expires."""
+    suite.run(case.requests, real_pause=case.real_pause)
+
+
+# interim.mjs ---------------------------------------------------------------------------
+# httpx does not expose interim responses, so these read the cache's answer off the socket.
+
+Interim = tuple[int, list[tuple[str, str]]]
+
+
+def raw_exchange(
+    url: str, path: str, headers: list[tuple[str, str]]
+) -> tuple[list[Interim], int, dict[str, str]]:
+    """GET ``path`` over a plain socket: (interim responses, final status, final fields)."""
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        while chunk := sock.recv(65536):
+            data += chunk
+    interim: list[Interim] = []
+    while True:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *field_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ")[1])
+        fields = [
+            (n.strip().lower(), v.strip()) for n, _, v in (f.partition(":") for f in field_lines)
+        ]
+        if 100 <= status < 200:
+            interim.append((status, fields))
+            continue
+        return interim, status, dict(fields)
+
+
+LINK = "</styles.css>; rel=preload; as=style"
+
+
+@pytest.mark.parametrize("code", [103, 102])
+def test_interim_responses_are_relayed_and_never_stored(
+    cache_url: str, scripted: tuple[ScriptedOrigin, str], code: int
+) -> None:
+    """interim-not-cached (required), interim-103, interim-102, interim-no-header-reuse:
+    the origin's 1xx reaches the client before the final response, the final response is
+    stored, and neither the 1xx nor its fields come back with the stored one."""
+    origin = scripted[0]
+    uuid = str(uuidlib.uuid4())
+    fields = [["link", LINK], ["x-my-header", "test"]] if code == 103 else []
+    origin.configure(
+        uuid,
+        [
+            {
+                "interim_responses": [[code, fields]],
+                "response_headers": [["Cache-Control", "max-age=100000"], ["Date", 0]],
+            },
+            {},
+        ],
+    )
+    path = f"/test/{uuid}"
+    interim, status, final = raw_exchange(cache_url, path, [("Req-Num", "1")])
+    assert status == 200
+    assert [(c, [tuple(f) for f in fs]) for c, fs in interim] == [
+        (code, [tuple(f) for f in fields])
+    ]
+    assert "x-my-header" not in final
+    interim, status, final = raw_exchange(cache_url, path, [("Req-Num", "2")])
+    assert status == 200
+    assert final["server-request-count"] == "1", "the second request was not served from cache"
+    assert interim == []
+    assert "x-my-header" not in final
+    assert len(origin.state[uuid]) == 1

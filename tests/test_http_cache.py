@@ -162,7 +162,7 @@ def test_vary_keys_variants_on_the_named_request_headers(
         ("cc=&expires=-10", False),
         ("cc=&expires=0", False),  # an invalid Expires means already expired
         ("cc=", True),  # heuristic: Last-Modified in 2020, 10 % rule
-        ("cc=&lm=0", True),  # no validator, no freshness: SLICECACHE_CACHE_TTL
+        ("cc=&lm=0", False),  # no Last-Modified, no freshness: RFC 9111, not reused
     ],
 )
 def test_freshness_sources(
@@ -191,6 +191,35 @@ def test_cache_ttl_fallback_applies_only_when_heuristics_are_allowed(
         second = get(url, f"/files/{name}?cc=&lm=0")
     assert second.headers["x-cache"] != "HIT"
     assert origin_hits(origin, f"/files/{name}") == 2
+
+
+def test_default_settings_do_not_reuse_a_response_the_origin_said_nothing_about(
+    cache_proxy: CacheProxy, origin: Origin
+) -> None:
+    """RFC 9111 4.2: no explicit freshness, no Last-Modified -> no reuse without asking."""
+    name = "1000-default-ttl.bin"
+    with cache_proxy() as url:
+        get(url, f"/files/{name}?cc=&lm=0")
+        second = get(url, f"/files/{name}?cc=&lm=0")
+    assert second.headers["x-cache"] != "HIT"
+    assert origin_hits(origin, f"/files/{name}") == 2
+
+
+def test_operator_cache_ttl_applies_and_says_so_in_cache_status(
+    cache_proxy: CacheProxy, origin: Origin
+) -> None:
+    name = "1000-operator-ttl.bin"
+    with cache_proxy(cache_ttl=600) as url:
+        get(url, f"/files/{name}?cc=&lm=0")
+        second = get(url, f"/files/{name}?cc=&lm=0")
+        heuristic = get(url, f"/files/{name}?cc=")
+        heuristic = get(url, f"/files/{name}?cc=")
+    assert second.headers["x-cache"] == "HIT"
+    assert "detail=default-ttl" in second.headers["cache-status"]
+    assert origin_hits(origin, f"/files/{name}") == 2
+    # Fresh by Last-Modified (RFC heuristic), not by the operator: no detail.
+    assert heuristic.headers["x-cache"] == "HIT"
+    assert "default-ttl" not in heuristic.headers["cache-status"]
 
 
 def test_age_and_cache_status_are_sent(cache_proxy: CacheProxy) -> None:
@@ -325,7 +354,7 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_once(
 
 def test_unsafe_request_invalidates_the_target(cache_proxy: CacheProxy, origin: Origin) -> None:
     path = "/echo/invalidate-me"
-    with cache_proxy() as url:
+    with cache_proxy(cache_ttl=3600) as url:  # /echo says nothing about freshness
         get(url, path)
         assert get(url, path).headers["x-cache"] == "HIT"
         assert httpx.post(f"{url}{path}", content=b"change").status_code == 200

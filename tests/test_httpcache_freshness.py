@@ -96,9 +96,18 @@ def test_4_2_2_no_heuristics_for_status_not_heuristically_cacheable() -> None:
 
 def test_default_ttl_only_when_heuristics_allowed_and_nothing_else() -> None:
     assert freshness_lifetime(DATE, default_ttl=3600) == Lifetime(3600, "default")
+    assert freshness_lifetime(DATE, status=204, default_ttl=60) == Lifetime(60, "default")
     assert freshness_lifetime(DATE) == Lifetime(0, "none")
+    assert freshness_lifetime(DATE, default_ttl=0) == Lifetime(0, "none")
     assert freshness_lifetime(DATE, status=500, default_ttl=3600) == Lifetime(0, "none")
-    assert freshness_lifetime(DATE + cc("public"), status=500, default_ttl=60).seconds == 60
+
+
+def test_default_ttl_is_narrow_never_an_error_or_a_redirect() -> None:
+    """The operator's override makes successes fresh, not a transient 404 (seen: one
+    served for an hour) nor a redirect, even one the origin marked public."""
+    for status in (301, 308, 404, 410, 500):
+        assert freshness_lifetime(DATE, status=status, default_ttl=3600).source != "default"
+    assert freshness_lifetime(DATE + cc("public"), status=500, default_ttl=60).seconds == 0
 
 
 def test_4_2_1_invalid_max_age_is_stale_not_heuristic() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,7 @@ FRESH: H = [("cache-control", "max-age=60")]
 
 
 def store(
-    response: H, request: H | None = None, *, method: str = "GET", status: int = 200, **kw: bool
+    response: H, request: H | None = None, *, method: str = "GET", status: int = 200, **kw: Any
 ) -> Storable:
     return storability(method, status, request or [], response, **kw)
 

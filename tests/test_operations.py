@@ -226,7 +226,8 @@ def test_size_limits(proxy: ProxyFactory) -> None:
 
 def test_cache_key_includes_the_forwarded_host(proxy: ProxyFactory, origin: Origin) -> None:
     path = "/echo/host-key"
-    with proxy(preserve_host=True) as url:
+    # cache_ttl: /echo says nothing about freshness; b must be able to get a's answer.
+    with proxy(preserve_host=True, cache_ttl=3600) as url:
         a = httpx.get(f"{url}{path}", headers={"host": "a.example"})
         b = httpx.get(f"{url}{path}", headers={"host": "b.example"})
     assert dict(a.json()["headers"])["host"] == "a.example"

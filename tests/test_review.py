@@ -197,7 +197,8 @@ def test_sliced_fetches_send_the_origin_host_not_the_clients(
 ) -> None:
     path = "/echo/review-host"
     origin_host = origin.url.removeprefix("http://")
-    with proxy(slice_size=SLICE) as url:  # preserve_host is off: the key is the origin's
+    # cache_ttl: /echo says nothing about freshness; the victim must be able to get a hit.
+    with proxy(slice_size=SLICE, cache_ttl=3600) as url:  # preserve_host off: origin's key
         attacker = httpx.get(f"{url}{path}", headers={"host": "evil.example"})
         victim = httpx.get(f"{url}{path}")
     # The probe forwarded the client's Host, so a vhost-aware origin's answer for

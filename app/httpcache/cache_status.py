@@ -77,9 +77,10 @@ class CacheStatus:
     served_stale: bool = False
 
     @classmethod
-    def fresh_hit(cls, ttl: int) -> CacheStatus:
-        """Served fresh from cache."""
-        return cls(hit=True, ttl=ttl)
+    def fresh_hit(cls, ttl: int, detail: str | None = None) -> CacheStatus:
+        """Served fresh from cache (``detail="default-ttl"``: fresh only by the operator's
+        SLICECACHE_CACHE_TTL, the origin said nothing)."""
+        return cls(hit=True, ttl=ttl, detail=detail)
 
     @classmethod
     def stale_hit(cls, ttl: int, detail: str) -> CacheStatus:

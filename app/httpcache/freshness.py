@@ -39,6 +39,7 @@ from ._fields import DELTA_SECONDS_MAX, Headers, get_all, parse_delta_seconds, s
 from .cache_control import CacheControl, cache_control_of, request_cache_control
 from .dates import parse_http_date
 from .storable import is_heuristically_cacheable
+from .targeted import CDN_CACHE_CONTROL, effective_headers
 
 __all__ = [
     "FreshnessPolicy",
@@ -61,6 +62,10 @@ __all__ = [
 LifetimeSource = Literal["s-maxage", "max-age", "expires", "heuristic", "default", "none"]
 
 GATEWAY_TIMEOUT = 504
+
+DEFAULT_TTL_STATUSES: frozenset[int] = frozenset({200, 203, 204})
+"""Statuses the operator's ``default_ttl`` may make fresh: successes only, so that a
+transient 404 or a redirect the origin said nothing about is never pinned for the TTL."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,9 @@ def freshness_lifetime(
     4. only when heuristics are allowed — no explicit freshness, and a heuristically
        cacheable status (RFC 9110 15.1) or ``public`` (4.2.2) —
        ``heuristic_fraction * (Date - Last-Modified)`` capped at ``heuristic_max``;
-    5. then, still only when heuristics are allowed, ``default_ttl`` (the operator's
-       "origin said nothing" lifetime);
+    5. then, for a 200, 203 or 204 only (:data:`DEFAULT_TTL_STATUSES`), ``default_ttl``:
+       the operator's explicit "origin said nothing" lifetime (nginx ``proxy_cache_valid``,
+       Varnish ``default_ttl``); ``None`` or ``0`` is RFC 9111's answer, no lifetime;
     6. else 0 (``"none"``).
 
     Never negative; delta-seconds are clamped to 2^31 (1.2.2).
@@ -138,7 +144,7 @@ def freshness_lifetime(
     if last_modified is not None and date is not None:
         estimate = heuristic_fraction * max(0.0, date - last_modified)
         return Lifetime(int(max(0.0, min(estimate, heuristic_max, DELTA_SECONDS_MAX))), "heuristic")
-    if default_ttl is not None:
+    if default_ttl and status in DEFAULT_TTL_STATUSES:
         return Lifetime(max(0, min(default_ttl, DELTA_SECONDS_MAX)), "default")
     return Lifetime(0, "none")
 
@@ -328,12 +334,16 @@ class FreshnessPolicy:
     heuristic_fraction: float = 0.1
     heuristic_max: int = 86400
     default_ttl: int | None = None
-    """Lifetime when the origin says nothing and heuristics are allowed (settings.cache_ttl)."""
+    """Lifetime of a 200/203/204 the origin says nothing about (settings.cache_ttl);
+    None or 0: none, the RFC 9111 default."""
     default_stale_if_error: int = 0
     """Seconds past expiry a stored response may replace an origin error, when the origin
     gives no stale-if-error and no directive forbids serving stale."""
     honour_request_no_cache: bool = True
     """False: ignore a client's ``no-cache``/``Pragma: no-cache`` (reload storms)."""
+    targeted_fields: tuple[str, ...] = (CDN_CACHE_CONTROL,)
+    """Lowercase targeted cache-control fields this cache obeys, first match wins
+    (RFC 9213); they replace Cache-Control and Expires when present and valid."""
     explicit_stale_overrides_s_maxage: bool = True
 
 
@@ -410,6 +420,9 @@ def decide(
     revalidation of STALE_WHILE_REVALIDATE is the cache's own business and still runs.
     The caller checks Vary and the method (GET/HEAD) before calling.
     """
+    stored = dataclasses.replace(
+        stored, headers=effective_headers(stored.headers, policy.targeted_fields)
+    )
     response_cc = cache_control_of(stored.headers)
     request_cc = request_cache_control(request_headers)
     if not policy.honour_request_no_cache and request_cc.no_cache is not False:

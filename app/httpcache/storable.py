@@ -33,6 +33,7 @@ from ._fields import (
     split_list,
 )
 from .cache_control import cache_control_of
+from .targeted import effective_headers
 
 __all__ = [
     "HEURISTICALLY_CACHEABLE",
@@ -100,6 +101,7 @@ def storability(
     *,
     shared: bool = True,
     allow_partial: bool = False,
+    targeted: tuple[str, ...] = (),
 ) -> Storable:
     """Decide whether a response may be stored, per RFC 9111 section 3 (in rule order).
 
@@ -115,7 +117,12 @@ def storability(
     8. Set-Cookie only with ``public`` (product decision, see module docstring);
     9. something that makes it cacheable: ``public``, ``max-age``, ``s-maxage`` (shared),
        ``Expires``, ``private`` (private caches only), or a heuristically cacheable status.
+
+    ``targeted``: the targeted fields this cache obeys (RFC 9213, see
+    :mod:`app.httpcache.targeted`); the first valid one stands in for Cache-Control and
+    Expires in every rule above.
     """
+    response_headers = effective_headers(response_headers, targeted)
     request_cc = cache_control_of(request_headers)
     cc = cache_control_of(response_headers)
 

@@ -89,6 +89,10 @@ def main() -> None:
         # One server, two sockets: the app routes by the port a request came in on.
         sockets.append(listening_socket(settings.host, settings.admin_port))
     server.run(sockets=sockets)
+    if not server.started:
+        # The lifespan failed (the reason is already logged, one line): exit as uvicorn's
+        # own CLI does, with status 3, so a supervisor sees a failed start.
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

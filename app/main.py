@@ -27,7 +27,7 @@ from app.fills import ByteBudget
 from app.headers import Headers
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_uri
-from app.lifecycle import Lifecycle
+from app.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
 from app.proxy import pass_through
@@ -221,12 +221,18 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 async def open_l2(settings: Settings) -> RawDiskStore:
-    """Open the raw-disk tier, or stop startup with one line saying why."""
+    """Open the raw-disk tier, or stop startup with one line saying why (no traceback)."""
+    path = settings.raw_disk_cache.device_path
     try:
         return await RawDiskStore.open(settings.raw_disk_cache)
     except RawDiskError as error:
-        log.error(f"cannot open the L2 device: {error}")
-        raise SystemExit(f"slicecache: cannot open the L2 device: {error}") from None
+        raise StartupError(f"cannot open the L2 device {path}: {error}") from None
+    except OSError as error:  # missing directory, not a directory, permissions, disk full
+        reason = error.strerror or type(error).__name__
+        raise StartupError(
+            f"cannot open the L2 device {path}: {reason} (errno {error.errno}); "
+            "check SLICECACHE_RAW_DISK_CACHE__DEVICE_PATH and the volume mounted there"
+        ) from None
 
 
 def create_app(
@@ -245,6 +251,9 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level)
+        # L2 first: a device that cannot be opened stops startup before anything else is
+        # open (an origin client left open would log its own complaint on the way out).
+        l2 = await open_l2(settings) if settings.enable_cache and settings.enable_l2_cache else None
         timeouts = UpstreamTimeouts(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
@@ -257,7 +266,6 @@ def create_app(
             runtime.metrics.counters,
         )
         if settings.enable_cache:
-            l2 = await open_l2(settings) if settings.enable_l2_cache else None
             runtime.store = TieredStore(
                 MemoryStore(settings.l1_cache_size_bytes),
                 l2,
@@ -313,6 +321,7 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
     app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics)
+    app.add_middleware(StartupFailureReporter)
     return app
 
 

@@ -247,6 +247,11 @@ def _env(**settings: str) -> dict[str, str]:
         ("upstream_address", "ftp://x:1", "SLICECACHE_UPSTREAM_ADDRESS"),
         ("raw_disk_cache__block_size", "3000", "SLICECACHE_RAW_DISK_CACHE__BLOCK_SIZE"),
         ("slice_patterns", "[", "SLICECACHE_SLICE_PATTERNS"),
+        ("slicesize", "4m", "SLICECACHE_SLICESIZE (did you mean SLICECACHE_SLICE_SIZE?)"),
+        ("raw_disk_cache__blocksize", "4k", "did you mean SLICECACHE_RAW_DISK_CACHE__BLOCK_SIZE"),
+        ("upstream_address", "origin", "must carry a port"),
+        ("upstream_address", "bad_host:80", "not a host name"),
+        ("l1_cache_size_bytes", "64MB", "units are powers of 1024"),
     ],
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:
@@ -260,8 +265,124 @@ def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, 
         assert result.returncode != 0
         lines = [line for line in result.stderr.splitlines() if "slicecache:" in line]
         assert len(lines) == 1, result.stderr
-        assert rule in lines[0] or "SLICE_PATTERNS" in rule
+        assert rule in lines[0] or "SLICE_PATTERNS" in rule, lines[0]
         assert "Traceback" not in result.stderr
+
+
+def _start_failure(env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of both ways to start, each given ``env``."""
+    results = []
+    for command in (
+        [sys.executable, "-m", "app.cli"],
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        results.append((done.returncode, done.stdout, done.stderr))
+    return results
+
+
+def _l2_env(device: Path, **more: str) -> dict[str, str]:
+    return _env(
+        port=str(_free_port()),
+        enable_l2_cache="true",
+        raw_disk_cache__device_path=str(device),
+        raw_disk_cache__total_size="64MiB",
+        **more,
+    )
+
+
+def _assert_one_line(results: list[tuple[int, str, str]], needle: str) -> None:
+    for code, stdout, stderr in results:
+        assert code == 3, (code, stdout, stderr)
+        lines = [line for line in (stdout + stderr).splitlines() if "slicecache:" in line]
+        assert len(lines) == 1 and needle in lines[0], (stdout, stderr)
+        assert "Traceback" not in stdout + stderr
+        assert "Application startup failed" not in stdout + stderr  # said once, by us
+
+
+def test_l2_device_in_a_non_directory_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    _assert_one_line(_start_failure(_l2_env(afile / "l2.bin")), "Not a directory")
+
+
+def test_l2_device_with_other_geometry_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    device = tmp_path / "l2.bin"
+    ok = subprocess.run(
+        [sys.executable, "-m", "cache.rawdisk", "format", str(device), "--size", str(64 << 20)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if ok.returncode != 0:  # the format CLI's options: create it through a first start
+        pytest.skip(f"cannot format a device from the CLI: {ok.stderr.strip()}")
+    results = _start_failure(_l2_env(device, raw_disk_cache__block_size="8k"))
+    _assert_one_line(results, "cannot open the L2 device")
+
+
+def test_l2_device_locked_by_another_process_is_one_line_and_exit_3(
+    origin: Origin, tmp_path: Path
+) -> None:
+    device = tmp_path / "l2.bin"
+    settings = {
+        "enable_l2_cache": "true",
+        "raw_disk_cache__device_path": str(device),
+        "raw_disk_cache__total_size": "64MiB",
+    }
+    with proxy_process(origin, **settings):
+        results = _start_failure(_l2_env(device))
+    _assert_one_line(results, "cannot open the L2 device")
+
+
+def test_sizes_accept_one_unit_syntax() -> None:
+    from settings import Settings, parse_size
+
+    assert [parse_size(v) for v in ("1MiB", "64m", "4GiB", "10Gi", "65536", "64k")] == [
+        1 << 20,
+        64 << 20,
+        4 << 30,
+        10 << 30,
+        65536,
+        64 << 10,
+    ]
+    for bad in ("64MB", "1.5m", "ten", "-1", "1 GB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    parsed = Settings(
+        slice_size="256k",
+        l1_cache_size_bytes="1GiB",
+        max_in_flight_bytes="64m",
+        raw_disk_cache={"total_size": "4Gi", "block_size": "8KiB"},
+    )
+    assert (parsed.slice_size, parsed.l1_cache_size_bytes) == (256 << 10, 1 << 30)
+    assert parsed.raw_disk_cache.total_size == 4 << 30
+    assert parsed.raw_disk_cache.block_size == 8192
+
+
+@pytest.mark.parametrize(
+    ("address", "normal"),
+    [
+        ("origin:80", "http://origin:80"),
+        ("https://origin.example", "https://origin.example:443"),
+        ("10.1.2.3:8081", "http://10.1.2.3:8081"),
+        ("[::1]:8081", "http://[::1]:8081"),
+        ("origin", None),
+        ("origin:0", None),
+        ("origin:99999", None),
+        ("or igin:80", None),
+        ("-origin:80", None),
+        ("user:pw@origin:80", None),
+        ("origin:80/path", None),
+    ],
+)
+def test_upstream_address_is_a_host_and_port(address: str, normal: str | None) -> None:
+    from settings import upstream_url
+
+    if normal is None:
+        with pytest.raises(ValueError):
+            upstream_url(address)
+    else:
+        assert upstream_url(address) == normal
 
 
 def _free_port() -> int:

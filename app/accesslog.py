@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.clientaddr import CLIENT_KEY, TrustedProxies
 from app.context import SCOPE_KEY, RequestLog
 from app.metrics import Metrics
 
@@ -76,11 +77,16 @@ class AccessLogMiddleware:
     """Writes the access line and records the per-request metrics."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics | None = None, stream: TextIO | None = None
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None = None,
+        stream: TextIO | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.stream = stream
+        self.trusted_proxies = trusted_proxies or TrustedProxies([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +95,7 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         log = RequestLog(request_id=_request_id(scope))
         scope[SCOPE_KEY] = log
+        client = scope[CLIENT_KEY] = self.trusted_proxies.client(scope)
         status = 0
         sent = 0
         complete = False
@@ -129,7 +136,7 @@ class AccessLogMiddleware:
                 "upstream_ms": round(log.upstream_seconds * 1000, 3),
                 "cache": log.cache,
                 "request_id": log.request_id,
-                "client": (scope.get("client") or ("-",))[0],
+                "client": client or "-",
             }
             if log.slices is not None:
                 entry["slices"] = {

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger("slicecache")
+
 
 @dataclass
 class Lifecycle:
@@ -20,6 +22,20 @@ class Lifecycle:
 
     def request_finished(self) -> None:
         self.active_requests -= 1
+
+    def start_draining(self, seconds: float) -> None:
+        self.draining = True
+        log.info(
+            f"draining: readyz answers 503, requests still served for {seconds:g} s",
+            extra={"fields": {"event": "drain_start", "active_requests": self.active_requests}},
+        )
+
+    def end_draining(self, grace_seconds: float) -> None:
+        log.info(
+            f"drained: no longer accepting; {self.active_requests} in-flight requests get "
+            f"up to {grace_seconds:g} s",
+            extra={"fields": {"event": "drain_end", "active_requests": self.active_requests}},
+        )
 
     @property
     def accepting(self) -> bool:

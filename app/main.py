@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 from app import admin
 from app.accesslog import AccessLogMiddleware, configure_logging, http_date_now
 from app.asgi_io import send_text
+from app.clientaddr import TrustedProxies
 from app.context import RequestContext
 from app.fills import ByteBudget
 from app.headers import Headers
@@ -30,6 +31,7 @@ from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize
 from app.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
+from app.plainstart import adopt_uvicorn
 from app.proxy import pass_through
 from app.purge import handle_purge
 from app.sliced import serve_sliced
@@ -320,7 +322,11 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
-    app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics)
+    app.add_middleware(
+        AccessLogMiddleware,
+        metrics=runtime.metrics,
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
     app.add_middleware(StartupFailureReporter)
     return app
 
@@ -335,4 +341,5 @@ def __getattr__(name: str) -> Starlette:
         raise AttributeError(name)
     if _default_app is None:
         _default_app = create_app(load_settings())
+    adopt_uvicorn(_default_app, _default_app.state.runtime.settings)
     return _default_app

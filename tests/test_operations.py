@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -471,3 +472,82 @@ def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
     values = _metric_values(text)
     assert values[("slicecache_upstream_requests_total", ())] == 1
     assert values[("slicecache_errors_total", (("kind", "upstream_connection"),))] == 1
+
+
+# --- both ways to start behave the same ---------------------------------------------------
+
+START_COMMANDS = {
+    "console-script": [sys.executable, "-m", "app.cli"],
+    "plain-uvicorn": [sys.executable, "-m", "uvicorn", "app.main:app"],
+}
+
+
+@pytest.mark.parametrize("start", sorted(START_COMMANDS))
+def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
+    port, admin_port = _free_port(), _free_port()
+    env = _env(
+        upstream_address=origin.url,
+        port=str(port),
+        admin_port=str(admin_port),
+        admin_allow_networks="127.0.0.0/8",
+        drain_seconds="1",
+    )
+    command = list(START_COMMANDS[start])
+    if start == "plain-uvicorn":
+        command += ["--port", str(port)]  # uvicorn's own flag; everything else default
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{admin}/_slicecache/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "did not start"
+            time.sleep(0.05)
+        echoed = httpx.get(f"{url}/echo/who", headers={"x-forwarded-for": "6.6.6.6"})
+        cached = httpx.get(f"{url}/files/1k.bin")
+        spoofed = httpx.get(f"{admin}/_slicecache/healthz", headers={"x-forwarded-for": "10.9.9.9"})
+        admin_on_main = httpx.get(f"{url}/_slicecache/healthz")
+        process.send_signal(signal.SIGTERM)
+        draining = httpx.get(f"{admin}/_slicecache/readyz")
+        served_while_draining = httpx.get(f"{url}/files/1k.bin")
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=10)[0]
+    for response in (echoed, cached):
+        assert len(response.headers.get_list("date")) == 1, response.headers
+        assert "server" not in response.headers
+    # The client's claim is passed on, the TCP peer appended: not replaced by the claim.
+    sent = dict(echoed.json()["headers"])["x-forwarded-for"]
+    assert sent == "6.6.6.6, 127.0.0.1"
+    assert spoofed.status_code == 200  # the peer (127.0.0.1) is allowed; the claim ignored
+    assert admin_on_main.status_code == 404
+    assert draining.status_code == 503 and served_while_draining.status_code == 200
+    assert code == 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, output
+    entries = [json.loads(line) for line in lines]  # every line JSON, the first one too
+    events = [entry.get("event") for entry in entries]
+    assert "drain_start" in events and "drain_end" in events
+    requests = [entry for entry in entries if entry.get("msg") == "request"]
+    assert requests and all(entry["client"] == "127.0.0.1" for entry in requests)
+
+
+def test_trusted_proxies_name_the_client(proxy: ProxyFactory) -> None:
+    with proxy(admin_allow_networks=["10.1.0.0/16"]) as url:
+        untrusted = httpx.get(f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3"})
+    with proxy(admin_allow_networks=["10.1.0.0/16"], trusted_proxies=["127.0.0.0/8"]) as url:
+        trusted = httpx.get(f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3"})
+        outsider = httpx.get(
+            f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3, 8.8.8.8"}
+        )
+    assert untrusted.status_code == 403
+    assert trusted.status_code == 200
+    assert outsider.status_code == 403  # the right-most untrusted hop is the client

@@ -167,12 +167,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds one upstream exchange may take in all, body included; 0 = no limit.",
     )
-    origin_failure_log_interval: float = Field(
+    warning_interval_seconds: float = Field(
         default=10.0,
         ge=0,
         le=3600,
-        description="Seconds between warning lines about one kind of origin failure (the "
-        "first is logged at once, the rest counted into the next line); 0 = every failure.",
+        description="Seconds between repeated warnings of one kind (origin failures, L2 "
+        "write-behind drops, evictions under pressure): the first is logged at once, later "
+        "ones are counted into the next line; 0 = every one.",
     )
     upstream_pool_size: int = Field(
         default=100, ge=1, le=10000, description="Most connections open to the origin at once."

@@ -6,9 +6,11 @@ built on first access from the environment, so importing this module never reads
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -31,20 +33,24 @@ from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize
 from app.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
+from app.origin import ObservedTransport
 from app.plainstart import adopt_uvicorn
+from app.pressure import PressureWatch
 from app.proxy import pass_through
 from app.purge import handle_purge
+from app.ratelimit import RateLimitedLog
 from app.sliced import serve_sliced
 from app.slicer import SliceEngine
 from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
 from cache.memory import MemoryStore
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.tiered import TieredStore
-from settings import Settings, load_settings
+from settings import Settings, format_size, load_settings
 
 log = logging.getLogger("slicecache")
 
 TransportFactory = Callable[[Settings], httpx.AsyncBaseTransport]
+L1_COUNTS = frozenset({"hits", "misses", "rejected", "expired", "evictions"})
 
 
 @dataclass
@@ -90,17 +96,19 @@ class Runtime:
         figures: dict[str, float] = {}
         if self.directory is not None:
             budget = self.directory.engine.budget
-            figures["bytes_in_flight"] = float(budget.in_use)
+            figures["in_flight_bytes"] = float(budget.in_use)
             figures["slices_filling"] = float(len(self.directory.engine.fills))
         if self.store is not None:
             counters = self.store.counters
-            figures["write_behind_queue_depth"] = float(self.store.queue_depth)
+            figures["write_behind_queue_slices"] = float(self.store.queue_depth)
             figures["write_behind_dropped_total"] = float(counters["write_behind_dropped"])
             figures["write_behind_written_total"] = float(counters["write_behind_written"])
-            figures["cache_tier_errors_total"] = float(counters["l2_errors"])
+            figures["l2_errors_total"] = float(counters["l2_errors"])
             if self.store.l1 is not None:
                 for key, value in self.store.l1.stats().items():
-                    figures[f"l1_{key}"] = value
+                    # Lifetime counts are counters (``_total``); sizes are gauges.
+                    counted = key in L1_COUNTS
+                    figures[f"l1_{key}{'_total' if counted else ''}"] = value
         figures["active_requests"] = float(self.lifecycle.active_requests)
         return figures
 
@@ -225,8 +233,28 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 async def open_l2(settings: Settings) -> RawDiskStore:
     """Open the raw-disk tier, or stop startup with one line saying why (no traceback)."""
     path = settings.raw_disk_cache.device_path
+    started = time.perf_counter()
     try:
-        return await RawDiskStore.open(settings.raw_disk_cache)
+        store = await RawDiskStore.open(settings.raw_disk_cache)
+        stats = store.stats()
+        took = time.perf_counter() - started
+        entries, stored = int(stats.get("entries", 0)), int(stats.get("bytes", 0))
+        log.info(
+            f"L2 device {path} open: {entries} entries, {format_size(stored)} of "
+            f"{format_size(int(stats.get('capacity_bytes', 0)))} in {took:.3f} s",
+            extra={
+                "fields": {
+                    "event": "l2_open",
+                    "path": path,
+                    "entries": entries,
+                    "bytes": stored,
+                    "used_bytes": int(stats.get("used_bytes", 0)),
+                    "capacity_bytes": int(stats.get("capacity_bytes", 0)),
+                    "recovery_seconds": round(took, 3),
+                }
+            },
+        )
+        return store
     except RawDiskError as error:
         raise StartupError(f"cannot open the L2 device {path}: {error}") from None
     except OSError as error:  # missing directory, not a directory, permissions, disk full
@@ -253,6 +281,7 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level)
+        watcher: asyncio.Task[None] | None = None
         # L2 first: a device that cannot be opened stops startup before anything else is
         # open (an origin client left open would log its own complaint on the way out).
         l2 = await open_l2(settings) if settings.enable_cache and settings.enable_l2_cache else None
@@ -261,11 +290,12 @@ def create_app(
             read=settings.read_timeout,
             total=settings.total_timeout or None,
         )
+        warnings = RateLimitedLog(log, settings.warning_interval_seconds)
+        transport = ObservedTransport(
+            make_transport(settings), runtime.metrics, settings.upstream_base_url, warnings
+        )
         runtime.upstream = UpstreamClient(
-            settings.upstream_base_url,
-            timeouts,
-            make_transport(settings),
-            runtime.metrics.counters,
+            settings.upstream_base_url, timeouts, transport, runtime.metrics.counters
         )
         if settings.enable_cache:
             runtime.store = TieredStore(
@@ -295,12 +325,18 @@ def create_app(
                 "hit_l2": float(store.counters["slice_hits_l2"]),
             }
             if l2 is not None:
-                runtime.metrics.add_source("raw_disk_cache", "L2 raw-disk store", l2.stats)
+                runtime.metrics.add_source("slicecache_l2", "L2 raw-disk store", l2.stats)
+            watch = PressureWatch(runtime.store, warnings)
+            watcher = asyncio.get_running_loop().create_task(
+                watch.run(settings.warning_interval_seconds or 10.0)
+            )
         runtime.lifecycle.ready = True
         try:
             yield
         finally:
             runtime.lifecycle.ready = False
+            if watcher is not None:
+                watcher.cancel()
             if runtime.directory is not None:
                 await runtime.directory.close()
                 await runtime.directory.engine.close()

@@ -184,17 +184,141 @@ def test_metrics_after_a_known_workload(proxy: ProxyFactory) -> None:
 
     assert value("cache_hits_total") == 1
     assert value("cache_misses_total") == 1
-    assert value("cache_hit_rate") == 0.5
+    assert ("cache_hit_rate", ()) not in values  # a lifetime ratio: computed in PromQL
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="HIT") == 1
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="MISS") == 1
     assert value("slicecache_requests_total", method="PURGE", status_class="4xx", cache="-") == 1
-    assert value("slicecache_slices_total", outcome="miss") == 1  # slice 0 came with the probe
-    assert value("slicecache_slices_total", outcome="hit_l1") == 2
-    assert value("slicecache_upstream_requests_total") == 2
+    assert value("slicecache_slice_sources_total", source="miss") == 1  # with the probe
+    assert value("slicecache_slice_sources_total", source="hit_l1") == 2
+    # What X-Cache-Slices told the clients, summed.
+    told = [r.headers["x-cache-slices"] for r in (miss, hit)]
+    assert told == ["hit=0, miss=2", "hit=2, miss=0"]
+    assert value("slicecache_response_slices_total", result="hit") == 2
+    assert value("slicecache_response_slices_total", result="miss") == 2
+    assert value("slicecache_origin_requests_total") == 2
+    assert value("slicecache_origin_responses_total", status_class="2xx") == 2
+    assert value("slicecache_origin_response_seconds_count") == 2
     assert value("http_response_bytes_total") >= 200_000
-    assert value("http_request_ttfb_seconds_count") == 3
+    assert value("slicecache_response_bytes_total") == value("http_response_bytes_total")
+    # Proxied requests only (not the PURGE, not the scrape), by result.
+    assert value("slicecache_ttfb_seconds_count", cache="MISS") == 1
+    assert value("slicecache_ttfb_seconds_count", cache="HIT") == 1
     assert value("process_resident_memory_bytes") > 0
     assert all("/files/" not in str(labels) for _, labels in values)  # no URL labels
+
+
+def test_metric_names_follow_prometheus_conventions(proxy: ProxyFactory, tmp_path: Path) -> None:
+    with proxy(**tier_settings("both", tmp_path / "l2.bin")) as url:
+        warm(url, PATHS[0])
+        text = httpx.get(f"{url}/_slicecache/metrics").text
+    ours = [
+        family
+        for family in text_string_to_metric_families(text)
+        if not family.name.startswith(("process_", "python_"))
+    ]
+    aliases = {"cache_hits", "cache_misses", "http_response_bytes"}
+    for family in ours:
+        assert family.name.startswith("slicecache_") or family.name in aliases, family.name
+        assert family.documentation and family.documentation != family.name, family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        else:
+            assert not family.name.endswith("_total"), family.name  # a count must be a counter
+        for unit in ("_ms", "_milliseconds", "_kb", "_mb", "_mib"):
+            assert unit not in family.name, family.name
+    names = {family.name for family in ours}
+    assert {"slicecache_l2_evictions", "slicecache_l2_entries", "slicecache_l1_hits"} <= names
+
+
+def test_a_502_is_not_a_miss(proxy: ProxyFactory) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead_port = placeholder.getsockname()[1]
+    with proxy(upstream_address=f"127.0.0.1:{dead_port}") as url:
+        assert httpx.get(f"{url}/files/1k.bin").status_code == 502
+        values = _metric_values(httpx.get(f"{url}/_slicecache/metrics").text)
+    assert values[("cache_misses_total", ())] == 0
+    assert values[("slicecache_origin_responses_total", (("status_class", "error"),))] == 1
+
+
+def test_origin_failure_is_one_rate_limited_warning(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead_port = placeholder.getsockname()[1]
+    caplog.set_level("WARNING", logger="slicecache")
+    with proxy(upstream_address=f"127.0.0.1:{dead_port}", max_retries=0) as url:
+        for _ in range(3):
+            assert httpx.get(f"{url}/files/1k.bin?n=1").status_code == 502
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("retry") is not None]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # the other two were folded
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert fields["origin"] == f"http://127.0.0.1:{dead_port}"
+    assert fields["method"] == "GET" and fields["target"] == "/files/1k.bin?n=1"
+    assert fields["error"] == "ConnectError" and fields["errno"] == 111  # ECONNREFUSED
+    assert fields["retry"] == 0 and fields["request_id"]
+    message = lines[0].getMessage()
+    assert f"127.0.0.1:{dead_port}" in message and "ConnectError" in message
+
+
+def test_rate_limited_log_folds_repeats_into_the_next_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from app.ratelimit import RateLimitedLog
+
+    now = [100.0]
+    warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 10.0, clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="slicecache.test")
+    assert warnings.warning("drop", "dropped")
+    assert not warnings.warning("drop", "dropped")
+    assert not warnings.warning("drop", "dropped")
+    assert warnings.warning("other", "another kind is not held back")
+    now[0] += 10
+    assert warnings.warning("drop", "dropped")
+    folded = [getattr(r, "fields", {}).get("suppressed") for r in caplog.records]
+    assert folded == [None, None, 2]
+
+
+def test_l2_state_is_logged_when_it_opens(
+    proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="slicecache")
+    settings = tier_settings("both", tmp_path / "l2.bin")
+    with proxy(**settings) as url:
+        warm(url, PATHS[0])
+    with proxy(**settings):
+        pass
+    records = [getattr(r, "fields", {}) for r in caplog.records]
+    opened = [fields for fields in records if fields.get("event") == "l2_open"]
+    assert len(opened) == 2
+    assert opened[0]["entries"] == 0 and opened[1]["entries"] >= 2
+    assert opened[1]["bytes"] >= 100_000 and opened[1]["recovery_seconds"] >= 0
+
+
+def test_write_behind_drops_are_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from app.pressure import PressureWatch
+    from app.ratelimit import RateLimitedLog
+    from cache.memory import MemoryStore
+    from cache.tiered import TieredStore
+
+    store = TieredStore(MemoryStore(1 << 20), None, queue_size=1)
+    watch = PressureWatch(store, RateLimitedLog(logging.getLogger("slicecache"), 0.0))
+    caplog.set_level("WARNING", logger="slicecache")
+    watch.check()
+    store.counters["write_behind_dropped"] += 5
+    watch.check()
+    watch.check()  # nothing new: nothing logged
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event")]
+    assert [(r.fields["event"], r.fields["count"]) for r in lines] == [  # type: ignore[attr-defined]
+        ("write_behind_dropped", 5)
+    ]
 
 
 def test_stats_is_json_with_tiers_and_config(proxy: ProxyFactory, tmp_path: Path) -> None:
@@ -465,12 +589,12 @@ def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
         httpx.post(f"{url}/echo/counted", content=b"x")  # pass-through
         text = httpx.get(f"{url}/_slicecache/metrics").text
     values = _metric_values(text)
-    assert values[("slicecache_upstream_requests_total", ())] == 1
+    assert values[("slicecache_origin_requests_total", ())] == 1
     with proxy(upstream_address=f"127.0.0.1:{dead_port}") as url:
         assert httpx.get(f"{url}/files/1k.bin").status_code == 502
         text = httpx.get(f"{url}/_slicecache/metrics").text
     values = _metric_values(text)
-    assert values[("slicecache_upstream_requests_total", ())] == 1
+    assert values[("slicecache_origin_requests_total", ())] == 1
     assert values[("slicecache_errors_total", (("kind", "upstream_connection"),))] == 1
 
 

@@ -7,14 +7,24 @@ breaks a rule stops the process at startup with one line naming the variable and
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
+import os
 import re
 import sys
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KiB = 1024
@@ -24,6 +34,36 @@ GiB = 1024 * MiB
 ENV_PREFIX = "SLICECACHE_"
 NESTED_DELIMITER = "__"
 
+# One size syntax for every byte setting (env, chart, CLI): plain bytes, or a number with a
+# binary unit in nginx's style (k, m, g, t) or Kubernetes' (Ki, Mi, Gi, Ti), optionally
+# followed by B (KiB, MiB, GiB). Every unit is a power of 1024. KB/MB/GB are refused:
+# whether they mean 1000 or 1024 is exactly the surprise this syntax avoids.
+_SIZE = re.compile(r"\s*([0-9]+)\s*(?:([kmgt])(?:i?b?)?|(b))?\s*", re.IGNORECASE)
+_UNIT = {"k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+SIZE_SYNTAX = "a size such as 1048576, 64k, 64m, 1MiB, 4GiB or 10Gi (units are powers of 1024)"
+
+
+def parse_size(value: Any) -> Any:
+    """``"64m"``, ``"1MiB"``, ``"10Gi"`` or ``"1048576"`` -> bytes; other types pass through."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        return value
+    match = _SIZE.fullmatch(value)
+    if match is None or re.search(r"[kmgt]b", value, re.IGNORECASE):
+        raise ValueError(f"{value!r} is not {SIZE_SYNTAX}")
+    number, unit, _ = match.groups()
+    return int(number) * (_UNIT[unit.lower()] if unit else 1)
+
+
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that divides them exactly (``1048576`` -> ``1MiB``)."""
+    for name, factor in (("TiB", 1024 * GiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size and size % factor == 0:
+            return f"{size // factor}{name}"
+    return str(size)
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
 
 class RawDiskCacheSettings(BaseModel):
     """The L2 device: one preallocated file (or block device) used as a raw block store."""
@@ -32,10 +72,10 @@ class RawDiskCacheSettings(BaseModel):
         default="/var/cache/slicecache/l2.bin",
         description="File (created and preallocated) or block device holding the L2 store.",
     )
-    total_size: int = Field(
+    total_size: ByteSize = Field(
         default=1 * GiB, ge=16 * MiB, description="Size of the device in bytes."
     )
-    block_size: int = Field(
+    block_size: ByteSize = Field(
         default=4 * KiB,
         ge=512,
         le=1 * MiB,
@@ -93,6 +133,20 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address the console script binds.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port the console script binds.")
 
+    keep_alive_seconds: float = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description="Seconds an idle client connection is kept open; above the 60 s idle "
+        "timeout of common load balancers, so the balancer, not the proxy, closes it.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs (JSON list or comma-separated) of proxies whose X-Forwarded-For "
+        "names the client (for the admin network check and the access log); "
+        "empty = the TCP peer is the client.",
+    )
+
     # --- origin ----------------------------------------------------------------------------
     upstream_address: str = Field(
         default="127.0.0.1:8081",
@@ -113,6 +167,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds one upstream exchange may take in all, body included; 0 = no limit.",
     )
+    warning_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Seconds between repeated warnings of one kind (origin failures, L2 "
+        "write-behind drops, evictions under pressure): the first is logged at once, later "
+        "ones are counted into the next line; 0 = every one.",
+    )
     upstream_pool_size: int = Field(
         default=100, ge=1, le=10000, description="Most connections open to the origin at once."
     )
@@ -125,7 +187,7 @@ class Settings(BaseSettings):
     )
 
     # --- slicing ---------------------------------------------------------------------------
-    slice_size: int = Field(
+    slice_size: ByteSize = Field(
         default=1 * MiB,
         ge=64 * KiB,
         le=64 * MiB,
@@ -156,7 +218,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Regexes (JSON list or comma-separated) of paths to slice; empty = all.",
     )
-    max_in_flight_bytes: int = Field(
+    max_in_flight_bytes: ByteSize = Field(
         default=256 * MiB,
         ge=1 * MiB,
         description="Global cap on bytes of slices being fetched from the origin at once.",
@@ -191,7 +253,7 @@ class Settings(BaseSettings):
         le=100_000,
         description="Slices waiting to be written to L2; when full, L2 writes are skipped.",
     )
-    l1_cache_size_bytes: int = Field(
+    l1_cache_size_bytes: ByteSize = Field(
         default=100 * MiB, ge=0, description="Budget of the in-memory tier in bytes."
     )
     enable_l2_cache: bool = Field(default=False, description="Use the raw-disk tier (L2).")
@@ -226,10 +288,10 @@ class Settings(BaseSettings):
         le=3600,
         description="After draining: how long in-flight responses may take to finish.",
     )
-    max_request_target_bytes: int = Field(
+    max_request_target_bytes: ByteSize = Field(
         default=8192, ge=256, le=1_048_576, description="Longest request target (else 414)."
     )
-    max_header_bytes: int = Field(
+    max_header_bytes: ByteSize = Field(
         default=65536, ge=1024, le=16_777_216, description="Most request header bytes (else 431)."
     )
     request_head_timeout: float = Field(
@@ -253,7 +315,7 @@ class Settings(BaseSettings):
         upstream_url(value)
         return value
 
-    @field_validator("slice_patterns", "admin_allow_networks", mode="before")
+    @field_validator("slice_patterns", "admin_allow_networks", "trusted_proxies", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -275,7 +337,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a valid regex: {exc}") from None
         return patterns
 
-    @field_validator("admin_allow_networks")
+    @field_validator("admin_allow_networks", "trusted_proxies")
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
         for network in networks:
@@ -319,26 +381,85 @@ class Settings(BaseSettings):
         return upstream_url(self.upstream_address)
 
 
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv4/IPv6 literal or a DNS name (RFC 1123 labels; a trailing dot allowed)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(p) for p in name.split("."))
+
+
 def upstream_url(address: str) -> str:
-    """Normalise ``host:port`` or ``http[s]://host:port`` to ``scheme://host:port``."""
+    """Normalise ``host:port`` or ``http[s]://host[:port]`` to ``scheme://host:port``.
+
+    A bare address must carry its port (``origin:80``): a forgotten port is a typo more
+    often than a wish for 80. With a scheme the port defaults to the scheme's.
+    """
     text = address.strip()
-    if "://" not in text:
+    bare = "://" not in text
+    if bare:
         text = "http://" + text
     parts = urlsplit(text)
     if parts.scheme not in {"http", "https"}:
         raise ValueError("scheme must be http or https")
     if not parts.hostname:
         raise ValueError("must name a host, as host:port or http[s]://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user@host)")
     if parts.path not in {"", "/"} or parts.query or parts.fragment:
         raise ValueError("must not carry a path, query or fragment")
+    if not _valid_host(parts.hostname):
+        raise ValueError(f"{parts.hostname!r} is not a host name or IP address")
     try:
         port = parts.port
     except ValueError:
         raise ValueError("port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("port must be a number from 1 to 65535")
+    if port is None and bare:
+        raise ValueError(f"must carry a port, e.g. {parts.hostname}:80")
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     # The port is always written: cache keys and invalidation compare origins exactly.
     port = port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{host}:{port}"
+
+
+def known_variables(model: type[BaseModel] | None = None, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every environment variable the settings read (a nested model also as one JSON value)."""
+    names = []
+    for name, field in (model or Settings).model_fields.items():
+        variable = prefix + name.upper()
+        names.append(variable)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names += known_variables(annotation, variable + NESTED_DELIMITER)
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``SLICECACHE_*`` variables no setting reads, each with the closest known name.
+
+    pydantic-settings ignores them, so ``SLICECACHE_SLICESIZE=4m`` would silently leave the
+    slice size at its default; like ``nginx -t`` on an unknown directive, refuse instead.
+    """
+    known = known_variables()
+    problems = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        problems.append(f"unknown setting {variable}{hint}")
+    return problems
 
 
 def describe_error(error: ValidationError) -> str:
@@ -352,8 +473,12 @@ def describe_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings() -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the environment; on a broken rule print one clear line and exit with status 2."""
+    unknown = unknown_variables(os.environ if environ is None else environ)
+    if unknown:
+        print(f"slicecache: {'; '.join(unknown)}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         return Settings()
     except ValidationError as error:

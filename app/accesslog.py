@@ -17,8 +17,10 @@ from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.clientaddr import CLIENT_KEY, TrustedProxies
 from app.context import SCOPE_KEY, RequestLog
 from app.metrics import Metrics
+from app.origin import CURRENT_REQUEST
 
 
 class JsonFormatter(logging.Formatter):
@@ -72,15 +74,31 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+def _slice_counts(value: bytes) -> tuple[int, int] | None:
+    """``hit=3, miss=1`` -> (3, 1): the metrics count exactly what the client was told."""
+    fields = dict(
+        part.strip().split("=", 1) for part in value.decode("latin-1").split(",") if "=" in part
+    )
+    try:
+        return int(fields["hit"]), int(fields["miss"])
+    except (KeyError, ValueError):
+        return None
+
+
 class AccessLogMiddleware:
     """Writes the access line and records the per-request metrics."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics | None = None, stream: TextIO | None = None
+        self,
+        app: ASGIApp,
+        metrics: Metrics | None = None,
+        stream: TextIO | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.stream = stream
+        self.trusted_proxies = trusted_proxies or TrustedProxies([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,6 +107,9 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         log = RequestLog(request_id=_request_id(scope))
         scope[SCOPE_KEY] = log
+        client = scope[CLIENT_KEY] = self.trusted_proxies.client(scope)
+        CURRENT_REQUEST.set(log)  # origin exchanges of this request fill upstream_ms
+        slices: tuple[int, int] | None = None
         status = 0
         sent = 0
         complete = False
@@ -96,10 +117,13 @@ class AccessLogMiddleware:
         request_id_header = (b"x-request-id", log.request_id.encode("latin-1"))
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent, complete, first_byte
+            nonlocal status, sent, complete, first_byte, slices
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), request_id_header]
+                for name, value in headers:
+                    if name == b"x-cache-slices":
+                        slices = _slice_counts(value)
                 if not any(name == b"date" for name, _ in headers):
                     # RFC 9110 6.6.1: relayed and cached responses keep the origin's Date;
                     # ours go out with this hop's.
@@ -129,7 +153,7 @@ class AccessLogMiddleware:
                 "upstream_ms": round(log.upstream_seconds * 1000, 3),
                 "cache": log.cache,
                 "request_id": log.request_id,
-                "client": (scope.get("client") or ("-",))[0],
+                "client": client or "-",
             }
             if log.slices is not None:
                 entry["slices"] = {
@@ -141,6 +165,6 @@ class AccessLogMiddleware:
                 entry["aborted"] = log.aborted or "client disconnected"
             if self.metrics is not None:
                 ttfb = None if first_byte is None else first_byte - started
-                self.metrics.observe_request(scope["method"], status, log.cache, sent, ttfb)
+                self.metrics.observe_request(scope["method"], status, log.cache, sent, ttfb, slices)
             out = self.stream or sys.stdout
             out.write(json.dumps(entry, separators=(",", ":")) + "\n")

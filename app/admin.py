@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from app.asgi_io import send_json, send_text, send_whole
+from app.clientaddr import client_of
 from app.lifecycle import Lifecycle
 
 AsgiHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -36,9 +37,9 @@ class AdminGuard:
         if self.admin_port and not self.on_admin_port(scope):
             return 404, "Not Found: admin routes are served on the admin port"
         if self.networks:
-            client = scope.get("client")
+            client = client_of(scope)  # the TCP peer, or whom a trusted proxy names
             try:
-                address = ipaddress.ip_address(client[0]) if client else None
+                address = ipaddress.ip_address(client) if client else None
             except ValueError:
                 address = None
             if address is None or not any(address in net for net in self.networks):

@@ -9,6 +9,7 @@ second signal skips the drain.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from types import FrameType
@@ -24,10 +25,17 @@ from settings import Settings, load_settings
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, drain_seconds: float):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        drain_seconds: float,
+        grace_seconds: float = 0.0,
+    ):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.drain_seconds = drain_seconds
+        self.grace_seconds = grace_seconds
         self.drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -36,11 +44,14 @@ class DrainingServer(uvicorn.Server):
         if self.drain_deadline is not None or self.drain_seconds <= 0:
             self.should_exit = True
             return
-        self.lifecycle.draining = True
+        self.lifecycle.start_draining(self.drain_seconds)
         self.drain_deadline = time.monotonic() + self.drain_seconds
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            if not self.should_exit:
+                self.lifecycle.end_draining(self.grace_seconds)
+                self.should_exit = True
             return True
         return await super().on_tick(counter)
 
@@ -76,10 +87,12 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
         # Seconds as they are: uvicorn annotates an int but hands it to asyncio.wait_for,
         # and 0 means no grace (int(0.5) or None made half a second an unbounded wait).
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
-        timeout_keep_alive=30,
+        timeout_keep_alive=math.ceil(settings.keep_alive_seconds),
     )
     lifecycle: Lifecycle = app.state.runtime.lifecycle
-    return DrainingServer(config, lifecycle, settings.drain_seconds)
+    return DrainingServer(
+        config, lifecycle, settings.drain_seconds, settings.shutdown_grace_seconds
+    )
 
 
 def main() -> None:
@@ -91,6 +104,10 @@ def main() -> None:
         # One server, two sockets: the app routes by the port a request came in on.
         sockets.append(listening_socket(settings.host, settings.admin_port))
     server.run(sockets=sockets)
+    if not server.started:
+        # The lifespan failed (the reason is already logged, one line): exit as uvicorn's
+        # own CLI does, with status 3, so a supervisor sees a failed start.
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

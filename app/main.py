@@ -6,10 +6,12 @@ built on first access from the environment, so importing this module never reads
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -24,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app import admin
 from app.accesslog import AccessLogMiddleware, configure_logging, http_date_now
 from app.asgi_io import send_text
+from app.clientaddr import TrustedProxies
 from app.context import RequestContext
 from app.fills import ByteBudget
 from app.headers import Headers, parse_host
@@ -31,22 +34,27 @@ from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.httpcache.targeted import targeted_fields
 from app.interim import relay_interim_to
-from app.lifecycle import Lifecycle
+from app.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.metrics import Metrics
 from app.objects import ObjectDirectory
+from app.origin import ObservedTransport
+from app.plainstart import adopt_uvicorn
+from app.pressure import PressureWatch
 from app.proxy import pass_through
 from app.purge import handle_purge
+from app.ratelimit import RateLimitedLog
 from app.sliced import serve_sliced
 from app.slicer import SliceEngine
 from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
 from cache.memory import MemoryStore
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.tiered import TieredStore
-from settings import Settings, load_settings
+from settings import Settings, format_size, load_settings
 
 log = logging.getLogger("slicecache")
 
 TransportFactory = Callable[[Settings], httpx.AsyncBaseTransport]
+L1_COUNTS = frozenset({"hits", "misses", "rejected", "expired", "evictions"})
 
 
 @dataclass
@@ -99,17 +107,19 @@ class Runtime:
         figures: dict[str, float] = {}
         if self.directory is not None:
             budget = self.directory.engine.budget
-            figures["bytes_in_flight"] = float(budget.in_use)
+            figures["in_flight_bytes"] = float(budget.in_use)
             figures["slices_filling"] = float(len(self.directory.engine.fills))
         if self.store is not None:
             counters = self.store.counters
-            figures["write_behind_queue_depth"] = float(self.store.queue_depth)
+            figures["write_behind_queue_slices"] = float(self.store.queue_depth)
             figures["write_behind_dropped_total"] = float(counters["write_behind_dropped"])
             figures["write_behind_written_total"] = float(counters["write_behind_written"])
-            figures["cache_tier_errors_total"] = float(counters["l2_errors"])
+            figures["l2_errors_total"] = float(counters["l2_errors"])
             if self.store.l1 is not None:
                 for key, value in self.store.l1.stats().items():
-                    figures[f"l1_{key}"] = value
+                    # Lifetime counts are counters (``_total``); sizes are gauges.
+                    counted = key in L1_COUNTS
+                    figures[f"l1_{key}{'_total' if counted else ''}"] = value
         figures["active_requests"] = float(self.lifecycle.active_requests)
         return figures
 
@@ -277,12 +287,38 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 async def open_l2(settings: Settings) -> RawDiskStore:
-    """Open the raw-disk tier, or stop startup with one line saying why."""
+    """Open the raw-disk tier, or stop startup with one line saying why (no traceback)."""
+    path = settings.raw_disk_cache.device_path
+    started = time.perf_counter()
     try:
-        return await RawDiskStore.open(settings.raw_disk_cache)
+        store = await RawDiskStore.open(settings.raw_disk_cache)
+        stats = store.stats()
+        took = time.perf_counter() - started
+        entries, stored = int(stats.get("entries", 0)), int(stats.get("bytes", 0))
+        log.info(
+            f"L2 device {path} open: {entries} entries, {format_size(stored)} of "
+            f"{format_size(int(stats.get('capacity_bytes', 0)))} in {took:.3f} s",
+            extra={
+                "fields": {
+                    "event": "l2_open",
+                    "path": path,
+                    "entries": entries,
+                    "bytes": stored,
+                    "used_bytes": int(stats.get("used_bytes", 0)),
+                    "capacity_bytes": int(stats.get("capacity_bytes", 0)),
+                    "recovery_seconds": round(took, 3),
+                }
+            },
+        )
+        return store
     except RawDiskError as error:
-        log.error(f"cannot open the L2 device: {error}")
-        raise SystemExit(f"slicecache: cannot open the L2 device: {error}") from None
+        raise StartupError(f"cannot open the L2 device {path}: {error}") from None
+    except OSError as error:  # missing directory, not a directory, permissions, disk full
+        reason = error.strerror or type(error).__name__
+        raise StartupError(
+            f"cannot open the L2 device {path}: {reason} (errno {error.errno}); "
+            "check SLICECACHE_RAW_DISK_CACHE__DEVICE_PATH and the volume mounted there"
+        ) from None
 
 
 def create_app(
@@ -303,19 +339,23 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if configure_logs:
             configure_logging(settings.log_level)
+        watcher: asyncio.Task[None] | None = None
+        # L2 first: a device that cannot be opened stops startup before anything else is
+        # open (an origin client left open would log its own complaint on the way out).
+        l2 = await open_l2(settings) if settings.enable_cache and settings.enable_l2_cache else None
         timeouts = UpstreamTimeouts(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
             total=settings.total_timeout or None,
         )
+        warnings = RateLimitedLog(log, settings.warning_interval_seconds)
+        transport = ObservedTransport(
+            make_transport(settings), runtime.metrics, settings.upstream_base_url, warnings
+        )
         runtime.upstream = UpstreamClient(
-            settings.upstream_base_url,
-            timeouts,
-            make_transport(settings),
-            runtime.metrics.counters,
+            settings.upstream_base_url, timeouts, transport, runtime.metrics.counters
         )
         if settings.enable_cache:
-            l2 = await open_l2(settings) if settings.enable_l2_cache else None
             runtime.store = TieredStore(
                 MemoryStore(settings.l1_cache_size_bytes),
                 l2,
@@ -346,12 +386,18 @@ def create_app(
                 "hit_l2": float(store.counters["slice_hits_l2"]),
             }
             if l2 is not None:
-                runtime.metrics.add_source("raw_disk_cache", "L2 raw-disk store", l2.stats)
+                runtime.metrics.add_source("slicecache_l2", "L2 raw-disk store", l2.stats)
+            watch = PressureWatch(runtime.store, warnings)
+            watcher = asyncio.get_running_loop().create_task(
+                watch.run(settings.warning_interval_seconds or 10.0)
+            )
         runtime.lifecycle.ready = True
         try:
             yield
         finally:
             runtime.lifecycle.ready = False
+            if watcher is not None:
+                watcher.cancel()
             if runtime.directory is not None:
                 await runtime.directory.close()
                 await runtime.directory.engine.close()
@@ -374,7 +420,12 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
     app.add_middleware(RawPathRouting)
-    app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics)
+    app.add_middleware(
+        AccessLogMiddleware,
+        metrics=runtime.metrics,
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
+    app.add_middleware(StartupFailureReporter)
     return app
 
 
@@ -388,4 +439,5 @@ def __getattr__(name: str) -> Starlette:
         raise AttributeError(name)
     if _default_app is None:
         _default_app = create_app(load_settings())
+    adopt_uvicorn(_default_app, _default_app.state.runtime.settings)
     return _default_app

@@ -1,9 +1,17 @@
-"""Prometheus metrics: one registry per app, no label built from a URL.
+"""Prometheus metrics: one registry per app, one ``slicecache_`` prefix, no URL labels.
 
-Per-request figures (TTFB, requests, bytes) are recorded as requests end. Everything the
-engine, the directory and the stores count anyway (slices, origin requests, retries,
-queue depth, every ``raw_disk_cache_*`` figure) is read at scrape time by a collector, so
-the hot path pays nothing for them.
+Conventions (https://prometheus.io/docs/practices/naming/): monotonic counts are counters
+named ``*_total``, units are base units in the name (``_seconds``, ``_bytes``), ratios are
+left to PromQL (``rate(a) / rate(b)``; a lifetime ratio gauge hides every change). Seed
+names kept as aliases, because they mean what they say: ``cache_hits_total``,
+``cache_misses_total`` and ``http_response_bytes_total``; ``cache_hit_rate`` (a lifetime
+gauge) and ``http_request_ttfb_seconds`` (mixed admin and proxied requests) are gone:
+see README "Metrics" for their replacements.
+
+Per-request figures (TTFB, requests, bytes, the response's slices) are recorded as
+requests end; origin figures by :mod:`app.origin` per exchange. Everything the engine,
+the directory and the stores count anyway is read at scrape time by a collector, so the
+hot path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -17,14 +25,54 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# A *_created gauge per counter and histogram doubles the series and reads, in the text
+# format, as a family of its own that breaks the naming rules above.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 TTFB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ORIGIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CACHE_HITS = frozenset({"HIT", "STALE", "REVALIDATED"})
 CACHE_MISSES = frozenset({"MISS", "PARTIAL"})
+# X-Cache values of a proxied request; "-" is an admin route, PURGE or a refusal.
+PROXIED = CACHE_HITS | CACHE_MISSES | {"BYPASS"}
+
+# HELP of the figures read at scrape time (exported name -> text). A figure without an
+# entry here gets its source's help and its own name spelled out.
+FIGURE_HELP = {
+    "slicecache_in_flight_bytes": "Bytes of slices being fetched from the origin now "
+    "(capped by SLICECACHE_MAX_IN_FLIGHT_BYTES)",
+    "slicecache_slices_filling": "Slices being fetched from the origin now",
+    "slicecache_write_behind_queue_slices": "Slices waiting to be written to L2",
+    "slicecache_write_behind_dropped_total": "Slices not written to L2 because the "
+    "write-behind queue was full (L2 slower than fills)",
+    "slicecache_write_behind_written_total": "Slices written to L2 by the write-behind queue",
+    "slicecache_l2_errors_total": "L2 reads or writes that failed (the request was "
+    "served from L1 or the origin instead)",
+    "slicecache_active_requests": "Requests being served now",
+    "slicecache_l1_entries": "Entries (slices and metadata) in the memory tier",
+    "slicecache_l1_bytes": "Bytes held by the memory tier",
+    "slicecache_l1_capacity_bytes": "Budget of the memory tier (SLICECACHE_L1_CACHE_SIZE_BYTES)",
+    "slicecache_l1_hits_total": "Memory tier lookups that found the entry",
+    "slicecache_l1_misses_total": "Memory tier lookups that did not",
+    "slicecache_l1_rejected_total": "Entries the memory tier refused (larger than its budget)",
+    "slicecache_l1_expired_total": "Memory tier entries dropped because they expired",
+    "slicecache_l2_entries": "Objects' slices and metadata records indexed in L2",
+    "slicecache_l2_bytes": "Payload bytes stored in L2",
+    "slicecache_l2_used_bytes": "Bytes of L2 data blocks in use",
+    "slicecache_l2_capacity_bytes": "Bytes of L2 data blocks in all",
+    "slicecache_l2_usage_ratio": "Share of L2 data blocks in use (0-1)",
+    "slicecache_l2_evictions_total": "L2 entries evicted to make room",
+    "slicecache_l2_no_space_total": "L2 writes refused for lack of space after eviction",
+    "slicecache_l2_write_errors_total": "L2 writes that failed",
+    "slicecache_l2_read_errors_total": "L2 reads that failed",
+    "slicecache_l2_checksum_failures_total": "L2 records that failed their checksum (never served)",
+}
 
 
 @dataclass
@@ -45,6 +93,10 @@ class EngineCounters:
 FigureSource = Callable[[], dict[str, float]]
 
 
+def _spelled(name: str) -> str:
+    return name.removesuffix("_total").replace("_", " ")
+
+
 class _RuntimeCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -53,49 +105,51 @@ class _RuntimeCollector(Collector):
         m = self.metrics
         counters = m.counters
         slices = CounterMetricFamily(
-            "slicecache_slices", "Slices served, by where they came from", labels=["outcome"]
+            "slicecache_slice_sources",
+            "Slices the engine delivered, by source: hit_l1, hit_l2, miss (fetched, "
+            "including the probe's slice 0), coalesced (tailed another request's fetch)",
+            labels=["source"],
         )
         for outcome, count in {**counters.slices, **m.slice_hits()}.items():
             slices.add_metric([outcome], count)
         yield slices
-        errors = CounterMetricFamily("slicecache_errors", "Failures, by kind", labels=["kind"])
+        errors = CounterMetricFamily(
+            "slicecache_errors",
+            "Failures, by kind (upstream_timeout, upstream_connection, slice_* ...)",
+            labels=["kind"],
+        )
         for kind, value in sorted(counters.errors.items()):
             errors.add_metric([kind], value)
         yield errors
         purges = CounterMetricFamily(
-            "slicecache_purges", "PURGE requests, by scope", labels=["scope"]
+            "slicecache_purges", "PURGE requests accepted, by scope", labels=["scope"]
         )
         for scope, value in counters.purges.items():
             purges.add_metric([scope], value)
         yield purges
         yield CounterMetricFamily(
-            "slicecache_upstream_bytes",
+            "slicecache_origin_slice_bytes",
             "Body bytes received from the origin for slices",
             value=counters.upstream_bytes,
         )
         yield CounterMetricFamily(
-            "slicecache_upstream_requests",
-            "Requests sent to the origin",
+            "slicecache_origin_requests",
+            "Requests sent to the origin (pass-through, probes, slices, revalidations)",
             value=counters.upstream_requests,
         )
         yield CounterMetricFamily(
-            "slicecache_retries", "Slice fetches retried after a failure", value=counters.retries
+            "slicecache_origin_retries",
+            "Slice fetches retried after a failure",
+            value=counters.retries,
         )
-        for name, help_text, source in m.sources:
-            figures = source()
-            for key, figure in sorted(figures.items()):
-                metric_name = f"{name}_{key}"
+        for prefix, help_text, source in m.sources:
+            for key, figure in sorted(source().items()):
+                name = f"{prefix}_{key}"
+                text = FIGURE_HELP.get(name, f"{help_text}: {_spelled(key)}")
                 if key.endswith("_total"):
-                    counter_name = metric_name.removesuffix("_total")
-                    yield CounterMetricFamily(counter_name, help_text, value=figure)
+                    yield CounterMetricFamily(name.removesuffix("_total"), text, value=figure)
                 else:
-                    yield GaugeMetricFamily(metric_name, help_text, value=figure)
-        total = m.hits + m.misses
-        yield GaugeMetricFamily(
-            "cache_hit_rate",
-            "Share of cacheable requests served from cache (hit, stale, revalidated)",
-            value=(m.hits / total) if total else 0.0,
-        )
+                    yield GaugeMetricFamily(name, text, value=figure)
 
 
 class Metrics:
@@ -111,20 +165,58 @@ class Metrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         PlatformCollector(registry=r)
         self.ttfb = Histogram(
-            "http_request_ttfb_seconds",
-            "Time from request to the first body byte sent",
+            "slicecache_ttfb_seconds",
+            "Time from a proxied request to its first body byte, by X-Cache result "
+            "(admin routes, PURGE and refusals are not counted)",
+            ["cache"],
             buckets=TTFB_BUCKETS,
             registry=r,
         )
-        self.cache_hits = Counter("cache_hits", "Requests served from cache", registry=r)
-        self.cache_misses = Counter("cache_misses", "Requests that went to the origin", registry=r)
+        self.cache_hits = Counter(
+            "cache_hits",
+            "Proxied requests answered from cache (X-Cache HIT, STALE, REVALIDATED); seed alias",
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "cache_misses",
+            "Proxied requests answered at least partly by the origin (X-Cache MISS, "
+            "PARTIAL), not counting 5xx answers; seed alias",
+            registry=r,
+        )
         self.response_bytes = Counter(
-            "http_response_bytes", "Body bytes sent to clients", registry=r
+            "http_response_bytes",
+            "Body bytes sent to clients (all routes); seed alias of "
+            "slicecache_response_bytes_total",
+            registry=r,
+        )
+        self.sent_bytes = Counter(
+            "slicecache_response_bytes", "Body bytes sent to clients (all routes)", registry=r
         )
         self.requests = Counter(
             "slicecache_requests",
-            "Requests, by method, status class and cache status",
+            "Requests, by method, status class and X-Cache result ('-' for admin routes, "
+            "PURGE and refusals)",
             ["method", "status_class", "cache"],
+            registry=r,
+        )
+        self.response_slices = Counter(
+            "slicecache_response_slices",
+            "Slices of sliced responses as X-Cache-Slices reports them: hit (cached when "
+            "the response started) or miss",
+            ["result"],
+            registry=r,
+        )
+        self.origin_latency = Histogram(
+            "slicecache_origin_response_seconds",
+            "Time from sending a request to the origin to its response headers",
+            buckets=ORIGIN_BUCKETS,
+            registry=r,
+        )
+        self.origin_responses = Counter(
+            "slicecache_origin_responses",
+            "Origin answers by status class (1xx-5xx), 'error' when none came "
+            "(connect error, timeout, reset)",
+            ["status_class"],
             registry=r,
         )
         r.register(_RuntimeCollector(self))
@@ -134,14 +226,27 @@ class Metrics:
         self.sources.append((prefix, help_text, source))
 
     def observe_request(
-        self, method: str, status: int, cache: str, sent: int, ttfb: float | None
+        self,
+        method: str,
+        status: int,
+        cache: str,
+        sent: int,
+        ttfb: float | None,
+        slices: tuple[int, int] | None = None,
     ) -> None:
-        if ttfb is not None:
-            self.ttfb.observe(ttfb)
+        proxied = cache in PROXIED
+        if ttfb is not None and proxied:
+            self.ttfb.labels(cache).observe(ttfb)
         self.response_bytes.inc(sent)
+        self.sent_bytes.inc(sent)
         if method not in KNOWN_METHODS:
             method = "other"  # a client may send any token: keep the label set bounded
         self.requests.labels(method, f"{status // 100}xx", cache).inc()
+        if slices is not None:
+            self.response_slices.labels("hit").inc(slices[0])
+            self.response_slices.labels("miss").inc(slices[1])
+        if status >= 500:
+            return  # a 502/504 is a failure, neither a hit nor a miss
         if cache in CACHE_HITS:
             self.hits += 1
             self.cache_hits.inc()

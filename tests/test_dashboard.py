@@ -166,6 +166,7 @@ def test_every_dashboard_metric_and_label_is_exported(
             problems.append(f"{title}: label {label!r} is on none of {sorted(names)}")
     assert not problems, "\n".join(problems)
     # The rows the dashboard promises draw on every family they are about.
-    for prefix in ("slicecache_", "raw_disk_cache_", "http_", "cache_", "process_"):
+    for prefix in ("slicecache_", "slicecache_l2_", "slicecache_origin_", "cache_", "process_"):
         assert any(name.startswith(prefix) for name in used), prefix
     assert "slicecache_errors_total" in exported  # the workload's error made a sample
+    assert "cache_hit_rate" not in used  # a lifetime gauge: the ratio is PromQL's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -185,17 +186,141 @@ def test_metrics_after_a_known_workload(proxy: ProxyFactory) -> None:
 
     assert value("cache_hits_total") == 1
     assert value("cache_misses_total") == 1
-    assert value("cache_hit_rate") == 0.5
+    assert ("cache_hit_rate", ()) not in values  # a lifetime ratio: computed in PromQL
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="HIT") == 1
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="MISS") == 1
     assert value("slicecache_requests_total", method="PURGE", status_class="4xx", cache="-") == 1
-    assert value("slicecache_slices_total", outcome="miss") == 1  # slice 0 came with the probe
-    assert value("slicecache_slices_total", outcome="hit_l1") == 2
-    assert value("slicecache_upstream_requests_total") == 2
+    assert value("slicecache_slice_sources_total", source="miss") == 1  # with the probe
+    assert value("slicecache_slice_sources_total", source="hit_l1") == 2
+    # What X-Cache-Slices told the clients, summed.
+    told = [r.headers["x-cache-slices"] for r in (miss, hit)]
+    assert told == ["hit=0, miss=2", "hit=2, miss=0"]
+    assert value("slicecache_response_slices_total", result="hit") == 2
+    assert value("slicecache_response_slices_total", result="miss") == 2
+    assert value("slicecache_origin_requests_total") == 2
+    assert value("slicecache_origin_responses_total", status_class="2xx") == 2
+    assert value("slicecache_origin_response_seconds_count") == 2
     assert value("http_response_bytes_total") >= 200_000
-    assert value("http_request_ttfb_seconds_count") == 3
+    assert value("slicecache_response_bytes_total") == value("http_response_bytes_total")
+    # Proxied requests only (not the PURGE, not the scrape), by result.
+    assert value("slicecache_ttfb_seconds_count", cache="MISS") == 1
+    assert value("slicecache_ttfb_seconds_count", cache="HIT") == 1
     assert value("process_resident_memory_bytes") > 0
     assert all("/files/" not in str(labels) for _, labels in values)  # no URL labels
+
+
+def test_metric_names_follow_prometheus_conventions(proxy: ProxyFactory, tmp_path: Path) -> None:
+    with proxy(**tier_settings("both", tmp_path / "l2.bin")) as url:
+        warm(url, PATHS[0])
+        text = httpx.get(f"{url}/_slicecache/metrics").text
+    ours = [
+        family
+        for family in text_string_to_metric_families(text)
+        if not family.name.startswith(("process_", "python_"))
+    ]
+    aliases = {"cache_hits", "cache_misses", "http_response_bytes"}
+    for family in ours:
+        assert family.name.startswith("slicecache_") or family.name in aliases, family.name
+        assert family.documentation and family.documentation != family.name, family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
+        else:
+            assert not family.name.endswith("_total"), family.name  # a count must be a counter
+        for unit in ("_ms", "_milliseconds", "_kb", "_mb", "_mib"):
+            assert unit not in family.name, family.name
+    names = {family.name for family in ours}
+    assert {"slicecache_l2_evictions", "slicecache_l2_entries", "slicecache_l1_hits"} <= names
+
+
+def test_a_502_is_not_a_miss(proxy: ProxyFactory) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead_port = placeholder.getsockname()[1]
+    with proxy(upstream_address=f"127.0.0.1:{dead_port}") as url:
+        assert httpx.get(f"{url}/files/1k.bin").status_code == 502
+        values = _metric_values(httpx.get(f"{url}/_slicecache/metrics").text)
+    assert values[("cache_misses_total", ())] == 0
+    assert values[("slicecache_origin_responses_total", (("status_class", "error"),))] == 1
+
+
+def test_origin_failure_is_one_rate_limited_warning(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead_port = placeholder.getsockname()[1]
+    caplog.set_level("WARNING", logger="slicecache")
+    with proxy(upstream_address=f"127.0.0.1:{dead_port}", max_retries=0) as url:
+        for _ in range(3):
+            assert httpx.get(f"{url}/files/1k.bin?n=1").status_code == 502
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("retry") is not None]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # the other two were folded
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    assert fields["origin"] == f"http://127.0.0.1:{dead_port}"
+    assert fields["method"] == "GET" and fields["target"] == "/files/1k.bin?n=1"
+    assert fields["error"] == "ConnectError" and fields["errno"] == 111  # ECONNREFUSED
+    assert fields["retry"] == 0 and fields["request_id"]
+    message = lines[0].getMessage()
+    assert f"127.0.0.1:{dead_port}" in message and "ConnectError" in message
+
+
+def test_rate_limited_log_folds_repeats_into_the_next_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from app.ratelimit import RateLimitedLog
+
+    now = [100.0]
+    warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 10.0, clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="slicecache.test")
+    assert warnings.warning("drop", "dropped")
+    assert not warnings.warning("drop", "dropped")
+    assert not warnings.warning("drop", "dropped")
+    assert warnings.warning("other", "another kind is not held back")
+    now[0] += 10
+    assert warnings.warning("drop", "dropped")
+    folded = [getattr(r, "fields", {}).get("suppressed") for r in caplog.records]
+    assert folded == [None, None, 2]
+
+
+def test_l2_state_is_logged_when_it_opens(
+    proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="slicecache")
+    settings = tier_settings("both", tmp_path / "l2.bin")
+    with proxy(**settings) as url:
+        warm(url, PATHS[0])
+    with proxy(**settings):
+        pass
+    records = [getattr(r, "fields", {}) for r in caplog.records]
+    opened = [fields for fields in records if fields.get("event") == "l2_open"]
+    assert len(opened) == 2
+    assert opened[0]["entries"] == 0 and opened[1]["entries"] >= 2
+    assert opened[1]["bytes"] >= 100_000 and opened[1]["recovery_seconds"] >= 0
+
+
+def test_write_behind_drops_are_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from app.pressure import PressureWatch
+    from app.ratelimit import RateLimitedLog
+    from cache.memory import MemoryStore
+    from cache.tiered import TieredStore
+
+    store = TieredStore(MemoryStore(1 << 20), None, queue_size=1)
+    watch = PressureWatch(store, RateLimitedLog(logging.getLogger("slicecache"), 0.0))
+    caplog.set_level("WARNING", logger="slicecache")
+    watch.check()
+    store.counters["write_behind_dropped"] += 5
+    watch.check()
+    watch.check()  # nothing new: nothing logged
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event")]
+    assert [(r.fields["event"], r.fields["count"]) for r in lines] == [  # type: ignore[attr-defined]
+        ("write_behind_dropped", 5)
+    ]
 
 
 def test_stats_is_json_with_tiers_and_config(proxy: ProxyFactory, tmp_path: Path) -> None:
@@ -250,6 +375,11 @@ def _env(**settings: str) -> dict[str, str]:
         ("upstream_address", "ftp://x:1", "scheme must be http or https"),
         ("raw_disk_cache__block_size", "3000", "must be a power of two"),
         ("slice_patterns", "[", "Expecting value"),  # not JSON
+        ("slicesize", "4m", "SLICECACHE_SLICESIZE (did you mean SLICECACHE_SLICE_SIZE?)"),
+        ("raw_disk_cache__blocksize", "4k", "did you mean SLICECACHE_RAW_DISK_CACHE__BLOCK_SIZE"),
+        ("upstream_address", "origin", "must carry a port"),
+        ("upstream_address", "bad_host:80", "not a host name"),
+        ("l1_cache_size_bytes", "64MB", "units are powers of 1024"),
     ],
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:
@@ -264,9 +394,125 @@ def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, 
         lines = [line for line in result.stderr.splitlines() if "slicecache:" in line]
         assert len(lines) == 1, result.stderr
         # The line names the variable as it is set, and says what is wrong with it.
-        assert f"SLICECACHE_{variable.upper()}:" in lines[0], lines[0]
+        assert f"SLICECACHE_{variable.upper()}" in lines[0], lines[0]
         assert rule in lines[0], lines[0]
         assert "Traceback" not in result.stderr
+
+
+def _start_failure(env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of both ways to start, each given ``env``."""
+    results = []
+    for command in (
+        [sys.executable, "-m", "app.cli"],
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        results.append((done.returncode, done.stdout, done.stderr))
+    return results
+
+
+def _l2_env(device: Path, **more: str) -> dict[str, str]:
+    return _env(
+        port=str(_free_port()),
+        enable_l2_cache="true",
+        raw_disk_cache__device_path=str(device),
+        raw_disk_cache__total_size="64MiB",
+        **more,
+    )
+
+
+def _assert_one_line(results: list[tuple[int, str, str]], needle: str) -> None:
+    for code, stdout, stderr in results:
+        assert code == 3, (code, stdout, stderr)
+        lines = [line for line in (stdout + stderr).splitlines() if "slicecache:" in line]
+        assert len(lines) == 1 and needle in lines[0], (stdout, stderr)
+        assert "Traceback" not in stdout + stderr
+        assert "Application startup failed" not in stdout + stderr  # said once, by us
+
+
+def test_l2_device_in_a_non_directory_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    _assert_one_line(_start_failure(_l2_env(afile / "l2.bin")), "Not a directory")
+
+
+def test_l2_device_with_other_geometry_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    device = tmp_path / "l2.bin"
+    ok = subprocess.run(
+        [sys.executable, "-m", "cache.rawdisk", "format", str(device), "--size", str(64 << 20)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if ok.returncode != 0:  # the format CLI's options: create it through a first start
+        pytest.skip(f"cannot format a device from the CLI: {ok.stderr.strip()}")
+    results = _start_failure(_l2_env(device, raw_disk_cache__block_size="8k"))
+    _assert_one_line(results, "cannot open the L2 device")
+
+
+def test_l2_device_locked_by_another_process_is_one_line_and_exit_3(
+    origin: Origin, tmp_path: Path
+) -> None:
+    device = tmp_path / "l2.bin"
+    settings = {
+        "enable_l2_cache": "true",
+        "raw_disk_cache__device_path": str(device),
+        "raw_disk_cache__total_size": "64MiB",
+    }
+    with proxy_process(origin, **settings):
+        results = _start_failure(_l2_env(device))
+    _assert_one_line(results, "cannot open the L2 device")
+
+
+def test_sizes_accept_one_unit_syntax() -> None:
+    from settings import Settings, parse_size
+
+    assert [parse_size(v) for v in ("1MiB", "64m", "4GiB", "10Gi", "65536", "64k")] == [
+        1 << 20,
+        64 << 20,
+        4 << 30,
+        10 << 30,
+        65536,
+        64 << 10,
+    ]
+    for bad in ("64MB", "1.5m", "ten", "-1", "1 GB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    parsed = Settings(
+        slice_size="256k",
+        l1_cache_size_bytes="1GiB",
+        max_in_flight_bytes="64m",
+        raw_disk_cache={"total_size": "4Gi", "block_size": "8KiB"},
+    )
+    assert (parsed.slice_size, parsed.l1_cache_size_bytes) == (256 << 10, 1 << 30)
+    assert parsed.raw_disk_cache.total_size == 4 << 30
+    assert parsed.raw_disk_cache.block_size == 8192
+
+
+@pytest.mark.parametrize(
+    ("address", "normal"),
+    [
+        ("origin:80", "http://origin:80"),
+        ("https://origin.example", "https://origin.example:443"),
+        ("10.1.2.3:8081", "http://10.1.2.3:8081"),
+        ("[::1]:8081", "http://[::1]:8081"),
+        ("origin", None),
+        ("origin:0", None),
+        ("origin:99999", None),
+        ("or igin:80", None),
+        ("-origin:80", None),
+        ("user:pw@origin:80", None),
+        ("origin:80/path", None),
+    ],
+)
+def test_upstream_address_is_a_host_and_port(address: str, normal: str | None) -> None:
+    from settings import upstream_url
+
+    if normal is None:
+        with pytest.raises(ValueError):
+            upstream_url(address)
+    else:
+        assert upstream_url(address) == normal
 
 
 def _free_port() -> int:
@@ -357,10 +603,89 @@ def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
         httpx.post(f"{url}/echo/counted", content=b"x")  # pass-through
         text = httpx.get(f"{url}/_slicecache/metrics").text
     values = _metric_values(text)
-    assert values[("slicecache_upstream_requests_total", ())] == 1
+    assert values[("slicecache_origin_requests_total", ())] == 1
     with proxy(upstream_address=f"127.0.0.1:{dead_port}") as url:
         assert httpx.get(f"{url}/files/1k.bin").status_code == 502
         text = httpx.get(f"{url}/_slicecache/metrics").text
     values = _metric_values(text)
-    assert values[("slicecache_upstream_requests_total", ())] == 1
+    assert values[("slicecache_origin_requests_total", ())] == 1
     assert values[("slicecache_errors_total", (("kind", "upstream_connection"),))] == 1
+
+
+# --- both ways to start behave the same ---------------------------------------------------
+
+START_COMMANDS = {
+    "console-script": [sys.executable, "-m", "app.cli"],
+    "plain-uvicorn": [sys.executable, "-m", "uvicorn", "app.main:app"],
+}
+
+
+@pytest.mark.parametrize("start", sorted(START_COMMANDS))
+def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
+    port, admin_port = _free_port(), _free_port()
+    env = _env(
+        upstream_address=origin.url,
+        port=str(port),
+        admin_port=str(admin_port),
+        admin_allow_networks="127.0.0.0/8",
+        drain_seconds="1",
+    )
+    command = list(START_COMMANDS[start])
+    if start == "plain-uvicorn":
+        command += ["--port", str(port)]  # uvicorn's own flag; everything else default
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{admin}/_slicecache/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "did not start"
+            time.sleep(0.05)
+        echoed = httpx.get(f"{url}/echo/who", headers={"x-forwarded-for": "6.6.6.6"})
+        cached = httpx.get(f"{url}/files/1k.bin")
+        spoofed = httpx.get(f"{admin}/_slicecache/healthz", headers={"x-forwarded-for": "10.9.9.9"})
+        admin_on_main = httpx.get(f"{url}/_slicecache/healthz")
+        process.send_signal(signal.SIGTERM)
+        draining = httpx.get(f"{admin}/_slicecache/readyz")
+        served_while_draining = httpx.get(f"{url}/files/1k.bin")
+        code = process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.communicate(timeout=10)[0]
+    for response in (echoed, cached):
+        assert len(response.headers.get_list("date")) == 1, response.headers
+        assert "server" not in response.headers
+    # The client's claim is passed on, the TCP peer appended: not replaced by the claim.
+    sent = dict(echoed.json()["headers"])["x-forwarded-for"]
+    assert sent == "6.6.6.6, 127.0.0.1"
+    assert spoofed.status_code == 200  # the peer (127.0.0.1) is allowed; the claim ignored
+    assert admin_on_main.status_code == 404
+    assert draining.status_code == 503 and served_while_draining.status_code == 200
+    assert code == 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, output
+    entries = [json.loads(line) for line in lines]  # every line JSON, the first one too
+    events = [entry.get("event") for entry in entries]
+    assert "drain_start" in events and "drain_end" in events
+    requests = [entry for entry in entries if entry.get("msg") == "request"]
+    assert requests and all(entry["client"] == "127.0.0.1" for entry in requests)
+
+
+def test_trusted_proxies_name_the_client(proxy: ProxyFactory) -> None:
+    with proxy(admin_allow_networks=["10.1.0.0/16"]) as url:
+        untrusted = httpx.get(f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3"})
+    with proxy(admin_allow_networks=["10.1.0.0/16"], trusted_proxies=["127.0.0.0/8"]) as url:
+        trusted = httpx.get(f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3"})
+        outsider = httpx.get(
+            f"{url}/_slicecache/healthz", headers={"x-forwarded-for": "10.1.2.3, 8.8.8.8"}
+        )
+    assert untrusted.status_code == 403
+    assert trusted.status_code == 200
+    assert outsider.status_code == 403  # the right-most untrusted hop is the client

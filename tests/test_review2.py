@@ -24,9 +24,9 @@ TOKEN = "review2-token"
 
 def _bytes_in_flight(url: str) -> float:
     for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
-        if line.startswith("slicecache_bytes_in_flight"):
+        if line.startswith("slicecache_in_flight_bytes"):
             return float(line.split()[-1])
-    raise AssertionError("no slicecache_bytes_in_flight in /metrics")
+    raise AssertionError("no slicecache_in_flight_bytes in /metrics")
 
 
 def _wait_for_no_bytes_in_flight(url: str, seconds: float) -> float:

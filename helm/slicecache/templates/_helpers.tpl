@@ -141,6 +141,15 @@ app.kubernetes.io/component: cache
 {{- if hasSuffix "Ti" $s -}}{{ mul $n 1048576 }}{{- else if hasSuffix "Gi" $s -}}{{ mul $n 1024 }}{{- else -}}{{ $n }}{{- end -}}
 {{- end -}}
 
+{{/* A setting's size in bytes, in settings.py's syntax: 1048576, 64k, 64m, 1MiB, 4GiB, 10Gi
+     (every unit a power of 1024; values.schema.json has already refused anything else). */}}
+{{- define "slicecache.sizeBytes" -}}
+{{- $s := toString . | trim -}}
+{{- $n := regexFind "^[0-9]+" $s | int64 -}}
+{{- $unit := regexFind "[kKmMgGtT]" (trimPrefix (regexFind "^[0-9]+" $s) $s) | lower -}}
+{{- mul $n (get (dict "" 1 "k" 1024 "m" 1048576 "g" 1073741824 "t" 1099511627776) $unit) -}}
+{{- end -}}
+
 {{/* A Kubernetes quantity in bytes, or "" when it is not a plain integer with a unit we know. */}}
 {{- define "slicecache.quantityBytes" -}}
 {{- $s := toString . -}}
@@ -181,8 +190,8 @@ app.kubernetes.io/component: cache
 {{- $limit := include "slicecache.quantityBytes" . -}}
 {{- if $limit -}}
 {{- $c := include "slicecache.flatConfig" $ | fromJson -}}
-{{- $l1 := get $c "L1_CACHE_SIZE_BYTES" | default "104857600" | int64 -}}
-{{- $inflight := get $c "MAX_IN_FLIGHT_BYTES" | default "268435456" | int64 -}}
+{{- $l1 := include "slicecache.sizeBytes" (get $c "L1_CACHE_SIZE_BYTES" | default "104857600") | int64 -}}
+{{- $inflight := include "slicecache.sizeBytes" (get $c "MAX_IN_FLIGHT_BYTES" | default "268435456") | int64 -}}
 {{- $need := add $l1 $inflight 104857600 -}}
 {{- if and $.Values.l2.enabled (not $.Values.persistence.enabled) (eq $.Values.persistence.emptyDir.medium "Memory") -}}
 {{- $need = add $need (get (include "slicecache.l2" $ | fromJson) "bytes" | int64) -}}

@@ -73,7 +73,9 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
         server_header=False,
         # The app writes Date itself: the origin's on relayed and cached responses.
         date_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        # Seconds as set (uvicorn hands it to asyncio.wait_for, which takes a float; its
+        # annotation says int). int() turned 0.5 into 0 and ``or None`` made 0 "no limit".
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         timeout_keep_alive=30,
     )
     lifecycle: Lifecycle = app.state.runtime.lifecycle

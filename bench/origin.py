@@ -39,7 +39,8 @@ ignored), ``ct``, ``latency_ms``, ``bandwidth_mbps``, and ``fault``:
 ``hang``        headers, then nothing for ``hang_s`` (60 s), then the body; ends early if
                 the client goes away.
 
-``hold=<token>`` (any non-control route but /echo) holds the response, after its latency,
+``hold=<token>`` (any non-control route but /echo; a URL-safe token, "+" reads as a space)
+holds the response, after its latency,
 until the test releases the token (``OriginApp.release`` or ``POST
 /_origin/release?hold=<token>``); ``OriginApp.holding`` counts requests held per token.
 Tests use it instead of a sleep to keep a request out for exactly as long as they need.

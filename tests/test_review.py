@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -138,12 +139,22 @@ def _purge(url: str, path: str) -> httpx.Response:
     return httpx.request("PURGE", f"{url}{path}", headers={"authorization": f"Bearer {TOKEN}"})
 
 
+def _tiers(tier: str, tmp_path: Path) -> dict[str, Any]:
+    """Proxy settings: L1 only, or L1 over the real raw-disk store on a temp file."""
+    if tier == "l1":
+        return {}
+    device = {"device_path": str(tmp_path / "l2.bin"), "total_size": 64 * 1024 * 1024}
+    return {"enable_l2_cache": True, "raw_disk_cache": device}
+
+
+@pytest.mark.parametrize("tier", ["l1", "l1-rawdisk"])
 def test_purging_one_object_does_not_stop_caching_of_another(
-    proxy: ProxyFactory, origin: Origin
+    proxy: ProxyFactory, origin: Origin, tier: str, tmp_path: Path
 ) -> None:
-    path = "/files/1m-review-bystander.bin"
+    path = f"/files/1m-review-bystander-{tier}.bin"
     target = f"{path}?bandwidth_mbps=0.5"  # 2 s of body: the fills outlast the purge
-    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+    settings = {"purge": {"enabled": True, "auth_token": TOKEN}, "slice_size": SLICE}
+    with proxy(**settings, **_tiers(tier, tmp_path)) as url:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             download = pool.submit(httpx.get, f"{url}{target}", timeout=30)
             # Its slices are in flight: the origin has seen a fill after the probe.
@@ -254,21 +265,24 @@ def test_probe_holding_a_pool_connection_while_waiting_for_budget_deadlocks(
     assert statuses == (200, 200)
 
 
+@pytest.mark.parametrize("tier", ["l1", "l1-rawdisk"])
 def test_revalidation_answered_after_a_purge_does_not_restore_the_entry(
-    proxy: ProxyFactory, origin: Origin
+    proxy: ProxyFactory, origin: Origin, tier: str, tmp_path: Path
 ) -> None:
-    target = "/files/100k-review-reval.bin?hold=review-reval"
-    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
-        origin.app.release("review-reval")
+    token = f"review-reval-{tier}"
+    target = f"/files/100k-review-reval-{tier}.bin?hold={token}"
+    settings = {"purge": {"enabled": True, "auth_token": TOKEN}, "slice_size": SLICE}
+    with proxy(**settings, **_tiers(tier, tmp_path)) as url:
+        origin.app.release(token)
         assert httpx.get(f"{url}{target}").status_code == 200  # stored
-        origin.app.released.discard("review-reval")  # hold the next origin request
+        origin.app.released.discard(token)  # hold the next origin request
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             revalidating = pool.submit(
                 httpx.get, f"{url}{target}", headers={"cache-control": "no-cache"}, timeout=10
             )
-            wait_until_held(origin.app, "review-reval")  # the conditional probe is out
+            wait_until_held(origin.app, token)  # the conditional probe is out
             assert _purge(url, target).json()["purged"] >= 1
-            origin.app.release("review-reval")
+            origin.app.release(token)
             assert revalidating.result().status_code == 200
         after = httpx.get(f"{url}{target}", headers={"cache-control": "only-if-cached"})
     # The purge's 200 promised the entry is gone; the 304 that arrived later put the

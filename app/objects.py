@@ -300,8 +300,6 @@ class ObjectDirectory:
         )
         if stored is not None:
             headers += validators_for_revalidation(stored.headers)
-        # A purge while this probe is out means its answer must not be stored.
-        epoch = engine.store_epoch()
         # Slice 0's share of the byte budget is taken before the request goes out: a probe
         # holding an origin connection while it waits for budget could deadlock with fills
         # that hold budget while they wait for a connection.
@@ -311,7 +309,7 @@ class ObjectDirectory:
         except TimeoutError:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         try:
-            return await self._probe_with_budget(probe, request, stored, headers, epoch)
+            return await self._probe_with_budget(probe, request, stored, headers)
         finally:
             if not probe.budget_handed_over:
                 engine.budget.release(engine.slice_size)
@@ -322,11 +320,13 @@ class ObjectDirectory:
         request: ObjectRequest,
         stored: ObjectMeta | None,
         headers: Headers,
-        epoch: int,
     ) -> Opened | Forward:
         engine = self.engine
         object_key, target, request_headers = request.object_key, request.target, request.headers
         request_time = time.time()
+        # The purge epoch of this origin request: every write of what it brings (metadata,
+        # slice 0) carries it, so a purge after this instant is never undone by them.
+        epoch = engine.store_epoch()
         response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
@@ -339,7 +339,7 @@ class ObjectDirectory:
                 plain = engine.slice_request_headers(
                     request.origin_headers, 0, engine.slice_size - 1, None
                 )
-                return await self._probe_with_budget(probe, request, None, plain, epoch)
+                return await self._probe_with_budget(probe, request, None, plain)
             meta = dataclasses.replace(
                 stored,
                 headers=merge_304_headers(stored.headers, response_headers),
@@ -372,7 +372,7 @@ class ObjectDirectory:
             if self._too_large(meta.size):
                 entry_key = self._share_unstored(object_key, meta, request_headers)
                 return Opened(meta, entry_key, CacheStatus.revalidated(ttl), stored=False)
-            entry_key = await self._adopt(object_key, meta, request_headers)
+            entry_key = await self._adopt(object_key, meta, request_headers, epoch)
             return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
 
         size: int | None = None
@@ -430,7 +430,7 @@ class ObjectDirectory:
                 await in_hand.aclose()
             return Forward("no validator to pin the object's version")
         if decision.store:
-            entry_key = await self._adopt(object_key, meta, request_headers)
+            entry_key = await self._adopt(object_key, meta, request_headers, epoch)
             cache_status = CacheStatus.miss(fwd_status=status, stored=True)
         elif shareable:
             entry_key = self._share_unstored(object_key, meta, request_headers)
@@ -452,6 +452,7 @@ class ObjectDirectory:
                 in_hand,
                 store=decision.store,
                 prepaid=engine.slice_size,
+                epoch=epoch,
             )
             probe.budget_handed_over = True
         elif in_hand is not None:
@@ -514,21 +515,32 @@ class ObjectDirectory:
         self._unstored[entry_key] = meta
         return entry_key
 
-    async def _adopt(self, object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
-        """Store ``meta`` as the current version; returns the entry key it lives under."""
+    async def _adopt(
+        self, object_key: str, meta: ObjectMeta, request_headers: Headers, epoch: int
+    ) -> str:
+        """Store ``meta`` as the current version; returns the entry key it lives under.
+
+        ``epoch``: the purge epoch of the origin request that brought ``meta``. A purge
+        since then (even one that lands during the awaits here) wins: nothing is stored.
+        """
         entry_key = self._entry_key(object_key, meta, request_headers)
         old = await self.cached_meta(entry_key)
-        if old is not None and old.validator != meta.validator:
-            await self.forget(object_key)  # a new version: the old slices are garbage
+        if old is not None and old.validator != meta.validator and self.store is not None:
+            # A new version: the old one's slices are garbage. Only they go: a purge of the
+            # whole object would also cover this adoption's own writes.
+            old_slices = f"{entry_key}{keys.SEPARATOR}{old.version}{keys.SEPARATOR}"
+            await self.store.delete_prefix(old_slices)
+        if self.engine.purged_since(epoch, entry_key):
+            return entry_key  # purged since the request went out: the store refuses it too
         blob = meta.to_bytes()
         self._metas[entry_key] = meta
         if self.store is not None:
-            await self.store.put_meta(entry_key, blob, None)
-        if entry_key != object_key:
+            await self.store.put_meta(entry_key, blob, None, epoch=epoch)
+        if entry_key != object_key and not self.engine.purged_since(epoch, object_key):
             # The object's own key remembers what it varies on, for the next lookup.
             self._metas[object_key] = meta
             if self.store is not None:
-                await self.store.put_meta(object_key, blob, None)
+                await self.store.put_meta(object_key, blob, None, epoch=epoch)
         return entry_key
 
     async def close(self) -> None:

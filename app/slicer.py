@@ -273,12 +273,14 @@ class SliceEngine:
         *,
         store: bool,
         prepaid: int = 0,
+        epoch: int | None = None,
     ) -> SliceFill:
         """Fetch one slice in a task of its own; ``response`` is an answer already in hand,
-        ``prepaid`` bytes of the byte budget already granted to it."""
+        ``prepaid`` bytes of the byte budget already granted to it, ``epoch`` the purge
+        epoch taken when the request that brought ``response`` went out."""
         run = [(key, bounds)]
         return self.start_run(
-            run, target, meta, request_headers, response, store=store, prepaid=prepaid
+            run, target, meta, request_headers, response, store=store, prepaid=prepaid, epoch=epoch
         )[0]
 
     def start_run(
@@ -291,6 +293,7 @@ class SliceEngine:
         *,
         store: bool,
         prepaid: int = 0,
+        epoch: int | None = None,
     ) -> list[SliceFill]:
         """Fetch consecutive slices with one Range request, in one task, fill by fill.
 
@@ -300,7 +303,7 @@ class SliceEngine:
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, response, store, prepaid)
+            self._run_fills(fills, target, meta, request_headers, response, store, prepaid, epoch)
         )
         members = tuple(fills)
         for fill in fills:
@@ -319,13 +322,14 @@ class SliceEngine:
         response: httpx.Response | None,
         store: bool,
         prepaid: int,
+        epoch: int | None = None,
     ) -> None:
         size = prepaid or sum(fill.length for fill in fills)
         try:
             if not prepaid:
                 await self.budget.acquire(size)
             try:
-                await self._fetch_run(fills, target, meta, request_headers, response, store)
+                await self._fetch_run(fills, target, meta, request_headers, response, store, epoch)
                 response = None
             finally:
                 self.budget.release(size)
@@ -379,12 +383,17 @@ class SliceEngine:
             self.recent.pop(key, None)
 
     async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
-        """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``."""
-        if self.purged_since(epoch, fill.key):
-            return  # fetched before a purge that covers it: never stored
+        """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
+
+        ``epoch``: taken when the origin request that fetched it went out; the store
+        discards the write if a purge since then covers it. The write may wait for room in
+        the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
+        """
         if store and self.store is not None:
-            await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
             return
+        if self.purged_since(epoch, fill.key):
+            return  # fetched before a purge that covers it: never kept
         entry_key = fill.key.rsplit(keys.SEPARATOR, 2)[0]
         if self.streaming.get(entry_key, 0) > 1 and fill.length <= self.recent.maxsize:
             self.recent[fill.key] = fill.buffer
@@ -422,9 +431,13 @@ class SliceEngine:
         request_headers: Headers,
         response: httpx.Response | None,
         store: bool,
+        epoch: int | None = None,
     ) -> None:
-        # A purge after this instant that covers a slice means its bytes are not stored.
-        epoch = self.store_epoch()
+        # The purge epoch of the origin request in hand (``response``), else taken as each
+        # request goes out: a purge after it that covers a slice means its bytes are not
+        # stored, whenever they arrive.
+        if epoch is None:
+            epoch = self.store_epoch()
         attempt = 0
         current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
@@ -433,6 +446,7 @@ class SliceEngine:
             try:
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
+                    epoch = self.store_epoch()
                     response = await self.upstream.send("GET", target, headers)
                     self.check_slice_response(response, first, last, meta)
                 async for chunk in response.aiter_raw():

@@ -106,14 +106,20 @@ class MemoryStore:
     async def get_slice(self, key: str) -> SliceData | None:
         return self._get(SLICE, key)
 
-    async def put_slice(self, key: str, data: SliceData, expires_at: float | None) -> bool:
+    # ``epoch``: the front (TieredStore) checks it against its purge records right before
+    # calling, with no await in between; this tier keeps no records of its own.
+    async def put_slice(
+        self, key: str, data: SliceData, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
         return self._put(SLICE, key, data, expires_at)
 
     async def get_meta(self, key: str) -> bytes | None:
         data = self._get(META, key)
         return bytes(data) if data is not None else None
 
-    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
+    async def put_meta(
+        self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
         return self._put(META, key, meta, expires_at)
 
     def _remove_where(self, matches: Callable[[str], bool]) -> int:

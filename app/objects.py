@@ -41,6 +41,7 @@ from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
 from app.slicer import SliceEngine, SliceError, parse_content_range
 from cache import keys
+from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront
 
 log = logging.getLogger("slicecache.objects")
@@ -107,12 +108,18 @@ class ObjectDirectory:
     engine: SliceEngine
     store: CacheFront | None
     policy: FreshnessPolicy
-    _metas: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=4096))
+    # Indexed by object (as are _unstored and the engine's recent slices): an invalidation
+    # costs the object's own entries, not a scan.
+    _metas: ObjectIndexedLRU[str, ObjectMeta] = field(
+        default_factory=lambda: ObjectIndexedLRU(maxsize=4096)
+    )
     _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
     _probes: dict[str, _Probe] = field(default_factory=dict)
     # Metadata of objects shared in flight but too large to store: later clients join the
     # fills (and the engine's recent slices) instead of probing again.
-    _unstored: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=1024))
+    _unstored: ObjectIndexedLRU[str, ObjectMeta] = field(
+        default_factory=lambda: ObjectIndexedLRU(maxsize=1024)
+    )
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- lookup --------------------------------------------------------------------------
@@ -199,11 +206,8 @@ class ObjectDirectory:
 
     async def forget(self, object_key: str) -> int:
         """Drop the object, its variants and slices from every tier (change, purge, 4.4)."""
-        for cache in (self._metas, self._unstored):
-            for key in [k for k in cache if keys.belongs_to(k, object_key)]:
-                cache.pop(key, None)
-        for key in [k for k in self.engine.recent if keys.belongs_to(k, object_key)]:
-            self.engine.recent.pop(key, None)
+        for cache in (self._metas, self._unstored, self.engine.recent):
+            cache.pop_object(object_key)
         self._unsliceable.pop(object_key, None)
         return await self.store.delete(object_key) if self.store is not None else 0
 

@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from cachetools import LRUCache
 
 from app.context import SliceStats
 from app.fills import ByteBudget, SliceClaim, SliceFill, SliceOverflow, abandon_run
@@ -31,6 +30,7 @@ from app.objectmeta import ObjectMeta
 from app.slices import clip, slice_bounds, slices_for_range
 from app.upstream import UpstreamClient
 from cache import keys
+from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData
 
 log = logging.getLogger("slicecache.slicer")
@@ -93,7 +93,7 @@ class SliceEngine:
     # Completed slices of objects that are shared but not stored (too large for the
     # cache), kept only while other responses stream the same object, so that clients a
     # little behind the one that fetched a slice still find it. Sized in __post_init__.
-    recent: LRUCache[str, bytearray] = field(init=False)
+    recent: ObjectIndexedLRU[str, bytearray] = field(init=False)
     # Responses streaming each entry right now.
     streaming: dict[str, int] = field(default_factory=dict)
 
@@ -103,7 +103,7 @@ class SliceEngine:
         # half of the in-flight budget (32 curl clients on 2 cores drift tens of MiB apart).
         window = self.lookahead * self.run_length * self.slice_size
         capacity = max(2 * window, self.budget.capacity // 2)
-        self.recent = LRUCache(maxsize=capacity, getsizeof=len)
+        self.recent = ObjectIndexedLRU(maxsize=capacity, getsizeof=len)
 
     counters: EngineCounters = field(default_factory=EngineCounters)
 
@@ -379,7 +379,7 @@ class SliceEngine:
             return
         self.streaming.pop(entry_key, None)
         prefix = entry_key + keys.SEPARATOR
-        for key in [k for k in self.recent if k.startswith(prefix)]:
+        for key in self.recent.keys_of(entry_key, within=prefix):
             self.recent.pop(key, None)
 
     async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:

@@ -258,7 +258,7 @@ def test_x_cache_slices_of_a_huge_object_costs_a_bounded_number_of_lookups() -> 
 
 
 def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) -> None:
-    import cache.memory
+    import cache.indexed
     from cache import keys as cache_keys
     from cache.memory import MemoryStore
 
@@ -277,7 +277,7 @@ def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) 
             calls += 1
             return real(key, object_key)
 
-        monkeypatch.setattr(cache.memory, "belongs_to", counting)
+        monkeypatch.setattr(cache.indexed, "belongs_to", counting)
         removed = await store.delete("http://o/target")
         left = sum(1 for key in store.keys() if key.startswith("http://o/target"))
         assert left == 0

@@ -353,8 +353,10 @@ class ObjectDirectory:
             info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
             # The 304's fields may have made the response private or no-store: the stored
-            # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3).
-            decision = storability("GET", meta.status, request_headers, meta.headers)
+            # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3). Only
+            # the response decides here: this client's Authorization or no-store concerns
+            # its own request, not the copy everybody shares.
+            decision = storability("GET", meta.status, [], meta.headers)
             withheld = _withheld(meta, decision.headers_to_strip)
             if not decision.store:
                 await self.forget(object_key)

@@ -430,3 +430,16 @@ def test_a_stuck_l2_costs_counted_drops_logged_once_per_interval(
     assert figures["tiered_write_behind_dropped"] == 8
     drops = [r for r in caplog.records if "write-behind queue full" in r.getMessage()]
     assert len(drops) == 1, "a drop storm must log once per interval"
+
+
+def test_a_revalidation_by_a_client_with_credentials_keeps_the_shared_copy() -> None:
+    # Only what the 304 says about the response decides; this client's Authorization
+    # (or its own no-store) concerns its request, not the stored response.
+    with tiny_setup() as (origin, url):
+        body = origin.add("/stays.bin", 3 * SLICE, [("cache-control", "max-age=0")])
+        assert httpx.get(f"{url}/stays.bin").content == body
+        origin.not_modified["/stays.bin"] = [("cache-control", "max-age=600")]
+        revalidated = httpx.get(f"{url}/stays.bin", headers={"authorization": "Bearer x"})
+        assert revalidated.status_code == 200 and revalidated.content == body
+        after = httpx.get(f"{url}/stays.bin", headers={"cache-control": "only-if-cached"})
+    assert after.status_code == 200, "a client's credentials dropped the shared copy"

@@ -443,3 +443,24 @@ def test_a_revalidation_by_a_client_with_credentials_keeps_the_shared_copy() -> 
         assert revalidated.status_code == 200 and revalidated.content == body
         after = httpx.get(f"{url}/stays.bin", headers={"cache-control": "only-if-cached"})
     assert after.status_code == 200, "a client's credentials dropped the shared copy"
+
+
+def test_shared_fill_headers_keep_the_host_and_the_vary_fields_only() -> None:
+    from app.headers import shared_fill_headers
+
+    sent = [
+        ("host", "origin:80"),
+        ("cookie", "a=1"),
+        ("authorization", "Bearer a"),
+        ("accept-language", "fr"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-proto", "https"),
+        ("user-agent", "curl"),
+        ("via", "1.1 client-proxy, 1.1 slicecache"),
+    ]
+    assert shared_fill_headers(sent, ["Accept-Language"]) == [
+        ("host", "origin:80"),
+        ("accept-language", "fr"),
+        ("x-forwarded-proto", "https"),
+        ("via", "1.1 slicecache"),
+    ]

@@ -251,7 +251,10 @@ class Settings(BaseSettings):
         default=64,
         ge=1,
         le=100_000,
-        description="Slices waiting to be written to L2; when full, L2 writes are skipped.",
+        description=(
+            "Slices waiting to be written to L2; when full, fills wait for room; only an L2"
+            " stuck for 5 s drops writes (counted, logged once a minute)."
+        ),
     )
     l1_cache_size_bytes: ByteSize = Field(
         default=100 * MiB, ge=0, description="Budget of the in-memory tier in bytes."

@@ -149,7 +149,9 @@ def shared_fill_headers(origin_headers: Headers, vary: Iterable[str] | None) -> 
     that belongs to the client who happened to start it (Cookie, Authorization,
     X-Forwarded-For...). An origin that refuses or tailors its answer to one client then
     cannot break, or purge, another client's download."""
-    keep = {"host"} | {name.lower() for name in vary or ()}
+    # X-Forwarded-Proto names this hop's listener, not a client; origins behind a TLS
+    # terminator redirect requests without it.
+    keep = {"host", "x-forwarded-proto"} | {name.lower() for name in vary or ()}
     headers = [(k, v) for k, v in origin_headers if k in keep]
     headers.append(("via", VIA_TOKEN))
     return headers

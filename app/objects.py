@@ -41,6 +41,7 @@ from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
 from app.slicer import SliceEngine, SliceError, parse_content_range
 from cache import keys
+from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront
 
 log = logging.getLogger("slicecache.objects")
@@ -107,12 +108,18 @@ class ObjectDirectory:
     engine: SliceEngine
     store: CacheFront | None
     policy: FreshnessPolicy
-    _metas: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=4096))
+    # Indexed by object (as are _unstored and the engine's recent slices): an invalidation
+    # costs the object's own entries, not a scan.
+    _metas: ObjectIndexedLRU[str, ObjectMeta] = field(
+        default_factory=lambda: ObjectIndexedLRU(maxsize=4096)
+    )
     _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
     _probes: dict[str, _Probe] = field(default_factory=dict)
     # Metadata of objects shared in flight but too large to store: later clients join the
     # fills (and the engine's recent slices) instead of probing again.
-    _unstored: LRUCache[str, ObjectMeta] = field(default_factory=lambda: LRUCache(maxsize=1024))
+    _unstored: ObjectIndexedLRU[str, ObjectMeta] = field(
+        default_factory=lambda: ObjectIndexedLRU(maxsize=1024)
+    )
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- lookup --------------------------------------------------------------------------
@@ -200,11 +207,8 @@ class ObjectDirectory:
 
     async def forget(self, object_key: str) -> int:
         """Drop the object, its variants and slices from every tier (change, purge, 4.4)."""
-        for cache in (self._metas, self._unstored):
-            for key in [k for k in cache if keys.belongs_to(k, object_key)]:
-                cache.pop(key, None)
-        for key in [k for k in self.engine.recent if keys.belongs_to(k, object_key)]:
-            self.engine.recent.pop(key, None)
+        for cache in (self._metas, self._unstored, self.engine.recent):
+            cache.pop_object(object_key)
         self._unsliceable.pop(object_key, None)
         return await self.store.delete(object_key) if self.store is not None else 0
 
@@ -306,8 +310,6 @@ class ObjectDirectory:
         )
         if stored is not None:
             headers += validators_for_revalidation(stored.headers)
-        # A purge while this probe is out means its answer must not be stored.
-        epoch = engine.store_epoch()
         # Slice 0's share of the byte budget is taken before the request goes out: a probe
         # holding an origin connection while it waits for budget could deadlock with fills
         # that hold budget while they wait for a connection.
@@ -317,7 +319,7 @@ class ObjectDirectory:
         except TimeoutError:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         try:
-            return await self._probe_with_budget(probe, request, stored, headers, epoch)
+            return await self._probe_with_budget(probe, request, stored, headers)
         finally:
             if not probe.budget_handed_over:
                 engine.budget.release(engine.slice_size)
@@ -328,11 +330,13 @@ class ObjectDirectory:
         request: ObjectRequest,
         stored: ObjectMeta | None,
         headers: Headers,
-        epoch: int,
     ) -> Opened | Forward:
         engine = self.engine
         object_key, target, request_headers = request.object_key, request.target, request.headers
         request_time = time.time()
+        # The purge epoch of this origin request: every write of what it brings (metadata,
+        # slice 0) carries it, so a purge after this instant is never undone by them.
+        epoch = engine.store_epoch()
         response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
@@ -345,7 +349,7 @@ class ObjectDirectory:
                 plain = engine.slice_request_headers(
                     request.origin_headers, 0, engine.slice_size - 1, None
                 )
-                return await self._probe_with_budget(probe, request, None, plain, epoch)
+                return await self._probe_with_budget(probe, request, None, plain)
             meta = dataclasses.replace(
                 stored,
                 headers=merge_304_headers(stored.headers, response_headers),
@@ -355,13 +359,11 @@ class ObjectDirectory:
             info = StoredResponseInfo(meta.status, meta.headers, request_time, response_time)
             ttl = decide(info, [], time.time(), policy=self.policy).ttl
             # The 304's fields may have made the response private or no-store: the stored
-            # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3).
+            # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3). Only
+            # the response decides here: this client's Authorization or no-store concerns
+            # its own request, not the copy everybody shares.
             decision = storability(
-                "GET",
-                meta.status,
-                request_headers,
-                meta.headers,
-                targeted=self.policy.targeted_fields,
+                "GET", meta.status, [], meta.headers, targeted=self.policy.targeted_fields
             )
             withheld = _withheld(meta, decision.headers_to_strip)
             if not decision.store:
@@ -384,7 +386,7 @@ class ObjectDirectory:
             if self._too_large(meta.size):
                 entry_key = self._share_unstored(object_key, meta, request_headers)
                 return Opened(meta, entry_key, CacheStatus.revalidated(ttl), stored=False)
-            entry_key = await self._adopt(object_key, meta, request_headers)
+            entry_key = await self._adopt(object_key, meta, request_headers, epoch)
             return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
 
         size: int | None = None
@@ -455,7 +457,7 @@ class ObjectDirectory:
                 await in_hand.aclose()
             return Forward("no validator to pin the object's version")
         if decision.store:
-            entry_key = await self._adopt(object_key, meta, request_headers)
+            entry_key = await self._adopt(object_key, meta, request_headers, epoch)
             cache_status = CacheStatus.miss(fwd_status=status, stored=True)
         elif shareable:
             entry_key = self._share_unstored(object_key, meta, request_headers)
@@ -477,6 +479,7 @@ class ObjectDirectory:
                 in_hand,
                 store=decision.store,
                 prepaid=engine.slice_size,
+                epoch=epoch,
             )
             probe.budget_handed_over = True
         elif in_hand is not None:
@@ -539,21 +542,32 @@ class ObjectDirectory:
         self._unstored[entry_key] = meta
         return entry_key
 
-    async def _adopt(self, object_key: str, meta: ObjectMeta, request_headers: Headers) -> str:
-        """Store ``meta`` as the current version; returns the entry key it lives under."""
+    async def _adopt(
+        self, object_key: str, meta: ObjectMeta, request_headers: Headers, epoch: int
+    ) -> str:
+        """Store ``meta`` as the current version; returns the entry key it lives under.
+
+        ``epoch``: the purge epoch of the origin request that brought ``meta``. A purge
+        since then (even one that lands during the awaits here) wins: nothing is stored.
+        """
         entry_key = self._entry_key(object_key, meta, request_headers)
         old = await self.cached_meta(entry_key)
-        if old is not None and old.validator != meta.validator:
-            await self.forget(object_key)  # a new version: the old slices are garbage
+        if old is not None and old.validator != meta.validator and self.store is not None:
+            # A new version: the old one's slices are garbage. Only they go: a purge of the
+            # whole object would also cover this adoption's own writes.
+            old_slices = f"{entry_key}{keys.SEPARATOR}{old.version}{keys.SEPARATOR}"
+            await self.store.delete_prefix(old_slices)
+        if self.engine.purged_since(epoch, entry_key):
+            return entry_key  # purged since the request went out: the store refuses it too
         blob = meta.to_bytes()
         self._metas[entry_key] = meta
         if self.store is not None:
-            await self.store.put_meta(entry_key, blob, None)
-        if entry_key != object_key:
+            await self.store.put_meta(entry_key, blob, None, epoch=epoch)
+        if entry_key != object_key and not self.engine.purged_since(epoch, object_key):
             # The object's own key remembers what it varies on, for the next lookup.
             self._metas[object_key] = meta
             if self.store is not None:
-                await self.store.put_meta(object_key, blob, None)
+                await self.store.put_meta(object_key, blob, None, epoch=epoch)
         return entry_key
 
     async def close(self) -> None:

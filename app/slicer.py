@@ -21,7 +21,6 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from cachetools import LRUCache
 
 from app.context import SliceStats
 from app.fills import (
@@ -39,6 +38,7 @@ from app.objectmeta import ObjectMeta
 from app.slices import clip, slice_bounds, slices_for_range
 from app.upstream import UpstreamClient
 from cache import keys
+from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData
 
 log = logging.getLogger("slicecache.slicer")
@@ -108,7 +108,7 @@ class SliceEngine:
     # Completed slices of objects that are shared but not stored (too large for the
     # cache), kept only while other responses stream the same object, so that clients a
     # little behind the one that fetched a slice still find it. Sized in __post_init__.
-    recent: LRUCache[str, bytearray] = field(init=False)
+    recent: ObjectIndexedLRU[str, bytearray] = field(init=False)
     # Responses streaming each entry right now.
     streaming: dict[str, int] = field(default_factory=dict)
 
@@ -118,7 +118,7 @@ class SliceEngine:
         # half of the in-flight budget (32 curl clients on 2 cores drift tens of MiB apart).
         window = self.lookahead * self.run_length * self.slice_size
         capacity = max(2 * window, self.budget.capacity // 2)
-        self.recent = LRUCache(maxsize=capacity, getsizeof=len)
+        self.recent = ObjectIndexedLRU(maxsize=capacity, getsizeof=len)
 
     counters: EngineCounters = field(default_factory=EngineCounters)
 
@@ -288,12 +288,14 @@ class SliceEngine:
         *,
         store: bool,
         prepaid: int = 0,
+        epoch: int | None = None,
     ) -> SliceFill:
         """Fetch one slice in a task of its own; ``response`` is an answer already in hand,
-        ``prepaid`` bytes of the byte budget already granted to it."""
+        ``prepaid`` bytes of the byte budget already granted to it, ``epoch`` the purge
+        epoch taken when the request that brought ``response`` went out."""
         run = [(key, bounds)]
         return self.start_run(
-            run, target, meta, request_headers, response, store=store, prepaid=prepaid
+            run, target, meta, request_headers, response, store=store, prepaid=prepaid, epoch=epoch
         )[0]
 
     def start_run(
@@ -306,6 +308,7 @@ class SliceEngine:
         *,
         store: bool,
         prepaid: int = 0,
+        epoch: int | None = None,
     ) -> list[SliceFill]:
         """Fetch consecutive slices with one Range request, in one task, fill by fill.
 
@@ -316,7 +319,7 @@ class SliceEngine:
         fills = [SliceFill(key, *bounds) for key, bounds in run]
         hold = FetchHold(self.budget, prepaid, response)
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, hold, store)
+            self._run_fills(fills, target, meta, request_headers, hold, store, epoch)
         )
         # The hold is released here whatever the task's fate: a task cancelled before its
         # first step never runs its own ``finally``.
@@ -349,6 +352,7 @@ class SliceEngine:
         request_headers: Headers,
         hold: FetchHold,
         store: bool,
+        epoch: int | None = None,
     ) -> None:
         # The budget grant and the response in hand belong to ``hold``, released by
         # :meth:`_run_ended` once this task is over, however it ended.
@@ -357,7 +361,7 @@ class SliceEngine:
                 size = sum(fill.length for fill in fills)
                 await self.budget.acquire(size)
                 hold.granted = min(size, self.budget.capacity)
-            await self._fetch_run(fills, target, meta, request_headers, hold, store)
+            await self._fetch_run(fills, target, meta, request_headers, hold, store, epoch)
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
@@ -399,16 +403,21 @@ class SliceEngine:
             return
         self.streaming.pop(entry_key, None)
         prefix = entry_key + keys.SEPARATOR
-        for key in [k for k in self.recent if k.startswith(prefix)]:
+        for key in self.recent.keys_of(entry_key, within=prefix):
             self.recent.pop(key, None)
 
     async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
-        """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``."""
-        if self.purged_since(epoch, fill.key):
-            return  # fetched before a purge that covers it: never stored
+        """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
+
+        ``epoch``: taken when the origin request that fetched it went out; the store
+        discards the write if a purge since then covers it. The write may wait for room in
+        the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
+        """
         if store and self.store is not None:
-            await self.store.put_slice(fill.key, memoryview(fill.buffer), None)
+            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
             return
+        if self.purged_since(epoch, fill.key):
+            return  # fetched before a purge that covers it: never kept
         entry_key = fill.key.rsplit(keys.SEPARATOR, 2)[0]
         if self.streaming.get(entry_key, 0) > 1 and fill.length <= self.recent.maxsize:
             self.recent[fill.key] = fill.buffer
@@ -446,9 +455,13 @@ class SliceEngine:
         request_headers: Headers,
         hold: FetchHold,
         store: bool,
+        epoch: int | None = None,
     ) -> None:
-        # A purge after this instant that covers a slice means its bytes are not stored.
-        epoch = self.store_epoch()
+        # The purge epoch of the origin request in hand (``response``), else taken as each
+        # request goes out: a purge after it that covers a slice means its bytes are not
+        # stored, whenever they arrive.
+        if epoch is None:
+            epoch = self.store_epoch()
         attempt = 0
         current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
@@ -468,6 +481,7 @@ class SliceEngine:
                 skip = 0  # bytes before ``first`` in an answer that ignored the Range
                 if response is None:
                     headers = self.slice_request_headers(request_headers, first, last, meta.etag)
+                    epoch = self.store_epoch()
                     response = hold.response = await self.upstream.send("GET", target, headers)
                     skip = self.check_slice_response(response, first, last, meta)
                     if skip or (response.status_code == 200 and not meta.whole):

@@ -27,10 +27,15 @@ class Store(Protocol):
         """The bytes stored under ``key``, or None when absent, expired or damaged."""
         ...
 
-    async def put_slice(self, key: str, data: SliceData, expires_at: float | None) -> bool:
+    async def put_slice(
+        self, key: str, data: SliceData, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
         """Store ``data`` until ``expires_at`` (unix seconds, None = no expiry).
 
-        Returns False when the tier declined (too large, not admitted, no space).
+        ``epoch`` is the purge epoch (:attr:`CacheFront.epoch`) taken when the origin
+        request that fetched ``data`` went out: the front discards a write that a later
+        purge covers. A tier alone keeps no purge records and may ignore it.
+        Returns False when the tier declined (too large, not admitted, no space, purged).
         """
         ...
 
@@ -38,8 +43,10 @@ class Store(Protocol):
         """The metadata blob stored for an object or variant key."""
         ...
 
-    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
-        """Store an object's metadata blob."""
+    async def put_meta(
+        self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
+        """Store an object's metadata blob (``epoch``: as for :meth:`put_slice`)."""
         ...
 
     async def delete(self, object_key: str) -> int:
@@ -76,7 +83,8 @@ class CacheFront(Store, Protocol):
 
     @property
     def epoch(self) -> int:
-        """The purge epoch now: remember it when a fetch or a read starts."""
+        """The purge epoch now: take it when an origin request goes out (or a read starts)
+        and pass it with every write of what that request fetched."""
         ...
 
     def purged_since(self, epoch: int, key: str) -> bool:

@@ -5,14 +5,21 @@ L2 through a bounded queue drained by one background task: a full queue drops th
 write (counted), it never blocks the client stream. An error in a tier is logged and
 counted and degrades to the next tier; it never fails a request.
 
-Purges must leave no window in which a purged entry comes back. Three places could bring
-one back: a queued (or in-progress) L2 write of a purged key, a concurrent L2 read that
-promotes into L1 after the purge, and a slice fetched from the origin before the purge
-that is stored after it. Every purge is recorded with an epoch number; writes, reads and
-fills carry the epoch they started in (:attr:`TieredStore.epoch`), and anything a later
-purge matches is discarded (and deleted from L2 again if it was already written). The
-last :data:`PURGE_RECORDS` purges are kept; an operation older than all of them is
-treated as purged, which can only skip a store, never serve purged bytes.
+Purges must leave no window in which a purged entry comes back. One mechanism owns
+that: the purge epoch. Every purge is recorded with an epoch number; a fetch takes
+:attr:`TieredStore.epoch` when its origin request goes out, and every write of what it
+fetched carries that epoch (``put_slice``/``put_meta`` ``epoch=``) into every tier: L1
+refuses it at once, the write-behind queue keeps it with the write and checks it before
+(and after) the L2 write, and a read promoting from L2 to L1 carries the epoch of the
+read. Anything a later purge matches is discarded (and deleted from L2 again if it was
+already written). The last :data:`PURGE_RECORDS` purges are kept; an operation older than
+all of them is treated as purged, which can only skip a store, never serve purged bytes.
+
+L2 writes slow fills down rather than vanish: a write that finds the queue full waits
+for room (the fill that produced it waits with it: backpressure on the fetch-ahead, never
+on a reader of cached bytes). Only an L2 that makes no progress for
+:data:`WRITE_BEHIND_WAIT_SECONDS` costs drops: counted, logged at most once per
+:data:`DROP_LOG_INTERVAL_SECONDS`, and visible in /stats and the metrics.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +44,10 @@ KeyMatcher = Callable[[str], bool]
 
 PURGE_RECORDS = 1024  # prefix and all purges remembered
 OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) remembered
+# How long a write waits for room in a full write-behind queue before it is dropped. An L2
+# that drains nothing for that long is stuck: later writes drop at once until it writes.
+WRITE_BEHIND_WAIT_SECONDS = 5.0
+DROP_LOG_INTERVAL_SECONDS = 60.0
 
 
 @dataclass(slots=True)
@@ -71,6 +83,9 @@ class TieredStore:
         # Slices queued for L2, readable until written: without L1 (or after an L1
         # eviction) a reader in that window would otherwise go back to the origin.
         self._pending: dict[str, SliceData] = {}
+        self._l2_stuck = False  # a wait for queue room timed out; cleared by the next write
+        self._drops_logged = 0
+        self._drop_logged_at = float("-inf")
         self.counters = {
             "write_behind_dropped": 0,
             "write_behind_written": 0,
@@ -148,7 +163,7 @@ class TieredStore:
         self.counters["slice_hits_l2"] += 1
         if self.l1 is not None:
             # A tier hands out bytes nobody else writes to: promoted as they are, no copy.
-            await self.l1.put_slice(key, data, None)
+            await self.l1.put_slice(key, data, None, epoch=epoch)
             self.counters["l1_promotions"] += 1
         return data
 
@@ -169,7 +184,7 @@ class TieredStore:
         if meta is None or self.purged_since(epoch, key):
             return None
         if self.l1 is not None:
-            await self.l1.put_meta(key, meta, None)
+            await self.l1.put_meta(key, meta, None, epoch=epoch)
         return meta
 
     def contains_slice(self, key: str) -> bool:
@@ -182,26 +197,67 @@ class TieredStore:
 
     # --- writes --------------------------------------------------------------------------
 
-    async def put_slice(self, key: str, data: SliceData, expires_at: float | None) -> bool:
-        stored = await self.l1.put_slice(key, data, expires_at) if self.l1 is not None else False
-        return self._enqueue("slice", key, data, expires_at) or stored
+    async def put_slice(
+        self, key: str, data: SliceData, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
+        """Store a slice fetched by an origin request that went out at purge ``epoch``
+        (None: now). A purge since then that covers ``key`` makes this a no-op."""
+        return await self._put("slice", key, data, expires_at, epoch)
 
-    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
-        stored = await self.l1.put_meta(key, meta, expires_at) if self.l1 is not None else False
-        return self._enqueue("meta", key, meta, expires_at) or stored
+    async def put_meta(
+        self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
+        return await self._put("meta", key, meta, expires_at, epoch)
 
-    def _enqueue(self, kind: str, key: str, data: SliceData, expires_at: float | None) -> bool:
+    async def _put(
+        self, kind: str, key: str, data: SliceData, expires_at: float | None, epoch: int | None
+    ) -> bool:
+        epoch = self._epoch if epoch is None else epoch
+        if self.purged_since(epoch, key):
+            self.counters["stale_writes_discarded"] += 1
+            return False
+        stored = False
+        if self.l1 is not None:
+            if kind == "slice":
+                stored = await self.l1.put_slice(key, data, expires_at)
+            else:
+                stored = await self.l1.put_meta(key, bytes(data), expires_at)
+        return await self._enqueue(_Write(kind, key, data, expires_at, epoch)) or stored
+
+    async def _enqueue(self, write: _Write) -> bool:
         if self.l2 is None:
             return False
         self._ensure_writer()
         try:
-            self._queue.put_nowait(_Write(kind, key, data, expires_at, self._epoch))
+            self._queue.put_nowait(write)
         except asyncio.QueueFull:
-            self.counters["write_behind_dropped"] += 1
-            return False
-        if kind == "slice":
-            self._pending[key] = data
+            if self._l2_stuck:
+                return self._dropped()
+            try:
+                # The caller (a fill) waits: fetching ahead faster than L2 writes only
+                # turns into lost writes and, later, origin requests again.
+                async with asyncio.timeout(WRITE_BEHIND_WAIT_SECONDS):
+                    await self._queue.put(write)
+            except TimeoutError:
+                self._l2_stuck = True
+                return self._dropped()
+            if self.purged_since(write.epoch, write.key):
+                return False  # purged while we waited: the writer discards it
+        if write.kind == "slice":
+            self._pending[write.key] = write.data
         return True
+
+    def _dropped(self) -> bool:
+        self.counters["write_behind_dropped"] += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_SECONDS:
+            dropped = self.counters["write_behind_dropped"]
+            log.warning(
+                "L2 write-behind queue full: writes dropped (cached in L1 only)",
+                extra={"fields": {"dropped_since_last_log": dropped - self._drops_logged}},
+            )
+            self._drops_logged, self._drop_logged_at = dropped, now
+        return False
 
     def _ensure_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -216,15 +272,18 @@ class TieredStore:
                     self.counters["stale_writes_discarded"] += 1
                     continue
                 if item.kind == "slice":
-                    await self.l2.put_slice(item.key, item.data, item.expires_at)
+                    await self.l2.put_slice(item.key, item.data, item.expires_at, epoch=item.epoch)
                 else:
-                    await self.l2.put_meta(item.key, bytes(item.data), item.expires_at)
+                    await self.l2.put_meta(
+                        item.key, bytes(item.data), item.expires_at, epoch=item.epoch
+                    )
                 if self.purged_since(item.epoch, item.key):
                     # Purged while we were writing it: take it out again.
                     await self.l2.delete_prefix(item.key)
                     self.counters["stale_writes_discarded"] += 1
                 else:
                     self.counters["write_behind_written"] += 1
+                self._l2_stuck = False
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -258,7 +258,7 @@ def test_x_cache_slices_of_a_huge_object_costs_a_bounded_number_of_lookups() -> 
 
 
 def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) -> None:
-    import cache.memory
+    import cache.indexed
     from cache import keys as cache_keys
     from cache.memory import MemoryStore
 
@@ -277,7 +277,7 @@ def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) 
             calls += 1
             return real(key, object_key)
 
-        monkeypatch.setattr(cache.memory, "belongs_to", counting)
+        monkeypatch.setattr(cache.indexed, "belongs_to", counting)
         removed = await store.delete("http://o/target")
         left = sum(1 for key in store.keys() if key.startswith("http://o/target"))
         assert left == 0
@@ -286,3 +286,181 @@ def test_invalidating_one_object_does_not_scan_every_l1_entry(monkeypatch: Any) 
     removed, calls = asyncio.run(scenario())
     assert removed == 3
     assert calls <= 10, f"one object's invalidation looked at {calls} L1 entries"
+
+
+# --- item 9: L2 write-behind slows fills down instead of dropping slices ------------------
+
+
+def _write_behind(url: str) -> dict[str, float]:
+    stats = httpx.get(f"{url}/_slicecache/stats").json()
+    return stats["tiers"]["write_behind"]  # type: ignore[no-any-return]
+
+
+def test_three_cold_downloads_with_l2_on_put_every_slice_in_l2(tmp_path: Path) -> None:
+    slices_each = 52
+    with tiny_setup(**_l2(tmp_path)) as (origin, url):
+        bodies = {
+            f"/cold-{n}.bin": origin.add(f"/cold-{n}.bin", slices_each * SLICE) for n in range(3)
+        }
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = dict(
+                zip(bodies, pool.map(lambda p: _download(f"{url}{p}", {}), bodies), strict=True)
+            )
+        for path, body in bodies.items():
+            assert got[path] == (200, body), path
+        deadline = time.monotonic() + 30
+        while _write_behind(url)["queue_depth"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        figures = _write_behind(url)
+        assert figures["write_behind_dropped"] == 0, f"L2 lost writes: {figures}"
+        # Every slice (and each object's metadata) reached L2.
+        assert figures["write_behind_written"] >= 3 * (slices_each + 1), figures
+
+
+# --- item 5: a PURGE during the adoption of a probe's answer is never undone ---------------
+
+
+class _GatedL2:
+    """An L2 (a MemoryStore underneath) whose ``n``-th metadata read waits for a gate: the
+    await in which a PURGE can slip between a probe's answer and its storing."""
+
+    def __init__(self, block_on_call: int) -> None:
+        from cache.memory import MemoryStore
+
+        self.inner = MemoryStore(64 * MiB)
+        self.name = "l2"
+        self.calls = 0
+        self.block_on_call = block_on_call
+        self.blocked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def get_meta(self, key: str) -> bytes | None:
+        self.calls += 1
+        if self.calls == self.block_on_call:
+            self.blocked.set()
+            await self.gate.wait()
+        return await self.inner.get_meta(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_purge_while_a_probe_answer_is_adopted_is_not_undone() -> None:
+    from app.fills import ByteBudget
+    from app.httpcache.freshness import FreshnessPolicy
+    from app.objects import ObjectDirectory, ObjectRequest, Opened
+    from app.slicer import SliceEngine
+    from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
+    from cache import keys as cache_keys
+    from cache.memory import MemoryStore
+    from cache.tiered import TieredStore
+
+    origin = TinyOrigin()
+    origin.add("/purged.bin", 3 * SLICE, [("cache-control", "public, max-age=600")])
+
+    async def scenario(origin_url: str) -> tuple[object, object, object, object]:
+        l2 = _GatedL2(block_on_call=2)  # 1: the lookup; 2: the adoption
+        store = TieredStore(MemoryStore(64 * MiB), l2)
+        upstream = UpstreamClient(origin_url, UpstreamTimeouts(5, 5, None), default_transport(8))
+        engine = SliceEngine(upstream, store, SLICE, 2, 0, ByteBudget(8 * MiB))
+        directory = ObjectDirectory(engine, store, FreshnessPolicy())
+        key = origin_url + "/purged.bin"
+        host = origin_url.removeprefix("http://")
+        request = ObjectRequest(key, "/purged.bin", [], [("host", host)])
+        opening = asyncio.create_task(directory.open(request))
+        await asyncio.wait_for(l2.blocked.wait(), 10)  # the answer is in, being adopted
+        await directory.forget(key)  # the PURGE, answered 200 now
+        l2.gate.set()
+        opened = await asyncio.wait_for(opening, 10)
+        assert isinstance(opened, Opened)
+        if opened.first_fill is not None and opened.first_fill.task is not None:
+            await asyncio.wait_for(asyncio.shield(opened.first_fill.task), 10)
+        await store.flush()
+        slice0 = cache_keys.slice_key(opened.entry_key, opened.meta.version, 0)
+        found = (
+            await directory.cached_meta(key),
+            await store.get_meta(key),
+            await store.get_slice(slice0),
+            await l2.inner.get_meta(key),
+        )
+        await engine.close()
+        await store.close()
+        await upstream.aclose()
+        return found
+
+    with run_asgi_in_thread(origin) as origin_url:
+        meta, stored_meta, slice0, l2_meta = asyncio.run(scenario(origin_url))
+    assert meta is None, "the directory still knows the purged object"
+    assert stored_meta is None and l2_meta is None, "metadata fetched before the PURGE stored"
+    assert slice0 is None, "slice 0 fetched before the PURGE stored after it"
+
+
+def test_a_stuck_l2_costs_counted_drops_logged_once_per_interval(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    import logging
+
+    import cache.tiered
+    from cache.memory import MemoryStore
+    from cache.tiered import TieredStore
+
+    class StuckL2(MemoryStore):
+        name = "l2"
+
+        async def put_slice(
+            self, key: str, data: Any, expires_at: float | None, *, epoch: int | None = None
+        ) -> bool:
+            await asyncio.Event().wait()  # never returns
+            return False
+
+    monkeypatch.setattr(cache.tiered, "WRITE_BEHIND_WAIT_SECONDS", 0.05)
+
+    async def scenario() -> dict[str, float]:
+        store = TieredStore(MemoryStore(MiB), StuckL2(MiB), queue_size=1)
+        for n in range(10):
+            await store.put_slice(f"http://o/s v {n}", b"x", None)
+        figures = store.stats()
+        assert store._writer is not None
+        store._writer.cancel()  # close() would wait for the stuck write
+        return figures
+
+    with caplog.at_level(logging.WARNING, logger="slicecache.cache"):
+        figures = asyncio.run(scenario())
+    # One slice is being written, one waits in the queue; the rest could not be queued.
+    assert figures["tiered_write_behind_dropped"] == 8
+    drops = [r for r in caplog.records if "write-behind queue full" in r.getMessage()]
+    assert len(drops) == 1, "a drop storm must log once per interval"
+
+
+def test_a_revalidation_by_a_client_with_credentials_keeps_the_shared_copy() -> None:
+    # Only what the 304 says about the response decides; this client's Authorization
+    # (or its own no-store) concerns its request, not the stored response.
+    with tiny_setup() as (origin, url):
+        body = origin.add("/stays.bin", 3 * SLICE, [("cache-control", "max-age=0")])
+        assert httpx.get(f"{url}/stays.bin").content == body
+        origin.not_modified["/stays.bin"] = [("cache-control", "max-age=600")]
+        revalidated = httpx.get(f"{url}/stays.bin", headers={"authorization": "Bearer x"})
+        assert revalidated.status_code == 200 and revalidated.content == body
+        after = httpx.get(f"{url}/stays.bin", headers={"cache-control": "only-if-cached"})
+    assert after.status_code == 200, "a client's credentials dropped the shared copy"
+
+
+def test_shared_fill_headers_keep_the_host_and_the_vary_fields_only() -> None:
+    from app.headers import shared_fill_headers
+
+    sent = [
+        ("host", "origin:80"),
+        ("cookie", "a=1"),
+        ("authorization", "Bearer a"),
+        ("accept-language", "fr"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-proto", "https"),
+        ("user-agent", "curl"),
+        ("via", "1.1 client-proxy, 1.1 slicecache"),
+    ]
+    assert shared_fill_headers(sent, ["Accept-Language"]) == [
+        ("host", "origin:80"),
+        ("accept-language", "fr"),
+        ("x-forwarded-proto", "https"),
+        ("via", "1.1 slicecache"),
+    ]

@@ -962,11 +962,15 @@ class RawDiskStore:
         data: SliceData,
         expires_at: float | None,
         compressible: bool | None = None,
+        *,
+        epoch: int | None = None,  # the front's purge epoch: checked by TieredStore
     ) -> bool:
         """Store a slice. ``compressible=False`` says the content is already compressed."""
         return await self._put(key, data, expires_at, KIND_SLICE, compressible)
 
-    async def put_meta(self, key: str, meta: bytes, expires_at: float | None) -> bool:
+    async def put_meta(
+        self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
+    ) -> bool:
         return await self._put(key, meta, expires_at, KIND_META, False)
 
     def _declined(self, counter: str | None = None) -> bool:

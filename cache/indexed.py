@@ -1,0 +1,73 @@
+"""An LRU that also knows each object's keys (see :mod:`cache.keys`).
+
+Every successful POST/PUT/DELETE invalidates its URI (RFC 9111 4.4). A scan of a whole
+cache per invalidation is 22 ms on the event loop at 100k L1 entries; with this index an
+invalidation costs the object's own entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from cachetools import LRUCache
+
+from cache.keys import SEPARATOR, belongs_to
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def object_of(key: str) -> str:
+    """The object key a slice, variant or metadata key belongs to."""
+    return key.split(SEPARATOR, 1)[0]
+
+
+class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
+    """``name_of`` maps a cache key to the key string it stands for (identity for str keys)."""
+
+    def __init__(
+        self,
+        maxsize: int,
+        getsizeof: Callable[[V], int] | None = None,
+        name_of: Callable[[K], str] | None = None,
+    ) -> None:
+        super().__init__(maxsize=maxsize, getsizeof=getsizeof)
+        self._name_of: Callable[[Any], str] = name_of or (lambda key: key)
+        self._by_object: dict[str, set[K]] = {}
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        self._by_object.setdefault(object_of(self._name_of(key)), set()).add(key)
+
+    def __delitem__(self, key: K) -> None:
+        # Evictions come here too (popitem -> pop -> del).
+        super().__delitem__(key)
+        owner = object_of(self._name_of(key))
+        members = self._by_object.get(owner)
+        if members is not None:
+            members.discard(key)
+            if not members:
+                del self._by_object[owner]
+
+    def clear(self) -> None:
+        super().clear()
+        self._by_object.clear()
+
+    def keys_of(self, object_key: str, within: str | None = None) -> list[K]:
+        """The keys held for ``object_key`` (and, with ``within``, starting with it)."""
+        members = self._by_object.get(object_of(object_key), ())
+        name_of = self._name_of
+        return [
+            key
+            for key in members
+            if belongs_to(name_of(key), object_key)
+            and (within is None or name_of(key).startswith(within))
+        ]
+
+    def pop_object(self, object_key: str) -> int:
+        """Drop every entry of ``object_key``; returns how many."""
+        doomed = self.keys_of(object_key)
+        for key in doomed:
+            del self[key]
+        return len(doomed)

@@ -37,7 +37,12 @@ LIMITS = {"max_header_bytes": 8192, "max_request_target_bytes": 1024}
 @pytest.fixture(scope="module", params=[False, True], ids=["origin-host", "preserve-host"])
 def fuzz_proxy(origin: Origin, request: pytest.FixtureRequest) -> Iterator[str]:
     app = create_app(
-        Settings(upstream_address=origin.url, preserve_host=request.param, **LIMITS),
+        Settings(
+            upstream_address=origin.url,
+            preserve_host=request.param,
+            max_header_bytes=LIMITS["max_header_bytes"],
+            max_request_target_bytes=LIMITS["max_request_target_bytes"],
+        ),
         configure_logs=False,
     )
     with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:

@@ -205,20 +205,20 @@ def test_past_the_connection_cap_the_longest_idle_connection_makes_room(
 
 
 def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(
-    proxy: ProxyFactory,
+    proxy: ProxyFactory, origin: Origin
 ) -> None:
     with proxy(enable_cache=False, max_client_connections=2) as url:
+        seen = len(origin.requests_for("/slow-headers"))
         busy = [socket.create_connection(_address(url)) for _ in range(2)]
         try:
             for sock in busy:
-                sock.sendall(b"GET /slow-headers?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
-            # Both heads are read (the origin request is out) before the third arrives.
+                sock.sendall(b"GET /slow-headers?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            # Both heads are read (their origin requests are out) before the third arrives.
             deadline = time.monotonic() + 30
-            answer = b""
-            while time.monotonic() < deadline:
-                answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
-                if _status(answer) == 503:
-                    break
+            while len(origin.requests_for("/slow-headers")) < seen + 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
             assert _status(answer) == 503
         finally:
             for sock in busy:

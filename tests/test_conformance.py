@@ -726,8 +726,6 @@ class Case:
 # Known failures of the default configuration, each explained in README "Conformance".
 # strict: the day one passes, the test says so and the entry goes.
 KNOWN_FAILURES = {
-    "headers-store-Content-Length": "aiohttp rejects bytes after the announced body (502)",
-    "304-etag-update-response-Content-Length": "same: the first answer is a 502",
     "headers-store-Transfer-Encoding": "a close-delimited 200 is relayed, not stored",
 }
 

@@ -178,6 +178,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 chunked=None,
                 timeout=client_timeout,
             )
+        if response.status == 101:
+            # The proxy never forwards Upgrade, so this switch was not asked for; relayed,
+            # it would leave the client on a protocol nobody speaks: a bad gateway answer.
+            response.close()
+            raise httpx.RemoteProtocolError("origin switched protocols unasked", request=request)
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),

@@ -2137,3 +2137,19 @@ def test_origin_framing(suite: SuiteRunner, case: Case) -> None:
     than announced is cut to the announced length (and the connection is not reused: the
     third request, on the same origin, still gets a clean answer)."""
     suite.run(case.requests, real_pause=case.real_pause)
+
+
+def test_an_unasked_101_is_a_bad_gateway_never_relayed_nor_stored(suite: SuiteRunner) -> None:
+    """The cache never forwards Upgrade; an origin that switches protocols anyway would
+    leave the client on a dead connection if relayed (h11 refuses it outright)."""
+    uuid = str(uuidlib.uuid4())
+    switching: Config = {
+        "response_status": [101, "Switching Protocols"],
+        "response_headers": [["Upgrade", "foo"], ["Cache-Control", "max-age=3600"]],
+    }
+    suite.origin.configure(uuid, [switching, {}])
+    first = suite.client.get(f"{suite.url}/test/{uuid}", headers={"Req-Num": "1"})
+    second = suite.client.get(f"{suite.url}/test/{uuid}", headers={"Req-Num": "2"})
+    assert first.status_code == 502
+    assert second.status_code == 200
+    assert second.headers["server-request-count"] == "2"

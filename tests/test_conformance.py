@@ -27,7 +27,8 @@ status, headers and body. This file reproduces that machinery in Python:
   Node server (a body longer than its Content-Length, a Transfer-Encoding that is not
   applied) and its interim responses go out byte for byte.
 * The cache runs with its default settings behind the project's own HTTP protocol class
-  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it.
+  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it; a subset runs again on
+  the raw-disk tier alone (``test_on_l2_only``).
 
 Tests are grouped by the suite's files; each parametrized case carries the suite's test
 id (``pytest -k cc-resp-no-store``). Where a required test depends on an optional one
@@ -2153,3 +2154,48 @@ def test_an_unasked_101_is_a_bad_gateway_never_relayed_nor_stored(suite: SuiteRu
     assert first.status_code == 502
     assert second.status_code == 200
     assert second.headers["server-request-count"] == "2"
+
+
+# The same cases on the raw-disk tier alone (L1 off), for the ones whose stored state
+# matters most: headers replayed, updated by 304s, targeted freshness.
+L2_CASES = [
+    case
+    for case in (*CC_FRESHNESS, *UPDATE304, *CDN, *HEADERS)
+    if case.id
+    in {
+        "freshness-none",
+        "freshness-s-maxage-shared",
+        "304-etag-update-response-Test-Header",
+        "304-etag-update-response-Content-Length",
+        "cdn-max-age-long-cc-max-age",
+        "cdn-fresh-cc-nostore",
+        "headers-store-Content-Length",
+        "headers-omit-headers-listed-in-Connection",
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def l2_suite_url(
+    scripted: tuple[ScriptedOrigin, str], clock: Clock, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    device = tmp_path_factory.mktemp("conformance-l2") / "l2.bin"
+    settings = Settings(
+        upstream_address=scripted[1],
+        enable_l2_cache=True,
+        l1_cache_size_bytes=0,
+        raw_disk_cache={"device_path": str(device), "total_size": 64 * 1024 * 1024},
+    )
+    app = create_app(settings, configure_logs=False)
+    with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
+        yield url
+
+
+@cases(*L2_CASES)
+def test_on_l2_only(
+    l2_suite_url: str, scripted: tuple[ScriptedOrigin, str], clock: Clock, case: Case
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        SuiteRunner(scripted[0], l2_suite_url, client, clock).run(
+            case.requests, real_pause=case.real_pause
+        )

@@ -40,6 +40,7 @@ from app.httpcache.storable import storability
 from app.httpcache.vary import selecting_headers, vary_field_names
 from app.objectmeta import NOT_STORED, ObjectMeta
 from app.slicer import SliceEngine, SliceError, parse_content_range
+from app.unframed import peek_small_body
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront
@@ -420,6 +421,15 @@ class ObjectDirectory:
                 )
             ):
                 size, whole = int(length or 0), True
+            elif (
+                length is None
+                and status in (200, 204)
+                and "content-range" not in dict(response_headers)
+            ):
+                # Chunked or close-delimited: stored whole if it ends within one slice.
+                in_hand, body_size = await peek_small_body(response, engine.slice_size)
+                if body_size is not None:
+                    size, whole = body_size, True
         elif status == 416:
             if (get(response_headers, "content-range") or "").replace(" ", "") == "bytes*/0":
                 size = 0

@@ -185,7 +185,8 @@ async def _answer(
         spans = [(0, size - 1)] if size else []
         status = meta.status
         boundary = None
-        headers.append(("content-length", str(size)))
+        if status != 204:  # RFC 9110 8.6: a 204 has no Content-Length
+            headers.append(("content-length", str(size)))
 
     total_slices = sum(
         len(range(first // engine.slice_size, last // engine.slice_size + 1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from cachetools import LRUCache
 
 from app.interim import interim_sink
 from app.metrics import EngineCounters
+from app.upstream_framing import LengthTrustingHandler
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
@@ -125,6 +127,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._connector = aiohttp.TCPConnector(
             limit=pool_size, limit_per_host=0, keepalive_timeout=keepalive_seconds
         )
+        # Each connection's protocol: aiohttp's, cut at the announced Content-Length
+        # (app/upstream_framing.py). aiohttp has no public hook for it.
+        self._connector._factory = functools.partial(  # type: ignore[assignment]
+            LengthTrustingHandler, loop=asyncio.get_running_loop()
+        )
         self._session = aiohttp.ClientSession(
             connector=self._connector,
             # One jar for every client would replay one client's cookies to another.
@@ -185,6 +192,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 chunked=None,
                 timeout=client_timeout,
             )
+        if response.status == 101:
+            # The proxy never forwards Upgrade, so this switch was not asked for; relayed,
+            # it would leave the client on a protocol nobody speaks: a bad gateway answer.
+            response.close()
+            raise httpx.RemoteProtocolError("origin switched protocols unasked", request=request)
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),

@@ -27,7 +27,8 @@ status, headers and body. This file reproduces that machinery in Python:
   Node server (a body longer than its Content-Length, a Transfer-Encoding that is not
   applied) and its interim responses go out byte for byte.
 * The cache runs with its default settings behind the project's own HTTP protocol class
-  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it.
+  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it; a subset runs again on
+  the raw-disk tier alone (``test_on_l2_only``).
 
 Tests are grouped by the suite's files; each parametrized case carries the suite's test
 id (``pytest -k cc-resp-no-store``). Where a required test depends on an optional one
@@ -319,7 +320,15 @@ class ScriptedOrigin:
         if status not in NO_BODY_STATUS and request.method != "HEAD":
             body = (config.get("response_body") or uuid).encode()
         keep_alive = True
-        if "transfer-encoding" in names:
+        coding = next((v for n, v in out if n.lower() == "transfer-encoding"), "")
+        if coding.lower() == "chunked":
+            # A chunked body in two chunks, as a streaming origin sends a small one.
+            half = len(body) // 2
+            body = b"".join(
+                b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]) if part
+            )
+            body += b"0\r\n\r\n"
+        elif "transfer-encoding" in names:
             # Node writes the body as is and closes the connection to end it (RFC 9112
             # 6.3: a Transfer-Encoding that is not chunked delimits by close).
             keep_alive = False
@@ -725,11 +734,7 @@ class Case:
 
 # Known failures of the default configuration, each explained in README "Conformance".
 # strict: the day one passes, the test says so and the entry goes.
-KNOWN_FAILURES = {
-    "headers-store-Content-Length": "aiohttp rejects bytes after the announced body (502)",
-    "304-etag-update-response-Content-Length": "same: the first answer is a 502",
-    "headers-store-Transfer-Encoding": "a close-delimited 200 is relayed, not stored",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def cases(*items: Case) -> pytest.MarkDecorator:
@@ -2090,3 +2095,107 @@ def test_interim_responses_are_relayed_and_never_stored(
     assert interim == []
     assert "x-my-header" not in final
     assert len(origin.state[uuid]) == 1
+
+
+# Misbehaving and unusual origins the reference caches handle (issue 14 item 4).
+
+ORIGIN_FRAMING = [
+    Case(
+        "chunked-small-200-stored",
+        [
+            fresh(response_headers=[["Transfer-Encoding", "chunked", False]]),
+            {"expected_type": "cached"},
+        ],
+    ),
+    Case(
+        "close-delimited-small-200-stored",
+        [
+            fresh(response_headers=[["Transfer-Encoding", "identity", False]]),
+            {"expected_type": "cached"},
+        ],
+    ),
+    Case(
+        "204-stored",
+        [
+            fresh(response_status=[204, "No Content"]),
+            {"expected_type": "cached", "expected_status": 204},
+        ],
+    ),
+    Case(
+        "body-longer-than-content-length",
+        [
+            fresh(response_headers=[["Content-Length", "10", False]], check_body=False),
+            {"expected_type": "cached", "expected_response_text": None, "check_body": False},
+            {"response_body": "0123456789", "request_headers": [["Cache-Control", "no-cache"]]},
+        ],
+    ),
+]
+
+
+@cases(*ORIGIN_FRAMING)
+def test_origin_framing(suite: SuiteRunner, case: Case) -> None:
+    """Complete small answers without Content-Length are stored; a 204 too; a body longer
+    than announced is cut to the announced length (and the connection is not reused: the
+    third request, on the same origin, still gets a clean answer)."""
+    suite.run(case.requests, real_pause=case.real_pause)
+
+
+def test_an_unasked_101_is_a_bad_gateway_never_relayed_nor_stored(suite: SuiteRunner) -> None:
+    """The cache never forwards Upgrade; an origin that switches protocols anyway would
+    leave the client on a dead connection if relayed (h11 refuses it outright)."""
+    uuid = str(uuidlib.uuid4())
+    switching: Config = {
+        "response_status": [101, "Switching Protocols"],
+        "response_headers": [["Upgrade", "foo"], ["Cache-Control", "max-age=3600"]],
+    }
+    suite.origin.configure(uuid, [switching, {}])
+    first = suite.client.get(f"{suite.url}/test/{uuid}", headers={"Req-Num": "1"})
+    second = suite.client.get(f"{suite.url}/test/{uuid}", headers={"Req-Num": "2"})
+    assert first.status_code == 502
+    assert second.status_code == 200
+    assert second.headers["server-request-count"] == "2"
+
+
+# The same cases on the raw-disk tier alone (L1 off), for the ones whose stored state
+# matters most: headers replayed, updated by 304s, targeted freshness.
+L2_CASES = [
+    case
+    for case in (*CC_FRESHNESS, *UPDATE304, *CDN, *HEADERS)
+    if case.id
+    in {
+        "freshness-none",
+        "freshness-s-maxage-shared",
+        "304-etag-update-response-Test-Header",
+        "304-etag-update-response-Content-Length",
+        "cdn-max-age-long-cc-max-age",
+        "cdn-fresh-cc-nostore",
+        "headers-store-Content-Length",
+        "headers-omit-headers-listed-in-Connection",
+    }
+]
+
+
+@pytest.fixture(scope="module")
+def l2_suite_url(
+    scripted: tuple[ScriptedOrigin, str], clock: Clock, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    device = tmp_path_factory.mktemp("conformance-l2") / "l2.bin"
+    settings = Settings(
+        upstream_address=scripted[1],
+        enable_l2_cache=True,
+        l1_cache_size_bytes=0,
+        raw_disk_cache={"device_path": str(device), "total_size": 64 * 1024 * 1024},
+    )
+    app = create_app(settings, configure_logs=False)
+    with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
+        yield url
+
+
+@cases(*L2_CASES)
+def test_on_l2_only(
+    l2_suite_url: str, scripted: tuple[ScriptedOrigin, str], clock: Clock, case: Case
+) -> None:
+    with httpx.Client(timeout=30) as client:
+        SuiteRunner(scripted[0], l2_suite_url, client, clock).run(
+            case.requests, real_pause=case.real_pause
+        )

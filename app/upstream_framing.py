@@ -1,0 +1,122 @@
+"""Trust the origin's Content-Length: bytes after the announced body are dropped, and so
+is the connection (what nginx and ATS do with "upstream sent more data than specified").
+
+aiohttp's parser reads whatever follows a complete response as the start of the next
+one; when the excess arrives in the same packet it fails the whole exchange
+(``BadStatusLine``), so a response with a correct status, headers and announced body
+became a 502. :class:`LengthTrustingHandler` cuts each read at the end of the
+Content-Length-delimited message it belongs to, so the parser never sees the excess, and
+marks the connection not reusable. HTTP/1.1 without pipelining (aiohttp sends one
+request at a time) means nothing legitimate can follow a response before the next
+request. Framings it does not know (chunked, close-delimited, 101) are left to aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.client_proto import ResponseHandler
+
+HEAD_LIMIT = 64 * 1024  # beyond aiohttp's own header limits: leave it to aiohttp
+
+
+class _Framing:
+    """Where the current response ends, from its head (one per request)."""
+
+    def __init__(self, with_body: bool) -> None:
+        self.with_body = with_body
+        self.head = bytearray()
+        self.remaining: int | None = None  # body bytes still due; None: reading a head
+        self.off = False  # unknown framing: aiohttp decides
+        self.done = False  # the final response is complete: anything more is excess
+        self.cut = False  # excess was dropped
+
+    def admit(self, data: bytes) -> bytes:
+        """The part of ``data`` that belongs to the response; the rest is dropped."""
+        if self.off:
+            return data
+        if self.remaining is not None and len(data) < self.remaining:
+            # The body's middle, the hot path of a large download: no copy.
+            self.remaining -= len(data)
+            return data
+        if self.done:
+            self.cut = self.cut or bool(data)
+            return b""
+        out = bytearray()
+        while data:
+            if self.remaining is None:
+                before = len(self.head)
+                self.head += data
+                end = self.head.find(b"\r\n\r\n")
+                if end < 0:
+                    self.off = len(self.head) > HEAD_LIMIT
+                    return bytes(out + data)
+                used = end + 4 - before
+                out += data[:used]
+                data = data[used:]
+                head, self.head = bytes(self.head[:end]), bytearray()
+                if not self._start_body(head):
+                    self.off = True
+                    return bytes(out + data)
+                if self.remaining is None:
+                    continue  # an interim response: the next head follows
+            assert self.remaining is not None
+            take = data[: self.remaining]
+            out += take
+            data = data[len(take) :]
+            self.remaining -= len(take)
+            if self.remaining == 0:
+                self.done = True
+                self.cut = bool(data)
+                return bytes(out)
+        if self.remaining == 0:
+            self.done = True
+        return bytes(out)
+
+    def _start_body(self, head: bytes) -> bool:
+        """Read a response head; False when its framing is not a plain Content-Length."""
+        lines = head.split(b"\r\n")
+        try:
+            status = int(lines[0].split(b" ")[1])
+        except (IndexError, ValueError):
+            return False
+        if 100 <= status < 200 and status != 101:
+            self.remaining = None
+            return True
+        lengths: set[bytes] = set()
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding":
+                return False
+            if name == b"content-length":
+                lengths.update(part.strip() for part in value.split(b","))
+        if status == 101 or len(lengths) != 1:
+            return False
+        (length,) = lengths
+        if not length.isdigit():
+            return False
+        self.remaining = int(length) if self.with_body and status not in (204, 304) else 0
+        return True
+
+
+class LengthTrustingHandler(ResponseHandler):
+    """aiohttp's connection protocol, reading no further than the announced body."""
+
+    _framing: _Framing | None = None
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        # Called once per request, before its response is read.
+        self._framing = _Framing(with_body=not kwargs.get("skip_payload", False))
+        super().set_response_params(**kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        framing = self._framing
+        if framing is None:
+            super().data_received(data)
+            return
+        kept = framing.admit(data)
+        if framing.cut:
+            self.force_close()  # the excess may have been anything: never reuse this
+        if kept:
+            super().data_received(kept)

@@ -1,0 +1,93 @@
+"""The origin's Content-Length is trusted: excess bytes never reach aiohttp's parser."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.upstream import AiohttpTransport
+from app.upstream_framing import _Framing
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+EARLY = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+
+
+def feed(framing: _Framing, pieces: list[bytes]) -> bytes:
+    return b"".join(framing.admit(piece) for piece in pieces)
+
+
+@given(st.lists(st.integers(1, 80), max_size=6), st.binary(max_size=40), st.booleans())
+def test_any_split_keeps_exactly_the_announced_message(
+    cuts: list[int], junk: bytes, interim: bool
+) -> None:
+    message = (EARLY if interim else b"") + HEAD + b"0123456789"
+    stream = message + junk
+    points = sorted({min(c * 3, len(stream)) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    framing = _Framing(with_body=True)
+    assert feed(framing, pieces) == message
+    assert framing.done
+    assert framing.cut == bool(junk)
+
+
+def test_head_and_bodiless_statuses_end_at_the_head() -> None:
+    head_response = _Framing(with_body=False)
+    assert head_response.admit(HEAD + b"junk") == HEAD and head_response.cut
+    not_modified = _Framing(with_body=True)
+    data = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
+    assert not_modified.admit(data + b"x") == data and not_modified.cut
+
+
+def test_other_framings_are_left_to_aiohttp() -> None:
+    for head in (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",  # close-delimited
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    ):
+        framing = _Framing(with_body=True)
+        assert framing.admit(head + b"anything") == head + b"anything"
+        assert framing.off and not framing.cut
+
+
+async def _serve_once(answer: bytes) -> tuple[asyncio.Server, int, list[int]]:
+    connections: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], connections
+
+
+def test_a_body_longer_than_announced_is_cut_and_the_connection_dropped() -> None:
+    """Real sockets, the project's transport: the announced 10 bytes, twice, on two
+    connections (the first one was not reused after its excess)."""
+
+    async def run() -> tuple[list[bytes], int]:
+        server, port, connections = await _serve_once(HEAD + b"0123456789" + b"x" * 26)
+        transport = AiohttpTransport(pool_size=4)
+        bodies = []
+        try:
+            async with httpx.AsyncClient(transport=transport) as client:
+                for _ in range(2):
+                    response = await client.get(f"http://127.0.0.1:{port}/")
+                    assert response.status_code == 200
+                    bodies.append(response.content)
+        finally:
+            server.close()
+        return bodies, len(connections)
+
+    bodies, connections = asyncio.run(run())
+    assert bodies == [b"0123456789", b"0123456789"]
+    assert connections == 2

@@ -100,6 +100,9 @@ class _Probe:
     future: asyncio.Future[Opened | Forward]
     relay: httpx.Response | None = None  # for the request that started the probe only
     budget_handed_over: bool = False  # slice 0's budget grant went to its fill
+    # The origin's answer while the probe reads its headers: closed when the probe ends
+    # unless it went to slice 0's fill or to the relay (on every path, exceptions included).
+    open_response: httpx.Response | None = None
 
 
 @dataclass
@@ -320,6 +323,13 @@ class ObjectDirectory:
         finally:
             if not probe.budget_handed_over:
                 engine.budget.release(engine.slice_size)
+            leftover, probe.open_response = probe.open_response, None
+            if (
+                leftover is not None
+                and not probe.budget_handed_over
+                and leftover is not probe.relay
+            ):
+                await leftover.aclose()
 
     async def _probe_with_budget(
         self,
@@ -332,7 +342,7 @@ class ObjectDirectory:
         engine = self.engine
         object_key, target, request_headers = request.object_key, request.target, request.headers
         request_time = time.time()
-        response = await engine.upstream.send("GET", target, headers)
+        response = probe.open_response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
         status = response.status_code

@@ -6,10 +6,16 @@ import asyncio
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
+from typing import cast
 
 import httpx
 
+from app.fills import ByteBudget
+from app.objectmeta import ObjectMeta
+from app.slicer import SliceEngine
+from app.upstream import UpstreamClient
 from tests.conftest import Origin, ProxyFactory
 from tests.servers import run_asgi_in_thread
 
@@ -252,3 +258,37 @@ def test_clients_that_read_nothing_hold_no_more_than_the_budget(proxy: ProxyFact
     per_connection = 2 * MiB  # the probe's slice 0 and the socket's buffers, generously
     assert in_flight <= budget
     assert grown <= budget + clients * per_connection, f"RSS grew {grown / MiB:.0f} MiB"
+
+
+async def test_a_fill_cancelled_before_its_first_step_releases_grant_and_response() -> None:
+    # _stop_unread_fills cancelled the probe's slice-0 fill before its task first ran: its
+    # ``finally`` never ran, so the prepaid grant and the probe's response stayed held.
+    budget = ByteBudget(MiB)
+    await budget.acquire(SLICE)  # the probe's prepaid grant
+    closed = asyncio.Event()
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b""
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    engine = SliceEngine(
+        upstream=cast(UpstreamClient, None),
+        store=None,
+        slice_size=SLICE,
+        lookahead=1,
+        max_retries=0,
+        budget=budget,
+    )
+    meta = ObjectMeta(SLICE, '"v1"', None, [], 0.0, 0.0)
+    response = httpx.Response(206, stream=Body())
+    fill = engine.start_fill(
+        "k", (0, SLICE - 1), "/x", meta, [], response, store=False, prepaid=SLICE
+    )
+    assert fill.task is not None
+    fill.task.cancel()  # before its first step
+    await asyncio.wait_for(closed.wait(), 10)
+    assert budget.in_use == 0
+    assert not engine.fills

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest bench bench-full chart-check clean
+.PHONY: install run test lint typecheck pytest soak bench bench-full chart-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# Minutes of cold/warm traffic with disconnects, idle readers, PURGEs, version flips and
+# origin faults, then leak, byte and memory checks (bench/soak.py). Not part of `make test`.
+soak: install
+	$(BIN)/pytest -q -s -p no:cacheprovider bench/soak.py
 
 bench: install
 	$(BIN)/python -m bench.run --quick

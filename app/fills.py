@@ -50,11 +50,20 @@ class SliceFill:
         # holding megabytes of buffers long after the last reader.
         self.run: tuple[SliceFill, ...] = ()
         self.stored = True  # its bytes go to the cache when complete
+        # Budget this complete slice still holds for readers that have not sent it yet:
+        # bytes held for a client count against the budget until sent (see release_held).
+        self.held = 0
+        self.budget: ByteBudget | None = None
         self._progress = asyncio.Event()
 
     @property
     def length(self) -> int:
         return self._length
+
+    def release_held(self) -> None:
+        held, self.held = self.held, 0
+        if held and self.budget is not None:
+            self.budget.release(held)
 
     def append(self, chunk: bytes | memoryview) -> None:
         end = self.filled + len(chunk)
@@ -151,6 +160,8 @@ class SliceClaim:
         if fill is None:
             return
         fill.readers -= 1
+        if fill.readers == 0 and fill.done:
+            fill.release_held()  # its last reader has sent (or dropped) the bytes
         if not abandon and fill.stored:
             return
         # One request fills the whole run: stop it only when nobody waits for any slice of

@@ -102,6 +102,9 @@ class _Probe:
     future: asyncio.Future[Opened | Forward]
     relay: httpx.Response | None = None  # for the request that started the probe only
     budget_handed_over: bool = False  # slice 0's budget grant went to its fill
+    # The origin's answer while the probe reads its headers: closed when the probe ends
+    # unless it went to slice 0's fill or to the relay (on every path, exceptions included).
+    open_response: httpx.Response | None = None
 
 
 @dataclass
@@ -324,6 +327,13 @@ class ObjectDirectory:
         finally:
             if not probe.budget_handed_over:
                 engine.budget.release(engine.slice_size)
+            leftover, probe.open_response = probe.open_response, None
+            if (
+                leftover is not None
+                and not probe.budget_handed_over
+                and leftover is not probe.relay
+            ):
+                await leftover.aclose()
 
     async def _probe_with_budget(
         self,
@@ -338,7 +348,7 @@ class ObjectDirectory:
         # The purge epoch of this origin request: every write of what it brings (metadata,
         # slice 0) carries it, so a purge after this instant is never undone by them.
         epoch = engine.store_epoch()
-        response = await engine.upstream.send("GET", target, headers)
+        response = probe.open_response = await engine.upstream.send("GET", target, headers)
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
         status = response.status_code

@@ -170,7 +170,13 @@ class SliceEngine:
         if first_fill is not None and indexes.start == 0 and first_fill.error is None:
             first_fill.readers += 1
             claims[0] = SliceClaim(fill=first_fill)
-        window = self.lookahead * self.run_length
+        # Read-ahead per response: the lookahead, but never more than a quarter of the
+        # budget, so that a few clients that stop reading cannot hold all of it.
+        window = max(
+            1,
+            min(self.lookahead * self.run_length, self.budget.capacity // (4 * self.slice_size)),
+        )
+        run_length = min(self.run_length, window)
         scheduled = indexes.start
         self.streaming[entry_key] = self.streaming.get(entry_key, 0) + 1
 
@@ -191,7 +197,7 @@ class SliceEngine:
                     if scheduled not in claims and (
                         scheduled == index or not self._cached(entry_key, meta, scheduled)
                     ):
-                        await claim_from(scheduled, self.run_length)
+                        await claim_from(scheduled, run_length)
                     scheduled += 1
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1)
@@ -333,7 +339,19 @@ class SliceEngine:
         return fills
 
     def _run_ended(self, fills: list[SliceFill], hold: FetchHold) -> None:
-        hold.release_budget()
+        # A complete slice that readers still have to send keeps its share of the grant
+        # until its last reader is done with it: memory held for slow clients is bounded
+        # by the budget, not by the number of clients.
+        remaining, hold.granted = hold.granted, 0
+        for fill in fills:
+            share = min(fill.length, remaining)
+            remaining -= share
+            if share and fill.error is None and fill.done and fill.readers > 0:
+                fill.held, fill.budget = share, self.budget
+            elif share:
+                self.budget.release(share)
+        if remaining:
+            self.budget.release(remaining)
         closing = hold.close_soon()
         if closing is not None:
             self._closing.add(closing)

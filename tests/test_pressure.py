@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
+from typing import cast
 
 import httpx
 
+from app.fills import ByteBudget
+from app.objectmeta import ObjectMeta
+from app.slicer import SliceEngine
+from app.upstream import UpstreamClient
 from tests.conftest import Origin, ProxyFactory
 from tests.servers import run_asgi_in_thread
 
@@ -208,3 +216,79 @@ def test_an_origin_that_stops_honouring_ranges_does_not_break_downloads(
     assert ranged.status_code in (200, 206)
     expected = forgetful.body if ranged.status_code == 200 else forgetful.body[70000:]
     assert ranged.content == expected
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_clients_that_read_nothing_hold_no_more_than_the_budget(proxy: ProxyFactory) -> None:
+    # Each response read ahead 16 slices, and a completed slice waiting for a client that
+    # does not read was counted nowhere: 20 idle clients held ~20 x 16 MiB, with 0 bytes
+    # "in flight". Bytes held for a client now count against the budget until sent.
+    # (The proxy and origin run in this process: its RSS is theirs.)
+    clients, budget = 20, 16 * MiB
+    settings = {"slice_size": MiB, "max_in_flight_bytes": budget, "l1_cache_size_bytes": 0}
+    with proxy(**settings) as url:
+        httpx.get(f"{url}/files/1m-warm.bin")  # allocator and pools warmed up
+        before = _rss()
+        host, port = url.removeprefix("http://").split(":")
+        sockets = []
+        try:
+            for i in range(clients):
+                path = f"/files/200m-idle-reader-{i}.bin"
+                conn = socket.create_connection((host, int(port)), timeout=10)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+                conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sockets.append(conn)
+            # Settled: the proxy's origin traffic stops growing.
+            deadline, last, still = time.monotonic() + 60, -1, 0
+            while time.monotonic() < deadline and still < 10:
+                fetched = httpx.get(f"{url}/_slicecache/stats").json()["upstream"]["bytes"]
+                still = still + 1 if fetched == last else 0
+                last = fetched
+                time.sleep(0.1)
+            grown = _rss() - before
+            in_flight = _metric(url, "bytes_in_flight")
+        finally:
+            for conn in sockets:
+                conn.close()
+        assert _settle(url, "bytes_in_flight") == 0
+    per_connection = 2 * MiB  # the probe's slice 0 and the socket's buffers, generously
+    assert in_flight <= budget
+    assert grown <= budget + clients * per_connection, f"RSS grew {grown / MiB:.0f} MiB"
+
+
+async def test_a_fill_cancelled_before_its_first_step_releases_grant_and_response() -> None:
+    # _stop_unread_fills cancelled the probe's slice-0 fill before its task first ran: its
+    # ``finally`` never ran, so the prepaid grant and the probe's response stayed held.
+    budget = ByteBudget(MiB)
+    await budget.acquire(SLICE)  # the probe's prepaid grant
+    closed = asyncio.Event()
+
+    class Body(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b""
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    engine = SliceEngine(
+        upstream=cast(UpstreamClient, None),
+        store=None,
+        slice_size=SLICE,
+        lookahead=1,
+        max_retries=0,
+        budget=budget,
+    )
+    meta = ObjectMeta(SLICE, '"v1"', None, [], 0.0, 0.0)
+    response = httpx.Response(206, stream=Body())
+    fill = engine.start_fill(
+        "k", (0, SLICE - 1), "/x", meta, [], response, store=False, prepaid=SLICE
+    )
+    assert fill.task is not None
+    fill.task.cancel()  # before its first step
+    await asyncio.wait_for(closed.wait(), 10)
+    assert budget.in_use == 0
+    assert not engine.fills

@@ -1,0 +1,93 @@
+"""The proxy as the soak test runs it: the console script's server, plus one state route.
+
+``python -m bench.soak_proxy`` reads the same ``SLICECACHE_*`` settings as ``slicecache``
+and serves ``GET /_soak/state``: what must be back to zero when the proxy is idle (byte
+budget, fills, tasks, origin connections in use, file descriptors) and its memory, read
+from inside the process so that the soak needs no hook in the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from app.accesslog import configure_logging
+from app.cli import listening_socket, server_for
+from app.main import create_app
+from settings import load_settings
+
+STATE_PATH = "/_soak/state"
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _origin_connections_in_use(runtime: Any) -> int:
+    # aiohttp's connector: connections handed out to a request and not yet given back.
+    connector = getattr(getattr(runtime.upstream, "_transport", None), "_connector", None)
+    acquired = getattr(connector, "_acquired", None)
+    return len(acquired) if acquired is not None else -1
+
+
+def _origin_connections_idle(runtime: Any) -> int:
+    # Kept alive in aiohttp's pool for the next request: open sockets, not leaks.
+    connector = getattr(getattr(runtime.upstream, "_transport", None), "_connector", None)
+    conns = getattr(connector, "_conns", None)
+    return sum(len(idle) for idle in conns.values()) if conns is not None else -1
+
+
+def state(runtime: Any) -> dict[str, Any]:
+    engine = runtime.directory.engine if runtime.directory is not None else None
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    return {
+        "budget_in_use": engine.budget.in_use if engine is not None else 0,
+        "budget_waiters": len(engine.budget._waiters) if engine is not None else 0,
+        "fills": len(engine.fills) if engine is not None else 0,
+        "tasks": len(tasks),
+        "task_names": sorted({task.get_coro().__qualname__ for task in tasks})[:40],  # type: ignore[union-attr]
+        "origin_connections_in_use": _origin_connections_in_use(runtime),
+        "origin_connections_idle": _origin_connections_idle(runtime),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_anon_kib": _status_kib("RssAnon"),
+        "rss_kib": _status_kib("VmRSS"),
+        "hwm_kib": _status_kib("VmHWM"),
+        "active_requests": runtime.lifecycle.active_requests,
+    }
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    app = create_app(settings, configure_logs=False)
+    runtime = app.state.runtime
+
+    async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == STATE_PATH:
+            body = json.dumps(state(runtime)).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    server = server_for(app, settings)
+    server.config.app = with_state
+    server.config.loaded = False
+    server.run(sockets=[listening_socket(settings.host, settings.port)])
+
+
+if __name__ == "__main__":
+    main()

@@ -61,10 +61,10 @@ for kube in $KUBE_VERSIONS; do
   done
   step "kubernetes-validate --strict -k $kube (${#rendered[@]} renders)"
   "$PYTHON" -m kubernetes_validate --strict --quiet -k "$kube" "${rendered[@]}" >"$out/validate.log" 2>&1 \
-    || { grep -v "^WARN .*Couldn't find schema for kind ServiceMonitor" "$out/validate.log" >&2 || true
+    || { grep -Ev "^WARN .*Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule|HTTPRoute)" "$out/validate.log" >&2 || true
          fail "kubernetes-validate --strict -k $kube"; }
-  # The only kind allowed to be unknown to the schemas is the ServiceMonitor (checked in step 3).
-  if grep "^WARN" "$out/validate.log" | grep -v "kind ServiceMonitor with api version monitoring.coreos.com/v1" >&2; then
+  # The only kinds allowed to be unknown to the schemas are the CRDs checked in step 3.
+  if grep "^WARN" "$out/validate.log" | grep -Ev "kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|kind HTTPRoute with api version gateway.networking.k8s.io/v1" >&2; then
     fail "kubernetes-validate -k $kube warned about a kind it could not check"
   fi
 done
@@ -203,6 +203,33 @@ def check(path):
                 assert re.fullmatch(r"[0-9]+(ms|s|m|h)", ep[key]), f"{name}: {key}={ep[key]}"
             for relabel in ep.get("relabelings", []) + ep.get("metricRelabelings", []):
                 assert isinstance(relabel, dict)
+    # PrometheusRule (a CRD): groups of rules, each alert with expr, for, severity, summary.
+    for rule in kinds.get("PrometheusRule", []):
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(rule["spec"]) == {"groups"}, sorted(rule["spec"])
+        alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        names = {r["alert"] for r in alerts}
+        for wanted in ("SlicecacheOriginErrors", "Slicecache5xxRate", "SlicecacheL2Errors",
+                       "SlicecacheWriteBehindDrops", "SlicecacheInFlightBudgetExhausted",
+                       "SlicecacheHitRatioCollapse"):
+            assert wanted in names, f"{name}: no alert {wanted}"
+        for r in alerts:
+            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, sorted(r)
+            assert r["labels"]["severity"] in {"warning", "critical"}
+            assert r["annotations"]["summary"] and re.fullmatch(r"[0-9]+[smh]", r["for"])
+            expr = r["expr"]
+            assert "SELECTOR" not in expr and "THRESHOLD_" not in expr, f"{name}: {expr}"
+            assert f'pod=~"{sts["metadata"]["name"]}-[0-9]+"' in expr, f"{name}: {r['alert']} selects no pod"
+            for opening, closing in ("()", "[]", "{}"):
+                assert expr.count(opening) == expr.count(closing), f"{name}: {r['alert']}"
+    # The dashboard ConfigMap: the sidecar label, and the JSON intact.
+    for cm in kinds.get("ConfigMap", []):
+        if not cm["metadata"]["name"].endswith("-dashboard"):
+            continue
+        assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", f"{name}: sidecar label"
+        import json
+        dashboard = json.loads(cm["data"]["slicecache.json"])
+        assert dashboard["title"] and dashboard["panels"], f"{name}: dashboard JSON"
     return {k: len(v) for k, v in kinds.items()}
 
 
@@ -213,7 +240,8 @@ for path in files:
     for kind in check(path):
         seen.add(kind)
 for kind in ("StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-             "ServiceMonitor", "Ingress", "Secret", "ServiceAccount"):
+             "ServiceMonitor", "Ingress", "Secret", "ServiceAccount", "PrometheusRule",
+             "ConfigMap"):
     assert kind in seen, f"no ci values file renders a {kind}"
 print(f"chart-check: {len(files)} renders checked, kinds: {', '.join(sorted(seen))}")
 PY

@@ -61,10 +61,10 @@ for kube in $KUBE_VERSIONS; do
   done
   step "kubernetes-validate --strict -k $kube (${#rendered[@]} renders)"
   "$PYTHON" -m kubernetes_validate --strict --quiet -k "$kube" "${rendered[@]}" >"$out/validate.log" 2>&1 \
-    || { grep -Ev "^WARN .*Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule|HTTPRoute)" "$out/validate.log" >&2 || true
+    || { grep -Ev "^WARN .*Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule|HTTPRoute|UpstreamSettingsPolicy)" "$out/validate.log" >&2 || true
          fail "kubernetes-validate --strict -k $kube"; }
   # The only kinds allowed to be unknown to the schemas are the CRDs checked in step 3.
-  if grep "^WARN" "$out/validate.log" | grep -Ev "kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|kind HTTPRoute with api version gateway.networking.k8s.io/v1" >&2; then
+  if grep "^WARN" "$out/validate.log" | grep -Ev "kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|kind HTTPRoute with api version gateway.networking.k8s.io/v1|kind UpstreamSettingsPolicy with api version gateway.nginx.org/v1alpha1" >&2; then
     fail "kubernetes-validate -k $kube warned about a kind it could not check"
   fi
 done
@@ -222,6 +222,20 @@ def check(path):
             assert f'pod=~"{sts["metadata"]["name"]}-[0-9]+"' in expr, f"{name}: {r['alert']} selects no pod"
             for opening, closing in ("()", "[]", "{}"):
                 assert expr.count(opening) == expr.count(closing), f"{name}: {r['alert']}"
+    # Gateway API: the HTTPRoute reaches the Service; the hash policy targets that Service.
+    for route in kinds.get("HTTPRoute", []):
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"]["parentRefs"], f"{name}: HTTPRoute without parentRefs"
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                svc = services[ref["name"]]
+                assert ref["port"] in {p["port"] for p in svc["spec"]["ports"]}, f"{name}: backend port"
+        policies = kinds.get("UpstreamSettingsPolicy", [])
+        assert len(policies) == 1, f"{name}: HTTPRoute without a hash policy"
+        (policy,) = policies
+        spec = policy["spec"]
+        assert spec["loadBalancingMethod"] == "hash consistent" and spec["hashMethodKey"] == "$request_uri"
+        assert [t["name"] for t in spec["targetRefs"]] == [ref["name"]], f"{name}: policy target"
     # The dashboard ConfigMap: the sidecar label, and the JSON intact.
     for cm in kinds.get("ConfigMap", []):
         if not cm["metadata"]["name"].endswith("-dashboard"):
@@ -241,7 +255,7 @@ for path in files:
         seen.add(kind)
 for kind in ("StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
              "ServiceMonitor", "Ingress", "Secret", "ServiceAccount", "PrometheusRule",
-             "ConfigMap"):
+             "ConfigMap", "HTTPRoute", "UpstreamSettingsPolicy"):
     assert kind in seen, f"no ci values file renders a {kind}"
 print(f"chart-check: {len(files)} renders checked, kinds: {', '.join(sorted(seen))}")
 PY

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest bench bench-full chart-check clean
+.PHONY: install run test lint typecheck pytest bench bench-full bench-fleet fleet chart-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.fleet --quick
+
+# N instances behind HAProxy (balance uri + hash-type consistent): aggregate hit throughput
+# for 1..N instances, and origin fetches per object across the fleet.
+bench-fleet: install
+	$(BIN)/python -m bench.fleet
+
+# The one-machine fleet: N instances (default: one per core) behind HAProxy on PORT.
+N ?= $(shell nproc)
+PORT ?= 8080
+fleet: install
+	$(BIN)/python scripts/fleet.py --instances $(N) --port $(PORT) --upstream $(UPSTREAM)
 
 bench-full: install
 	$(BIN)/python -m bench.run

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -146,8 +147,8 @@ def running_fleet(
                         [sys.executable, "-m", "app.cli"], env=env, stdout=out, stderr=out
                     )
                 )
-            for index in range(instances):
-                _wait(lambda i=index: _ready(fleet.instance_url(i)), "instance not ready", 60)
+            for url in [fleet.instance_url(i) for i in range(instances)]:
+                _wait(functools.partial(_ready, url), "instance not ready", 60)
             config = Path(tmp) / "haproxy.cfg"
             config.write_text(haproxy_config(fleet.port, fleet.backends))
             check = subprocess.run([haproxy, "-c", "-q", "-f", str(config)], capture_output=True)

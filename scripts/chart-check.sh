@@ -101,7 +101,7 @@ def check(path):
     (sts,) = kinds["StatefulSet"]
     pod = sts["spec"]["template"]
     spec = pod["spec"]
-    (c,) = spec["containers"]
+    c = next(x for x in spec["containers"] if x["name"] == "slicecache")  # sidecars may follow
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     names = [e["name"] for e in c.get("env", [])]
     assert len(names) == len(set(names)), f"{name}: duplicate env names {names}"
@@ -222,6 +222,25 @@ def check(path):
             assert f'pod=~"{sts["metadata"]["name"]}-[0-9]+"' in expr, f"{name}: {r['alert']} selects no pod"
             for opening, closing in ("()", "[]", "{}"):
                 assert expr.count(opening) == expr.count(closing), f"{name}: {r['alert']}"
+    # PodMonitor (a CRD): every pod of the release, ready or not, on the admin prefix.
+    for pm in kinds.get("PodMonitor", []):
+        assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), f"{name}: PodMonitor selects no pod"
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            assert ep["port"] in ports, f"{name}: PodMonitor port {ep['port']}"
+            assert ep["path"] == f"{prefix}/metrics", f"{name}: scrape path {ep['path']}"
+    # NetworkPolicy: lets in the ports the pod listens on.
+    for np in kinds.get("NetworkPolicy", []):
+        allowed = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
+        assert set(ports.values()) <= allowed, f"{name}: NetworkPolicy blocks {ports}"
+    # Image registry: global.imageRegistry / image.registry prefix the repository.
+    if "conventions" in name:
+        assert c["image"].startswith("registry.example.com/slicecache:"), c["image"]
+        assert [x["name"] for x in spec["containers"]] == ["slicecache", "log-shipper"]
+        assert spec["initContainers"][0]["name"] == "wait-for-origin"
+        assert sts["spec"]["revisionHistoryLimit"] == 3 and sts["spec"]["minReadySeconds"] == 10
+        (svc,) = [s for s in services.values() if s["spec"]["type"] == "LoadBalancer"]
+        assert svc["spec"]["ports"][0]["nodePort"] == 30080
     # Gateway API: the HTTPRoute reaches the Service; the hash policy targets that Service.
     for route in kinds.get("HTTPRoute", []):
         assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
@@ -255,7 +274,7 @@ for path in files:
         seen.add(kind)
 for kind in ("StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
              "ServiceMonitor", "Ingress", "Secret", "ServiceAccount", "PrometheusRule",
-             "ConfigMap", "HTTPRoute", "UpstreamSettingsPolicy"):
+             "ConfigMap", "HTTPRoute", "UpstreamSettingsPolicy", "PodMonitor", "NetworkPolicy"):
     assert kind in seen, f"no ci values file renders a {kind}"
 print(f"chart-check: {len(files)} renders checked, kinds: {', '.join(sorted(seen))}")
 PY

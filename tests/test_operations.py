@@ -675,3 +675,29 @@ def test_trusted_proxies_name_the_client(proxy: ProxyFactory) -> None:
     assert untrusted.status_code == 403
     assert trusted.status_code == 200
     assert outsider.status_code == 403  # the right-most untrusted hop is the client
+
+
+def test_the_lock_pins_every_requirement() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for items in project["optional-dependencies"].values():
+        wanted += items
+    pinned = {
+        canonicalize_name(line.split("==")[0])
+        for line in (root / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    missing = []
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate():
+            if canonicalize_name(requirement.name) not in pinned:
+                missing.append(requirement.name)
+    assert missing == [], "run `make lock`"
+    assert (root / "LICENSE").read_text().startswith("\n                                 Apache")

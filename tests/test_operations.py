@@ -701,3 +701,19 @@ def test_the_lock_pins_every_requirement() -> None:
                 missing.append(requirement.name)
     assert missing == [], "run `make lock`"
     assert (root / "LICENSE").read_text().startswith("\n                                 Apache")
+
+
+def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
+    import uvicorn
+
+    from app.httpserver import HttpProtocol
+    from app.plainstart import _adopt_config
+    from settings import Settings
+
+    config = uvicorn.Config("app.main:app", log_config=None)
+    _adopt_config(config, Settings(keep_alive_seconds=80, shutdown_grace_seconds=7))
+    assert config.timeout_keep_alive == 80  # above a load balancer's 60 s idle timeout
+    assert config.timeout_graceful_shutdown == 7
+    assert (config.date_header, config.server_header, config.proxy_headers) == (False,) * 3
+    assert config.http is HttpProtocol and config.access_log is False
+    assert Settings().keep_alive_seconds > 60

@@ -704,6 +704,8 @@ def test_the_lock_pins_every_requirement() -> None:
 
 
 def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
+    import logging
+
     import uvicorn
 
     from app.httpserver import HttpProtocol
@@ -711,7 +713,13 @@ def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
     from settings import Settings
 
     config = uvicorn.Config("app.main:app", log_config=None)
-    _adopt_config(config, Settings(keep_alive_seconds=80, shutdown_grace_seconds=7))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:  # it installs the JSON handler on the root logger: give pytest's back
+        _adopt_config(config, Settings(keep_alive_seconds=80, shutdown_grace_seconds=7))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
     assert config.timeout_keep_alive == 80  # above a load balancer's 60 s idle timeout
     assert config.timeout_graceful_shutdown == 7
     assert (config.date_header, config.server_header, config.proxy_headers) == (False,) * 3

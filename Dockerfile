@@ -4,16 +4,21 @@
 #   docker run --rm -p 8080:8080 -e SLICECACHE_UPSTREAM_ADDRESS=origin:80 \
 #     -e SLICECACHE_ENABLE_L2_CACHE=true -v slicecache-l2:/var/cache/slicecache slicecache:0.1.0
 
+# The base image by digest (a tag moves when it is rebuilt). Refresh both together:
+#   docker buildx imagetools inspect python:3.11.10-slim-bookworm   (the index digest)
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:5148c0e4bbb64271bca1d3322360ebf4bfb7564507ae32dd639322e4952a6b16
+
 # --- stage 1: wheels of the project and of all its dependencies -------------------------------
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # .dockerignore lets in only what the wheel needs (pyproject.toml, README.md, settings.py, app/, cache/).
 COPY . .
-RUN pip wheel --wheel-dir /wheels .
+# requirements.lock pins every dependency: the image gets the versions CI tested.
+RUN pip wheel --wheel-dir /wheels -c requirements.lock .
 
 # --- stage 2: runtime ----------------------------------------------------------------------------
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

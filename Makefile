@@ -4,16 +4,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck pytest soak bench bench-full chart-check clean
+.PHONY: install lock run test lint typecheck pytest soak bench bench-full bench-fleet fleet chart-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall only when the project's dependencies change.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstall only when the project's dependencies change. requirements.lock pins every
+# distribution (scripts/lock.py writes it), so each install gets the same versions.
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test,bench]'
 	@touch $@
+
+# Refresh requirements.lock after changing dependencies in pyproject.toml.
+lock: install
+	$(BIN)/python scripts/lock.py
 
 install: $(STAMP)
 
@@ -40,6 +45,18 @@ soak: install
 
 bench: install
 	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.fleet --quick
+
+# N instances behind HAProxy (balance uri + hash-type consistent): aggregate hit throughput
+# for 1..N instances, and origin fetches per object across the fleet.
+bench-fleet: install
+	$(BIN)/python -m bench.fleet
+
+# The one-machine fleet: N instances (default: one per core) behind HAProxy on PORT.
+N ?= $(shell nproc)
+PORT ?= 8080
+fleet: install
+	$(BIN)/python scripts/fleet.py --instances $(N) --port $(PORT) --upstream $(UPSTREAM)
 
 bench-full: install
 	$(BIN)/python -m bench.run

@@ -108,6 +108,7 @@ class Runtime:
         if self.directory is not None:
             budget = self.directory.engine.budget
             figures["in_flight_bytes"] = float(budget.in_use)
+            figures["in_flight_limit_bytes"] = float(budget.capacity)
             figures["slices_filling"] = float(len(self.directory.engine.fills))
         if self.store is not None:
             counters = self.store.counters

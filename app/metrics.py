@@ -47,6 +47,8 @@ PROXIED = CACHE_HITS | CACHE_MISSES | {"BYPASS"}
 FIGURE_HELP = {
     "slicecache_in_flight_bytes": "Bytes of slices being fetched from the origin now "
     "(capped by SLICECACHE_MAX_IN_FLIGHT_BYTES)",
+    "slicecache_in_flight_limit_bytes": "The cap on in-flight bytes "
+    "(SLICECACHE_MAX_IN_FLIGHT_BYTES)",
     "slicecache_slices_filling": "Slices being fetched from the origin now",
     "slicecache_write_behind_queue_slices": "Slices waiting to be written to L2",
     "slicecache_write_behind_dropped_total": "Slices not written to L2 because the "

@@ -4,9 +4,10 @@ uvicorn's CLI builds its Config before it imports the app, with defaults that ar
 this proxy: a second Date header (the app writes the origin's), a Server header, client
 ``X-Forwarded-For`` believed from 127.0.0.1, plain-text logs, a 5 s keep-alive, no drain on
 SIGTERM and one listening port. When ``app.main.app`` is first looked up from inside
-``uvicorn.Config.load`` (the CLI, ``uvicorn.run("app.main:app")``, gunicorn's uvicorn
-worker), this module adjusts that Config and its Server before they use any of it. An app
-object handed to uvicorn directly (tests, the console script) is left alone.
+``uvicorn.Config.load`` (the CLI, ``uvicorn.run("app.main:app")``; gunicorn imports the app
+itself and hands uvicorn the object), this module adjusts that Config and its Server
+before they use any of it. An app object handed to uvicorn directly (tests, the console
+script, gunicorn) is left alone.
 
 What cannot be adjusted is said in the README ("Running it").
 """

@@ -61,10 +61,10 @@ for kube in $KUBE_VERSIONS; do
   done
   step "kubernetes-validate --strict -k $kube (${#rendered[@]} renders)"
   "$PYTHON" -m kubernetes_validate --strict --quiet -k "$kube" "${rendered[@]}" >"$out/validate.log" 2>&1 \
-    || { grep -v "^WARN .*Couldn't find schema for kind ServiceMonitor" "$out/validate.log" >&2 || true
+    || { grep -Ev "^WARN .*Couldn't find schema for kind (ServiceMonitor|PodMonitor|PrometheusRule|HTTPRoute|UpstreamSettingsPolicy)" "$out/validate.log" >&2 || true
          fail "kubernetes-validate --strict -k $kube"; }
-  # The only kind allowed to be unknown to the schemas is the ServiceMonitor (checked in step 3).
-  if grep "^WARN" "$out/validate.log" | grep -v "kind ServiceMonitor with api version monitoring.coreos.com/v1" >&2; then
+  # The only kinds allowed to be unknown to the schemas are the CRDs checked in step 3.
+  if grep "^WARN" "$out/validate.log" | grep -Ev "kind (ServiceMonitor|PodMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|kind HTTPRoute with api version gateway.networking.k8s.io/v1|kind UpstreamSettingsPolicy with api version gateway.nginx.org/v1alpha1" >&2; then
     fail "kubernetes-validate -k $kube warned about a kind it could not check"
   fi
 done
@@ -101,7 +101,7 @@ def check(path):
     (sts,) = kinds["StatefulSet"]
     pod = sts["spec"]["template"]
     spec = pod["spec"]
-    (c,) = spec["containers"]
+    c = next(x for x in spec["containers"] if x["name"] == "slicecache")  # sidecars may follow
     env = {e["name"]: e.get("value") for e in c.get("env", [])}
     names = [e["name"] for e in c.get("env", [])]
     assert len(names) == len(set(names)), f"{name}: duplicate env names {names}"
@@ -203,6 +203,66 @@ def check(path):
                 assert re.fullmatch(r"[0-9]+(ms|s|m|h)", ep[key]), f"{name}: {key}={ep[key]}"
             for relabel in ep.get("relabelings", []) + ep.get("metricRelabelings", []):
                 assert isinstance(relabel, dict)
+    # PrometheusRule (a CRD): groups of rules, each alert with expr, for, severity, summary.
+    for rule in kinds.get("PrometheusRule", []):
+        assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(rule["spec"]) == {"groups"}, sorted(rule["spec"])
+        alerts = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+        names = {r["alert"] for r in alerts}
+        for wanted in ("SlicecacheOriginErrors", "Slicecache5xxRate", "SlicecacheL2Errors",
+                       "SlicecacheWriteBehindDrops", "SlicecacheInFlightBudgetExhausted",
+                       "SlicecacheHitRatioCollapse"):
+            assert wanted in names, f"{name}: no alert {wanted}"
+        for r in alerts:
+            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, sorted(r)
+            assert r["labels"]["severity"] in {"warning", "critical"}
+            assert r["annotations"]["summary"] and re.fullmatch(r"[0-9]+[smh]", r["for"])
+            expr = r["expr"]
+            assert "SELECTOR" not in expr and "THRESHOLD_" not in expr, f"{name}: {expr}"
+            assert f'pod=~"{sts["metadata"]["name"]}-[0-9]+"' in expr, f"{name}: {r['alert']} selects no pod"
+            for opening, closing in ("()", "[]", "{}"):
+                assert expr.count(opening) == expr.count(closing), f"{name}: {r['alert']}"
+    # PodMonitor (a CRD): every pod of the release, ready or not, on the admin prefix.
+    for pm in kinds.get("PodMonitor", []):
+        assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+        assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), f"{name}: PodMonitor selects no pod"
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            assert ep["port"] in ports, f"{name}: PodMonitor port {ep['port']}"
+            assert ep["path"] == f"{prefix}/metrics", f"{name}: scrape path {ep['path']}"
+    # NetworkPolicy: lets in the ports the pod listens on.
+    for np in kinds.get("NetworkPolicy", []):
+        allowed = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
+        assert set(ports.values()) <= allowed, f"{name}: NetworkPolicy blocks {ports}"
+    # Image registry: global.imageRegistry / image.registry prefix the repository.
+    if "conventions" in name:
+        assert c["image"].startswith("registry.example.com/slicecache:"), c["image"]
+        assert [x["name"] for x in spec["containers"]] == ["slicecache", "log-shipper"]
+        assert spec["initContainers"][0]["name"] == "wait-for-origin"
+        assert sts["spec"]["revisionHistoryLimit"] == 3 and sts["spec"]["minReadySeconds"] == 10
+        (svc,) = [s for s in services.values() if s["spec"]["type"] == "LoadBalancer"]
+        assert svc["spec"]["ports"][0]["nodePort"] == 30080
+    # Gateway API: the HTTPRoute reaches the Service; the hash policy targets that Service.
+    for route in kinds.get("HTTPRoute", []):
+        assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+        assert route["spec"]["parentRefs"], f"{name}: HTTPRoute without parentRefs"
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                svc = services[ref["name"]]
+                assert ref["port"] in {p["port"] for p in svc["spec"]["ports"]}, f"{name}: backend port"
+        policies = kinds.get("UpstreamSettingsPolicy", [])
+        assert len(policies) == 1, f"{name}: HTTPRoute without a hash policy"
+        (policy,) = policies
+        spec = policy["spec"]
+        assert spec["loadBalancingMethod"] == "hash consistent" and spec["hashMethodKey"] == "$request_uri"
+        assert [t["name"] for t in spec["targetRefs"]] == [ref["name"]], f"{name}: policy target"
+    # The dashboard ConfigMap: the sidecar label, and the JSON intact.
+    for cm in kinds.get("ConfigMap", []):
+        if not cm["metadata"]["name"].endswith("-dashboard"):
+            continue
+        assert cm["metadata"]["labels"].get("grafana_dashboard") == "1", f"{name}: sidecar label"
+        import json
+        dashboard = json.loads(cm["data"]["slicecache.json"])
+        assert dashboard["title"] and dashboard["panels"], f"{name}: dashboard JSON"
     return {k: len(v) for k, v in kinds.items()}
 
 
@@ -213,7 +273,8 @@ for path in files:
     for kind in check(path):
         seen.add(kind)
 for kind in ("StatefulSet", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler",
-             "ServiceMonitor", "Ingress", "Secret", "ServiceAccount"):
+             "ServiceMonitor", "Ingress", "Secret", "ServiceAccount", "PrometheusRule",
+             "ConfigMap", "HTTPRoute", "UpstreamSettingsPolicy", "PodMonitor", "NetworkPolicy"):
     assert kind in seen, f"no ci values file renders a {kind}"
 print(f"chart-check: {len(files)} renders checked, kinds: {', '.join(sorted(seen))}")
 PY

@@ -170,3 +170,29 @@ def test_every_dashboard_metric_and_label_is_exported(
         assert any(name.startswith(prefix) for name in used), prefix
     assert "slicecache_errors_total" in exported  # the workload's error made a sample
     assert "cache_hit_rate" not in used  # a lifetime gauge: the ratio is PromQL's
+
+
+RULES = DASHBOARD.parents[1] / "alerts/rules.yaml"
+
+
+def test_every_alert_metric_and_label_is_exported(
+    exported: dict[str, tuple[str, set[str]]],
+) -> None:
+    import yaml
+
+    text = re.sub(r"THRESHOLD_\w+", "0.5", RULES.read_text())
+    rules = yaml.safe_load(text.replace("SELECTOR", 'namespace="cache", pod=~"c-[0-9]+"'))
+    problems: list[str] = []
+    for rule in rules:
+        expr = rule["expr"]
+        for name, counted in metric_uses(expr):
+            if name not in exported:
+                problems.append(f"{rule['alert']}: {name} is not exported")
+            elif counted != (exported[name][0] in ("counter", "histogram")):
+                problems.append(f"{rule['alert']}: {exported[name][0]} {name} counted={counted}")
+        names = {name for name, _ in metric_uses(expr)}
+        known = set(TARGET_LABELS).union(*(exported.get(n, ("", set()))[1] for n in names))
+        for label in sorted(labels_used(expr, "") - known):
+            problems.append(f"{rule['alert']}: label {label!r} is on none of {sorted(names)}")
+    assert not problems, "\n".join(problems)
+    assert len(rules) == 6

@@ -689,3 +689,53 @@ def test_trusted_proxies_name_the_client(proxy: ProxyFactory) -> None:
     assert untrusted.status_code == 403
     assert trusted.status_code == 200
     assert outsider.status_code == 403  # the right-most untrusted hop is the client
+
+
+def test_the_lock_pins_every_requirement() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"])
+    for items in project["optional-dependencies"].values():
+        wanted += items
+    pinned = {
+        canonicalize_name(line.split("==")[0])
+        for line in (root / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    missing = []
+    for text in wanted:
+        requirement = Requirement(text)
+        if requirement.marker is None or requirement.marker.evaluate():
+            if canonicalize_name(requirement.name) not in pinned:
+                missing.append(requirement.name)
+    assert missing == [], "run `make lock`"
+    assert (root / "LICENSE").read_text().startswith("\n                                 Apache")
+
+
+def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
+    import logging
+
+    import uvicorn
+
+    from app.httpserver import HttpProtocol
+    from app.plainstart import _adopt_config
+    from settings import Settings
+
+    config = uvicorn.Config("app.main:app", log_config=None)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:  # it installs the JSON handler on the root logger: give pytest's back
+        _adopt_config(config, Settings(keep_alive_seconds=80, shutdown_grace_seconds=7))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert config.timeout_keep_alive == 80  # above a load balancer's 60 s idle timeout
+    assert config.timeout_graceful_shutdown == 7
+    assert (config.date_header, config.server_header, config.proxy_headers) == (False,) * 3
+    assert config.http is HttpProtocol and config.access_log is False
+    assert Settings().keep_alive_seconds > 60

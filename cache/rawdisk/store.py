@@ -187,6 +187,7 @@ class RawDiskStore:
         self._defer_frees = False  # immediate while loading (replayed records are durable)
         self._sync_soon = False
         self._log_marks: dict[str, tuple[float, int]] = {}
+        self._problems: list[str] = []  # found while loading (reported by the CLI)
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._reap_wanted = asyncio.Event()
@@ -250,8 +251,29 @@ class RawDiskStore:
         return store
 
     @classmethod
+    def _inspect(cls, settings: RawDiskCacheSettings) -> RawDiskStore:
+        """Load the device without writing a byte (the admin CLI's info and verify).
+
+        Nothing is repaired and no background task runs; what a writable open would repair
+        is listed in ``_problems``. Release it with ``_abandon()``.
+        """
+        started = time.perf_counter()
+        device = Device.open(settings.device_path, read_only=True)
+        try:
+            store = cls._attach(settings, device, None, read_only=True)
+        except BaseException:
+            device.close()
+            raise
+        store._stats["load_seconds"] = time.perf_counter() - started
+        return store
+
+    @classmethod
     def _attach(
-        cls, settings: RawDiskCacheSettings, device: Device, index_capacity: int | None
+        cls,
+        settings: RawDiskCacheSettings,
+        device: Device,
+        index_capacity: int | None,
+        read_only: bool = False,
     ) -> RawDiskStore:
         path = settings.device_path
         wanted = compute_geometry(settings.total_size, settings.block_size, index_capacity)
@@ -305,16 +327,25 @@ class RawDiskStore:
                 )
             must_format = True
 
+        if must_format and read_only:
+            raise RawDiskError(f"{path} does not hold a usable slicecache L2 store")
         if must_format:
             device.reserve(wanted.total_size)
             sb = new_superblock(wanted, int.from_bytes(os.urandom(8), "little"), generation + 1)
             store = cls(settings, device, sb)
             store._format()
             log.info("formatted L2 device %s: %s", path, wanted)
+        elif read_only:
+            store = cls(settings, device, sb)
+            if repair:
+                store._problems.append("one superblock copy is damaged")
+            store._load(read_only=True)
+            return store
         else:
             device.reserve(sb.total_size)
             store = cls(settings, device, sb)
             if repair:
+                store._problems.append("one superblock copy was damaged: rewrote it")
                 packed = sb.pack()
                 for offset in SUPERBLOCK_OFFSETS:
                     device.pwrite(packed, offset)
@@ -385,7 +416,7 @@ class RawDiskStore:
             sections=sections,
         )
 
-    def _load(self) -> None:
+    def _load(self, read_only: bool = False) -> None:
         geo = self._geo
         dev = self._device
         headers = []
@@ -406,12 +437,27 @@ class RawDiskStore:
                 unusual = position > 0
                 self._good_slot = slot
                 break
-            log.error("L2 device %s: checkpoint seq %d is damaged", dev.path, header.seq)
+            if not read_only:
+                log.error("L2 device %s: checkpoint seq %d is damaged", dev.path, header.seq)
+            if position == 0:
+                self._problems.append(
+                    f"the newest checkpoint (seq {header.seq}) is damaged"
+                    + ("" if read_only else ": rewrote it")
+                )
         for half in (0, 1):
             first = journal.first_epoch(dev.pread(4096, geo.journal_half(half)), self._format_id)
             if first is not None:
                 max_epoch = max(max_epoch, first)
         if loaded is None:
+            self._problems.append(
+                "no valid checkpoint: the index is empty, cached data unreachable"
+                + ("" if read_only else " (rewrote an empty checkpoint)")
+            )
+            if read_only:
+                self._stats["index_recoveries"] = 1.0
+                self._ckpt_seq = max_seq
+                self._epoch = max_epoch + 1
+                return
             log.error(
                 "L2 device %s: no valid checkpoint; starting with an empty index "
                 "(cached data is dropped, never served unverified)",
@@ -430,6 +476,8 @@ class RawDiskStore:
         self._reclaim_all_dead()
         replayed = self._replay(header.journal_epoch)
         self._stats["replayed_records"] = float(replayed)
+        if read_only:
+            return
         if unusual or replayed > CHECKPOINT_RECORDS // 2:
             # Start a fresh epoch past anything on disk, so no stale journal half can ever
             # be replayed after this one.
@@ -457,6 +505,9 @@ class RawDiskStore:
                 # A damaged record of this epoch (not a clean end): records after it are
                 # lost, so the next epoch must not be replayed on top of the gap.
                 log.error("L2 journal epoch %d is damaged at offset %d", current, end)
+                self._problems.append(
+                    f"journal epoch {current} is damaged at offset {end}: records after it lost"
+                )
                 break
         self._records_since_ckpt = count
         return count

@@ -20,6 +20,8 @@ from app.accesslog import configure_logging
 from app.httpserver import HttpProtocol
 from app.lifecycle import Lifecycle
 from app.main import create_app
+from cache.rawdisk import RawDiskError
+from cache.rawdisk.preflight import check_device
 from settings import Settings, load_settings
 
 
@@ -83,6 +85,11 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    if settings.enable_cache and settings.enable_l2_cache:
+        try:  # before the server: a lifespan failure would be logged with a traceback
+            check_device(settings.raw_disk_cache)
+        except RawDiskError as error:
+            raise SystemExit(f"slicecache: cannot open the L2 device: {error}") from None
     server = server_for(create_app(settings), settings)
     sockets = [listening_socket(settings.host, settings.port)]
     if settings.admin_port:

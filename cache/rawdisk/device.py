@@ -57,6 +57,8 @@ class Device:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
+        except OSError as exc:  # e.g. a path under a regular file (ENOTDIR), EACCES
+            raise RawDiskError(f"cannot use L2 device {path}: {exc.strerror}") from None
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise RawDiskError(f"{path} is neither a regular file nor a block device")
         flags = os.O_RDWR | os.O_CLOEXEC

@@ -267,14 +267,13 @@ class RawDiskStore:
         store._stats["load_seconds"] = time.perf_counter() - started
         return store
 
-    @classmethod
-    def _attach(
-        cls,
-        settings: RawDiskCacheSettings,
-        device: Device,
-        index_capacity: int | None,
-        read_only: bool = False,
-    ) -> RawDiskStore:
+    @staticmethod
+    def _examine(
+        settings: RawDiskCacheSettings, device: Device, index_capacity: int | None
+    ) -> tuple[Geometry, Superblock, bool, bool, int]:
+        """Read-only look at the superblocks: (wanted geometry, superblock to use, must
+        format, one copy needs a rewrite, generation). Raises :class:`RawDiskError` when the
+        device must not be used as configured."""
         path = settings.device_path
         wanted = compute_geometry(settings.total_size, settings.block_size, index_capacity)
         size = device.size()
@@ -282,6 +281,7 @@ class RawDiskStore:
         for offset in SUPERBLOCK_OFFSETS:
             raw = device.pread(SUPERBLOCK_SIZE, offset) if size >= offset + SUPERBLOCK_SIZE else b""
             states.append(unpack_superblock(raw))
+        sb = new_superblock(wanted, 0, 0)  # placeholder when formatting
         valid = [sb for state, sb in states if state == SuperblockState.VALID and sb]
         kinds = {state for state, _ in states}
         reformat = settings.reformat
@@ -327,6 +327,18 @@ class RawDiskStore:
                 )
             must_format = True
 
+        return wanted, sb, must_format, repair, generation
+
+    @classmethod
+    def _attach(
+        cls,
+        settings: RawDiskCacheSettings,
+        device: Device,
+        index_capacity: int | None,
+        read_only: bool = False,
+    ) -> RawDiskStore:
+        path = settings.device_path
+        wanted, sb, must_format, repair, generation = cls._examine(settings, device, index_capacity)
         if must_format and read_only:
             raise RawDiskError(f"{path} does not hold a usable slicecache L2 store")
         if must_format:

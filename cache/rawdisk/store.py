@@ -762,6 +762,10 @@ class RawDiskStore:
         started = time.perf_counter()
         async with self._persist:
             async with self._mutate:
+                if self._index.arena_dead and (
+                    self._index.checkpoint_bytes() > self._index_budget() // 2
+                ):
+                    await self._compact_locked()  # freed key bytes are not persisted
                 seq = self._ckpt_seq + 1
                 slot_number = 1 - self._good_slot
                 slot = self._geo.checkpoint_slot(slot_number)
@@ -1392,9 +1396,9 @@ class RawDiskStore:
                     or self._journal_fill() >= CHECKPOINT_JOURNAL_FILL
                 ):
                     await self.checkpoint()
+                await self._compact_if_needed()
                 await self._evict_if_needed()
                 await self._expire_some()
-                await self._compact_if_needed()
                 if now - self._last_frag_scan >= FRAG_SCAN_SECONDS:
                     self._last_frag_scan = now
                     await self._scan_fragmentation()
@@ -1403,19 +1407,33 @@ class RawDiskStore:
             except Exception:  # keep maintaining; one failed step must not stop the rest
                 log.exception("L2 maintenance step failed")
 
+    def _index_budget(self) -> int:
+        """Checkpoint slot bytes the index may use (the rest: header, block map)."""
+        return self._geo.checkpoint_slot_size - self._geo.data_blocks - 2 * HEADER_SIZE
+
+    def _index_live_bytes(self) -> int:
+        """What the index needs in a checkpoint once freed key bytes are compacted away."""
+        return self._index.checkpoint_bytes() - self._index.arena_dead
+
+    async def _compact_locked(self) -> None:
+        """Drop freed key bytes from the arena (caller holds the mutation lock)."""
+        for _ in self._index.compact_steps():
+            await asyncio.sleep(0)
+
     async def _evict_if_needed(self) -> None:
-        index_budget = self._geo.checkpoint_slot_size - self._geo.data_blocks - 2 * HEADER_SIZE
+        # Only live index bytes count: evicting adds freed key bytes, which compaction
+        # removes; counting them evicted everything on a small device.
+        index_budget = self._index_budget()
         while not self._closed and (
             self._over(HIGH_WATERMARK)
             or self._index_pressure
-            or self._index.checkpoint_bytes() > 0.9 * index_budget
+            or self._index_live_bytes() > 0.9 * index_budget
         ):
             evicted = 0
             async with self._mutate:
                 for _ in range(EVICT_BATCH):
                     if not (
-                        self._over(LOW_WATERMARK)
-                        or self._index.checkpoint_bytes() > 0.8 * index_budget
+                        self._over(LOW_WATERMARK) or self._index_live_bytes() > 0.8 * index_budget
                     ):
                         self._index_pressure = False
                         break
@@ -1465,13 +1483,16 @@ class RawDiskStore:
 
     async def _compact_if_needed(self) -> None:
         index = self._index
-        if index.arena_dead < max(1 << 20, len(index.arena) // 2):
+        dead = index.arena_dead
+        # Half the arena freed, or freed bytes taking room the checkpoint slot lacks.
+        if dead < 4096 or (
+            dead < len(index.arena) // 2 and index.checkpoint_bytes() < self._index_budget() // 2
+        ):
             return
         async with self._mutate:
             if self._index is not index:
                 return
-            for _ in index.compact_steps():
-                await asyncio.sleep(0)
+            await self._compact_locked()
 
     async def _scan_fragmentation(self) -> None:
         """Largest free run and number of free runs, a window at a time (approximate under

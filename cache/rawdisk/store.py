@@ -677,7 +677,8 @@ class RawDiskStore:
         self._map.clear_used()
         # Extents being read stay unallocatable until their reader is done.
         for start, nblocks in self._reading.items():
-            if start not in self._held_by_readers:
+            # Already HELD (freed, waiting for a sync): not counted free, released later.
+            if start not in self._held_by_readers and self._map.map[start] != HELD:
                 self._map.mark(start, nblocks, HELD)
                 self._map.free_blocks -= nblocks
                 self._held_by_readers[start] = nblocks
@@ -763,9 +764,9 @@ class RawDiskStore:
         async with self._persist:
             async with self._mutate:
                 if self._index.arena_dead and (
-                    self._index.checkpoint_bytes() > self._index_budget() // 2
+                    self._index.checkpoint_bytes() > 0.8 * self._index_budget()
                 ):
-                    await self._compact_locked()  # freed key bytes are not persisted
+                    await self._compact_locked()  # no freed key bytes where room is short
                 seq = self._ckpt_seq + 1
                 slot_number = 1 - self._good_slot
                 slot = self._geo.checkpoint_slot(slot_number)
@@ -1484,9 +1485,12 @@ class RawDiskStore:
     async def _compact_if_needed(self) -> None:
         index = self._index
         dead = index.arena_dead
-        # Half the arena freed, or freed bytes taking room the checkpoint slot lacks.
+        # Half the arena freed, or an eighth of it once the index fills half of its slot.
         if dead < 4096 or (
-            dead < len(index.arena) // 2 and index.checkpoint_bytes() < self._index_budget() // 2
+            dead < len(index.arena) // 2
+            and (
+                dead < len(index.arena) // 8 or index.checkpoint_bytes() < self._index_budget() // 2
+            )
         ):
             return
         async with self._mutate:

@@ -44,7 +44,9 @@ class History:
 
     pos: int = 0
     put_issue: dict[int, tuple[int, str]] = field(default_factory=dict)  # v -> (pos, key)
-    durable: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (v, pos)
+    put_ack: dict[int, int] = field(default_factory=dict)  # v -> pos (commit order)
+    # key -> (v, issue pos) of its last put acknowledged before a completed sync
+    durable: dict[str, tuple[int, int]] = field(default_factory=dict)
     deletes: list[tuple[int, str, bool]] = field(default_factory=list)  # (pos, prefix, acked)
     wrong_reads: int = 0
 
@@ -62,6 +64,7 @@ class History:
             elif kind == "P":
                 number, key = rest.split(" ", 1)
                 acked.append((self.pos, int(number), key))
+                self.put_ack[int(number)] = self.pos
             elif kind == "d":
                 self.deletes.append((self.pos, rest, False))
                 pending_deletes[rest] = len(self.deletes) - 1
@@ -75,11 +78,15 @@ class History:
                 last_covered = max(last_covered, sync_start[rest])
             elif kind == "W":
                 self.wrong_reads += 1
-        for ack_pos, v, key in acked:
+        for ack_pos, v, key in acked:  # in ack order: the last one is what the index holds
             if ack_pos < last_covered:
-                issue = self.put_issue[v][0]
-                if key not in self.durable or self.durable[key][0] < v:
-                    self.durable[key] = (v, issue)
+                self.durable[key] = (v, self.put_issue[v][0])
+
+    def older(self, present: int, durable: int) -> bool:
+        """Whether version ``present`` was committed before ``durable`` (two writers may
+        commit one key's versions out of issue order; a commit the kill kept from being
+        acknowledged counts as the latest)."""
+        return self.put_ack.get(present, 1 << 62) < self.put_ack[durable]
 
     def may_be_gone(self, key: str, issued_at: int) -> bool:
         return any(pos > issued_at and key.startswith(p) for pos, p, _ in self.deletes)
@@ -156,7 +163,7 @@ async def check(device: str, history: History) -> tuple[int, int, list[str]]:
                 continue
             if key not in present:
                 failures.append(f"{key}: version {v} acknowledged and synced, but lost")
-            elif present[key] < v:
+            elif history.older(present[key], v):
                 failures.append(f"{key}: went back from version {v} to {present[key]}")
         return len(present), wrong, failures
     finally:

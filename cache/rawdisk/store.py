@@ -11,7 +11,11 @@ See FORMAT.md for the on-disk format, the durability rules and the metric keys. 
 * a put writes into blocks allocated as HELD (not yet owned), then commits the index
   entry, unless a delete that covers its key happened meanwhile;
 * the journal is fsynced every ``sync_interval`` seconds after an fdatasync of the data,
-  so a durable journal record never names data that is not on disk.
+  so a durable journal record never names data that is not on disk; deletes and purges
+  sync before they return; blocks a record frees are reused only once it is durable;
+* a checkpoint hashes and writes a copy of the index (reads change access fields without
+  the lock), is read back before its header is written, and never replaces the newest
+  verified checkpoint (FORMAT.md 3.2 and 3.4 give the exact order of writes and syncs).
 """
 
 from __future__ import annotations

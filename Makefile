@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock run test lint typecheck pytest soak bench bench-full bench-fleet fleet chart-check clean
+.PHONY: install lock run test lint typecheck pytest soak crash bench bench-full bench-fleet fleet chart-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ fleet: install
 
 bench-full: install
 	$(BIN)/python -m bench.run
+
+# L2 crash loop (not in `make test`; ~3-4 min): kill -9 a store under mixed load 30 times,
+# check every restart (verify clean, no wrong byte, synced puts kept, purges stay purged).
+crash: install
+	$(BIN)/python -m tests.rawdisk.crash_loop --cycles 30
 
 chart-check: install
 	PYTHON=$(BIN)/python bash scripts/chart-check.sh

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 import time
 from types import FrameType
 
@@ -21,6 +22,8 @@ from app.accesslog import configure_logging
 from app.httpserver import HttpProtocol
 from app.lifecycle import Lifecycle
 from app.main import create_app
+from cache.rawdisk import RawDiskError
+from cache.rawdisk.preflight import check_device
 from settings import Settings, load_settings
 
 
@@ -98,6 +101,14 @@ def server_for(app: Starlette, settings: Settings) -> DrainingServer:
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
+    if settings.enable_cache and settings.enable_l2_cache:
+        try:  # before the server: a lifespan failure would be logged with a traceback
+            check_device(settings.raw_disk_cache)
+        except RawDiskError as error:
+            # Exit 3, as uvicorn's own startup failure under plain ``uvicorn app.main:app``,
+            # where the lifespan refuses the same device (app.main.open_l2) with one line.
+            print(f"slicecache: cannot open the L2 device: {error}", file=sys.stderr)
+            raise SystemExit(3) from None
     server = server_for(create_app(settings), settings)
     sockets = [listening_socket(settings.host, settings.port)]
     if settings.admin_port:

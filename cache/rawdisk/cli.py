@@ -1,8 +1,12 @@
 """Admin CLI: ``python -m cache.rawdisk info|verify|format PATH``.
 
-* ``info``    geometry, usage, entry count, fragmentation, checkpoint and journal state.
+* ``info``    geometry, usage, entry count, fragmentation, checkpoint and journal state
+              (read-only; sizes in bytes and in human units).
 * ``verify``  reads every record and checks its header and payload checksum (progress bar);
-              exits 1 when anything is damaged. ``--repair`` drops the damaged entries.
+              exits 1 when anything is damaged. Read-only: the device is opened O_RDONLY
+              and nothing is repaired. ``--repair`` opens it writable (rewriting a damaged
+              superblock copy or checkpoint), drops the damaged entries, lists what it did
+              and exits 0 when a read-only pass then finds the store sound.
 * ``format``  creates or erases a device. An existing store is only erased with ``--force``.
 
 The device must not be in use: the CLI takes the same exclusive lock as the server.
@@ -89,8 +93,35 @@ def _progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
     yield from tqdm(items, total=total, desc=desc, unit="rec", file=sys.stderr)
 
 
+def _inspect(path: str) -> RawDiskStore:
+    """The device loaded read-only: O_RDONLY, shared lock, nothing written or repaired."""
+    sb = read_superblock(path)
+    return RawDiskStore._inspect(_settings(path, sb.total_size, sb.block_size))
+
+
+def human(size: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+_SIZES = {
+    "total_size",
+    "block_size",
+    "data_offset",
+    "checkpoint_slot_size",
+    "journal_half_size",
+    "bytes",
+    "stored_bytes",
+    "largest_free_extent_bytes",
+}
+
+
 async def cmd_info(path: str, as_json: bool) -> int:
-    store = await _open_existing(path)
+    store = await asyncio.to_thread(_inspect, path)
     try:
         await store._scan_fragmentation()
         geo = store.geometry
@@ -119,6 +150,7 @@ async def cmd_info(path: str, as_json: bool) -> int:
             "journal_epoch": store._epoch,
             "replayed_records": int(stats["replayed_records"]),
             "load_seconds": round(stats["load_seconds"], 4),
+            "problems": list(store._problems),
         }
     finally:
         await store._abandon()
@@ -127,45 +159,80 @@ async def cmd_info(path: str, as_json: bool) -> int:
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
+            if key in _SIZES:
+                value = f"{value} ({human(value)})"
+            elif key == "problems":
+                value = "; ".join(value) or "none"
             print(f"{key:<{width}}  {value}")
     return 0
 
 
-async def cmd_verify(path: str, repair: bool) -> int:
-    store = await _open_existing(path)
-    damaged: list[str] = []
-    problems: list[str] = []
+async def _check_records(store: RawDiskStore) -> tuple[int, list[tuple[int, int, bytes]]]:
+    """Read and verify every indexed record: (records checked, [(row, gen, key) damaged])."""
+    index = store._index
+    rows = [row for _key, row in index.live_keys_with_rows()]
+    damaged: list[tuple[int, int, bytes]] = []
+    checked = 0
+    for row in _progress(rows, len(rows), "verify"):
+        if not index.flags_of(row) & FLAG_USED:
+            continue
+        checked += 1
+        entry = index.entry(row)
+        key = index.key_of(row)
+        try:
+            result = await asyncio.to_thread(store._read_record, entry, key)
+        except OSError:
+            result = _BAD
+        if result is _BAD:
+            damaged.append((row, entry.gen, key))
+    return checked, damaged
+
+
+async def _verify_read_only(path: str) -> tuple[int, list[bytes], list[str]]:
+    store = await asyncio.to_thread(_inspect, path)
     try:
-        stats = store.stats()
-        if stats["index_recoveries"]:
-            problems.append("no valid checkpoint was found (index started empty)")
-        if stats["superblock_repairs"]:
-            problems.append("one superblock copy was damaged (rewritten from the other)")
-        index = store._index
-        rows = [row for _key, row in index.live_keys_with_rows()]
-        for row in _progress(rows, len(rows), "verify"):
-            if not index.flags_of(row) & FLAG_USED:
-                continue
-            entry = index.entry(row)
-            key = index.key_of(row)
-            try:
-                result = await asyncio.to_thread(store._read_record, entry, key)
-            except OSError:
-                result = _BAD
-            if result is _BAD:
-                damaged.append(key.decode(errors="replace"))
-                if repair:
-                    await store._drop_if_current(row, entry.gen, None)
-        print(f"checked {len(rows)} records: {len(rows) - len(damaged)} ok, {len(damaged)} damaged")
-        for name in damaged[:20]:
-            print(f"  damaged: {name}")
-        for problem in problems:
-            print(f"  problem: {problem}")
+        checked, damaged = await _check_records(store)
+        return checked, [key for _row, _gen, key in damaged], list(store._problems)
     finally:
-        if repair:
-            await store.close()
-        else:
-            await store._abandon()
+        await store._abandon()
+
+
+def _report(checked: int, damaged: list[bytes], problems: list[str]) -> None:
+    print(f"checked {checked} records: {checked - len(damaged)} ok, {len(damaged)} damaged")
+    for name in damaged[:20]:
+        print(f"  damaged: {name.decode(errors='replace')}")
+    if len(damaged) > 20:
+        print(f"  ... and {len(damaged) - 20} more")
+    for problem in problems:
+        print(f"  problem: {problem}")
+
+
+async def cmd_verify(path: str, repair: bool) -> int:
+    """Read-only unless ``repair``: then a writable open repairs the superblock and the
+    index (reported), damaged records are dropped (listed), and a read-only pass confirms
+    the result; exit 0 when the store is then sound."""
+    checked, damaged, problems = await _verify_read_only(path)
+    _report(checked, damaged, problems)
+    if not damaged and not problems:
+        return 0
+    if not repair:
+        return 1
+    store = await _open_existing(path)
+    dropped: list[bytes] = []
+    try:
+        for problem in store._problems:
+            print(f"  repaired: {problem}")
+        _checked, now_damaged = await _check_records(store)
+        for row, gen, key in now_damaged:
+            await store._drop_if_current(row, gen, None)
+            dropped.append(key)
+    finally:
+        await store.close()
+    for key in dropped:
+        print(f"  dropped: {key.decode(errors='replace')}")
+    print(f"repair: dropped {len(dropped)} damaged records")
+    checked, damaged, problems = await _verify_read_only(path)
+    _report(checked, damaged, problems)
     return 1 if damaged or problems else 0
 
 

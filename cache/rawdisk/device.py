@@ -44,13 +44,21 @@ class Device:
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str) -> Device:
-        """Open (creating if missing) and lock ``path``. Space is reserved by :meth:`reserve`."""
+    def open(cls, path: str, read_only: bool = False) -> Device:
+        """Open (creating if missing) and lock ``path``. Space is reserved by :meth:`reserve`.
+
+        ``read_only`` (the admin CLI's info and verify) opens O_RDONLY with a shared lock:
+        it never creates or writes, and still refuses a device a server holds.
+        """
+        if read_only:
+            return cls._open_read_only(path)
         created = False
         try:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
+        except OSError as exc:  # e.g. a path under a regular file (ENOTDIR), EACCES
+            raise RawDiskError(f"cannot use L2 device {path}: {exc.strerror}") from None
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise RawDiskError(f"{path} is neither a regular file nor a block device")
         flags = os.O_RDWR | os.O_CLOEXEC
@@ -79,6 +87,32 @@ class Device:
             raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
         is_blk = stat.S_ISBLK(os.fstat(fd).st_mode)
         return cls(path, fd, is_blk, created)
+
+    @classmethod
+    def _open_read_only(cls, path: str) -> Device:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise RawDiskError(f"{path} is neither a regular file nor a block device")
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RawDiskError(
+                f"L2 device {path} is in use by another process (exclusive lock held); "
+                "a device belongs to exactly one slicecache process"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        device = cls(path, fd, stat.S_ISBLK(st.st_mode), False)
+        device.read_only = True
+        return device
+
+    read_only = False
 
     def size(self) -> int:
         if self.is_block_device:

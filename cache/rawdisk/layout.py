@@ -30,9 +30,13 @@ KIND_SLICE = 0
 KIND_META = 1
 
 # Index budget: one entry per INDEX_BYTES_PER_ENTRY_SPACE bytes of device on average, and
-# INDEX_SLOT_BYTES_PER_ENTRY bytes of checkpoint space reserved per entry.
+# INDEX_SLOT_BYTES_PER_ENTRY bytes of checkpoint space reserved per entry: ~100 B of row,
+# key offset, hash table and free list, plus the key and its 10 bytes of framing in the
+# arena, for slice keys (URL, version, index) of up to ~140 bytes on average. Freed key
+# bytes are compacted away before they can crowd the slot; longer keys make the store
+# evict before max_entries.
 INDEX_BYTES_PER_ENTRY_SPACE = 32 * 1024
-INDEX_SLOT_BYTES_PER_ENTRY = 192
+INDEX_SLOT_BYTES_PER_ENTRY = 256
 MIN_INDEX_ENTRIES = 1024
 
 MiB = 1024 * 1024

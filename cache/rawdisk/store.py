@@ -11,7 +11,11 @@ See FORMAT.md for the on-disk format, the durability rules and the metric keys. 
 * a put writes into blocks allocated as HELD (not yet owned), then commits the index
   entry, unless a delete that covers its key happened meanwhile;
 * the journal is fsynced every ``sync_interval`` seconds after an fdatasync of the data,
-  so a durable journal record never names data that is not on disk.
+  so a durable journal record never names data that is not on disk; deletes and purges
+  sync before they return; blocks a record frees are reused only once it is durable;
+* a checkpoint hashes and writes a copy of the index (reads change access fields without
+  the lock), is read back before its header is written, and never replaces the newest
+  verified checkpoint (FORMAT.md 3.2 and 3.4 give the exact order of writes and syncs).
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ class RawDiskStore:
         self._defer_frees = False  # immediate while loading (replayed records are durable)
         self._sync_soon = False
         self._log_marks: dict[str, tuple[float, int]] = {}
+        self._problems: list[str] = []  # found while loading (reported by the CLI)
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._reap_wanted = asyncio.Event()
@@ -250,9 +255,29 @@ class RawDiskStore:
         return store
 
     @classmethod
-    def _attach(
-        cls, settings: RawDiskCacheSettings, device: Device, index_capacity: int | None
-    ) -> RawDiskStore:
+    def _inspect(cls, settings: RawDiskCacheSettings) -> RawDiskStore:
+        """Load the device without writing a byte (the admin CLI's info and verify).
+
+        Nothing is repaired and no background task runs; what a writable open would repair
+        is listed in ``_problems``. Release it with ``_abandon()``.
+        """
+        started = time.perf_counter()
+        device = Device.open(settings.device_path, read_only=True)
+        try:
+            store = cls._attach(settings, device, None, read_only=True)
+        except BaseException:
+            device.close()
+            raise
+        store._stats["load_seconds"] = time.perf_counter() - started
+        return store
+
+    @staticmethod
+    def _examine(
+        settings: RawDiskCacheSettings, device: Device, index_capacity: int | None
+    ) -> tuple[Geometry, Superblock, bool, bool, int]:
+        """Read-only look at the superblocks: (wanted geometry, superblock to use, must
+        format, one copy needs a rewrite, generation). Raises :class:`RawDiskError` when the
+        device must not be used as configured."""
         path = settings.device_path
         wanted = compute_geometry(settings.total_size, settings.block_size, index_capacity)
         size = device.size()
@@ -260,6 +285,7 @@ class RawDiskStore:
         for offset in SUPERBLOCK_OFFSETS:
             raw = device.pread(SUPERBLOCK_SIZE, offset) if size >= offset + SUPERBLOCK_SIZE else b""
             states.append(unpack_superblock(raw))
+        sb = new_superblock(wanted, 0, 0)  # placeholder when formatting
         valid = [sb for state, sb in states if state == SuperblockState.VALID and sb]
         kinds = {state for state, _ in states}
         reformat = settings.reformat
@@ -305,16 +331,37 @@ class RawDiskStore:
                 )
             must_format = True
 
+        return wanted, sb, must_format, repair, generation
+
+    @classmethod
+    def _attach(
+        cls,
+        settings: RawDiskCacheSettings,
+        device: Device,
+        index_capacity: int | None,
+        read_only: bool = False,
+    ) -> RawDiskStore:
+        path = settings.device_path
+        wanted, sb, must_format, repair, generation = cls._examine(settings, device, index_capacity)
+        if must_format and read_only:
+            raise RawDiskError(f"{path} does not hold a usable slicecache L2 store")
         if must_format:
             device.reserve(wanted.total_size)
             sb = new_superblock(wanted, int.from_bytes(os.urandom(8), "little"), generation + 1)
             store = cls(settings, device, sb)
             store._format()
             log.info("formatted L2 device %s: %s", path, wanted)
+        elif read_only:
+            store = cls(settings, device, sb)
+            if repair:
+                store._problems.append("one superblock copy is damaged")
+            store._load(read_only=True)
+            return store
         else:
             device.reserve(sb.total_size)
             store = cls(settings, device, sb)
             if repair:
+                store._problems.append("one superblock copy was damaged: rewrote it")
                 packed = sb.pack()
                 for offset in SUPERBLOCK_OFFSETS:
                     device.pwrite(packed, offset)
@@ -385,7 +432,7 @@ class RawDiskStore:
             sections=sections,
         )
 
-    def _load(self) -> None:
+    def _load(self, read_only: bool = False) -> None:
         geo = self._geo
         dev = self._device
         headers = []
@@ -406,12 +453,27 @@ class RawDiskStore:
                 unusual = position > 0
                 self._good_slot = slot
                 break
-            log.error("L2 device %s: checkpoint seq %d is damaged", dev.path, header.seq)
+            if not read_only:
+                log.error("L2 device %s: checkpoint seq %d is damaged", dev.path, header.seq)
+            if position == 0:
+                self._problems.append(
+                    f"the newest checkpoint (seq {header.seq}) is damaged"
+                    + ("" if read_only else ": rewrote it")
+                )
         for half in (0, 1):
             first = journal.first_epoch(dev.pread(4096, geo.journal_half(half)), self._format_id)
             if first is not None:
                 max_epoch = max(max_epoch, first)
         if loaded is None:
+            self._problems.append(
+                "no valid checkpoint: the index is empty, cached data unreachable"
+                + ("" if read_only else " (rewrote an empty checkpoint)")
+            )
+            if read_only:
+                self._stats["index_recoveries"] = 1.0
+                self._ckpt_seq = max_seq
+                self._epoch = max_epoch + 1
+                return
             log.error(
                 "L2 device %s: no valid checkpoint; starting with an empty index "
                 "(cached data is dropped, never served unverified)",
@@ -430,6 +492,8 @@ class RawDiskStore:
         self._reclaim_all_dead()
         replayed = self._replay(header.journal_epoch)
         self._stats["replayed_records"] = float(replayed)
+        if read_only:
+            return
         if unusual or replayed > CHECKPOINT_RECORDS // 2:
             # Start a fresh epoch past anything on disk, so no stale journal half can ever
             # be replayed after this one.
@@ -457,6 +521,9 @@ class RawDiskStore:
                 # A damaged record of this epoch (not a clean end): records after it are
                 # lost, so the next epoch must not be replayed on top of the gap.
                 log.error("L2 journal epoch %d is damaged at offset %d", current, end)
+                self._problems.append(
+                    f"journal epoch {current} is damaged at offset {end}: records after it lost"
+                )
                 break
         self._records_since_ckpt = count
         return count
@@ -614,7 +681,8 @@ class RawDiskStore:
         self._map.clear_used()
         # Extents being read stay unallocatable until their reader is done.
         for start, nblocks in self._reading.items():
-            if start not in self._held_by_readers:
+            # Already HELD (freed, waiting for a sync): not counted free, released later.
+            if start not in self._held_by_readers and self._map.map[start] != HELD:
                 self._map.mark(start, nblocks, HELD)
                 self._map.free_blocks -= nblocks
                 self._held_by_readers[start] = nblocks
@@ -699,6 +767,10 @@ class RawDiskStore:
         started = time.perf_counter()
         async with self._persist:
             async with self._mutate:
+                if self._index.arena_dead and (
+                    self._index.checkpoint_bytes() > 0.8 * self._index_budget()
+                ):
+                    await self._compact_locked()  # no freed key bytes where room is short
                 seq = self._ckpt_seq + 1
                 slot_number = 1 - self._good_slot
                 slot = self._geo.checkpoint_slot(slot_number)
@@ -1333,9 +1405,9 @@ class RawDiskStore:
                     or self._journal_fill() >= CHECKPOINT_JOURNAL_FILL
                 ):
                     await self.checkpoint()
+                await self._compact_if_needed()
                 await self._evict_if_needed()
                 await self._expire_some()
-                await self._compact_if_needed()
                 if now - self._last_frag_scan >= FRAG_SCAN_SECONDS:
                     self._last_frag_scan = now
                     await self._scan_fragmentation()
@@ -1344,19 +1416,33 @@ class RawDiskStore:
             except Exception:  # keep maintaining; one failed step must not stop the rest
                 log.exception("L2 maintenance step failed")
 
+    def _index_budget(self) -> int:
+        """Checkpoint slot bytes the index may use (the rest: header, block map)."""
+        return self._geo.checkpoint_slot_size - self._geo.data_blocks - 2 * HEADER_SIZE
+
+    def _index_live_bytes(self) -> int:
+        """What the index needs in a checkpoint once freed key bytes are compacted away."""
+        return self._index.checkpoint_bytes() - self._index.arena_dead
+
+    async def _compact_locked(self) -> None:
+        """Drop freed key bytes from the arena (caller holds the mutation lock)."""
+        for _ in self._index.compact_steps():
+            await asyncio.sleep(0)
+
     async def _evict_if_needed(self) -> None:
-        index_budget = self._geo.checkpoint_slot_size - self._geo.data_blocks - 2 * HEADER_SIZE
+        # Only live index bytes count: evicting adds freed key bytes, which compaction
+        # removes; counting them evicted everything on a small device.
+        index_budget = self._index_budget()
         while not self._closed and (
             self._over(HIGH_WATERMARK)
             or self._index_pressure
-            or self._index.checkpoint_bytes() > 0.9 * index_budget
+            or self._index_live_bytes() > 0.9 * index_budget
         ):
             evicted = 0
             async with self._mutate:
                 for _ in range(EVICT_BATCH):
                     if not (
-                        self._over(LOW_WATERMARK)
-                        or self._index.checkpoint_bytes() > 0.8 * index_budget
+                        self._over(LOW_WATERMARK) or self._index_live_bytes() > 0.8 * index_budget
                     ):
                         self._index_pressure = False
                         break
@@ -1406,13 +1492,19 @@ class RawDiskStore:
 
     async def _compact_if_needed(self) -> None:
         index = self._index
-        if index.arena_dead < max(1 << 20, len(index.arena) // 2):
+        dead = index.arena_dead
+        # Half the arena freed, or an eighth of it once the index fills half of its slot.
+        if dead < 4096 or (
+            dead < len(index.arena) // 2
+            and (
+                dead < len(index.arena) // 8 or index.checkpoint_bytes() < self._index_budget() // 2
+            )
+        ):
             return
         async with self._mutate:
             if self._index is not index:
                 return
-            for _ in index.compact_steps():
-                await asyncio.sleep(0)
+            await self._compact_locked()
 
     async def _scan_fragmentation(self) -> None:
         """Largest free run and number of free runs, a window at a time (approximate under

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from cache.rawdisk import RawDiskStore
-from cache.rawdisk.layout import RECORD_HEADER_SIZE, key_hash
+from cache.rawdisk.cli import read_superblock
+from cache.rawdisk.layout import RECORD_HEADER_SIZE, SUPERBLOCK_OFFSETS, Geometry, key_hash
 from settings import RawDiskCacheSettings
 from tests.rawdisk.conftest import MiB, flip_byte, payload
 
@@ -34,6 +37,10 @@ async def _fill(settings: RawDiskCacheSettings, count: int) -> int:
     offset = store.geometry.block_offset(store._index.extent_of(row)[0])
     await store.close()
     return offset
+
+
+def settings_geometry(path: str) -> Geometry:
+    return read_superblock(path).geometry
 
 
 def test_format_info_verify(tmp_path: Path) -> None:
@@ -63,7 +70,7 @@ def test_format_info_verify(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "1 damaged" in bad.stdout and "k 3" in bad.stdout
     repaired = cli("verify", path, "--repair")
-    assert repaired.returncode == 1
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert cli("verify", path).returncode == 0
 
     wiped = cli("format", path, "--force")
@@ -94,3 +101,52 @@ def test_cli_on_a_foreign_file(tmp_path: Path) -> None:
     assert done.returncode == 2 and "does not hold" in done.stderr
     fmt = cli("format", str(path), "--size", "16M")
     assert fmt.returncode == 2 and "other data" in fmt.stderr
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_verify_is_read_only_and_repair_says_what_it_did(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    offset = asyncio.run(_fill(settings, 10))
+    flip_byte(path, offset + RECORD_HEADER_SIZE + 10)  # record "k 3"
+    flip_byte(path, SUPERBLOCK_OFFSETS[1] + 40)  # the backup superblock copy
+    for slot in (0, 1):  # and both checkpoints: the index cannot be loaded
+        flip_byte(path, settings_geometry(path).checkpoint_slot(slot) + 4096 + 8)
+    before = _digest(path)
+    mtime = os.stat(path).st_mtime_ns
+
+    bad = cli("verify", path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "superblock" in bad.stdout and "checkpoint" in bad.stdout
+    assert _digest(path) == before and os.stat(path).st_mtime_ns == mtime
+    info = cli("info", path)
+    assert info.returncode == 0, info.stderr
+    assert _digest(path) == before
+
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "rewrote" in repaired.stdout and "superblock" in repaired.stdout
+    assert cli("verify", path).returncode == 0
+
+
+def test_repair_drops_damaged_records_and_exits_0(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    offset = asyncio.run(_fill(settings, 10))
+    flip_byte(path, offset + RECORD_HEADER_SIZE + 10)
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "dropped: k 3" in repaired.stdout
+    ok = cli("verify", path)
+    assert ok.returncode == 0 and "9 ok, 0 damaged" in ok.stdout
+
+
+def test_info_prints_human_sizes(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    assert cli("format", path, "--size", "16M").returncode == 0
+    out = cli("info", path).stdout
+    assert "16777216 (16.0 MiB)" in out
+    assert "4096 (4.0 KiB)" in out

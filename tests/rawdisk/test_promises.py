@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -225,4 +227,50 @@ async def test_purge_cancelled_midway_still_records_itself(
     try:
         assert list(store.keys()) == []
     finally:
+        await store.close()
+
+
+async def test_small_device_keeps_holding_entries_under_key_churn(make_settings: Make) -> None:
+    """16 MiB device, ~15 live entries, thousands of distinct keys put and deleted: freed
+    key bytes must not fill the checkpoint slot (every checkpoint then failed and every
+    new put was evicted at once)."""
+    store = await RawDiskStore.open(make_settings(sync_interval=0.02))
+    slot = store.geometry.checkpoint_slot_size
+    pad = "p" * 400
+    try:
+        for i in range(1200):
+            key = f"http://o/{pad}/{i} v 0"
+            assert await store.put_slice(key, b"x" * 100, None)
+            if i >= 15:
+                await store.delete(f"http://o/{pad}/{i - 15}")
+            if i % 300 == 299:
+                await store.checkpoint()
+        # Let maintenance run (pressure eviction, compaction) a few ticks.
+        await asyncio.sleep(0.5)
+        stats = store.stats()
+        assert stats["checkpoint_failures_total"] == 0
+        assert stats["evictions_total"] == 0
+        assert store._index.checkpoint_bytes() < slot // 2
+        key = f"http://o/{pad}/1199 v 0"
+        assert bytes(await store.get_slice(key) or b"") == b"x" * 100
+        assert stats["entries"] == 15
+    finally:
+        await store.close()
+
+
+async def test_repeated_checkpoint_failure_is_logged_once(
+    make_settings: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert await store.put_slice("k v 0", b"x", None)
+        store._geo = dataclasses.replace(store._geo, checkpoint_slot_size=4096 + 64)
+        with caplog.at_level(logging.ERROR, logger="slicecache.rawdisk"):
+            for _ in range(10):
+                await store.checkpoint()
+        assert store.stats()["checkpoint_failures_total"] == 10
+        errors = [r for r in caplog.records if "checkpoint" in r.getMessage()]
+        assert len(errors) == 1
+    finally:
+        store._geo = store._sb.geometry
         await store.close()

@@ -16,6 +16,11 @@
   longest for a request head (idle keep-alive or trickling slowloris) is closed to make
   room; if every connection is busy with a response, the new one gets 503.
 
+A refusal of a head parsed while earlier pipelined requests are still being answered
+(431/414, or the parser's 400) waits until the last of them is answered: HTTP/1.1 pairs
+answers with requests by order, so written at once it would stand in for a valid
+request's answer, and the requests queued behind the running one would never be served.
+
 A refusal is written, the write side shut (FIN: the client sees the answer and can stop
 sending), and the rest of the client's input is discarded for a short linger (at most
 ``LINGER_BYTES`` or ``LINGER_SECONDS``) so that a client that is still sending reads the
@@ -54,6 +59,7 @@ REQUEST_LINE_SLACK = 128
 FIELD_OVERHEAD = 4
 
 REASONS = {
+    400: "Bad Request",
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
@@ -111,7 +117,9 @@ class HttpProtocol(HttpToolsProtocol):
         self._waiting_since = time.monotonic()
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None  # status decided by a parser callback
-        self._pending_refusal: int | None = None  # waits for the running response to end
+        # Waits for the responses to the requests parsed before the refused head.
+        self._pending_refusal: int | None = None
+        self._pending_body: str | None = None
         self._lingering = False
         self._discarded = 0
 
@@ -232,12 +240,19 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self._pending_refusal is not None:
-            self.server_state.total_requests += 1
-            status, self._pending_refusal = self._pending_refusal, None
-            self._refuse(status)
+        if self._pending_refusal is None:
+            super().on_response_complete()
             return
-        super().on_response_complete()
+        if self.pipeline:
+            # Requests parsed before the refused head are still queued: serve them first.
+            super().on_response_complete()
+            self.flow.pause_reading()  # what follows is the refused head's
+            return
+        self.server_state.total_requests += 1
+        status, self._pending_refusal = self._pending_refusal, None
+        body, self._pending_body = self._pending_body, None
+        if not self.transport.is_closing():
+            self._refuse(status, body=body)
 
     # Timers
 
@@ -266,30 +281,32 @@ class HttpProtocol(HttpToolsProtocol):
 
     # Refusals
 
-    def _refuse_head(self, status: int) -> None:
-        """Refuse the head being read, after the response running on this connection, if any."""
+    def _refuse_head(self, status: int, body: str | None = None) -> None:
+        """Refuse the head being read, after the responses still due on this connection."""
         self._cancel_head_timer()
         if self.cycle is not None and not self.cycle.response_complete:
+            # The running cycle keeps its keep-alive: uvicorn would close the connection
+            # when it ends, before the refusal (and the queued requests) had their turn.
             self._pending_refusal = status
+            self._pending_body = body
             self.flow.pause_reading()
-            self.cycle.keep_alive = False
             return
-        self._refuse(status)
+        self._refuse(status, body=body)
 
-    def _refuse(self, status: int, *, linger: bool = True) -> None:
+    def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
         self._cancel_head_timer()
         self.parser = None  # type: ignore[assignment]
         reason = REASONS[status]
-        body = f"{reason}\n".encode("ascii")
+        content = (body if body is not None else f"{reason}\n").encode("ascii")
         self.transport.write(
             b"".join(
                 [
                     b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
                     b"date: " + http_date_now() + b"\r\n",
                     b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(body),
+                    b"content-length: %d\r\n" % len(content),
                     b"connection: close\r\n\r\n",
-                    body,
+                    content,
                 ]
             )
         )
@@ -302,6 +319,9 @@ class HttpProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._refuse_head(400, msg)  # earlier pipelined requests are answered first
+            return
         state = self.server_state
         defaults = state.default_headers
         state.default_headers = [*defaults, (b"date", http_date_now())]

@@ -1,0 +1,69 @@
+"""Pipelined requests in front of a refused one: every request before it gets its own answer.
+
+HTTP/1.1 answers pipelined requests in order, so the client pairs the n-th answer with its
+n-th request. A refusal (400, 414, 431) of a later head must therefore wait until every
+request parsed before it has been answered: written at once, it takes the place of a valid
+request's answer (the client believes its GET failed), and the requests queued behind the
+running one are never served.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+
+from tests.conftest import ProxyFactory
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _send_and_read_all(url: str, data: bytes, *, timeout: float = 20.0) -> bytes:
+    """Send ``data`` whole and read until the server closes the connection."""
+    received = b""
+    with socket.create_connection(_address(url), timeout=timeout) as sock:
+        sock.sendall(data)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def _statuses(answer: bytes) -> list[int]:
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d\d\d) ", answer)]
+
+
+# A slow first answer (the origin waits) makes sure the refused head is parsed while a
+# response is still running, the case that went wrong.
+SLOW = b"GET /files/1k.bin?latency_ms=300 HTTP/1.1\r\nHost: t\r\n\r\n"
+QUICK = b"GET /files/1k.bin?q HTTP/1.1\r\nHost: t\r\n\r\n"
+OVERSIZED_FIELD = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n"
+OVERSIZED_TARGET = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+MALFORMED = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [(OVERSIZED_FIELD, 431), (OVERSIZED_TARGET, 414), (MALFORMED, 400)],
+    ids=["431", "414", "400"],
+)
+@pytest.mark.parametrize("valid", [[SLOW], [SLOW, QUICK], [SLOW, QUICK, QUICK]], ids=len)
+def test_a_refused_pipelined_head_is_answered_after_the_requests_before_it(
+    proxy: ProxyFactory, valid: list[bytes], refused: bytes, status: int
+) -> None:
+    with proxy(enable_cache=False, max_header_bytes=65536, max_request_target_bytes=8192) as url:
+        answer = _send_and_read_all(url, b"".join(valid) + refused)
+        assert _statuses(answer) == [200] * len(valid) + [status], answer[-400:]
+        # The refusal ends the connection; the server still serves a new one.
+        assert _statuses(
+            _send_and_read_all(url, QUICK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        ) == [200]

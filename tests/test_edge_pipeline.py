@@ -9,6 +9,7 @@ running one are never served.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 
@@ -67,3 +68,35 @@ def test_a_refused_pipelined_head_is_answered_after_the_requests_before_it(
         assert _statuses(
             _send_and_read_all(url, QUICK.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
         ) == [200]
+
+
+def _echoed_raw_path(url: str, target: bytes, extra: bytes = b"") -> str:
+    answer = _send_and_read_all(
+        url, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"Connection: close\r\n\r\n"
+    )
+    assert _statuses(answer)[:1] == [200], answer[:300]
+    echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
+    return str(echoed["raw_path"]) + (f"?{echoed['query']}" if echoed["query"] else "")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/echo/./x",
+        "/echo/a/../b",
+        "/echo/a/..",
+        "/echo//x/./y",
+        "/echo/x/../../y",
+        "/echo/.?q=../x",
+    ],
+)
+@pytest.mark.parametrize("cache", [False, True], ids=["nocache", "cache"])
+def test_dot_segments_reach_the_origin_as_sent(proxy: ProxyFactory, path: str, cache: bool) -> None:
+    """Routing, slice patterns and the cache key use the target as sent: so must the origin.
+
+    A proxy that resolves ``..`` before forwarding answers ``/public/../_slicecache/x`` or
+    ``/x/../private`` with another path's bytes than the one it routed and keyed: what a
+    filter in front (or the admin check here) looked at is not what the origin serves.
+    """
+    with proxy(enable_cache=cache) as url:
+        assert _echoed_raw_path(url, path.encode()) == path

@@ -173,6 +173,12 @@ class HttpProtocol(HttpToolsProtocol):
         if not self._in_head:
             self._feed(data)
             return
+        if self._head_timer is None:
+            # The first byte of a later head starts its clock, even empty lines that the
+            # parser skips without beginning a message (they cancel uvicorn's keep-alive
+            # timeout: trickled, they would hold the connection forever).
+            self._waiting_since = time.monotonic()
+            self._arm_head_timer()
         room = self.limits.max_head_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)

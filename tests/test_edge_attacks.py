@@ -1,4 +1,6 @@
-"""Pipelined requests in front of a refused one: every request before it gets its own answer.
+"""The edge against attacks found from outside: pipelining, dot segments, trickled preludes.
+
+Pipelined requests in front of a refused one: every request before it gets its own answer.
 
 HTTP/1.1 answers pipelined requests in order, so the client pairs the n-th answer with its
 n-th request. A refusal (400, 414, 431) of a later head must therefore wait until every
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 
 import pytest
 
@@ -100,3 +103,36 @@ def test_dot_segments_reach_the_origin_as_sent(proxy: ProxyFactory, path: str, c
     """
     with proxy(enable_cache=cache) as url:
         assert _echoed_raw_path(url, path.encode()) == path
+
+
+def test_empty_lines_trickled_between_requests_do_not_hold_the_connection(
+    proxy: ProxyFactory,
+) -> None:
+    """RFC 9112 2.2 lets a server skip CRLFs before a request line; trickled, they must not
+    stop the clock: each byte used to cancel the keep-alive timeout, and no head timer ran
+    until a request line began, so one byte a second held the connection forever."""
+    with proxy(enable_cache=False, request_head_timeout=1.0) as url:
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            sock.settimeout(0.2)
+            closed = False
+            # The head timeout is 1 s and uvicorn's keep-alive 5 s: far past both.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not closed:
+                try:
+                    sock.send(b"\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                try:
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                    closed = True
+                except TimeoutError:
+                    pass
+                except ConnectionResetError:
+                    closed = True
+            assert closed, "a connection trickling empty lines was held open"

@@ -6,7 +6,8 @@
   counted as they arrive, before the parser sees them; past ``MAX_REQUEST_TARGET_BYTES``
   plus ``MAX_HEADER_BYTES`` (plus the request line's own few bytes) the head is refused
   without being read further. The URL (``on_url``, fed piecewise) and the completed fields
-  (``on_header``) are counted exactly, so the precise limits hold too.
+  (``on_header``) are counted exactly, so the precise limits hold too; past
+  ``MAX_HEADER_FIELDS`` fields the head gets 431 as well.
 - **Head timeout** (``REQUEST_HEAD_TIMEOUT``, like nginx's ``client_header_timeout``): a
   connection must deliver a whole request head within that time from when the server
   starts waiting for it (the connection's start, or the first byte of a later request;
@@ -57,6 +58,11 @@ LINGER_SECONDS = 2.0
 REQUEST_LINE_SLACK = 128
 # Per field: ": " and CRLF, and whitespace around the value that the parser trims.
 FIELD_OVERHEAD = 4
+# Most fields in a head (else 431), Apache's LimitRequestFields and HAProxy's maxhdr. Each
+# field is a Python callback on the event loop: 64 KiB of tiny fields ("A:" lines) cost
+# ~15 ms of CPU per head, 35 times one 64 KiB value, so the byte limit alone let one
+# client stall every other client's hits.
+MAX_HEADER_FIELDS = 100
 
 REASONS = {
     400: "Bad Request",
@@ -114,6 +120,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._url_bytes = 0
         self._field_bytes = 0
+        self._field_count = 0
         self._waiting_since = time.monotonic()
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None  # status decided by a parser callback
@@ -230,7 +237,11 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._field_bytes += len(name) + len(value) + FIELD_OVERHEAD
-        if self._field_bytes > self.limits.max_header_bytes:
+        self._field_count += 1
+        if (
+            self._field_bytes > self.limits.max_header_bytes
+            or self._field_count > MAX_HEADER_FIELDS
+        ):
             self._refusal = 431
             raise _Refused
         super().on_header(name, value)
@@ -242,7 +253,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        self._head_bytes = self._url_bytes = self._field_bytes = 0
+        self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.conftest import ProxyFactory
+from tests.conftest import Origin, ProxyFactory
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -153,3 +153,21 @@ def test_more_than_a_hundred_fields_get_431_even_under_the_byte_limit(proxy: Pro
         assert status_with(99) == [431]
         assert status_with(10000) == [431]  # 80 KiB: the byte limit would have said so too
         assert status_with(8000) == [431]  # ~62 KiB: only the count refuses it
+
+
+@pytest.mark.parametrize(
+    "codings", [b"gzip, chunked", b"identity, chunked", b"x-custom, chunked", b"deflate,chunked"]
+)
+def test_a_transfer_coding_other_than_chunked_gets_501(
+    proxy: ProxyFactory, origin: Origin, codings: bytes
+) -> None:
+    """RFC 9112 6.1: the parser removes only chunked; forwarded without the rest of the
+    field, gzip-coded bytes reached the origin as a plain body (a silently changed message).
+    A coding the proxy does not implement gets 501, as nginx answers."""
+    body = b"5\r\nhello\r\n0\r\n\r\n"
+    path = b"/echo/te-" + codings.replace(b", ", b"-").replace(b",", b"-")
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: " + codings
+    with proxy(enable_cache=False) as url:
+        answer = _send_and_read_all(url, head + b"\r\nConnection: close\r\n\r\n" + body)
+    assert _statuses(answer)[:1] == [501], answer[:300]
+    assert origin.requests_for(path.decode()) == []

@@ -241,6 +241,10 @@ class ProxyEndpoint:
             for coding in value.split(b",")
             if coding.strip()
         ]
+        if codings and scope.get("http_version") == "1.0":
+            # RFC 9112 6.1: its framing is faulty; a hop before us that reads HTTP/1.0 as
+            # having no chunked framing would see another request boundary (nginx: 400).
+            return 400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request"
         if codings and codings != [b"chunked"]:
             # RFC 9112 6.1: the parser decodes chunked only; forwarded without the other
             # codings' names, a gzip-coded body would reach the origin as a plain one.

@@ -231,3 +231,20 @@ def test_plain_uvicorn_with_h11_cuts_off_a_trickled_head(origin: Origin) -> None
                 except (BrokenPipeError, ConnectionResetError):
                     closed = True
             assert closed
+
+
+def test_transfer_encoding_in_an_http_1_0_request_gets_400(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    """RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. A hop
+    in front that reads HTTP/1.0 without chunked framing sees the body as a second request:
+    refusing it (as nginx does) keeps the two views of the stream from splitting."""
+    path = b"/echo/te-http-1-0"
+    request = (
+        b"POST " + path + b" HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
+    with proxy(enable_cache=False) as url:
+        answer = _send_and_read_all(url, request)
+    assert _statuses(answer)[:1] == [400], answer[:300]
+    assert origin.requests_for(path.decode()) == []

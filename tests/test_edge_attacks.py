@@ -248,3 +248,22 @@ def test_transfer_encoding_in_an_http_1_0_request_gets_400(
         answer = _send_and_read_all(url, request)
     assert _statuses(answer)[:1] == [400], answer[:300]
     assert origin.requests_for(path.decode()) == []
+
+
+@pytest.mark.parametrize("length", [b"005", b"0005 ", b"\t05"])
+def test_a_content_length_with_leading_zeros_reaches_the_origin_canonical(
+    proxy: ProxyFactory, length: bytes
+) -> None:
+    """An origin that reads "010" as octal (C's strtol with base 0) would take 8 of the 10
+    bytes and parse the rest as the next request on the pooled connection."""
+    with proxy(enable_cache=False) as url:
+        answer = _send_and_read_all(
+            url,
+            b"POST /echo/cl-zeros HTTP/1.1\r\nHost: t\r\nContent-Length: "
+            + length
+            + b"\r\nConnection: close\r\n\r\nhello",
+        )
+    assert _statuses(answer)[:1] == [200], answer[:300]
+    echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert echoed["body_length"] == 5
+    assert ["content-length", "5"] in echoed["headers"]

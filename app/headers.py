@@ -92,7 +92,9 @@ def upstream_request_headers(
     if client_ip:
         forwarded_for.append(client_ip)
     # RFC 9110 5.5: a value excludes its surrounding whitespace; aiohttp refuses "3 ".
-    headers = [(k, v.strip(" \t") if k == "content-length" else v) for k, v in headers]
+    # Leading zeros go too: an origin reading "010" as octal (strtol base 0) would take
+    # 8 bytes and see the other 2 as the next request on the pooled connection.
+    headers = [(k, _content_length(v) if k == "content-length" else v) for k, v in headers]
     host = client_host if preserve_host and client_host else origin_host
     headers.insert(0, ("host", host))
     if forwarded_for:
@@ -155,3 +157,9 @@ def shared_fill_headers(origin_headers: Headers, vary: Iterable[str] | None) -> 
     headers = [(k, v) for k, v in origin_headers if k in keep]
     headers.append(("via", VIA_TOKEN))
     return headers
+
+
+def _content_length(value: str) -> str:
+    """The canonical decimal form (the parser has already refused anything but digits)."""
+    value = value.strip(" \t")
+    return str(int(value)) if value.isdigit() and value.isascii() else value

@@ -6,7 +6,8 @@
   counted as they arrive, before the parser sees them; past ``MAX_REQUEST_TARGET_BYTES``
   plus ``MAX_HEADER_BYTES`` (plus the request line's own few bytes) the head is refused
   without being read further. The URL (``on_url``, fed piecewise) and the completed fields
-  (``on_header``) are counted exactly, so the precise limits hold too.
+  (``on_header``) are counted exactly, so the precise limits hold too; past
+  ``MAX_HEADER_FIELDS`` fields the head gets 431 as well.
 - **Head timeout** (``REQUEST_HEAD_TIMEOUT``, like nginx's ``client_header_timeout``): a
   connection must deliver a whole request head within that time from when the server
   starts waiting for it (the connection's start, or the first byte of a later request;
@@ -15,6 +16,11 @@
 - **Connection cap** (``MAX_CLIENT_CONNECTIONS``): past it, the connection that has waited
   longest for a request head (idle keep-alive or trickling slowloris) is closed to make
   room; if every connection is busy with a response, the new one gets 503.
+
+A refusal of a head parsed while earlier pipelined requests are still being answered
+(431/414, or the parser's 400) waits until the last of them is answered: HTTP/1.1 pairs
+answers with requests by order, so written at once it would stand in for a valid
+request's answer, and the requests queued behind the running one would never be served.
 
 A refusal is written, the write side shut (FIN: the client sees the answer and can stop
 sending), and the rest of the client's input is discarded for a short linger (at most
@@ -52,8 +58,14 @@ LINGER_SECONDS = 2.0
 REQUEST_LINE_SLACK = 128
 # Per field: ": " and CRLF, and whitespace around the value that the parser trims.
 FIELD_OVERHEAD = 4
+# Most fields in a head (else 431), Apache's LimitRequestFields and HAProxy's maxhdr. Each
+# field is a Python callback on the event loop: 64 KiB of tiny fields ("A:" lines) cost
+# ~15 ms of CPU per head, 35 times one 64 KiB value, so the byte limit alone let one
+# client stall every other client's hits.
+MAX_HEADER_FIELDS = 100
 
 REASONS = {
+    400: "Bad Request",
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
@@ -108,10 +120,13 @@ class HttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._url_bytes = 0
         self._field_bytes = 0
+        self._field_count = 0
         self._waiting_since = time.monotonic()
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None  # status decided by a parser callback
-        self._pending_refusal: int | None = None  # waits for the running response to end
+        # Waits for the responses to the requests parsed before the refused head.
+        self._pending_refusal: int | None = None
+        self._pending_body: str | None = None
         self._lingering = False
         self._discarded = 0
 
@@ -165,6 +180,12 @@ class HttpProtocol(HttpToolsProtocol):
         if not self._in_head:
             self._feed(data)
             return
+        if self._head_timer is None:
+            # The first byte of a later head starts its clock, even empty lines that the
+            # parser skips without beginning a message (they cancel uvicorn's keep-alive
+            # timeout: trickled, they would hold the connection forever).
+            self._waiting_since = time.monotonic()
+            self._arm_head_timer()
         room = self.limits.max_head_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
@@ -216,7 +237,11 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._field_bytes += len(name) + len(value) + FIELD_OVERHEAD
-        if self._field_bytes > self.limits.max_header_bytes:
+        self._field_count += 1
+        if (
+            self._field_bytes > self.limits.max_header_bytes
+            or self._field_count > MAX_HEADER_FIELDS
+        ):
             self._refusal = 431
             raise _Refused
         super().on_header(name, value)
@@ -228,16 +253,23 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_head = True
-        self._head_bytes = self._url_bytes = self._field_bytes = 0
+        self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self._pending_refusal is not None:
-            self.server_state.total_requests += 1
-            status, self._pending_refusal = self._pending_refusal, None
-            self._refuse(status)
+        if self._pending_refusal is None:
+            super().on_response_complete()
             return
-        super().on_response_complete()
+        if self.pipeline:
+            # Requests parsed before the refused head are still queued: serve them first.
+            super().on_response_complete()
+            self.flow.pause_reading()  # what follows is the refused head's
+            return
+        self.server_state.total_requests += 1
+        status, self._pending_refusal = self._pending_refusal, None
+        body, self._pending_body = self._pending_body, None
+        if not self.transport.is_closing():
+            self._refuse(status, body=body)
 
     # Timers
 
@@ -266,30 +298,32 @@ class HttpProtocol(HttpToolsProtocol):
 
     # Refusals
 
-    def _refuse_head(self, status: int) -> None:
-        """Refuse the head being read, after the response running on this connection, if any."""
+    def _refuse_head(self, status: int, body: str | None = None) -> None:
+        """Refuse the head being read, after the responses still due on this connection."""
         self._cancel_head_timer()
         if self.cycle is not None and not self.cycle.response_complete:
+            # The running cycle keeps its keep-alive: uvicorn would close the connection
+            # when it ends, before the refusal (and the queued requests) had their turn.
             self._pending_refusal = status
+            self._pending_body = body
             self.flow.pause_reading()
-            self.cycle.keep_alive = False
             return
-        self._refuse(status)
+        self._refuse(status, body=body)
 
-    def _refuse(self, status: int, *, linger: bool = True) -> None:
+    def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
         self._cancel_head_timer()
         self.parser = None  # type: ignore[assignment]
         reason = REASONS[status]
-        body = f"{reason}\n".encode("ascii")
+        content = (body if body is not None else f"{reason}\n").encode("ascii")
         self.transport.write(
             b"".join(
                 [
                     b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
                     b"date: " + http_date_now() + b"\r\n",
                     b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(body),
+                    b"content-length: %d\r\n" % len(content),
                     b"connection: close\r\n\r\n",
-                    body,
+                    content,
                 ]
             )
         )
@@ -302,6 +336,9 @@ class HttpProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._refuse_head(400, msg)  # earlier pipelined requests are answered first
+            return
         state = self.server_state
         defaults = state.default_headers
         state.default_headers = [*defaults, (b"date", http_date_now())]

@@ -235,6 +235,21 @@ class ProxyEndpoint:
             return 400, "Bad Request: no Host field"
         if hosts and parse_host(hosts[0].decode("latin-1")) is None:
             return 400, "Bad Request: Host is not uri-host[:port]"
+        codings = [
+            coding.strip().lower()
+            for name, value in scope["headers"]
+            if name == b"transfer-encoding"
+            for coding in value.split(b",")
+            if coding.strip()
+        ]
+        if codings and scope.get("http_version") == "1.0":
+            # RFC 9112 6.1: its framing is faulty; a hop before us that reads HTTP/1.0 as
+            # having no chunked framing would see another request boundary (nginx: 400).
+            return 400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request"
+        if codings and codings != [b"chunked"]:
+            # RFC 9112 6.1: the parser decodes chunked only; forwarded without the other
+            # codings' names, a gzip-coded body would reach the origin as a plain one.
+            return 501, "Not Implemented: transfer coding other than chunked"
         settings = self.runtime.settings
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
         if target > settings.max_request_target_bytes:

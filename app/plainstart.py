@@ -81,6 +81,13 @@ def _adopt_config(config: uvicorn.Config, settings: Settings) -> None:
     config.encoded_headers = [h for h in config.encoded_headers if h[0] != b"server"]
     if config.http in ("auto", "httptools") and _has_httptools():
         config.http = HttpProtocol  # httptools, and it dates uvicorn's own 400s
+    elif not (isinstance(config.http, type) and issubclass(config.http, HttpProtocol)):
+        # The edge protections live in HttpProtocol only: say so rather than run without
+        # them silently (a slowloris would hold connections forever).
+        log.warning(
+            "--http h11 (or no httptools): no request head timeout, no client connection "
+            "cap, and oversized heads are refused only by h11's own buffer limit"
+        )
     # The TCP peer stays the client; SLICECACHE_TRUSTED_PROXIES decides whom to believe.
     config.proxy_headers = False
     config.timeout_keep_alive = math.ceil(settings.keep_alive_seconds)

@@ -34,6 +34,8 @@ from app.upstream_framing import LengthTrustingHandler
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
 READ_BUFFER_BYTES = 1024 * 1024
+# Request extension: the target (path and query) exactly as the client sent it.
+RAW_TARGET = "slicecache.raw_target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +152,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._bytes_pool: httpx.AsyncHTTPTransport | None = None
         self._urls: LRUCache[str, yarl.URL] = LRUCache(maxsize=4096)
 
-    def _yarl_url(self, url: httpx.URL) -> yarl.URL:
-        text = str(url)
+    def _yarl_url(self, request: httpx.Request) -> yarl.URL:
+        text = str(request.url)
+        target = request.extensions.get(RAW_TARGET)
+        if isinstance(target, str):
+            # httpx.URL resolves dot segments ("/a/../b" -> "/b"); the target the client
+            # sent, which routing and the cache key used, is the one the origin must get.
+            url = request.url
+            text = f"{url.scheme}://{url.netloc.decode('ascii')}{target}"
         parsed = self._urls.get(text)
         if parsed is None:
             # encoded=True: the target goes out byte for byte as the client sent it.
@@ -184,7 +192,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         with _httpx_errors(request):
             response = await self._session.request(
                 request.method,
-                self._yarl_url(request.url),
+                self._yarl_url(request),
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -323,7 +331,7 @@ class UpstreamClient:
             # encode str values as ASCII and fail on obs-text).
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             stream=_BodyAttempt(body) if body is not None else None,
-            extensions={"timeout": self._timeout_ext},
+            extensions={"timeout": self._timeout_ext, RAW_TARGET: raw_path},
         )
         if body is None:
             request.read()

@@ -26,6 +26,11 @@ def test_4_1_absent_in_both_matches_absent_in_one_does_not() -> None:
     vary = ("accept-language",)
     assert variant_matches(vary, [], [])
     assert not variant_matches(vary, [], [("accept-language", "fr")])
+    # "If a header field is absent from a request, it can only match another request if it
+    # is also absent there": a present but empty field is not absent.
+    assert not variant_matches(vary, [], [("accept-language", "")])
+    assert not variant_matches(vary, [("accept-language", " ")], [])
+    assert variant_matches(vary, [("accept-language", "")], [("accept-language", " , ")])
 
 
 def test_4_1_vary_star_never_matches() -> None:

@@ -23,8 +23,17 @@ def vary_field_names(response_headers: Headers) -> tuple[str, ...] | Literal["*"
     return tuple(sorted(names))
 
 
+ABSENT = "\n"
+"""The selecting value of a field the request lacks. 4.1: an absent field "can only match
+another request if it is also absent there", so it must differ from every value a present
+field normalises to, including ``""`` (``Foo:`` sent empty); no field value holds a LF."""
+
+
 def _normalised(request_headers: Headers, name: str) -> str:
-    return ", ".join(split_list(get_all(request_headers, name)))
+    values = get_all(request_headers, name)
+    if not values:
+        return ABSENT
+    return ", ".join(split_list(values))
 
 
 def selecting_headers(
@@ -32,8 +41,8 @@ def selecting_headers(
 ) -> list[tuple[str, str]] | None:
     """(name, normalised value) of each nominated field, for ``cache.keys.variant_key``.
 
-    An absent field gets value ``""`` (absent in both requests matches, 4.1); None for
-    ``Vary: *``.
+    An absent field gets value :data:`ABSENT` (absent in both requests matches, absent and
+    empty do not, 4.1); None for ``Vary: *``.
     """
     if vary == "*":
         return None

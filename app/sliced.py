@@ -150,7 +150,7 @@ async def _answer(
 
     range_header = ctx.header("range") if meta.status == 200 else None
     if range_header is not None and not ranges.if_range_allows(
-        ctx.header("if-range"), meta.etag, meta.last_modified
+        ctx.header("if-range"), meta.etag, meta.last_modified, meta.header("date")
     ):
         range_header = None
     decision = ranges.parse_range_header(range_header, size)

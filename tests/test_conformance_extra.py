@@ -1667,3 +1667,255 @@ PROBES5 = [
 @cases(*PROBES5)
 def test_probe5(runner: SuiteRunner, case: Case) -> None:
     runner.run(case.requests, real_pause=case.real_pause)
+
+
+VARY_ETAG: list[list[Any]] = [["Cache-Control", "max-age=5000"], ["Vary", "Foo"], ["ETag", '"a"']]
+
+PROBES6 = [
+    Case(
+        "inm-other-variant-not-304",
+        [
+            {"request_headers": [["Foo", "1"]], "response_headers": VARY_ETAG, "setup": True},
+            {
+                "request_headers": [["Foo", "2"], ["If-None-Match", '"a"']],
+                "expected_type": "not_cached",
+                "expected_status": 200,
+            },
+        ],
+    ),
+    Case(
+        "inm-304-has-vary",
+        [
+            {"request_headers": [["Foo", "1"]], "response_headers": VARY_ETAG, "setup": True},
+            {
+                "request_headers": [["Foo", "1"], ["If-None-Match", '"a"']],
+                "expected_type": "cached",
+                "expected_status": 304,
+                "expected_response_headers": [["Vary", "Foo"], ["ETag", '"a"']],
+            },
+        ],
+    ),
+    Case(
+        "range-other-variant",
+        [
+            {
+                "request_headers": [["Foo", "1"]],
+                "response_headers": VARY_ETAG,
+                "response_body": "AAAAAAAAAA",
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "2"], ["Range", "bytes=0-1"]],
+                "response_headers": VARY_ETAG,
+                "response_body": "BBBBBBBBBB",
+                "expected_response_text": "BB",
+                "expected_status": 206,
+            },
+        ],
+    ),
+    Case(
+        "vary-changes",
+        [
+            {
+                "request_headers": [["Foo", "1"]],
+                "response_headers": [["Cache-Control", "max-age=5000"], ["Vary", "Foo"]],
+                "response_body": "A",
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "2"]],
+                "response_headers": [["Cache-Control", "max-age=5000"], ["Vary", "Bar"]],
+                "response_body": "B",
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "2"], ["Bar", "x"]],
+                "expected_type": "not_cached",
+                "response_body": "C",
+            },
+        ],
+    ),
+    Case("range-inm-304", _cond([["If-None-Match", '"abc"'], ["Range", "bytes=0-1"]], 304)),
+    Case(
+        "req-max-age-older",
+        [
+            fresh(),
+            {"request_headers": [["Cache-Control", "max-age=1"]], "expected_type": "not_cached"},
+        ],
+    ),
+    Case(
+        "req-max-age-younger",
+        [
+            fresh(),
+            {"request_headers": [["Cache-Control", "max-age=100"]], "expected_type": "cached"},
+        ],
+    ),
+    Case(
+        "no-cache-revalidates",
+        [
+            {
+                "response_headers": [["Cache-Control", "max-age=3600, no-cache"], ["ETag", '"n"']],
+                "setup": True,
+            },
+            {
+                "response_headers": [["Cache-Control", "max-age=3600, no-cache"], ["ETag", '"n"']],
+                "expected_type": "etag_validated",
+            },
+        ],
+    ),
+    Case(
+        "expires-epoch",
+        _one_then([["Expires", "Thu, 01 Jan 1970 00:00:00 GMT", False]], "not_cached"),
+    ),
+    Case(
+        "expires-9999", _one_then([["Expires", "Fri, 31 Dec 9999 23:59:59 GMT", False]], "cached")
+    ),
+    Case(
+        "expires-2-digit-year-rfc850",
+        _one_then([["Expires", "Sunday, 06-Nov-94 08:49:37 GMT", False]], "not_cached"),
+    ),
+    Case(
+        "swr-serves-stale-then-refreshes",
+        [
+            {
+                "response_headers": [
+                    ["Cache-Control", "max-age=1, stale-while-revalidate=3600"],
+                    ["ETag", '"s"'],
+                ],
+                "response_body": "one",
+                "setup": True,
+                "pause_after": True,
+            },
+            {
+                "response_headers": [["Cache-Control", "max-age=3600"], ["ETag", '"t"']],
+                "response_body": "two",
+                "expected_type": "cached",
+                "expected_response_text": "one",
+                "pause_after": True,
+            },
+            {"expected_type": "cached", "expected_response_text": "two"},
+        ],
+    ),
+]
+
+
+@cases(*PROBES6)
+def test_probe6(runner: SuiteRunner, case: Case) -> None:
+    runner.run(case.requests, real_pause=case.real_pause)
+
+
+@pytest.mark.parametrize("authority", ["origin", "cache"])
+def test_invalidate_absolute_content_location(
+    runner: SuiteRunner, request: pytest.FixtureRequest, authority: str
+) -> None:
+    """RFC 9111 4.4: an absolute same-origin Content-Location is invalidated. The origin
+    sees the upstream authority (the Host this proxy sends it), so that is the one its
+    absolute URIs carry; the client-facing authority is another origin to this cache
+    (RFC 9111 4.4 makes Location/Content-Location invalidation a MAY)."""
+    import uuid as uuidlib
+
+    base = request.getfixturevalue("scripted")[1] if authority == "origin" else runner.url
+    uid = str(uuidlib.uuid4())
+    runner.origin.configure(
+        uid,
+        [
+            {"response_headers": FRESH_H},
+            {"response_headers": [["Content-Location", f"{base}/test/{uid}/target"]]},
+            {"response_headers": FRESH_H},
+        ],
+    )
+    target = f"{runner.url}/test/{uid}/target"
+    assert runner.client.get(target, headers={"Req-Num": "1"}).status_code == 200
+    post = runner.client.post(f"{runner.url}/test/{uid}", headers={"Req-Num": "2"}, content=b"a")
+    assert post.status_code == 200
+    again = runner.client.get(target, headers={"Req-Num": "3"})
+    assert again.headers.get("server-request-count") == ("3" if authority == "origin" else "1")
+
+
+PROBES7 = [
+    Case(
+        "request-connection-listed-not-forwarded",
+        [
+            {
+                "request_headers": [
+                    ["Connection", "keep-alive, X-Foo"],
+                    ["X-Foo", "1"],
+                    ["Keep-Alive", "timeout=5"],
+                    ["TE", "trailers"],
+                    ["Proxy-Connection", "keep-alive"],
+                ],
+                "expected_request_headers_missing": [
+                    "X-Foo",
+                    "Keep-Alive",
+                    "TE",
+                    "Proxy-Connection",
+                ],
+                "setup_tests": [],
+            }
+        ],
+    ),
+    Case(
+        "request-via-added",
+        [{"expected_request_headers": ["Via"]}],
+    ),
+    Case(
+        "head-miss-then-get",
+        [
+            {"request_method": "HEAD", "response_headers": FRESH_H, "setup": True},
+            {"expected_status": 200},
+        ],
+    ),
+    Case(
+        "update304-content-type",
+        [
+            {
+                "response_headers": [
+                    ["Cache-Control", "max-age=1"],
+                    ["ETag", '"u"'],
+                    ["Content-Type", "text/plain"],
+                ],
+                "setup": True,
+                "pause_after": True,
+            },
+            {
+                "response_headers": [
+                    ["Cache-Control", "max-age=3600"],
+                    ["ETag", '"u"'],
+                    ["Content-Type", "text/html"],
+                ],
+                "expected_type": "etag_validated",
+                "setup": True,
+            },
+            {
+                "expected_type": "cached",
+                "expected_response_headers": [["Content-Type", "text/html"]],
+            },
+        ],
+    ),
+    Case(
+        "update304-etag-differs",
+        [
+            {
+                "response_headers": [["Cache-Control", "max-age=1"], ["ETag", '"u"'], ["X-A", "1"]],
+                "response_body": "old",
+                "setup": True,
+                "pause_after": True,
+            },
+            {
+                "response_headers": [
+                    ["Cache-Control", "max-age=3600"],
+                    ["ETag", '"u"'],
+                    ["X-A", "2"],
+                ],
+                "expected_type": "etag_validated",
+                "expected_response_text": "old",
+                "setup": True,
+            },
+        ],
+    ),
+]
+
+
+@cases(*PROBES7)
+def test_probe7(runner: SuiteRunner, case: Case) -> None:
+    runner.run(case.requests, real_pause=case.real_pause)

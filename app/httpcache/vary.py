@@ -8,6 +8,7 @@ of whitespace. ``Vary: *`` never matches (such responses are not stored anyway).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from ._fields import Headers, get_all, split_list
@@ -15,10 +16,18 @@ from ._fields import Headers, get_all, split_list
 __all__ = ["selecting_headers", "variant_matches", "vary_field_names"]
 
 
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+"""A field-name is a token (RFC 9110 5.1, 5.6.2); matched after lowercasing."""
+
+
 def vary_field_names(response_headers: Headers) -> tuple[str, ...] | Literal["*"]:
-    """The lowercase field names a response varies on (sorted, unique), or ``"*"``."""
+    """The lowercase field names a response varies on (sorted, unique), or ``"*"``.
+
+    A member that is not a field-name (``Foo Bar``, ``Foo;``, ``"Foo"``) counts as ``*``:
+    read as a name no request carries, it would let one variant match every request.
+    """
     names = {member.strip().lower() for member in split_list(get_all(response_headers, "vary"))}
-    if "*" in names:
+    if "*" in names or not all(_FIELD_NAME.fullmatch(name) for name in names):
         return "*"
     return tuple(sorted(names))
 

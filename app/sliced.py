@@ -136,7 +136,13 @@ async def _answer(
     headers.extend(opened.cookies)  # the fetching request's own Set-Cookie, never stored
 
     precondition = evaluate_client_conditionals(
-        ctx.method, ctx.headers, meta.etag, meta.last_modified, status=meta.status
+        ctx.method,
+        ctx.headers,
+        meta.etag,
+        meta.last_modified,
+        status=meta.status,
+        date=meta.header("date"),
+        received=meta.response_time,
     )
     if precondition == 304:
         ctx.log.cache = str(opened.status.x_cache())

@@ -1919,3 +1919,43 @@ PROBES7 = [
 @cases(*PROBES7)
 def test_probe7(runner: SuiteRunner, case: Case) -> None:
     runner.run(case.requests, real_pause=case.real_pause)
+
+
+PROBES8 = [
+    Case(
+        "etag-only-revalidated",
+        [
+            {"response_headers": [["ETag", '"o"']], "setup": True},
+            {"response_headers": [["ETag", '"o"']], "expected_type": "etag_validated"},
+        ],
+    ),
+    Case(
+        "vary-invalid-space",
+        _vary([["Foo", "1"]], [["Foo", "2"]], [["Vary", "Foo Bar", False]], "not_cached"),
+    ),
+    Case(
+        "vary-invalid-semicolon",
+        _vary([["Foo", "1"]], [["Foo", "2"]], [["Vary", "Foo;", False]], "not_cached"),
+    ),
+    Case(
+        "vary-invalid-quoted",
+        _vary([["Foo", "1"]], [["Foo", "2"]], [["Vary", '"Foo"', False]], "not_cached"),
+    ),
+    Case(
+        "ims-no-lm-uses-date",
+        [
+            {"response_headers": [["Cache-Control", "max-age=3600"], ["Date", -10]], "setup": True},
+            {
+                "request_headers": [["If-Modified-Since", 0]],
+                "magic_ims": True,
+                "expected_type": "cached",
+                "expected_status": 304,
+            },
+        ],
+    ),
+]
+
+
+@cases(*PROBES8)
+def test_probe8(runner: SuiteRunner, case: Case) -> None:
+    runner.run(case.requests, real_pause=case.real_pause)

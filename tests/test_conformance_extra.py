@@ -1959,3 +1959,89 @@ PROBES8 = [
 @cases(*PROBES8)
 def test_probe8(runner: SuiteRunner, case: Case) -> None:
     runner.run(case.requests, real_pause=case.real_pause)
+
+
+PROBES9 = [
+    Case(
+        "vary-revalidate-variant",
+        [
+            {
+                "request_headers": [["Foo", "2"]],
+                "response_headers": [
+                    ["Cache-Control", "max-age=1"],
+                    ["Vary", "Foo"],
+                    ["ETag", '"v2"'],
+                ],
+                "response_body": "two",
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "1"]],
+                "response_headers": [
+                    ["Cache-Control", "max-age=1"],
+                    ["Vary", "Foo"],
+                    ["ETag", '"v1"'],
+                ],
+                "response_body": "one",
+                "setup": True,
+                "pause_after": True,
+            },
+            # The scripted origin validates against the previous answer's ETag: "v1".
+            {
+                "request_headers": [["Foo", "1"]],
+                "response_headers": [
+                    ["Cache-Control", "max-age=3600"],
+                    ["Vary", "Foo"],
+                    ["ETag", '"v1"'],
+                ],
+                "expected_type": "etag_validated",
+                "expected_response_text": "one",
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "1"]],
+                "expected_type": "cached",
+                "expected_response_text": "one",
+            },
+        ],
+    ),
+    Case(
+        "stale-range-revalidated",
+        [
+            {
+                "response_headers": [["Cache-Control", "max-age=1"], ["ETag", '"r"']],
+                "response_body": RANGE_BODY,
+                "setup": True,
+                "pause_after": True,
+            },
+            {
+                "request_headers": [["Range", "bytes=2-5"]],
+                "response_headers": [["Cache-Control", "max-age=3600"], ["ETag", '"r"']],
+                "expected_type": "etag_validated",
+                "expected_status": 206,
+                "expected_response_text": "2345",
+            },
+        ],
+    ),
+    Case(
+        "heuristic-age-exceeds",
+        _one_then([["Last-Modified", -100000], ["Date", 0], ["Age", "20000"]], "not_cached"),
+    ),
+    Case(
+        "s-maxage-age-exceeds",
+        _one_then([["Cache-Control", "s-maxage=3600"], ["Age", "7200"]], "not_cached"),
+    ),
+    Case(
+        "no-invalidate-location-on-error",
+        [
+            _loc("location_target", setup=True),
+            _lcl("POST", [404, "Not Found"]),
+            _loc("location_target", expected_type="cached"),
+        ],
+    ),
+]
+
+
+@cases(*PROBES9)
+def test_probe9(runner: SuiteRunner, case: Case) -> None:
+    runner.run(case.requests, real_pause=case.real_pause)

@@ -195,14 +195,26 @@ def _is_strong_etag(value: str) -> bool:
     return all(c == "\x21" or "\x23" <= c <= "\x7e" or c >= "\x80" for c in value[1:-1])
 
 
-def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None) -> bool:
+def if_range_allows(
+    if_range: str | None,
+    etag: str | None,
+    last_modified: str | None,
+    date: str | None,
+    *,
+    origin_server: bool = False,
+) -> bool:
     """True when the Range header may be honoured given ``If-Range: if_range``.
 
     No If-Range -> True. An entity-tag matches only by strong comparison: both tags
     strong and identical, so a weak tag on either side never matches. An HTTP-date
-    matches only when ``last_modified`` is a valid HTTP-date denoting the same instant.
-    Anything else (malformed value, missing validator) -> False, and the caller serves
-    200 with the whole current representation, which is always correct.
+    matches only when ``last_modified`` is a valid HTTP-date denoting the same instant
+    and is a strong validator: RFC 9110 13.1.5 step 1, and 8.8.2.2 for a cache, which
+    may deduce strength only from a stored ``date`` at least one second after it (two
+    versions written in the same second share a Last-Modified; a range of one spliced
+    into the other is wrong bytes). Anything else (malformed value, missing validator,
+    weak date) -> False, and the caller serves 200 with the whole current
+    representation, which is always correct. ``origin_server``: the caller is the origin
+    comparing against its current validator (8.8.2.2's first rule), ``date`` is unused.
     """
     if if_range is None:
         return True
@@ -216,7 +228,12 @@ def if_range_allows(if_range: str | None, etag: str | None, last_modified: str |
     if asked is None or last_modified is None:
         return False
     modified = parse_http_date(last_modified.strip(_OWS))
-    return modified is not None and asked == modified
+    if modified is None or asked != modified:
+        return False
+    if origin_server:
+        return True
+    sent = parse_http_date(date.strip(_OWS)) if date is not None else None
+    return sent is not None and sent - modified >= 1
 
 
 # --- Content-Range and multipart/byteranges (RFC 9110 14.4, 14.6) ---------------------

@@ -136,7 +136,13 @@ async def _answer(
     headers.extend(opened.cookies)  # the fetching request's own Set-Cookie, never stored
 
     precondition = evaluate_client_conditionals(
-        ctx.method, ctx.headers, meta.etag, meta.last_modified, status=meta.status
+        ctx.method,
+        ctx.headers,
+        meta.etag,
+        meta.last_modified,
+        status=meta.status,
+        date=meta.header("date"),
+        received=meta.response_time,
     )
     if precondition == 304:
         ctx.log.cache = str(opened.status.x_cache())
@@ -150,7 +156,7 @@ async def _answer(
 
     range_header = ctx.header("range") if meta.status == 200 else None
     if range_header is not None and not ranges.if_range_allows(
-        ctx.header("if-range"), meta.etag, meta.last_modified
+        ctx.header("if-range"), meta.etag, meta.last_modified, meta.header("date")
     ):
         range_header = None
     decision = ranges.parse_range_header(range_header, size)

@@ -629,7 +629,7 @@ class OriginApp:
 
         range_header = None if "norange" in faults else req.headers.get("range")
         if range_header is not None and not if_range_allows(
-            req.headers.get("if-range"), etag, modified
+            req.headers.get("if-range"), etag, modified, None, origin_server=True
         ):
             range_header = None
         decision = parse_range_header(range_header, size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,7 +28,7 @@ AFTER = format_http_date(T0 + 60)
 
 
 def evaluate(
-    request: H, *, method: str = "GET", etag: str | None = '"v1"', **kw: int
+    request: H, *, method: str = "GET", etag: str | None = '"v1"', **kw: Any
 ) -> int | None:
     return evaluate_client_conditionals(method, request, etag, LM, **kw)
 
@@ -105,6 +107,24 @@ def test_13_1_3_if_modified_since() -> None:
     assert evaluate([("if-modified-since", "yesterday")]) is None
     assert evaluate([("if-modified-since", LM)], method="POST") is None
     assert evaluate([("if-modified-since", LM), ("if-modified-since", LM)]) is None
+
+
+def test_rfc9111_4_3_2_if_modified_since_without_last_modified_uses_date() -> None:
+    """A cache SHOULD evaluate If-Modified-Since against the stored Date when the stored
+    response has no Last-Modified, else against the time it was received."""
+
+    def without_lm(request: H, **kw: Any) -> int | None:
+        return evaluate_client_conditionals("GET", request, '"v1"', None, **kw)
+
+    assert without_lm([("if-modified-since", LM)], date=LM, received=T0 + 99) == 304
+    assert without_lm([("if-modified-since", AFTER)], date=LM) == 304
+    assert without_lm([("if-modified-since", BEFORE)], date=LM) is None
+    assert without_lm([("if-modified-since", LM)], date=None, received=T0) == 304
+    assert without_lm([("if-modified-since", LM)], date="garbage", received=T0 + 1) is None
+    assert without_lm([("if-modified-since", LM)]) is None  # nothing known: serve it
+    # Last-Modified, when there is one, wins over Date; If-Unmodified-Since never uses Date.
+    assert evaluate([("if-modified-since", BEFORE)], date=AFTER) is None
+    assert without_lm([("if-unmodified-since", BEFORE)], date=LM) is None
 
 
 def test_13_2_2_if_none_match_takes_precedence_over_if_modified_since() -> None:

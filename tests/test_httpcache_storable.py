@@ -86,6 +86,14 @@ def test_4_1_vary_star_is_not_stored() -> None:
     assert store(FRESH + [("vary", "Accept-Encoding")]).store
 
 
+def test_4_1_vary_with_a_member_that_is_no_field_name_is_like_star() -> None:
+    # Vary = #( "*" / field-name ): "Foo Bar" names no field, so a variant stored under it
+    # would match every request whatever its Foo or Bar; never selectable, never stored.
+    for bad in ("Foo Bar", "Foo;", '"Foo"', "Foo, a/b"):
+        assert store(FRESH + [("vary", bad)]).reason == "vary-star", bad
+    assert store(FRESH + [("vary", "Foo, , Bar")]).store  # empty members are allowed
+
+
 def test_set_cookie_needs_public_and_the_cookie_is_never_stored() -> None:
     cookie: H = [("set-cookie", "sid=1")]
     assert store(FRESH + cookie).reason == "set-cookie"

@@ -317,6 +317,7 @@ def test_decision_matches_rfc_model(data: st.DataObject, size: int, seed: int) -
 # --- If-Range --------------------------------------------------------------------------
 
 LM = "Sun, 06 Nov 1994 08:49:37 GMT"
+LATER = "Sun, 06 Nov 1994 08:49:38 GMT"  # a stored Date one second on: LM is strong
 
 
 @pytest.mark.parametrize(
@@ -351,7 +352,26 @@ LM = "Sun, 06 Nov 1994 08:49:37 GMT"
 def test_if_range(
     if_range: str | None, etag: str | None, last_modified: str | None, allowed: bool
 ) -> None:
-    assert if_range_allows(if_range, etag, last_modified) is allowed
+    assert if_range_allows(if_range, etag, last_modified, LATER) is allowed
+
+
+@pytest.mark.parametrize(
+    ("date", "allowed"),
+    [
+        (LATER, True),
+        ("Mon, 07 Nov 1994 08:49:37 GMT", True),
+        (LM, False),  # same second: two versions may share it (RFC 9110 8.8.2.2)
+        ("Sun, 06 Nov 1994 08:49:37 GMT", False),
+        ("Sat, 05 Nov 1994 08:49:37 GMT", False),  # Date before Last-Modified
+        (None, False),  # strength cannot be deduced
+        ("garbage", False),
+    ],
+)
+def test_if_range_date_only_when_last_modified_is_strong(date: str | None, allowed: bool) -> None:
+    """RFC 9110 13.1.5 step 1: an If-Range date that is not a strong validator is false;
+    a cache deduces strength from its stored Date (8.8.2.2). An entity-tag is unaffected."""
+    assert if_range_allows(LM, None, LM, date) is allowed
+    assert if_range_allows('"abc"', '"abc"', LM, date) is True
 
 
 def test_parse_http_date_formats() -> None:

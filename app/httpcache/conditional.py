@@ -123,13 +123,18 @@ def evaluate_client_conditionals(
     last_modified: str | None,
     *,
     status: int = 200,
+    date: str | None = None,
+    received: float | None = None,
 ) -> int | None:
     """Evaluate a client's preconditions against the stored representation.
 
     ``etag`` / ``last_modified`` are the raw ETag and Last-Modified of the representation
     that would be sent (None when it has none); ``status`` is the status it would be sent
     with: preconditions only apply to a 2xx (RFC 9110 13.2.1), so any other status
-    returns None. Order of RFC 9110 13.2.2:
+    returns None. ``date`` / ``received``: the stored response's Date field and the time
+    it was received, which If-Modified-Since is evaluated against when there is no
+    Last-Modified (RFC 9111 4.3.2: a cache SHOULD use the Date, else the time received;
+    an invalid Date counts as none known). Order of RFC 9110 13.2.2:
 
     1. If-Match: false -> 412 (strong comparison; ``*`` is true, a representation exists);
     2. else If-Unmodified-Since (valid date, representation has Last-Modified):
@@ -168,6 +173,11 @@ def evaluate_client_conditionals(
         return None
     if safe_read:
         since = _single_http_date(request_headers, "if-modified-since")
+        if modified is None and last_modified is None:
+            if date is not None:
+                modified = parse_http_date(date)
+            elif received is not None:
+                modified = int(received)
         if since is not None and modified is not None and modified <= since:
             return NOT_MODIFIED
     return None

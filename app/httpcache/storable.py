@@ -28,12 +28,11 @@ from ._fields import (
     HeaderList,
     Headers,
     connection_tokens,
-    get_all,
     has,
-    split_list,
 )
 from .cache_control import cache_control_of
 from .targeted import effective_headers
+from .vary import vary_field_names
 
 __all__ = [
     "HEURISTICALLY_CACHEABLE",
@@ -153,8 +152,8 @@ def storability(
     # all is the simplest way to honour that.
     strip.extend(cc.no_cache_fields)
 
-    if any(member.strip() == "*" for member in split_list(get_all(response_headers, "vary"))):
-        return _refuse("vary-star")
+    if vary_field_names(response_headers) == "*":
+        return _refuse("vary-star")  # or a Vary member that names no field (vary.py)
     named = set(cc.private_fields) | set(cc.no_cache_fields)
     if has(response_headers, "set-cookie") and not (cc.public or "set-cookie" in named):
         return _refuse("set-cookie")

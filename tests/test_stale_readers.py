@@ -23,6 +23,10 @@ def _written_to_l2(url: str, slices: int) -> bool:
     return bool(stats["queue_depth"] == 0 and stats["write_behind_written"] >= slices)
 
 
+def _l2_bytes(url: str) -> float:
+    return float(httpx.get(f"{url}/_slicecache/stats").json()["tiers"]["l2"]["bytes"])
+
+
 def _body_or_none(url: str, path: str) -> bytes | None:
     try:
         return httpx.get(f"{url}{path}", timeout=30).content
@@ -61,4 +65,6 @@ def test_stale_response_on_l2_survives_the_revalidation_that_replaces_it(
                     received += chunk
             except httpx.HTTPError as error:
                 raise AssertionError(f"stale response cut after {len(received)} bytes") from error
+        # Its last reader gone, the old version's slices go: L2 holds one version again.
+        wait_for(lambda: _l2_bytes(url) <= size + SLICE, "the old version's slices deleted")
     assert sha256(bytes(received)) == sha256(expected_bytes(name, v1))

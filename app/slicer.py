@@ -29,6 +29,7 @@ from app.fills import (
     FillAbandoned,
     SliceClaim,
     SliceFill,
+    SliceGone,
     SliceOverflow,
     abandon_run,
 )
@@ -216,13 +217,22 @@ class SliceEngine:
                     await claim_from(index, 1)
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
-                done = False
-                try:
-                    async for piece in claim.read(lo, hi, self.slice_wait_timeout):
-                        yield piece
-                    done = True
-                finally:
-                    claim.release(abandon=not done)
+                while True:
+                    done = gone = False
+                    try:
+                        async for piece in claim.read(lo, hi, self.slice_wait_timeout):
+                            yield piece
+                        done = True
+                    except SliceGone:
+                        done = gone = True  # not a byte read: the cache has it now
+                    finally:
+                        claim.release(abandon=not done)
+                    if not gone:
+                        break
+                    got = await self._claim(
+                        entry_key, target, meta, index, 1, request_headers, stats, store
+                    )
+                    claim = got[0]
         finally:
             # Claims still held here were never read: the response ended early.
             for claim in claims.values():
@@ -253,8 +263,10 @@ class SliceEngine:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
-        if fill is not None and fill.error is not None:
-            fill = None  # failed or abandoned: start afresh rather than inherit its error
+        if fill is not None and (fill.error is not None or fill.gone):
+            # failed or abandoned: start afresh rather than inherit its error; gone: the
+            # cache has its bytes
+            fill = None
         recent = self.recent.get(key) if fill is None else None
         if recent is not None:
             stats.coalesced += 1
@@ -267,7 +279,7 @@ class SliceEngine:
                 stats.hit += 1
                 return [SliceClaim(data=data)]
             fill = self.fills.get(key)  # someone may have started it while we looked
-            if fill is not None and fill.error is not None:
+            if fill is not None and (fill.error is not None or fill.gone):
                 fill = None
         if fill is None and meta.whole:
             # A whole object came from one plain GET; its evicted body is fetched again
@@ -360,7 +372,7 @@ class SliceEngine:
         for fill in fills:
             share = min(fill.length, remaining)
             remaining -= share
-            if share and fill.error is None and fill.done and fill.readers > 0:
+            if share and fill.error is None and fill.done and fill.readers > 0 and not fill.kept:
                 fill.held, fill.budget = share, self.budget
             elif share:
                 self.budget.release(share)
@@ -471,7 +483,8 @@ class SliceEngine:
         the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
         """
         if store and self.store is not None:
-            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
+            if await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch):
+                fill.keep()
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept

@@ -6,7 +6,6 @@ import socket
 import time
 
 import httpx
-import pytest
 
 from bench.origin import expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
@@ -22,12 +21,6 @@ def _in_flight(url: str) -> float:
     return float(line.split()[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="budget held for clients that read nothing starves everybody else: completed "
-    "fetch-ahead slices keep their grant until sent, and waiters are served strictly in "
-    "arrival order (a waiting 4-slice run of an idle client blocks a new client's probe)",
-)
 def test_idle_readers_do_not_starve_a_cold_request(proxy: ProxyFactory, origin: Origin) -> None:
     # 8 clients that request cold objects and read nothing: their fetch-ahead queued for
     # the budget in arrival order, and a waiting run of 4 slices blocked everybody behind

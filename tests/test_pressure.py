@@ -65,7 +65,7 @@ def test_budget_returns_to_zero_after_concurrent_cold_gets_under_pressure(
         for round_ in range(2):
             statuses = asyncio.run(_cold_round(url, f"leak{round_}", 144))
             assert statuses.count(200) == len(statuses), statuses
-            assert _settle(url, "bytes_in_flight") == 0, f"round {round_}: budget leaked"
+            assert _settle(url, "in_flight_bytes") == 0, f"round {round_}: budget leaked"
             assert _settle(url, "slices_filling") == 0, f"round {round_}: fills left"
         # An idle proxy serves a cold object whole.
         last = httpx.get(f"{url}/files/1m-after-leak.bin", timeout=30)
@@ -250,11 +250,11 @@ def test_clients_that_read_nothing_hold_no_more_than_the_budget(proxy: ProxyFact
                 last = fetched
                 time.sleep(0.1)
             grown = _rss() - before
-            in_flight = _metric(url, "bytes_in_flight")
+            in_flight = _metric(url, "in_flight_bytes")
         finally:
             for conn in sockets:
                 conn.close()
-        assert _settle(url, "bytes_in_flight") == 0
+        assert _settle(url, "in_flight_bytes") == 0
     per_connection = 2 * MiB  # the probe's slice 0 and the socket's buffers, generously
     assert in_flight <= budget
     assert grown <= budget + clients * per_connection, f"RSS grew {grown / MiB:.0f} MiB"

@@ -32,6 +32,11 @@ class FillAbandoned(Exception):
     """Every reader left before the slice was complete; its fetch was stopped."""
 
 
+class SliceGone(Exception):
+    """The fill's bytes were let go once the cache held them; read the slice from the cache
+    (raised before any byte of the slice was read)."""
+
+
 class SliceFill:
     def __init__(self, key: str, first: int, last: int) -> None:
         self.key = key
@@ -54,6 +59,12 @@ class SliceFill:
         # bytes held for a client count against the budget until sent (see release_held).
         self.held = 0
         self.budget: ByteBudget | None = None
+        # The cache took the complete slice: readers not yet sending it read it from there,
+        # so the buffer is let go as soon as nobody is sending it (``gone``). A client that
+        # reads nothing then holds at most the slice it is sending, not its fetch-ahead.
+        self.kept = False
+        self.gone = False
+        self._sending = 0
         self._progress = asyncio.Event()
 
     @property
@@ -64,6 +75,17 @@ class SliceFill:
         held, self.held = self.held, 0
         if held and self.budget is not None:
             self.budget.release(held)
+
+    def keep(self) -> None:
+        """The cache holds this complete slice now."""
+        self.kept = True
+        self._let_go_if_unsent()
+
+    def _let_go_if_unsent(self) -> None:
+        if self.kept and self._sending == 0 and self.error is None:
+            self.gone = True
+            self.buffer = bytearray()
+            self.release_held()
 
     def append(self, chunk: bytes | memoryview) -> None:
         end = self.filled + len(chunk)
@@ -99,6 +121,19 @@ class SliceFill:
         the fetch included), then :class:`SliceStalled`. Time the reader spends elsewhere
         (sending to its client) does not count.
         """
+        if self.gone:
+            raise SliceGone(self.key)
+        self._sending += 1
+        try:
+            async for piece in self._read(lo, hi, patience):
+                yield piece
+        finally:
+            self._sending -= 1
+            self._let_go_if_unsent()
+
+    async def _read(
+        self, lo: int, hi: int, patience: float | None = None
+    ) -> AsyncIterator[memoryview]:
         loop = asyncio.get_running_loop()
         position = lo
         while position < hi:

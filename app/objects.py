@@ -216,6 +216,16 @@ class ObjectDirectory:
         self._unsliceable.pop(object_key, None)
         return await self.store.delete(object_key) if self.store is not None else 0
 
+    async def object_changed(self, entry_key: str, version: str) -> None:
+        """The origin no longer serves ``version`` of the entry: forget the object, unless
+        what is stored is already a newer version (the change concerned only responses
+        still reading the old one, e.g. stale ones; the new version stays)."""
+        object_key = entry_key.split(keys.SEPARATOR, 1)[0]
+        current = self._unstored.get(entry_key) or await self.cached_meta(entry_key)
+        if current is not None and current.version != version:
+            return
+        await self.forget(object_key)
+
     def mark_unsliceable(self, object_key: str) -> None:
         """The origin answered a slice's Range with a 200: pass the object through for a
         while (the engine reads running responses' slices out of that 200)."""
@@ -573,10 +583,10 @@ class ObjectDirectory:
         entry_key = self._entry_key(object_key, meta, request_headers)
         old = await self.cached_meta(entry_key)
         if old is not None and old.validator != meta.validator and self.store is not None:
-            # A new version: the old one's slices are garbage. Only they go: a purge of the
+            # A new version: the old one's slices are garbage once no response reads them
+            # (a stale answer may still be sending them). Only they go: a purge of the
             # whole object would also cover this adoption's own writes.
-            old_slices = f"{entry_key}{keys.SEPARATOR}{old.version}{keys.SEPARATOR}"
-            await self.store.delete_prefix(old_slices)
+            await self.engine.retire_version(entry_key, old.version)
         if self.engine.purged_since(epoch, entry_key):
             return entry_key  # purged since the request went out: the store refuses it too
         blob = meta.to_bytes()

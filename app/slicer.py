@@ -29,6 +29,7 @@ from app.fills import (
     FillAbandoned,
     SliceClaim,
     SliceFill,
+    SliceGone,
     SliceOverflow,
     abandon_run,
 )
@@ -49,6 +50,11 @@ BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
 # At most this many index lookups count a range's cached slices for X-Cache-Slices.
 CACHED_SLICES_SAMPLE = 512
+
+
+def version_slices_prefix(entry_key: str, version: str) -> str:
+    """What every slice key of one version of an entry starts with."""
+    return f"{entry_key}{keys.SEPARATOR}{version}{keys.SEPARATOR}"
 
 
 class ObjectChanged(Exception):
@@ -100,8 +106,9 @@ class SliceEngine:
     slice_wait_timeout: float | None = None
     # Called with the object key when the origin answered a slice's Range with a 200.
     on_unsliceable: Callable[[str], None] | None = None
-    # Called with the object key when the origin's object changed under a fill.
-    on_object_changed: Callable[[str], Awaitable[object]] | None = None
+    # Called with (entry key, version) when the origin's object changed under a fill of
+    # that version: the directory forgets the object unless it already holds a newer one.
+    on_object_changed: Callable[[str, str], Awaitable[object]] | None = None
     fills: dict[str, SliceFill] = field(default_factory=dict)
     # Origin responses of ended fetches being closed (a reference keeps the task alive).
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
@@ -111,6 +118,11 @@ class SliceEngine:
     recent: ObjectIndexedLRU[str, bytearray] = field(init=False)
     # Responses streaming each entry right now.
     streaming: dict[str, int] = field(default_factory=dict)
+    # Responses reading each version (key: the version's slice-key prefix) right now, and
+    # replaced versions whose slices are deleted when their last such response ends: a
+    # stale response must not lose its slices to the revalidation it started.
+    reading: dict[str, int] = field(default_factory=dict)
+    _retired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.budget.on_pressure = self._stop_unread_fills
@@ -179,6 +191,8 @@ class SliceEngine:
         run_length = min(self.run_length, window)
         scheduled = indexes.start
         self.streaming[entry_key] = self.streaming.get(entry_key, 0) + 1
+        version_prefix = version_slices_prefix(entry_key, meta.version)
+        self.reading[version_prefix] = self.reading.get(version_prefix, 0) + 1
 
         async def claim_from(index: int, most: int) -> None:
             # A run never reaches into slices this response already holds.
@@ -203,18 +217,28 @@ class SliceEngine:
                     await claim_from(index, 1)
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
-                done = False
-                try:
-                    async for piece in claim.read(lo, hi, self.slice_wait_timeout):
-                        yield piece
-                    done = True
-                finally:
-                    claim.release(abandon=not done)
+                while True:
+                    done = gone = False
+                    try:
+                        async for piece in claim.read(lo, hi, self.slice_wait_timeout):
+                            yield piece
+                        done = True
+                    except SliceGone:
+                        done = gone = True  # not a byte read: the cache has it now
+                    finally:
+                        claim.release(abandon=not done)
+                    if not gone:
+                        break
+                    got = await self._claim(
+                        entry_key, target, meta, index, 1, request_headers, stats, store
+                    )
+                    claim = got[0]
         finally:
             # Claims still held here were never read: the response ended early.
             for claim in claims.values():
                 claim.release(abandon=True)
             self._stream_ended(entry_key)
+            self._version_read(version_prefix)
 
     def _cached(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:
         """Held by a tier or the recent buffer (an index lookup: no bytes are read)."""
@@ -239,8 +263,10 @@ class SliceEngine:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
-        if fill is not None and fill.error is not None:
-            fill = None  # failed or abandoned: start afresh rather than inherit its error
+        if fill is not None and (fill.error is not None or fill.gone):
+            # failed or abandoned: start afresh rather than inherit its error; gone: the
+            # cache has its bytes
+            fill = None
         recent = self.recent.get(key) if fill is None else None
         if recent is not None:
             stats.coalesced += 1
@@ -253,13 +279,13 @@ class SliceEngine:
                 stats.hit += 1
                 return [SliceClaim(data=data)]
             fill = self.fills.get(key)  # someone may have started it while we looked
-            if fill is not None and fill.error is not None:
+            if fill is not None and (fill.error is not None or fill.gone):
                 fill = None
         if fill is None and meta.whole:
             # A whole object came from one plain GET; its evicted body is fetched again
             # the same way, by a new probe, not by a range request the origin may ignore.
             if self.on_object_changed is not None:
-                await self.on_object_changed(entry_key.split(keys.SEPARATOR, 1)[0])
+                await self.on_object_changed(entry_key, meta.version)
             raise ObjectChanged("the cached body of a whole object was evicted")
         if fill is not None:
             stats.coalesced += 1
@@ -346,7 +372,7 @@ class SliceEngine:
         for fill in fills:
             share = min(fill.length, remaining)
             remaining -= share
-            if share and fill.error is None and fill.done and fill.readers > 0:
+            if share and fill.error is None and fill.done and fill.readers > 0 and not fill.kept:
                 fill.held, fill.budget = share, self.budget
             elif share:
                 self.budget.release(share)
@@ -383,10 +409,10 @@ class SliceEngine:
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
-            object_key = fills[0].key.split(keys.SEPARATOR, 1)[0]
-            log.warning("origin object changed", extra={"fields": {"key": object_key}})
+            entry_key = fills[0].key.rsplit(keys.SEPARATOR, 2)[0]
+            log.warning("origin object changed", extra={"fields": {"key": entry_key}})
             if self.on_object_changed is not None:
-                await self.on_object_changed(object_key)
+                await self.on_object_changed(entry_key, meta.version)
         except asyncio.CancelledError:
             # Only readers that are themselves leaving remain; they must still see an error.
             for fill in fills:
@@ -424,6 +450,31 @@ class SliceEngine:
         for key in self.recent.keys_of(entry_key, within=prefix):
             self.recent.pop(key, None)
 
+    def _version_read(self, prefix: str) -> None:
+        remaining = self.reading.get(prefix, 1) - 1
+        if remaining > 0:
+            self.reading[prefix] = remaining
+            return
+        self.reading.pop(prefix, None)
+        if prefix in self._retired and self.store is not None:
+            self._retired.discard(prefix)
+            deleting = asyncio.get_running_loop().create_task(self._delete_version(prefix))
+            self._closing.add(deleting)
+            deleting.add_done_callback(self._closing.discard)
+
+    async def retire_version(self, entry_key: str, version: str) -> None:
+        """A newer version replaced this one: its slices are garbage once no response
+        reads them any more (now, or when the last reader ends)."""
+        prefix = version_slices_prefix(entry_key, version)
+        if self.reading.get(prefix, 0) > 0:
+            self._retired.add(prefix)
+            return
+        await self._delete_version(prefix)
+
+    async def _delete_version(self, prefix: str) -> None:
+        if self.store is not None:
+            await self.store.delete_prefix(prefix)
+
     async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
         """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
 
@@ -432,7 +483,8 @@ class SliceEngine:
         the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
         """
         if store and self.store is not None:
-            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
+            if await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch):
+                fill.keep()
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept

@@ -212,6 +212,11 @@ async def _answer(
         return
 
     stats = ctx.log.slices = SliceStats()
+    if opened.probed and opened.first_fill is not None:
+        # Slice 0 came from the origin with this request's own probe: a miss like any
+        # slice the engine fetches (the engine reads it from the fill without a claim).
+        stats.miss += 1
+        engine.counters.slices["miss"] += 1
     if boundary is None:
         pieces = engine.stream(
             entry_key,

@@ -190,7 +190,8 @@ def test_metrics_after_a_known_workload(proxy: ProxyFactory) -> None:
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="HIT") == 1
     assert value("slicecache_requests_total", method="GET", status_class="2xx", cache="MISS") == 1
     assert value("slicecache_requests_total", method="PURGE", status_class="4xx", cache="-") == 1
-    assert value("slicecache_slice_sources_total", source="miss") == 1  # with the probe
+    # Both slices came from the origin: slice 0 with the probe, slice 1 by the engine.
+    assert value("slicecache_slice_sources_total", source="miss") == 2
     assert value("slicecache_slice_sources_total", source="hit_l1") == 2
     # What X-Cache-Slices told the clients, summed.
     told = [r.headers["x-cache-slices"] for r in (miss, hit)]

@@ -71,10 +71,15 @@ class Device:
             flags |= os.O_CREAT | os.O_EXCL
             created = True
         try:
-            fd = os.open(path, flags, 0o600)
+            # O_NONBLOCK: never wait on a FIFO swapped in after the stat above.
+            fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
         except OSError as exc:
             raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
         try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise RawDiskError(f"{path} is neither a regular file nor a block device")
+            os.set_blocking(fd, True)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
@@ -85,19 +90,25 @@ class Device:
         except OSError as exc:
             os.close(fd)
             raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
+        except BaseException:
+            os.close(fd)
+            raise
         is_blk = stat.S_ISBLK(os.fstat(fd).st_mode)
         return cls(path, fd, is_blk, created)
 
     @classmethod
     def _open_read_only(cls, path: str) -> Device:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a read-only open of a FIFO would otherwise wait for a writer
+            # forever (startup and `verify` hung); it is refused just below instead.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
                 raise RawDiskError(f"{path} is neither a regular file nor a block device")
+            os.set_blocking(fd, True)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)

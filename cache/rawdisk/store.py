@@ -192,6 +192,7 @@ class RawDiskStore:
         self._sync_soon = False
         self._log_marks: dict[str, tuple[float, int]] = {}
         self._problems: list[str] = []  # found while loading (reported by the CLI)
+        self._journal_damaged = False  # replay stopped at a damaged record
         self._maintenance: asyncio.Task[None] | None = None
         self._reaper_task: asyncio.Task[None] | None = None
         self._reap_wanted = asyncio.Event()
@@ -494,9 +495,11 @@ class RawDiskStore:
         self._stats["replayed_records"] = float(replayed)
         if read_only:
             return
-        if unusual or replayed > CHECKPOINT_RECORDS // 2:
+        if unusual or self._journal_damaged or replayed > CHECKPOINT_RECORDS // 2:
             # Start a fresh epoch past anything on disk, so no stale journal half can ever
-            # be replayed after this one.
+            # be replayed after this one. A damaged journal too: otherwise, with nothing
+            # new to journal, the damaged record stays where every later open finds it
+            # (and `verify --repair` could never end clean).
             self._ckpt_seq = max(self._ckpt_seq, max_seq)
             self._epoch = max(max_epoch, self._epoch) + 1
             self._journal_pos = 0
@@ -518,6 +521,7 @@ class RawDiskStore:
             self._journal_pos = end
             self._journal_seq = last_seq + 1
             if damaged:
+                self._journal_damaged = True
                 # A damaged record of this epoch (not a clean end): records after it are
                 # lost, so the next epoch must not be replayed on top of the gap.
                 log.error("L2 journal epoch %d is damaged at offset %d", current, end)

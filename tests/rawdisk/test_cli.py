@@ -150,3 +150,30 @@ def test_info_prints_human_sizes(tmp_path: Path) -> None:
     out = cli("info", path).stdout
     assert "16777216 (16.0 MiB)" in out
     assert "4096 (4.0 KiB)" in out
+
+
+async def _fill_and_crash(settings: RawDiskCacheSettings, count: int) -> int:
+    """Puts synced to the journal, then a crash: no checkpoint names them. Journal offset."""
+    store = await RawDiskStore.open(settings)
+    for i in range(count):
+        assert await store.put_slice(f"k {i}", payload(f"k {i}", 0, 9000), None)
+    await store.sync()
+    offset = store.geometry.journal_half(store._epoch)
+    await store._abandon()
+    return offset
+
+
+def test_repair_mends_a_journal_damaged_at_its_first_record(tmp_path: Path) -> None:
+    # A bit flip in the first record of the live epoch: nothing replays, and a writable
+    # open wrote no fresh checkpoint (it only did so past many replayed records), so
+    # `verify --repair` said "repaired" yet left the damage for every later verify: exit 1.
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    journal_offset = asyncio.run(_fill_and_crash(settings, 5))
+    flip_byte(path, journal_offset + 30)
+    bad = cli("verify", path)
+    assert bad.returncode == 1 and "journal epoch" in bad.stdout, bad.stdout
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    again = cli("verify", path)
+    assert again.returncode == 0, again.stdout + again.stderr

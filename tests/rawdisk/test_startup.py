@@ -22,7 +22,9 @@ def _settings(path: Path | str, size: int = 16 * MiB) -> RawDiskCacheSettings:
     return RawDiskCacheSettings(device_path=str(path), total_size=size, block_size=4096)
 
 
-def _start(device: str, size: int = 16 * MiB) -> subprocess.CompletedProcess[str]:
+def _start(
+    device: str, size: int = 16 * MiB, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -33,16 +35,20 @@ def _start(device: str, size: int = 16 * MiB) -> subprocess.CompletedProcess[str
         "SLICECACHE_PORT": "9",  # never bound: the check comes first
     }
     return subprocess.run(
-        [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
-@pytest.mark.parametrize("case", ["under-a-file", "a-directory"])
+@pytest.mark.parametrize("case", ["under-a-file", "a-directory", "a-fifo"])
 def test_server_refuses_an_unusable_device_in_one_line(tmp_path: Path, case: str) -> None:
     regular = tmp_path / "file"
     regular.write_text("x")
     device = str(regular / "l2.bin") if case == "under-a-file" else str(tmp_path)
-    done = _start(device)
+    if case == "a-fifo":
+        # A read-only open of a FIFO blocks until a writer appears: startup hung forever.
+        device = str(tmp_path / "fifo")
+        os.mkfifo(device)
+    done = _start(device, timeout=60)
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "Traceback" not in output, output

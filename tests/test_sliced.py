@@ -12,6 +12,7 @@ import pytest
 from bench.origin import etag_for, expected_bytes, expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
 from tests.servers import run_asgi_in_thread
+from tests.waiting import wait_for, wait_until_held
 
 SLICE = 64 * 1024
 
@@ -379,18 +380,30 @@ def test_object_larger_than_the_cache_is_streamed_not_stored(
     assert "too-large" in second.headers["cache-status"]
 
 
+def _active_requests(url: str) -> float:
+    for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
+        if line.startswith("slicecache_active_requests"):
+            return float(line.split()[-1])
+    raise AssertionError("no slicecache_active_requests in /metrics")
+
+
 def test_too_large_object_is_still_coalesced_in_flight(proxy: ProxyFactory, origin: Origin) -> None:
     name = "2m-too-large-shared.bin"
     path = f"/files/{name}"
     with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:
 
         def download(_: int) -> str:
-            # ~0.5 s per download at 4 MB/s: the eight clients overlap however they start.
-            query = "latency_ms=30&bandwidth_mbps=4"
-            return sha256(httpx.get(f"{url}{path}?{query}", timeout=30).content)
+            query = "hold=too-large-shared&bandwidth_mbps=4"
+            return sha256(httpx.get(f"{url}{path}?{query}", timeout=60).content)
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            digests = list(pool.map(download, range(8)))
+            futures = [pool.submit(download, n) for n in range(8)]
+            # The origin holds the probe until all eight clients are in: they overlap
+            # however slowly the threads start (a download's duration decided this).
+            wait_until_held(origin.app, "too-large-shared")
+            wait_for(lambda: _active_requests(url) >= 8, "eight clients in")
+            origin.app.release("too-large-shared")
+            digests = [future.result() for future in futures]
         stats = httpx.get(f"{url}/_slicecache/stats").json()
     assert digests == [expected_sha256(name)] * 8
     assert origin.bytes_sent_for(path) <= 1.05 * 2 * 1024 * 1024

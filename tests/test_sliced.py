@@ -268,6 +268,52 @@ def test_a_changed_size_under_the_same_last_modified_is_never_spliced(
     assert again.content == resizing.bodies[True][: 2 * SLICE]
 
 
+class RangeCappingOrigin:
+    """Answers every Range with at most ``cap`` bytes, correctly labelled (origins that cap
+    range sizes exist): the probe's answer is not slice 0, so the object is not sliceable."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        self.body = bytes((i * 7 + 1) % 251 for i in range(size))
+        self.cap = cap
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        size = len(self.body)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"etag", b'"capped-v1"'),
+            (b"cache-control", b"public, max-age=3600"),
+        ]
+        first, last, status = 0, size - 1, 200
+        spec = dict(scope["headers"]).get(b"range")
+        if spec is not None:
+            lo, _, hi = spec.decode().split("=", 1)[1].partition("-")
+            first = int(lo)
+            last = min(int(hi) if hi else size - 1, size - 1, first + self.cap - 1)
+            status = 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": self.body[first : last + 1]})  # type: ignore[operator]
+
+
+def test_a_probe_answered_with_a_shorter_range_passes_through(proxy: ProxyFactory) -> None:
+    """Slice 0 asked, bytes 0-999 answered: the proxy must not slice the object (its later
+    slices would come back short too) but relay the origin's own answers, every time."""
+    capping = RangeCappingOrigin(300_000, 1000)
+    with run_asgi_in_thread(capping) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            answers = [httpx.get(f"{url}/obj.bin", timeout=30) for _ in range(2)]
+            ranged = httpx.get(f"{url}/obj.bin", headers={"Range": "bytes=500-2999"})
+    for whole in answers:
+        assert whole.status_code == 200
+        assert whole.content == capping.body
+    assert ranged.status_code == 206
+    assert ranged.headers["content-range"] == "bytes 500-1499/300000"  # the origin's answer
+    assert ranged.content == capping.body[500:1500]
+
+
 def test_changed_object_before_first_byte_restarts_on_new_version(
     proxy: ProxyFactory, origin: Origin
 ) -> None:

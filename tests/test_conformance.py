@@ -46,7 +46,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -58,6 +58,7 @@ from app.httpserver import HttpProtocol
 from app.main import create_app
 from settings import Settings
 from tests.servers import run_asgi_in_thread
+from tests.waiting import wait_for
 
 PAUSE_SECONDS = 3.0
 REAL_PAUSE = os.environ.get("SLICECACHE_CONFORMANCE_REAL_PAUSE") == "1"
@@ -159,6 +160,7 @@ class Clock:
     def __init__(self) -> None:
         self.offset = 0.0
         self._real = time.time
+        self.settled: Callable[[], bool] | None = None
 
     def now(self) -> float:
         return self._real() + self.offset
@@ -168,9 +170,13 @@ class Clock:
             time.sleep(PAUSE_SECONDS)
             return
         self.offset += PAUSE_SECONDS
-        # Let background work (revalidations, writes) happen; ``real``: also let uvicorn
-        # refresh the Date it writes, which it does once a second.
-        time.sleep(1.2 if real else 0.05)
+        # Background work (revalidations, writes) ends before the next request: wait for
+        # the cache to be idle, not for a fixed time. ``real``: also let the Date the
+        # server writes move on, which it does once a second (a clock, not a race).
+        if self.settled is not None:
+            wait_for(self.settled, "the cache is idle (no request, probe, fill or refresh)")
+        if real:
+            time.sleep(1.2)
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +436,21 @@ def cache_url(scripted: tuple[ScriptedOrigin, str], clock: Clock) -> Iterator[st
     app = create_app(settings, configure_logs=False)
     # The project's own HTTP protocol class, as the CLI runs it (app/cli.py).
     with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
-        yield url
+        clock.settled = lambda: _idle(app)
+        try:
+            yield url
+        finally:
+            clock.settled = None
+
+
+def _idle(app: Any) -> bool:
+    """No request being served and no probe, fill or background refresh in flight."""
+    runtime = app.state.runtime
+    directory = runtime.directory
+    return runtime.lifecycle.active_requests == 0 and (
+        directory is None
+        or not (directory._probes or directory._background or directory.engine.fills)
+    )
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any
 
 from tests.conftest import Origin, ProxyFactory
 from tests.test_operations import proxy_process
+from tests.waiting import wait_for
 
 MiB = 1024 * 1024
 
@@ -340,11 +341,14 @@ def test_a_shutdown_grace_below_one_second_is_kept(origin: Origin) -> None:
     with proxy_process(
         origin, enable_cache="false", drain_seconds="0", shutdown_grace_seconds="0.5"
     ) as (process, url):
+        seen = len(origin.requests_for("/slow-headers"))  # the origin is the session's
         with socket.create_connection(_address(url)) as sock:
             sock.sendall(b"GET /slow-headers?ms=120000 HTTP/1.1\r\nHost: t\r\n\r\n")
-            deadline = time.monotonic() + 30
-            while not origin.requests_for("/slow-headers") and time.monotonic() < deadline:
-                time.sleep(0.02)
+            # The SIGTERM must find a response in flight, or the grace is never exercised.
+            wait_for(
+                lambda: len(origin.requests_for("/slow-headers")) > seen,
+                "the request reached the origin",
+            )
             process.send_signal(signal.SIGTERM)
             assert process.wait(30) == 0
 

@@ -133,3 +133,21 @@ async def test_a_waiter_cancelled_then_granted_away_raises_cancelled_not_valueer
     assert budget.in_use == 0
     await budget.acquire(10)
     assert budget.in_use == 10
+
+
+async def test_a_grant_that_races_a_cancel_is_given_back() -> None:
+    """A waiter granted by ``release`` and cancelled before it resumes must return the grant,
+    or the budget leaks those bytes for good (every later fill waits on them)."""
+    budget = ByteBudget(100)
+    await budget.acquire(100)
+    waiter = asyncio.create_task(budget.acquire(60))
+    await asyncio.sleep(0)  # one loop step: the task runs up to its wait (no clock involved)
+    assert len(budget._waiters) == 1
+    budget.release(100)  # grants the waiter: its future is done, the task not resumed yet
+    assert budget.in_use == 60
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.in_use == 0
+    await budget.acquire(100)  # the whole budget is usable again
+    assert budget.in_use == 100

@@ -270,16 +270,33 @@ def test_guard_streaming_counts_and_recent_slices_are_dropped_after_every_respon
         wait_for(lambda: engine.streaming == {} and len(engine.recent) == 0, "maps emptied")
 
 
+def _active_requests(url: str) -> float:
+    for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
+        if line.startswith("slicecache_active_requests"):
+            return float(line.split()[-1])
+    raise AssertionError("no slicecache_active_requests in /metrics")
+
+
 def test_guard_only_the_fetching_request_gets_the_origins_set_cookie(
-    proxy: ProxyFactory,
+    proxy: ProxyFactory, origin: Origin
 ) -> None:
-    target = "/files/300000-review2-cookie.bin?latency_ms=300&setcookie=session%3Dabc"
+    # The origin holds the probe until released: the first request is the fetcher and the
+    # second arrives while it is out, however slow the machine (a sleep decided this).
+    target = "/files/300000-review2-cookie.bin?hold=review2-cookie&setcookie=session%3Dabc"
     with proxy(slice_size=SLICE) as url:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            first = pool.submit(httpx.get, f"{url}{target}", timeout=10)
-            time.sleep(0.1)  # collapsed onto the same probe
-            second = pool.submit(httpx.get, f"{url}{target}", timeout=10)
+            first = pool.submit(httpx.get, f"{url}{target}", timeout=30)
+            wait_until_held(origin.app, "review2-cookie")  # the first one's probe is out
+            second = pool.submit(httpx.get, f"{url}{target}", timeout=30)
+            wait_for(lambda: _active_requests(url) >= 2, "the second request arrived")
+            origin.app.release("review2-cookie")
             answers = [first.result(), second.result()]
+        probes = [
+            e
+            for e in origin.requests_for("/files/300000-review2-cookie.bin")
+            if (e["range"] or "bytes=0-").startswith("bytes=0-")
+        ]
+        assert len(probes) == 1, "the second request did not share the first one's probe"
         third = httpx.get(f"{url}{target}")
     assert [r.status_code for r in answers] == [200, 200]
     cookies = [r.headers.get_list("set-cookie") for r in [*answers, third]]

@@ -11,6 +11,8 @@ import pytest
 
 from bench.origin import etag_for, expected_bytes, expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
+from tests.servers import run_asgi_in_thread
+from tests.waiting import wait_for, wait_until_held
 
 SLICE = 64 * 1024
 
@@ -188,6 +190,130 @@ def test_object_changed_mid_download_aborts_and_recovers(
     assert sha256(fresh.content) == expected_sha256(name, version=2)
 
 
+def test_a_changed_last_modified_without_etag_is_never_spliced(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    """No ETag: Last-Modified is the validator. Slice 0 cached at version 1, the object
+    changes (same size, new Last-Modified), a range over slices 0-1 must not join them."""
+    name = "300000-change-lm.bin"
+    target = f"/files/{name}?etag=0"
+    wanted = {"Range": f"bytes=0-{2 * SLICE - 1}"}
+    with proxy(slice_size=SLICE) as url:
+        first = httpx.get(f"{url}{target}", headers={"Range": "bytes=0-10"})
+        assert "etag" not in first.headers and "last-modified" in first.headers
+        origin.app.bump(name)
+        try:
+            body: bytes | None = httpx.get(f"{url}{target}", headers=wanted).content
+        except httpx.TransportError:
+            body = None  # aborted once the change showed after bytes went out: no splice
+        again = httpx.get(f"{url}{target}", headers=wanted)
+    assert body is None or body == expected_bytes(name, 2, 0, 2 * SLICE - 1), "spliced"
+    assert again.status_code == 206
+    assert again.content == expected_bytes(name, 2, 0, 2 * SLICE - 1)
+
+
+class ResizingOrigin:
+    """One object with a fixed, old Last-Modified and no ETag whose size (and bytes)
+    change when ``grown`` is set: only the Content-Range total shows the new version."""
+
+    LAST_MODIFIED = "Wed, 01 Jan 2020 00:00:00 GMT"
+
+    def __init__(self, size: int, grown_size: int) -> None:
+        self.bodies = {
+            False: bytes((i * 7 + 1) % 251 for i in range(size)),
+            True: bytes((i * 11 + 3) % 251 for i in range(grown_size)),
+        }
+        self.grown = False
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        body = self.bodies[self.grown]
+        size = len(body)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"last-modified", self.LAST_MODIFIED.encode()),
+            (b"cache-control", b"public, max-age=3600"),
+        ]
+        first, last, status = 0, size - 1, 200
+        spec = dict(scope["headers"]).get(b"range")
+        if spec is not None:
+            lo, _, hi = spec.decode().split("=", 1)[1].partition("-")
+            first, last, status = int(lo), min(int(hi) if hi else size - 1, size - 1), 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body[first : last + 1]})  # type: ignore[operator]
+
+
+def test_a_changed_size_under_the_same_last_modified_is_never_spliced(
+    proxy: ProxyFactory,
+) -> None:
+    """Slice 1 answered with another total than the cached object's: the object changed
+    (validator = Last-Modified + size), so its bytes must not join the cached slice 0."""
+    resizing = ResizingOrigin(300_000, 310_000)
+    wanted = {"Range": f"bytes=0-{2 * SLICE - 1}"}
+    with run_asgi_in_thread(resizing) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            assert httpx.get(f"{url}/obj.bin", headers={"Range": "bytes=0-10"}).status_code == 206
+            resizing.grown = True
+            try:
+                body: bytes | None = httpx.get(f"{url}/obj.bin", headers=wanted).content
+            except httpx.TransportError:
+                body = None  # aborted once the change showed after bytes went out
+            again = httpx.get(f"{url}/obj.bin", headers=wanted)
+    assert body is None or body == resizing.bodies[True][: 2 * SLICE], "two versions spliced"
+    assert again.status_code == 206
+    assert again.headers["content-range"] == f"bytes 0-{2 * SLICE - 1}/310000"
+    assert again.content == resizing.bodies[True][: 2 * SLICE]
+
+
+class RangeCappingOrigin:
+    """Answers every Range with at most ``cap`` bytes, correctly labelled (origins that cap
+    range sizes exist): the probe's answer is not slice 0, so the object is not sliceable."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        self.body = bytes((i * 7 + 1) % 251 for i in range(size))
+        self.cap = cap
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        size = len(self.body)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"etag", b'"capped-v1"'),
+            (b"cache-control", b"public, max-age=3600"),
+        ]
+        first, last, status = 0, size - 1, 200
+        spec = dict(scope["headers"]).get(b"range")
+        if spec is not None:
+            lo, _, hi = spec.decode().split("=", 1)[1].partition("-")
+            first = int(lo)
+            last = min(int(hi) if hi else size - 1, size - 1, first + self.cap - 1)
+            status = 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": self.body[first : last + 1]})  # type: ignore[operator]
+
+
+def test_a_probe_answered_with_a_shorter_range_passes_through(proxy: ProxyFactory) -> None:
+    """Slice 0 asked, bytes 0-999 answered: the proxy must not slice the object (its later
+    slices would come back short too) but relay the origin's own answers, every time."""
+    capping = RangeCappingOrigin(300_000, 1000)
+    with run_asgi_in_thread(capping) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            answers = [httpx.get(f"{url}/obj.bin", timeout=30) for _ in range(2)]
+            ranged = httpx.get(f"{url}/obj.bin", headers={"Range": "bytes=500-2999"})
+    for whole in answers:
+        assert whole.status_code == 200
+        assert whole.content == capping.body
+    assert ranged.status_code == 206
+    assert ranged.headers["content-range"] == "bytes 500-1499/300000"  # the origin's answer
+    assert ranged.content == capping.body[500:1500]
+
+
 def test_changed_object_before_first_byte_restarts_on_new_version(
     proxy: ProxyFactory, origin: Origin
 ) -> None:
@@ -300,18 +426,30 @@ def test_object_larger_than_the_cache_is_streamed_not_stored(
     assert "too-large" in second.headers["cache-status"]
 
 
+def _active_requests(url: str) -> float:
+    for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
+        if line.startswith("slicecache_active_requests"):
+            return float(line.split()[-1])
+    raise AssertionError("no slicecache_active_requests in /metrics")
+
+
 def test_too_large_object_is_still_coalesced_in_flight(proxy: ProxyFactory, origin: Origin) -> None:
     name = "2m-too-large-shared.bin"
     path = f"/files/{name}"
     with proxy(slice_size=SLICE, l1_cache_size_bytes=1024 * 1024) as url:
 
         def download(_: int) -> str:
-            # ~0.5 s per download at 4 MB/s: the eight clients overlap however they start.
-            query = "latency_ms=30&bandwidth_mbps=4"
-            return sha256(httpx.get(f"{url}{path}?{query}", timeout=30).content)
+            query = "hold=too-large-shared&bandwidth_mbps=4"
+            return sha256(httpx.get(f"{url}{path}?{query}", timeout=60).content)
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            digests = list(pool.map(download, range(8)))
+            futures = [pool.submit(download, n) for n in range(8)]
+            # The origin holds the probe until all eight clients are in: they overlap
+            # however slowly the threads start (a download's duration decided this).
+            wait_until_held(origin.app, "too-large-shared")
+            wait_for(lambda: _active_requests(url) >= 8, "eight clients in")
+            origin.app.release("too-large-shared")
+            digests = [future.result() for future in futures]
         stats = httpx.get(f"{url}/_slicecache/stats").json()
     assert digests == [expected_sha256(name)] * 8
     assert origin.bytes_sent_for(path) <= 1.05 * 2 * 1024 * 1024

@@ -109,6 +109,36 @@ async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice(
     await store.close()
 
 
+async def test_l2_metadata_read_in_flight_across_a_purge_does_not_resurrect_the_entry(
+    tmp_path: Path,
+) -> None:
+    """As the slice case above, for an object's metadata, on the real raw-disk store: a
+    read that started before a PURGE must not hand the purged entry back or copy it to L1."""
+    l2 = await RawDiskStore.open(
+        RawDiskCacheSettings(device_path=str(tmp_path / "l2.bin"), total_size=16 << 20)
+    )
+    gate, reading = asyncio.Event(), asyncio.Event()
+    real_get_meta = l2.get_meta
+
+    async def get_meta(key: str) -> bytes | None:
+        data = await real_get_meta(key)  # the real read, checksum and all
+        reading.set()
+        await gate.wait()
+        return data
+
+    l2.get_meta = get_meta  # type: ignore[method-assign]
+    store = TieredStore(MemoryStore(64 << 20), l2)
+    purged = "http://o:80/a.bin"
+    assert await l2.put_meta(purged, b"old metadata", None)  # really stored in the tier
+    reader = asyncio.create_task(store.get_meta(purged))
+    await asyncio.wait_for(reading.wait(), 30)  # the L2 read is under way
+    await store.delete(purged)  # PURGE answers 200
+    gate.set()
+    assert await reader is None, "a read from before the purge returned the purged entry"
+    assert await store.l1.get_meta(purged) is None  # type: ignore[union-attr]
+    await store.close()
+
+
 @pytest.mark.parametrize("tier", ["l1", "l1+rawdisk"])
 @pytest.mark.parametrize("purge", ["object", "prefix", "all"])
 async def test_a_slice_fetched_before_a_purge_is_never_stored_after_it(

@@ -109,6 +109,71 @@ async def test_l2_read_in_flight_across_a_purge_does_not_resurrect_the_slice(
     await store.close()
 
 
+async def test_l2_metadata_read_in_flight_across_a_purge_does_not_resurrect_the_entry(
+    tmp_path: Path,
+) -> None:
+    """As the slice case above, for an object's metadata, on the real raw-disk store: a
+    read that started before a PURGE must not hand the purged entry back or copy it to L1."""
+    l2 = await RawDiskStore.open(
+        RawDiskCacheSettings(device_path=str(tmp_path / "l2.bin"), total_size=16 << 20)
+    )
+    gate, reading = asyncio.Event(), asyncio.Event()
+    real_get_meta = l2.get_meta
+
+    async def get_meta(key: str) -> bytes | None:
+        data = await real_get_meta(key)  # the real read, checksum and all
+        reading.set()
+        await gate.wait()
+        return data
+
+    l2.get_meta = get_meta  # type: ignore[method-assign]
+    store = TieredStore(MemoryStore(64 << 20), l2)
+    purged = "http://o:80/a.bin"
+    assert await l2.put_meta(purged, b"old metadata", None)  # really stored in the tier
+    reader = asyncio.create_task(store.get_meta(purged))
+    await asyncio.wait_for(reading.wait(), 30)  # the L2 read is under way
+    await store.delete(purged)  # PURGE answers 200
+    gate.set()
+    assert await reader is None, "a read from before the purge returned the purged entry"
+    assert await store.l1.get_meta(purged) is None  # type: ignore[union-attr]
+    await store.close()
+
+
+@pytest.mark.parametrize("tier", ["l1", "l1+rawdisk"])
+@pytest.mark.parametrize("purge", ["object", "prefix", "all"])
+async def test_a_slice_fetched_before_a_purge_is_never_stored_after_it(
+    tier: str, purge: str, tmp_path: Path
+) -> None:
+    """A fill's epoch is taken when its origin request goes out; a PURGE answered while it
+    was in flight covers it: its put afterwards is refused in every tier, L1 included."""
+    l2 = None
+    if tier == "l1+rawdisk":
+        l2 = await RawDiskStore.open(
+            RawDiskCacheSettings(device_path=str(tmp_path / "l2.bin"), total_size=16 << 20)
+        )
+    store = TieredStore(MemoryStore(64 << 20), l2)
+    purged = "http://o:80/a.bin"
+    key = keys.slice_key(purged, "v1", 3)
+    other = keys.slice_key("http://o:80/b.bin", "v1", 0)
+    epoch = store.epoch  # the fill's origin request goes out
+    if purge == "object":
+        await store.delete(purged)
+    elif purge == "prefix":
+        await store.delete_prefix("http://o:80/a")
+    else:
+        await store.clear()
+    assert not await store.put_slice(key, b"old bytes", None, epoch=epoch)
+    await store.flush()
+    assert await store.get_slice(key) is None
+    assert not store.contains_slice(key)
+    if l2 is not None:
+        assert await l2.get_slice(key) is None
+    # A fill that started after the purge is stored (the check is not "refuse everything").
+    assert await store.put_slice(other, b"new bytes", None, epoch=store.epoch)
+    assert bytes(await store.get_slice(other) or b"") == b"new bytes"
+    await store.close()
+
+
 async def test_purge_records_do_not_pile_up_without_l2(monkeypatch: pytest.MonkeyPatch) -> None:
     # Small bounds, so that ten times as many purges as are remembered run in milliseconds.
     monkeypatch.setattr(tiered, "OBJECT_PURGE_RECORDS", 100)

@@ -314,6 +314,61 @@ def test_a_probe_answered_with_a_shorter_range_passes_through(proxy: ProxyFactor
     assert ranged.content == capping.body[500:1500]
 
 
+class MismatchedNotModifiedOrigin:
+    """Serves version 1 (ETag "v1"), then version 2 (ETag "v2"), and once switched answers
+    every conditional request with a 304 carrying "v2": a 304 about another response
+    (two backends behind one name), which must not refresh the stored version 1."""
+
+    def __init__(self, size: int) -> None:
+        self.bodies = {
+            1: bytes((i * 7 + 1) % 251 for i in range(size)),
+            2: bytes((i * 11 + 3) % 251 for i in range(size)),
+        }
+        self.version = 1
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        request_headers = dict(scope["headers"])
+        body = self.bodies[self.version]
+        size = len(body)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"etag", f'"v{self.version}"'.encode()),
+            (b"cache-control", b"public, max-age=0"),
+        ]
+        if self.version == 2 and b"if-none-match" in request_headers:
+            await send({"type": "http.response.start", "status": 304, "headers": headers})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+            return
+        first, last, status = 0, size - 1, 200
+        spec = request_headers.get(b"range")
+        if spec is not None:
+            lo, _, hi = spec.decode().split("=", 1)[1].partition("-")
+            first, last, status = int(lo), min(int(hi) if hi else size - 1, size - 1), 206
+            headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        headers.append((b"content-length", str(last - first + 1).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body[first : last + 1]})  # type: ignore[operator]
+
+
+def test_a_304_with_another_etag_does_not_refresh_the_stored_response(
+    proxy: ProxyFactory,
+) -> None:
+    """RFC 9111 4.3.4: a 304 whose strong ETag is not the stored one's updates nothing;
+    the proxy fetches the response plainly and serves that, never the old body."""
+    origin = MismatchedNotModifiedOrigin(300_000)
+    with run_asgi_in_thread(origin) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            first = httpx.get(f"{url}/obj.bin")
+            origin.version = 2
+            second = httpx.get(f"{url}/obj.bin")
+    assert first.status_code == 200 and first.content == origin.bodies[1]
+    assert second.status_code == 200
+    assert second.headers["etag"] == '"v2"'
+    assert second.content == origin.bodies[2], "the stored body was served under a foreign 304"
+
+
 def test_changed_object_before_first_byte_restarts_on_new_version(
     proxy: ProxyFactory, origin: Origin
 ) -> None:

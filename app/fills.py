@@ -58,10 +58,9 @@ class SliceFill:
         # bytes held for a client count against the budget until sent (see release_held).
         self.held = 0
         self.budget: ByteBudget | None = None
-        # The cache took the complete slice: readers not yet sending it read it from there,
-        # so the buffer is let go as soon as nobody is sending it (``gone``). A client that
-        # reads nothing then holds at most the slice it is sending, not its fetch-ahead.
-        self.kept = False
+        # ``gone``: its bytes were let go under budget pressure while nobody sent them;
+        # readers that reach it later claim the slice again. A client that reads nothing
+        # then holds at most the slice it is sending, not its fetch-ahead.
         self.gone = False
         self._sending = 0
         # The budget request of this fill's run while it waits for its grant.
@@ -81,12 +80,6 @@ class SliceFill:
     def sending(self) -> int:
         """Readers sending this slice's bytes right now."""
         return self._sending
-
-    def keep(self) -> None:
-        """The cache holds this complete slice now."""
-        self.kept = True
-        if self._sending == 0:
-            self.let_go()
 
     def let_go(self) -> None:
         """Drop the complete slice's bytes and budget while nobody sends them: readers that
@@ -142,8 +135,6 @@ class SliceFill:
                 yield piece
         finally:
             self._sending -= 1
-            if self._sending == 0 and self.kept:
-                self.let_go()
 
     async def _read(
         self, lo: int, hi: int, patience: float | None = None

@@ -384,7 +384,6 @@ class SliceEngine:
                 and fill.done
                 and fill.readers > 0
                 and fill.sending == 0  # a slice being sent is the per-connection constant
-                and not fill.kept
             ):
                 fill.held, fill.budget = share, self.budget
                 self._holding.add(fill)
@@ -508,8 +507,7 @@ class SliceEngine:
         the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
         """
         if store and self.store is not None:
-            if await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch):
-                fill.keep()
+            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept

@@ -10,7 +10,6 @@ reader with the same error: a reader never mistakes a broken fill for the end of
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -59,12 +58,13 @@ class SliceFill:
         # bytes held for a client count against the budget until sent (see release_held).
         self.held = 0
         self.budget: ByteBudget | None = None
-        # The cache took the complete slice: readers not yet sending it read it from there,
-        # so the buffer is let go as soon as nobody is sending it (``gone``). A client that
-        # reads nothing then holds at most the slice it is sending, not its fetch-ahead.
-        self.kept = False
+        # ``gone``: its bytes were let go under budget pressure while nobody sent them;
+        # readers that reach it later claim the slice again. A client that reads nothing
+        # then holds at most the slice it is sending, not its fetch-ahead.
         self.gone = False
         self._sending = 0
+        # The budget request of this fill's run while it waits for its grant.
+        self.ticket: BudgetWaiter | None = None
         self._progress = asyncio.Event()
 
     @property
@@ -76,13 +76,16 @@ class SliceFill:
         if held and self.budget is not None:
             self.budget.release(held)
 
-    def keep(self) -> None:
-        """The cache holds this complete slice now."""
-        self.kept = True
-        self._let_go_if_unsent()
+    @property
+    def sending(self) -> int:
+        """Readers sending this slice's bytes right now."""
+        return self._sending
 
-    def _let_go_if_unsent(self) -> None:
-        if self.kept and self._sending == 0 and self.error is None:
+    def let_go(self) -> None:
+        """Drop the complete slice's bytes and budget while nobody sends them: readers that
+        reach it later get :class:`SliceGone` and claim the slice again (from the cache, or
+        from the origin, pinned to the version)."""
+        if self.done and self.error is None and self._sending == 0:
             self.gone = True
             self.buffer = bytearray()
             self.release_held()
@@ -124,12 +127,14 @@ class SliceFill:
         if self.gone:
             raise SliceGone(self.key)
         self._sending += 1
+        # The slice a reader is sending is the per-connection constant of memory, not the
+        # budget's: clients that read nothing cannot pin the budget with it.
+        self.release_held()
         try:
             async for piece in self._read(lo, hi, patience):
                 yield piece
         finally:
             self._sending -= 1
-            self._let_go_if_unsent()
 
     async def _read(
         self, lo: int, hi: int, patience: float | None = None
@@ -147,6 +152,8 @@ class SliceFill:
                 raise self.error
             if self.done:
                 raise RuntimeError(f"fill of {self.key!r} ended at {self.filled}/{self.length}")
+            if self.ticket is not None:
+                self.ticket.promote()  # a reader waits for it now: no longer fetch-ahead
             if patience is None:
                 await self._progress.wait()
                 continue
@@ -218,46 +225,87 @@ def abandon_run(fill: SliceFill) -> None:
         fill.task.cancel()
 
 
+class BudgetWaiter:
+    """One request waiting for budget; ``urgent`` when a reader waits for its bytes now."""
+
+    __slots__ = ("amount", "budget", "future", "urgent")
+
+    def __init__(self, budget: ByteBudget, amount: int, urgent: bool) -> None:
+        self.budget = budget
+        self.amount = amount
+        self.urgent = urgent
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def promote(self) -> None:
+        if not self.urgent and not self.future.done():
+            self.urgent = True
+            self.budget.grant_waiting()
+
+
 class ByteBudget:
-    """A global cap on bytes being fetched from the origin at once, granted in arrival order."""
+    """A global cap on bytes being fetched from the origin at once.
+
+    Granted in arrival order within two classes: ``urgent`` requests (a probe, a slice a
+    reader waits for now) before fetch-ahead, which never takes budget an urgent request
+    waits for. Fetch-ahead of clients that read nothing cannot lock out the others.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: list[BudgetWaiter] = []
         # Called when a request has to wait: the engine stops fetches nobody reads.
         self.on_pressure: Callable[[], None] | None = None
 
-    async def acquire(self, amount: int) -> None:
+    async def acquire(
+        self,
+        amount: int,
+        *,
+        urgent: bool = False,
+        on_wait: Callable[[BudgetWaiter | None], None] | None = None,
+    ) -> None:
+        """``on_wait`` is told the waiter while the request waits (None once it is over)."""
         # One request bigger than the whole budget still runs, alone.
         amount = min(amount, self.capacity)
-        if not self._waiters and self.in_use + amount <= self.capacity:
+        ahead = [w for w in self._waiters if w.urgent] if urgent else self._waiters
+        if not ahead and self.in_use + amount <= self.capacity:
             self.in_use += amount
             return
+        waiter = BudgetWaiter(self, amount, urgent)
+        self._waiters.append(waiter)
         if self.on_pressure is not None:
-            self.on_pressure()
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((amount, waiter))
+            self.on_pressure()  # may release budget, even to this waiter
+        self.grant_waiting()
+        if on_wait is not None:
+            on_wait(waiter)
         try:
-            await waiter
+            await waiter.future
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled():
                 self.release(amount)  # granted just as we were cancelled: give it back
-            elif (amount, waiter) in self._waiters:
-                self._waiters.remove((amount, waiter))
-            # else: a release already popped the cancelled waiter (granting it nothing)
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self.grant_waiting()  # it may have held back smaller requests
             raise
+        finally:
+            if on_wait is not None:
+                on_wait(None)
 
     def release(self, amount: int) -> None:
         self.in_use -= min(amount, self.capacity)
-        while self._waiters:
-            want, waiter = self._waiters[0]
-            if self.in_use + want > self.capacity:
-                break
-            self._waiters.popleft()
-            if not waiter.done():
-                self.in_use += want
-                waiter.set_result(None)
+        self.grant_waiting()
+
+    def grant_waiting(self) -> None:
+        for urgent in (True, False):
+            for waiter in [w for w in self._waiters if w.urgent is urgent]:
+                if waiter.future.done():
+                    self._waiters.remove(waiter)
+                    continue
+                if self.in_use + waiter.amount > self.capacity:
+                    return  # in order within a class; fetch-ahead waits for urgent ones
+                self._waiters.remove(waiter)
+                self.in_use += waiter.amount
+                waiter.future.set_result(None)
 
 
 class FetchHold:

@@ -329,7 +329,7 @@ class ObjectDirectory:
         # that hold budget while they wait for a connection.
         try:
             async with asyncio.timeout(engine.upstream.timeouts.read):
-                await engine.budget.acquire(engine.slice_size)
+                await engine.budget.acquire(engine.slice_size, urgent=True)
         except TimeoutError:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         try:

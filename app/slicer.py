@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 import re
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ import httpx
 
 from app.context import SliceStats
 from app.fills import (
+    BudgetWaiter,
     ByteBudget,
     FetchHold,
     FillAbandoned,
@@ -122,6 +124,8 @@ class SliceEngine:
     # replaced versions whose slices are deleted when their last such response ends: a
     # stale response must not lose its slices to the revalidation it started.
     reading: dict[str, int] = field(default_factory=dict)
+    # Complete slices holding budget for readers that have not started sending them.
+    _holding: weakref.WeakSet[SliceFill] = field(default_factory=weakref.WeakSet)
     _retired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -194,13 +198,13 @@ class SliceEngine:
         version_prefix = version_slices_prefix(entry_key, meta.version)
         self.reading[version_prefix] = self.reading.get(version_prefix, 0) + 1
 
-        async def claim_from(index: int, most: int) -> None:
+        async def claim_from(index: int, most: int, urgent: bool) -> None:
             # A run never reaches into slices this response already holds.
             limit = 1
             while limit < most and index + limit < indexes.stop and index + limit not in claims:
                 limit += 1
             got = await self._claim(
-                entry_key, target, meta, index, limit, request_headers, stats, store
+                entry_key, target, meta, index, limit, request_headers, stats, store, urgent
             )
             for offset, claim in enumerate(got):
                 claims[index + offset] = claim
@@ -211,10 +215,10 @@ class SliceEngine:
                     if scheduled not in claims and (
                         scheduled == index or not self._cached(entry_key, meta, scheduled)
                     ):
-                        await claim_from(scheduled, run_length)
+                        await claim_from(scheduled, run_length, scheduled == index)
                     scheduled += 1
                 if index not in claims:  # cached when the window passed it
-                    await claim_from(index, 1)
+                    await claim_from(index, 1, True)
                 claim = claims.pop(index)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 while True:
@@ -230,7 +234,7 @@ class SliceEngine:
                     if not gone:
                         break
                     got = await self._claim(
-                        entry_key, target, meta, index, 1, request_headers, stats, store
+                        entry_key, target, meta, index, 1, request_headers, stats, store, True
                     )
                     claim = got[0]
         finally:
@@ -259,6 +263,7 @@ class SliceEngine:
         request_headers: Headers,
         stats: SliceStats,
         store: bool,
+        urgent: bool = False,
     ) -> list[SliceClaim]:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
         key = keys.slice_key(entry_key, meta.version, index)
@@ -302,7 +307,7 @@ class SliceEngine:
             run.append((next_key, slice_bounds(following, self.slice_size, meta.size)))
         stats.miss += len(run)
         self.counters.slices["miss"] += len(run)
-        fills = self.start_run(run, target, meta, request_headers, None, store=store)
+        fills = self.start_run(run, target, meta, request_headers, None, store=store, urgent=urgent)
         for started in fills:
             started.readers += 1
         return [SliceClaim(fill=started) for started in fills]
@@ -341,6 +346,7 @@ class SliceEngine:
         store: bool,
         prepaid: int = 0,
         epoch: int | None = None,
+        urgent: bool = False,
     ) -> list[SliceFill]:
         """Fetch consecutive slices with one Range request, in one task, fill by fill.
 
@@ -351,7 +357,7 @@ class SliceEngine:
         fills = [SliceFill(key, *bounds) for key, bounds in run]
         hold = FetchHold(self.budget, prepaid, response)
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, hold, store, epoch)
+            self._run_fills(fills, target, meta, request_headers, hold, store, epoch, urgent)
         )
         # The hold is released here whatever the task's fate: a task cancelled before its
         # first step never runs its own ``finally``.
@@ -372,8 +378,15 @@ class SliceEngine:
         for fill in fills:
             share = min(fill.length, remaining)
             remaining -= share
-            if share and fill.error is None and fill.done and fill.readers > 0 and not fill.kept:
+            if (
+                share
+                and fill.error is None
+                and fill.done
+                and fill.readers > 0
+                and fill.sending == 0  # a slice being sent is the per-connection constant
+            ):
                 fill.held, fill.budget = share, self.budget
+                self._holding.add(fill)
             elif share:
                 self.budget.release(share)
         if remaining:
@@ -397,13 +410,18 @@ class SliceEngine:
         hold: FetchHold,
         store: bool,
         epoch: int | None = None,
+        urgent: bool = False,
     ) -> None:
         # The budget grant and the response in hand belong to ``hold``, released by
         # :meth:`_run_ended` once this task is over, however it ended.
+        def waiting(ticket: BudgetWaiter | None) -> None:
+            for fill in fills:
+                fill.ticket = ticket  # a reader that reaches a waiting fill promotes it
+
         try:
             if not hold.granted:
                 size = sum(fill.length for fill in fills)
-                await self.budget.acquire(size)
+                await self.budget.acquire(size, urgent=urgent, on_wait=waiting)
                 hold.granted = min(size, self.budget.capacity)
             await self._fetch_run(fills, target, meta, request_headers, hold, store, epoch)
         except ObjectChanged as error:
@@ -439,6 +457,12 @@ class SliceEngine:
             run = fill.run or (fill,)
             if fill.error is None and not fill.done and all(f.readers == 0 for f in run):
                 abandon_run(fill)
+        # Complete slices held for readers that have not reached them (clients reading
+        # nothing): let go, and fetched again when their reader gets there.
+        for held in list(self._holding):
+            self._holding.discard(held)
+            if held.held:
+                held.let_go()
 
     def _stream_ended(self, entry_key: str) -> None:
         remaining = self.streaming.get(entry_key, 1) - 1
@@ -483,8 +507,7 @@ class SliceEngine:
         the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
         """
         if store and self.store is not None:
-            if await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch):
-                fill.keep()
+            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept

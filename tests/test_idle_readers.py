@@ -6,6 +6,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from bench.origin import expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
@@ -21,16 +22,26 @@ def _in_flight(url: str) -> float:
     return float(line.split()[1])
 
 
-def test_idle_readers_do_not_starve_a_cold_request(proxy: ProxyFactory, origin: Origin) -> None:
-    # 8 clients that request cold objects and read nothing: their fetch-ahead queued for
+@pytest.mark.parametrize(
+    ("clients", "cache_bytes"),
+    [
+        (8, 100 * MiB),  # stored objects: their slices go to the cache
+        (60, 4 * MiB),  # larger than the cache: streamed, not stored
+    ],
+)
+def test_idle_readers_do_not_starve_a_cold_request(
+    proxy: ProxyFactory, origin: Origin, clients: int, cache_bytes: int
+) -> None:
+    # Clients that request cold objects and read nothing: their fetch-ahead queued for
     # the budget in arrival order, and a waiting run of 4 slices blocked everybody behind
     # it, so that a new client's cold GET waited for budget until its 504.
     tag = f"{time.monotonic_ns()}"
-    with proxy(slice_size=SLICE, max_in_flight_bytes=MiB, read_timeout=5.0) as url:
+    settings = {"slice_size": SLICE, "max_in_flight_bytes": MiB, "read_timeout": 5.0}
+    with proxy(l1_cache_size_bytes=cache_bytes, **settings) as url:
         port = int(url.rsplit(":", 1)[1])
         idle = []
         try:
-            for i in range(8):
+            for i in range(clients):
                 conn = socket.socket()
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 conn.connect(("127.0.0.1", port))

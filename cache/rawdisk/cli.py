@@ -19,10 +19,12 @@ import asyncio
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+from cache.rawdisk.device import Device
 from cache.rawdisk.errors import RawDiskError
 from cache.rawdisk.index import FLAG_USED
 from cache.rawdisk.layout import (
@@ -47,10 +49,15 @@ def parse_size(text: str) -> int:
 
 def read_superblock(path: str) -> Superblock:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: on a FIFO a plain read-only open waits for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise RawDiskError(f"cannot open {path}: {exc.strerror}") from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise RawDiskError(f"{path} is neither a regular file nor a block device")
+        os.set_blocking(fd, True)
         states = [
             unpack_superblock(os.pread(fd, SUPERBLOCK_SIZE, off)) for off in SUPERBLOCK_OFFSETS
         ]
@@ -207,10 +214,35 @@ def _report(checked: int, damaged: list[bytes], problems: list[str]) -> None:
         print(f"  problem: {problem}")
 
 
+def _extend_truncated(path: str) -> None:
+    """A regular file cut short of its total_size: reserve it to full size again.
+
+    The lost tail reads back as zeros, so every record that lived there fails its
+    checksum and the repair below drops it; the records before the cut are kept (the
+    alternative, a reformat, would erase them too).
+    """
+    sb = read_superblock(path)
+    device = Device.open(path)  # exclusive lock: refused while a server holds it
+    try:
+        size = device.size()
+        if device.is_block_device or size >= sb.total_size:
+            return
+        device.reserve(sb.total_size)
+        device.sync_meta()
+    finally:
+        device.close()
+    print(
+        f"  repaired: the file held {size} bytes, less than its total_size "
+        f"{sb.total_size}: extended it (records past byte {size} are lost)"
+    )
+
+
 async def cmd_verify(path: str, repair: bool) -> int:
     """Read-only unless ``repair``: then a writable open repairs the superblock and the
     index (reported), damaged records are dropped (listed), and a read-only pass confirms
     the result; exit 0 when the store is then sound."""
+    if repair:
+        _extend_truncated(path)
     checked, damaged, problems = await _verify_read_only(path)
     _report(checked, damaged, problems)
     if not damaged and not problems:

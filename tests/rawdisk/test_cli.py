@@ -177,3 +177,36 @@ def test_repair_mends_a_journal_damaged_at_its_first_record(tmp_path: Path) -> N
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     again = cli("verify", path)
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_cli_refuses_a_fifo_at_once(tmp_path: Path) -> None:
+    # read_superblock opened the path O_RDONLY: on a FIFO that waits for a writer forever.
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    for command in ("info", "verify"):
+        done = cli(command, fifo)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "neither a regular file nor a block device" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_repair_extends_a_truncated_file_and_drops_what_was_lost(tmp_path: Path) -> None:
+    # A truncated file was refused by every command, --repair included: the only way out
+    # was a reformat that erases the records the file still holds intact.
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    asyncio.run(_fill(settings, 40))
+    geo = settings_geometry(path)
+    cut = geo.data_offset + 10 * 3 * 4096  # about the first 10 records survive
+    os.truncate(path, cut)
+    bad = cli("verify", path)
+    assert bad.returncode != 0 and "less than its total_size" in bad.stdout + bad.stderr
+    assert os.path.getsize(path) == cut  # verify stays read-only
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "extended" in repaired.stdout and "dropped" in repaired.stdout
+    assert os.path.getsize(path) == 16 * MiB
+    again = cli("verify", path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    kept = json.loads(cli("info", path, "--json").stdout)["entries"]
+    assert 0 < kept < 40

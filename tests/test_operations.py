@@ -192,7 +192,9 @@ def test_metrics_after_a_known_workload(proxy: ProxyFactory) -> None:
     assert value("slicecache_requests_total", method="PURGE", status_class="4xx", cache="-") == 1
     # Both slices came from the origin: slice 0 with the probe, slice 1 by the engine.
     assert value("slicecache_slice_sources_total", source="miss") == 2
-    assert value("slicecache_slice_sources_total", source="hit_l1") == 2
+    # The hit read both slices from L1. The miss may have read slice 1 from L1 too, when its
+    # fill had finished and been stored before the reader got to it (the machine's pace decides).
+    assert value("slicecache_slice_sources_total", source="hit_l1") in (2, 3)
     # What X-Cache-Slices told the clients, summed.
     told = [r.headers["x-cache-slices"] for r in (miss, hit)]
     assert told == ["hit=0, miss=2", "hit=2, miss=0"]

@@ -2045,3 +2045,72 @@ PROBES9 = [
 @cases(*PROBES9)
 def test_probe9(runner: SuiteRunner, case: Case) -> None:
     runner.run(case.requests, real_pause=case.real_pause)
+
+
+# RFC 9211 2.2: fwd says why the request went forward: "stale" when a stored response was
+# selected but stale, "request" when the client forced it, "vary-miss" when only other
+# variants were stored, "uri-miss" when nothing was stored for the URI.
+CACHE_STATUS = [
+    Case(
+        "cache-status-stale-refetched",
+        [
+            {
+                "response_headers": [["Cache-Control", "max-age=1"], ["ETag", '"a"']],
+                "setup": True,
+                "pause_after": True,
+            },
+            {
+                "response_headers": [["Cache-Control", "max-age=1"], ["ETag", '"b"']],
+                "expected_response_headers": [
+                    ["Cache-Status", "slicecache; fwd=stale; fwd-status=200; stored"]
+                ],
+            },
+        ],
+    ),
+    Case(
+        "cache-status-request-forced",
+        [
+            {"response_headers": FRESH_H, "setup": True},
+            {
+                "request_headers": [["Cache-Control", "no-cache"]],
+                "response_headers": FRESH_H,
+                "expected_response_headers": [
+                    ["Cache-Status", "slicecache; fwd=request; fwd-status=200; stored"]
+                ],
+            },
+        ],
+    ),
+    Case(
+        "cache-status-vary-miss",
+        [
+            {
+                "request_headers": [["Foo", "1"]],
+                "response_headers": [["Cache-Control", "max-age=5000"], ["Vary", "Foo"]],
+                "setup": True,
+            },
+            {
+                "request_headers": [["Foo", "2"]],
+                "response_headers": [["Cache-Control", "max-age=5000"], ["Vary", "Foo"]],
+                "expected_response_headers": [
+                    ["Cache-Status", "slicecache; fwd=vary-miss; fwd-status=200; stored"]
+                ],
+            },
+        ],
+    ),
+    Case(
+        "cache-status-uri-miss",
+        [
+            {
+                "response_headers": FRESH_H,
+                "expected_response_headers": [
+                    ["Cache-Status", "slicecache; fwd=uri-miss; fwd-status=200; stored"]
+                ],
+            }
+        ],
+    ),
+]
+
+
+@cases(*CACHE_STATUS)
+def test_cache_status_fwd(runner: SuiteRunner, case: Case) -> None:
+    runner.run(case.requests, real_pause=case.real_pause)

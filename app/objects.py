@@ -23,7 +23,7 @@ from cachetools import LRUCache
 
 from app.fills import SliceFill
 from app.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
-from app.httpcache.cache_status import CacheStatus
+from app.httpcache.cache_status import CacheStatus, Fwd
 from app.httpcache.conditional import (
     merge_304_headers,
     not_modified_matches,
@@ -63,6 +63,16 @@ class ObjectRequest:
     # What the origin is sent (its own Host, no hop-by-hop fields, X-Forwarded-*, Via):
     # the base of every probe and slice request.
     origin_headers: Headers
+
+
+def _forwarded(result: Opened | Forward, fwd: Fwd) -> Opened | Forward:
+    """``result`` with Cache-Status ``fwd`` set to why the request went forward, when the
+    probe that made it could not know (it only saw the origin's answer)."""
+    if not isinstance(result, Opened) or result.status.fwd not in ("uri-miss", "stale"):
+        return result
+    if result.status.served_stale:
+        return result
+    return dataclasses.replace(result, status=dataclasses.replace(result.status, fwd=fwd))
 
 
 @dataclass(slots=True)
@@ -143,7 +153,9 @@ class ObjectDirectory:
         if meta is None:
             if on_miss(request_headers) is not None:
                 return Refuse(504, "only-if-cached: not in cache")
-            return await self._probe_shared(entry_key, request, None)
+            result = await self._probe_shared(entry_key, request, None)
+            # Another variant of this URI is stored (RFC 9211 2.2: vary-miss).
+            return _forwarded(result, "vary-miss") if entry_key != object_key else result
 
         now = time.time()
         stored = StoredResponseInfo(
@@ -165,7 +177,12 @@ class ObjectDirectory:
             return Refuse(decision.error_status, "only-if-cached: stored response is stale")
 
         try:
-            result = await self._probe_shared(entry_key, request, meta)
+            result = _forwarded(
+                await self._probe_shared(entry_key, request, meta),
+                # RFC 9211 2.2: the client's directives forced it, or what was stored was
+                # stale (or no-cache): never a uri-miss, whatever the origin answered.
+                "request" if decision.reason == "request" else "stale",
+            )
         except (httpx.TransportError, SliceError):
             if decision.may_serve_on_error(time.time()):
                 return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, None))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from app.upstream_framing import LengthTrustingHandler
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
 READ_BUFFER_BYTES = 1024 * 1024
+# What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
+_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Request extension: the target (path and query) exactly as the client sent it.
 RAW_TARGET = "slicecache.raw_target"
 
@@ -205,6 +208,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # it would leave the client on a protocol nobody speaks: a bad gateway answer.
             response.close()
             raise httpx.RemoteProtocolError("origin switched protocols unasked", request=request)
+        if any(_FIELD_CTL.search(value) for _, value in response.raw_headers):
+            # RFC 9110 5.5: no control character but HTAB in a field value. aiohttp's
+            # parser lets them through; uvicorn refuses to write them (a traceback and no
+            # answer at all), and a cache must not store them: a bad gateway answer.
+            response.close()
+            raise httpx.RemoteProtocolError(
+                "origin sent a control character in a field", request=request
+            )
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),

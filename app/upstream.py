@@ -105,17 +105,22 @@ class _InterimNotingResponse(aiohttp.ClientResponse):
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         sink = interim_sink.get()
         protocol = connection.protocol
-        if sink is None or protocol is None:
+        if protocol is None:
             return await super().start(connection)
         read = protocol.read
 
         async def read_noting_interim() -> Any:
             message, payload = await read()
             if 100 <= message.code < 200 and message.code != 101:
-                try:
-                    await sink(message.code, list(message.raw_headers))
-                except Exception:  # the client went away: the final response still matters
-                    pass
+                # aiohttp drops its read timer once a message is parsed: re-armed, the
+                # wait for the final response is bounded by READ_TIMEOUT too (an origin
+                # sending a 100 and then nothing held the request for good).
+                protocol.start_timeout()
+                if sink is not None:
+                    try:
+                        await sink(message.code, list(message.raw_headers))
+                    except Exception:  # the client went away: the final response matters
+                        pass
             return message, payload
 
         protocol.read = read_noting_interim  # type: ignore[method-assign]

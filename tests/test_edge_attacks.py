@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import re
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -328,3 +330,59 @@ def test_a_bodiless_origin_status_with_a_content_length_is_relayed_cleanly(
         if statuses == [status]:
             # Dropped: uvicorn cannot write a Content-Length it writes no body for.
             assert b"content-length" not in head, (where, head)
+
+
+class InterimThenSilentOrigin:
+    """Answers every request with a 100 Continue, then says nothing more until closed."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                origin.done.wait(60)
+
+        return Handler
+
+    def close(self) -> None:
+        self.done.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_origin_silent_after_an_interim_response_times_out(proxy: ProxyFactory) -> None:
+    """READ_TIMEOUT bounds the origin's silence mid-response; aiohttp drops its read timer
+    once a message (here the 100) is parsed, so the wait for the final response had no
+    bound at all: the request hung as long as the origin kept the connection open."""
+    origin = InterimThenSilentOrigin()
+    try:
+        for settings, method in REQUESTS_THROUGH_EVERY_PATH[:3]:
+            with proxy(
+                upstream_address=origin.url,
+                read_timeout=1.0,
+                max_retries=0,
+                slice_wait_timeout=60.0,
+                **settings,
+            ) as url:
+                request = b"%s /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n" % method
+                # The origin holds for 60 s: an answer before then is the timeout's.
+                received = _send_and_read_all(
+                    url, request + b"Connection: close\r\n\r\n", timeout=50
+                )
+                assert _statuses(received)[:1] == [504], (settings, method, received[:300])
+    finally:
+        origin.close()

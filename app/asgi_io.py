@@ -75,6 +75,10 @@ class DisconnectWatch:
 
 
 async def send_start(send: Send, status: int, headers: Headers) -> None:
+    if status in (204, 304):
+        # An origin's Content-Length on a 204 (not allowed) or a 304 (the selected
+        # representation's): uvicorn would wait for that many body bytes and raise.
+        headers = [(name, value) for name, value in headers if name.lower() != "content-length"]
     await send({"type": "http.response.start", "status": status, "headers": encode(headers)})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from app.upstream_framing import LengthTrustingHandler
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
 READ_BUFFER_BYTES = 1024 * 1024
+# What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
+_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Request extension: the target (path and query) exactly as the client sent it.
 RAW_TARGET = "slicecache.raw_target"
 
@@ -102,17 +105,22 @@ class _InterimNotingResponse(aiohttp.ClientResponse):
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         sink = interim_sink.get()
         protocol = connection.protocol
-        if sink is None or protocol is None:
+        if protocol is None:
             return await super().start(connection)
         read = protocol.read
 
         async def read_noting_interim() -> Any:
             message, payload = await read()
             if 100 <= message.code < 200 and message.code != 101:
-                try:
-                    await sink(message.code, list(message.raw_headers))
-                except Exception:  # the client went away: the final response still matters
-                    pass
+                # aiohttp drops its read timer once a message is parsed: re-armed, the
+                # wait for the final response is bounded by READ_TIMEOUT too (an origin
+                # sending a 100 and then nothing held the request for good).
+                protocol.start_timeout()
+                if sink is not None:
+                    try:
+                        await sink(message.code, list(message.raw_headers))
+                    except Exception:  # the client went away: the final response matters
+                        pass
             return message, payload
 
         protocol.read = read_noting_interim  # type: ignore[method-assign]
@@ -205,6 +213,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # it would leave the client on a protocol nobody speaks: a bad gateway answer.
             response.close()
             raise httpx.RemoteProtocolError("origin switched protocols unasked", request=request)
+        if any(_FIELD_CTL.search(value) for _, value in response.raw_headers):
+            # RFC 9110 5.5: no control character but HTAB in a field value. aiohttp's
+            # parser lets them through; uvicorn refuses to write them (a traceback and no
+            # answer at all), and a cache must not store them: a bad gateway answer.
+            response.close()
+            raise httpx.RemoteProtocolError(
+                "origin sent a control character in a field", request=request
+            )
         return httpx.Response(
             status_code=response.status,
             headers=list(response.raw_headers),

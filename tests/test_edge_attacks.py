@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import re
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 import pytest
 
 from tests.conftest import Origin, ProxyFactory
+from tests.test_edge import RawOrigin
 from tests.test_operations import _env, _free_port
 
 
@@ -267,3 +270,119 @@ def test_a_content_length_with_leading_zeros_reaches_the_origin_canonical(
     echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert echoed["body_length"] == 5
     assert ["content-length", "5"] in echoed["headers"]
+
+
+REQUESTS_THROUGH_EVERY_PATH = [
+    ({"enable_cache": False}, b"GET"),
+    ({}, b"GET"),  # the sliced, cached path
+    ({}, b"POST"),  # pass-through
+    ({}, b"HEAD"),
+]
+
+
+def _through_raw_origin(proxy: ProxyFactory, answer: bytes) -> list[tuple[str, bytes]]:
+    """Each path's answer to one request sent to an origin that answers ``answer``."""
+    origin = RawOrigin(answer)
+    answers = []
+    try:
+        for settings, method in REQUESTS_THROUGH_EVERY_PATH:
+            with proxy(upstream_address=origin.url, **settings) as url:
+                request = b"%s /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n" % method
+                answer_bytes = _send_and_read_all(url, request + b"Connection: close\r\n\r\n")
+                answers.append((f"{settings} {method.decode()}", answer_bytes))
+    finally:
+        origin.close()
+    return answers
+
+
+@pytest.mark.parametrize("value", [b"a\x01b", b"a\x7fb", b"\x1b[31mred"])
+def test_an_origin_header_value_with_a_control_character_is_a_502(
+    proxy: ProxyFactory, value: bytes
+) -> None:
+    """RFC 9110 5.5: no CTL but HTAB in a field value. aiohttp's parser let them through,
+    then uvicorn refused to write them: a traceback and a connection closed with no answer
+    at all (its 500 came after the start, another RuntimeError)."""
+    answer = b"HTTP/1.1 200 OK\r\nX-Odd: " + value + b"\r\nContent-Length: 2\r\n\r\nok"
+    for where, received in _through_raw_origin(proxy, answer):
+        assert _statuses(received)[:1] == [502], (where, received[:300])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        b'HTTP/1.1 304 Not Modified\r\nContent-Length: 1234\r\nETag: "x"\r\n\r\n',
+    ],
+    ids=["204", "304"],
+)
+def test_a_bodiless_origin_status_with_a_content_length_is_relayed_cleanly(
+    proxy: ProxyFactory, answer: bytes
+) -> None:
+    """A 304 may carry the Content-Length of the selected representation (RFC 9110 8.6),
+    and origins send one with a 204 too. Relayed as is, uvicorn waited for that many body
+    bytes, raised "Response content shorter than Content-Length" and logged a traceback."""
+    status = int(answer[9:12])
+    for where, received in _through_raw_origin(proxy, answer):
+        statuses = _statuses(received)[:1]
+        # The cached GET path refuses a 204/304 to its range request as a bad gateway.
+        assert statuses in ([status], [502]), (where, received[:300])
+        head = received.partition(b"\r\n\r\n")[0].lower()
+        if statuses == [status]:
+            # Dropped: uvicorn cannot write a Content-Length it writes no body for.
+            assert b"content-length" not in head, (where, head)
+
+
+class InterimThenSilentOrigin:
+    """Answers every request with a 100 Continue, then says nothing more until closed."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        origin = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    chunk = self.request.recv(65536)
+                    if not chunk:
+                        return
+                    received += chunk
+                self.request.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                origin.done.wait(60)
+
+        return Handler
+
+    def close(self) -> None:
+        self.done.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_origin_silent_after_an_interim_response_times_out(proxy: ProxyFactory) -> None:
+    """READ_TIMEOUT bounds the origin's silence mid-response; aiohttp drops its read timer
+    once a message (here the 100) is parsed, so the wait for the final response had no
+    bound at all: the request hung as long as the origin kept the connection open."""
+    origin = InterimThenSilentOrigin()
+    try:
+        for settings, method in REQUESTS_THROUGH_EVERY_PATH[:3]:
+            with proxy(
+                upstream_address=origin.url,
+                read_timeout=1.0,
+                max_retries=0,
+                slice_wait_timeout=60.0,
+                **settings,
+            ) as url:
+                request = b"%s /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n" % method
+                # The origin holds for 60 s: an answer before then is the timeout's.
+                received = _send_and_read_all(
+                    url, request + b"Connection: close\r\n\r\n", timeout=50
+                )
+                assert _statuses(received)[:1] == [504], (settings, method, received[:300])
+    finally:
+        origin.close()

@@ -381,6 +381,13 @@ def _env(**settings: str) -> dict[str, str]:
         ("upstream_address", "origin", "must carry a port"),
         ("upstream_address", "bad_host:80", "not a host name"),
         ("l1_cache_size_bytes", "64MB", "units are powers of 1024"),
+        # A misspelt key in a nested setting's JSON form was silently ignored.
+        ("raw_disk_cache", '{"device_pth": "/x"}', "__DEVICE_PTH: Extra inputs are not"),
+        ("purge", '{"enabld": true}', "__ENABLD: Extra inputs are not permitted"),
+        # A nested setting that is not JSON: the line named the field, not the variable.
+        ("raw_disk_cache", "{", "not valid JSON"),
+        # The hint for a bracketed IPv6 literal without a port was itself refused (::1:80).
+        ("upstream_address", "[::1]", "e.g. [::1]:80"),
     ],
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:

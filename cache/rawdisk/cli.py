@@ -2,7 +2,8 @@
 
 * ``info``    geometry, usage, entry count, fragmentation, checkpoint and journal state.
 * ``verify``  reads every record and checks its header and payload checksum (progress bar);
-              exits 1 when anything is damaged. ``--repair`` drops the damaged entries.
+              exits 1 when anything is damaged, writing nothing. ``--repair`` drops the
+              damaged entries, lists each, and exits 0 (the store is then sound).
 * ``format``  creates or erases a device. An existing store is only erased with ``--force``.
 
 The device must not be in use: the CLI takes the same exclusive lock as the server.
@@ -14,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -31,14 +31,40 @@ from cache.rawdisk.layout import (
 from cache.rawdisk.store import _BAD, RawDiskStore
 
 T = TypeVar("T")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 10G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    """The settings' size syntax (README: one syntax everywhere; ``MB`` is refused)."""
+    from settings import parse_size as parse_setting_size
+
+    try:
+        size: int = parse_setting_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return size
+
+
+def human_size(size: int) -> str:
+    """``16777216`` -> ``16.0 MiB``: what an operator compares with the settings."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+# Fields of ``info`` that are byte counts: printed with a human size beside them.
+_BYTE_FIELDS = {
+    "total_size",
+    "block_size",
+    "data_offset",
+    "checkpoint_slot_size",
+    "journal_half_size",
+    "bytes",
+    "stored_bytes",
+    "largest_free_extent_bytes",
+}
 
 
 def read_superblock(path: str) -> Superblock:
@@ -127,7 +153,8 @@ async def cmd_info(path: str, as_json: bool) -> int:
     else:
         width = max(len(k) for k in info)
         for key, value in info.items():
-            print(f"{key:<{width}}  {value}")
+            shown = f"{value} ({human_size(value)})" if key in _BYTE_FIELDS else value
+            print(f"{key:<{width}}  {shown}")
     return 0
 
 
@@ -157,8 +184,11 @@ async def cmd_verify(path: str, repair: bool) -> int:
                 if repair:
                     await store._drop_if_current(row, entry.gen, None)
         print(f"checked {len(rows)} records: {len(rows) - len(damaged)} ok, {len(damaged)} damaged")
-        for name in damaged[:20]:
-            print(f"  damaged: {name}")
+        label = "dropped" if repair else "damaged"
+        for name in damaged if repair else damaged[:20]:
+            print(f"  {label}: {name}")
+        if repair and damaged:
+            print(f"dropped {len(damaged)} damaged records")
         for problem in problems:
             print(f"  problem: {problem}")
     finally:
@@ -166,6 +196,10 @@ async def cmd_verify(path: str, repair: bool) -> int:
             await store.close()
         else:
             await store._abandon()
+    if repair:
+        # Damaged entries are dropped and close() writes a fresh checkpoint (and the
+        # superblock was rewritten at open): the store is sound now.
+        return 0
     return 1 if damaged or problems else 0
 
 

@@ -62,8 +62,14 @@ def test_format_info_verify(tmp_path: Path) -> None:
     bad = cli("verify", path)
     assert bad.returncode == 1
     assert "1 damaged" in bad.stdout and "k 3" in bad.stdout
+    # verify without --repair is read-only: the file is byte for byte the same after it.
+    before = Path(path).read_bytes()
+    assert cli("verify", path).returncode == 1
+    assert Path(path).read_bytes() == before
+    # --repair says what it dropped and exits 0: the store is sound afterwards.
     repaired = cli("verify", path, "--repair")
-    assert repaired.returncode == 1
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "dropped: k 3" in repaired.stdout
     assert cli("verify", path).returncode == 0
 
     wiped = cli("format", path, "--force")
@@ -94,3 +100,25 @@ def test_cli_on_a_foreign_file(tmp_path: Path) -> None:
     assert done.returncode == 2 and "does not hold" in done.stderr
     fmt = cli("format", str(path), "--size", "16M")
     assert fmt.returncode == 2 and "other data" in fmt.stderr
+
+
+def test_sizes_take_the_settings_syntax(tmp_path: Path) -> None:
+    """One size syntax everywhere (README): MB is refused here as in the environment."""
+    path = str(tmp_path / "dev.bin")
+    refused = cli("format", path, "--size", "16MB")
+    assert refused.returncode == 2 and "powers of 1024" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    for size in ("16MiB", "16m", "16Mi"):
+        done = cli("format", path, "--size", size, "--force")
+        assert done.returncode == 0, done.stderr
+
+
+def test_info_prints_human_sizes_beside_bytes(tmp_path: Path) -> None:
+    path = str(tmp_path / "dev.bin")
+    assert cli("format", path, "--size", "16MiB").returncode == 0
+    info = cli("info", path)
+    assert info.returncode == 0, info.stderr
+    line = next(line for line in info.stdout.splitlines() if line.startswith("total_size"))
+    assert "16777216 (16.0 MiB)" in line, line
+    # --json keeps plain numbers for scripts.
+    assert json.loads(cli("info", path, "--json").stdout)["total_size"] == 16 * MiB

@@ -95,9 +95,10 @@ def _settings(path: str, total_size: int, block_size: int, reformat: bool = Fals
     )
 
 
-async def _open_existing(path: str) -> RawDiskStore:
+async def _open_existing(path: str, read_only: bool = True) -> RawDiskStore:
     sb = read_superblock(path)
-    return await RawDiskStore.open(_settings(path, sb.total_size, sb.block_size))
+    settings = _settings(path, sb.total_size, sb.block_size)
+    return await RawDiskStore.open(settings, read_only=read_only)
 
 
 def _progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
@@ -159,7 +160,7 @@ async def cmd_info(path: str, as_json: bool) -> int:
 
 
 async def cmd_verify(path: str, repair: bool) -> int:
-    store = await _open_existing(path)
+    store = await _open_existing(path, read_only=not repair)
     damaged: list[str] = []
     problems: list[str] = []
     try:
@@ -167,7 +168,8 @@ async def cmd_verify(path: str, repair: bool) -> int:
         if stats["index_recoveries"]:
             problems.append("no valid checkpoint was found (index started empty)")
         if stats["superblock_repairs"]:
-            problems.append("one superblock copy was damaged (rewritten from the other)")
+            fixed = "rewritten from the other" if repair else "--repair rewrites it"
+            problems.append(f"one superblock copy was damaged ({fixed})")
         index = store._index
         rows = [row for _key, row in index.live_keys_with_rows()]
         for row in _progress(rows, len(rows), "verify"):

@@ -40,20 +40,29 @@ class Device:
         self.created = created
         self.direct_io = False
         self.direct_io_reason = "use_direct_io=false"
+        # Inspection (``python -m cache.rawdisk info|verify``): opened O_RDONLY, and every
+        # write the store would make while loading (superblock repair, a fresh checkpoint
+        # after replay) is skipped, so looking at a device never changes it.
+        self.read_only = False
 
     # --- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str) -> Device:
-        """Open (creating if missing) and lock ``path``. Space is reserved by :meth:`reserve`."""
+    def open(cls, path: str, read_only: bool = False) -> Device:
+        """Open (creating if missing) and lock ``path``. Space is reserved by :meth:`reserve`.
+
+        ``read_only``: never create, extend or write it (see ``self.read_only``).
+        """
         created = False
         try:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
+            if read_only:
+                raise RawDiskError(f"cannot open L2 device {path}: no such file") from None
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise RawDiskError(f"{path} is neither a regular file nor a block device")
-        flags = os.O_RDWR | os.O_CLOEXEC
+        flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
         if st is None:
             parent = os.path.dirname(os.path.abspath(path))
             try:
@@ -78,7 +87,9 @@ class Device:
             os.close(fd)
             raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
         is_blk = stat.S_ISBLK(os.fstat(fd).st_mode)
-        return cls(path, fd, is_blk, created)
+        device = cls(path, fd, is_blk, created)
+        device.read_only = read_only
+        return device
 
     def size(self) -> int:
         if self.is_block_device:
@@ -92,7 +103,7 @@ class Device:
         is this startup error rather than a failed write later. A block device must simply
         be large enough.
         """
-        if self.is_block_device:
+        if self.is_block_device or self.read_only:
             size = self.size()
             if size < total_size:
                 raise RawDiskError(
@@ -158,20 +169,26 @@ class Device:
         return os.pread(self.fd, length, offset)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if self.read_only:
+            return
         view = memoryview(data)
         done = 0
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], offset + done)
 
     def sync_meta(self) -> None:
-        os.fdatasync(self.fd)
+        if not self.read_only:
+            os.fdatasync(self.fd)
 
     def sync_data(self) -> None:
-        os.fdatasync(self.data_fd)
+        if not self.read_only:
+            os.fdatasync(self.data_fd)
 
     # --- data I/O -----------------------------------------------------------------------
 
     def write_extent(self, parts: list[bytes | memoryview], offset: int) -> None:
+        if self.read_only:
+            return
         total = sum(len(p) for p in parts)
         if self.direct_io:
             size = _round_up(total, DIRECT_ALIGN)

@@ -122,3 +122,22 @@ def test_info_prints_human_sizes_beside_bytes(tmp_path: Path) -> None:
     assert "16777216 (16.0 MiB)" in line, line
     # --json keeps plain numbers for scripts.
     assert json.loads(cli("info", path, "--json").stdout)["total_size"] == 16 * MiB
+
+
+def test_info_and_verify_never_write_to_the_device(tmp_path: Path) -> None:
+    """Inspecting a device must not change it, even when it finds something to repair."""
+    path = str(tmp_path / "dev.bin")
+    settings = RawDiskCacheSettings(device_path=path, total_size=16 * MiB, block_size=4096)
+    asyncio.run(_fill(settings, 5))
+    flip_byte(path, 40)  # inside the first superblock copy: open() used to rewrite it
+    before = Path(path).read_bytes()
+    info = cli("info", path)
+    assert info.returncode == 0, info.stderr
+    assert Path(path).read_bytes() == before
+    checked = cli("verify", path)
+    assert checked.returncode == 1 and "superblock copy was damaged" in checked.stdout
+    assert Path(path).read_bytes() == before
+    repaired = cli("verify", path, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert Path(path).read_bytes() != before
+    assert cli("verify", path).returncode == 0

@@ -244,6 +244,28 @@ def test_a_502_is_not_a_miss(proxy: ProxyFactory) -> None:
     assert values[("slicecache_origin_responses_total", (("status_class", "error"),))] == 1
 
 
+def test_a_body_the_origin_breaks_off_is_one_rate_limited_origin_warning(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reset mid-body used to log an unrated 'slice fetch failed' per request, naming
+    neither the origin, the request nor the exception class."""
+    caplog.set_level("WARNING", logger="slicecache")
+    path = "/files/300000-broken-body.bin?fault=reset"
+    with proxy(slice_size=SLICE, max_retries=0) as url:
+        for _ in range(3):
+            with pytest.raises(httpx.HTTPError):  # aborted: never a clean short body
+                httpx.get(f"{url}{path}").raise_for_status()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    origin_lines = [r for r in warnings if getattr(r, "fields", {}).get("retry") is not None]
+    assert len(origin_lines) == 1, [r.getMessage() for r in warnings]
+    fields = origin_lines[0].fields  # type: ignore[attr-defined]
+    assert fields["method"] == "GET" and fields["target"].startswith("/files/300000-broken")
+    assert fields["origin"].startswith("http://127.0.0.1:")
+    assert fields["error"].endswith("Error") and fields["request_id"]
+    # Nothing else at warning level per request: the access line carries `aborted`.
+    assert not [r for r in warnings if "slice fetch failed" in r.getMessage()]
+
+
 def test_origin_failure_is_one_rate_limited_warning(
     proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

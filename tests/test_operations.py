@@ -747,6 +747,28 @@ def test_the_lock_pins_every_requirement() -> None:
     assert (root / "LICENSE").read_text().startswith("\n                                 Apache")
 
 
+@pytest.mark.parametrize("grace", [0.0, 0.5])
+def test_plain_uvicorn_takes_the_grace_setting_as_the_console_script_does(grace: float) -> None:
+    """0 = no grace under `slicecache`; plain uvicorn left its default None, which waits
+    for in-flight responses without limit, and rounded 0.5 up to 1."""
+    import logging
+
+    import uvicorn
+
+    from app.plainstart import _adopt_config
+    from settings import Settings
+
+    config = uvicorn.Config("app.main:app", log_config=None)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        _adopt_config(config, Settings(shutdown_grace_seconds=grace))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert config.timeout_graceful_shutdown == grace
+
+
 def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
     import logging
 

@@ -115,8 +115,8 @@ def _listen_on_admin_port(server: uvicorn.Server, config: uvicorn.Config, admin_
     async def startup(sockets: Any = None) -> None:
         if sockets is None:
             sockets = [
-                listening_socket(config.host, config.port),
-                listening_socket(config.host, admin_port),
+                listening_socket(config.host, config.port, "--port"),
+                listening_socket(config.host, admin_port, "SLICECACHE_ADMIN_PORT"),
             ]
         await original(sockets=sockets)
 

@@ -429,6 +429,26 @@ def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, 
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("which", ["port", "admin_port"])
+def test_a_port_in_use_is_one_line_not_a_traceback(which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        free = _free_port()
+        main, admin = (busy, free + 1) if which == "port" else (free, busy)
+        env = _env(port=str(main), admin_port=str(admin), upstream_address="127.0.0.1:9")
+        commands = [[sys.executable, "-m", "app.cli"]]
+        if which == "admin_port":  # plain uvicorn binds --port itself (its own message)
+            commands.append([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(main)])
+        for command in commands:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 3, done.stderr
+            assert "Traceback" not in done.stderr, done.stderr
+            lines = [line for line in done.stderr.splitlines() if "slicecache:" in line]
+            assert len(lines) == 1 and f":{busy} (" in lines[0], done.stderr
+
+
 def _start_failure(env: dict[str, str]) -> list[tuple[int, str, str]]:
     """(exit code, stdout, stderr) of both ways to start, each given ``env``."""
     results = []

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -68,6 +69,10 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 class RawDiskCacheSettings(BaseModel):
     """The L2 device: one preallocated file (or block device) used as a raw block store."""
 
+    # A misspelt key in the JSON form (SLICECACHE_PURGE='{"enabeld": true}') is refused
+    # like a misspelt variable, not silently left at its default.
+    model_config = ConfigDict(extra="forbid")
+
     device_path: str = Field(
         default="/var/cache/slicecache/l2.bin",
         description="File (created and preallocated) or block device holding the L2 store.",
@@ -112,6 +117,10 @@ class RawDiskCacheSettings(BaseModel):
 
 class PurgeSettings(BaseModel):
     """HTTP PURGE of cached objects."""
+
+    # A misspelt key in the JSON form (SLICECACHE_PURGE='{"enabeld": true}') is refused
+    # like a misspelt variable, not silently left at its default.
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=False, description="Accept PURGE requests.")
     auth_token: str = Field(
@@ -425,9 +434,10 @@ def upstream_url(address: str) -> str:
         raise ValueError("port must be a number from 1 to 65535") from None
     if port == 0:
         raise ValueError("port must be a number from 1 to 65535")
-    if port is None and bare:
-        raise ValueError(f"must carry a port, e.g. {parts.hostname}:80")
+    # An IPv6 literal keeps its brackets when written back (also in the hint below).
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is None and bare:
+        raise ValueError(f"must carry a port, e.g. {host}:80")
     # The port is always written: cache keys and invalidation compare origins exactly.
     port = port or (443 if parts.scheme == "https" else 80)
     return f"{parts.scheme}://{host}:{port}"
@@ -487,6 +497,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as error:
         print(f"slicecache: {describe_error(error)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except ValueError as error:  # e.g. malformed JSON in a list variable
-        print(f"slicecache: invalid setting: {error}", file=sys.stderr)
+    except ValueError as error:  # e.g. malformed JSON in a nested or list variable
+        print(f"slicecache: {describe_parse_error(error)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def describe_parse_error(error: ValueError) -> str:
+    """pydantic-settings names the field, not the variable, of a value it cannot parse."""
+    found = re.search(r'for field "(\w+)"', str(error))
+    if found is None:
+        return f"invalid setting: {error}"
+    cause = error.__cause__ or error.__context__
+    detail = f": {cause}" if cause is not None else ""
+    return f"invalid setting {ENV_PREFIX}{found.group(1).upper()}: not valid JSON{detail}"

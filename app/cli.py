@@ -59,11 +59,18 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int, variable: str = "SLICECACHE_PORT") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as error:  # in use, not an address of this host...: one line, no traceback
+        sock.close()
+        reason = error.strerror or str(error)
+        print(f"slicecache: cannot listen on {host}:{port} ({variable}): {reason}", file=sys.stderr)
+        # 3, as uvicorn's own CLI exits when its server cannot start.
+        raise SystemExit(3) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -113,7 +120,9 @@ def main() -> None:
     sockets = [listening_socket(settings.host, settings.port)]
     if settings.admin_port:
         # One server, two sockets: the app routes by the port a request came in on.
-        sockets.append(listening_socket(settings.host, settings.admin_port))
+        sockets.append(
+            listening_socket(settings.host, settings.admin_port, "SLICECACHE_ADMIN_PORT")
+        )
     server.run(sockets=sockets)
     if not server.started:
         # The lifespan failed (the reason is already logged, one line): exit as uvicorn's

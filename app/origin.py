@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -78,10 +79,23 @@ class ObservedTransport(httpx.AsyncBaseTransport):
         current = CURRENT_REQUEST.get()
         if current is not None and not current.upstream_seconds:
             current.upstream_seconds = waited
+        # A body that breaks off (reset, truncated, read timeout) fails while it is read,
+        # after this method returned: the same warning names it.
+        if isinstance(response.stream, httpx.AsyncByteStream):
+            response.stream = _ObservedStream(
+                response.stream, lambda error: self._failed(request, error, 0.0, answered=True)
+            )
         return response
 
-    def _failed(self, request: httpx.Request, error: BaseException, waited: float) -> None:
-        self.metrics.origin_responses.labels("error").inc()
+    def _failed(
+        self,
+        request: httpx.Request,
+        error: BaseException,
+        waited: float,
+        answered: bool = False,
+    ) -> None:
+        if not answered:  # a broken body was already counted by its status class
+            self.metrics.origin_responses.labels("error").inc()
         current = CURRENT_REQUEST.get()
         if current is not None and not current.upstream_seconds:
             current.upstream_seconds = waited
@@ -107,6 +121,27 @@ class ObservedTransport(httpx.AsyncBaseTransport):
             retry=earlier,
             request_id=current.request_id if current is not None else None,
         )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _ObservedStream(httpx.AsyncByteStream):
+    """An origin response body that reports the error it breaks off with, then re-raises."""
+
+    def __init__(
+        self, inner: httpx.AsyncByteStream, on_error: Callable[[BaseException], None]
+    ) -> None:
+        self.inner = inner
+        self.on_error = on_error
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except httpx.HTTPError as error:
+            self.on_error(error)
+            raise
 
     async def aclose(self) -> None:
         await self.inner.aclose()

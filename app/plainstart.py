@@ -91,8 +91,9 @@ def _adopt_config(config: uvicorn.Config, settings: Settings) -> None:
     # The TCP peer stays the client; SLICECACHE_TRUSTED_PROXIES decides whom to believe.
     config.proxy_headers = False
     config.timeout_keep_alive = math.ceil(settings.keep_alive_seconds)
-    if config.timeout_graceful_shutdown is None and settings.shutdown_grace_seconds:
-        config.timeout_graceful_shutdown = math.ceil(settings.shutdown_grace_seconds)
+    if config.timeout_graceful_shutdown is None:  # --timeout-graceful-shutdown wins
+        # As the console script: seconds as they are, 0 = no grace (None would be no limit).
+        config.timeout_graceful_shutdown = settings.shutdown_grace_seconds  # type: ignore[assignment]
     if settings.admin_port and (config.uds or config.fd is not None):
         _refuse("SLICECACHE_ADMIN_PORT needs --host/--port listening (not --uds or --fd)")
     if settings.admin_port and (config.workers > 1 or config.reload):
@@ -121,8 +122,8 @@ def _listen_on_admin_port(server: uvicorn.Server, config: uvicorn.Config, admin_
     async def startup(sockets: Any = None) -> None:
         if sockets is None:
             sockets = [
-                listening_socket(config.host, config.port),
-                listening_socket(config.host, admin_port),
+                listening_socket(config.host, config.port, "--port"),
+                listening_socket(config.host, admin_port, "SLICECACHE_ADMIN_PORT"),
             ]
         await original(sockets=sockets)
 

@@ -296,8 +296,13 @@ async def _send_stream(
         except Exception as error:
             reason = kind(error) if isinstance(error, httpx.TransportError) else str(error)
             expected = isinstance(error, httpx.TransportError | SliceError)
-            log.warning(
-                "slice fetch failed", exc_info=not expected, extra={"fields": {"error": reason}}
+            # A transport error was already logged, rate-limited, with the origin, request,
+            # exception class and retry (app/origin.py); the access line carries `aborted`.
+            log.log(
+                logging.DEBUG if isinstance(error, httpx.TransportError) else logging.WARNING,
+                "slice fetch failed",
+                exc_info=not expected,
+                extra={"fields": {"error": reason}},
             )
             if not started:
                 if isinstance(error, httpx.TimeoutException):

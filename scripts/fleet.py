@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +176,34 @@ def running_fleet(
                     process.kill()
 
 
+def watch(
+    instances: Sequence[subprocess.Popen[bytes]],
+    backends: Sequence[int],
+    stop: Callable[[], bool],
+    interval: float = 0.5,
+) -> None:
+    """Run until ``stop()`` or until every instance has exited.
+
+    One instance dying is what the recipe is for: HAProxy takes it out and only its ~1/N
+    of the keys move, so the fleet keeps serving (the README's promise); each exit is
+    reported once instead of tearing the whole fleet down.
+    """
+    reported: set[int] = set()
+    while not stop():
+        for index, process in enumerate(instances):
+            code = process.poll()
+            if code is not None and index not in reported:
+                reported.add(index)
+                print(
+                    f"fleet: instance {index} (port {backends[index]}) exited with {code}; "
+                    f"HAProxy sends its keys to the {len(instances) - len(reported)} left",
+                    flush=True,
+                )
+        if len(reported) == len(instances):
+            return
+        time.sleep(interval)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=os.cpu_count() or 1)
@@ -194,8 +222,7 @@ def main() -> None:
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):
-            while not stop["now"] and all(p.poll() is None for p in f.instances):
-                time.sleep(0.5)
+            watch(f.instances, f.backends, lambda: stop["now"])
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
 import time
 
 import httpx
 import pytest
 
-from scripts.fleet import haproxy_config, running_fleet
+from scripts.fleet import haproxy_config, running_fleet, watch
 from tests.conftest import Origin
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs haproxy")
@@ -64,3 +65,33 @@ def test_each_object_is_fetched_once_and_only_a_dead_instances_keys_move(
     # Keys on the survivors did not move (still HITs); only the dead instance's ~1/3 did.
     assert all(after[path] == "HIT" for path in KEYS if owner[path] != 0), after
     assert 0 < len(moved) < len(KEYS)
+
+
+def test_the_fleet_keeps_serving_when_one_instance_dies(
+    origin: Origin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make fleet` used to stop every instance as soon as one exited."""
+    stop = threading.Event()
+    with running_fleet(2, origin.url.removeprefix("http://")) as fleet:
+        watcher = threading.Thread(
+            target=watch, args=(fleet.instances, fleet.backends, stop.is_set, 0.05)
+        )
+        watcher.start()
+        try:
+            fleet.instances[0].send_signal(signal.SIGKILL)
+            fleet.instances[0].wait(10)
+            deadline = time.monotonic() + 30
+            while "instance 0" not in capsys.readouterr().out and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert watcher.is_alive()  # still supervising the survivor
+            assert fleet.instances[1].poll() is None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if httpx.get(f"{fleet.url}{KEYS[0]}").status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert httpx.get(f"{fleet.url}{KEYS[0]}").status_code == 200
+        finally:
+            stop.set()
+            watcher.join(10)
+    assert not watcher.is_alive()

@@ -246,6 +246,28 @@ def test_a_502_is_not_a_miss(proxy: ProxyFactory) -> None:
     assert values[("slicecache_origin_responses_total", (("status_class", "error"),))] == 1
 
 
+def test_a_body_the_origin_breaks_off_is_one_rate_limited_origin_warning(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reset mid-body used to log an unrated 'slice fetch failed' per request, naming
+    neither the origin, the request nor the exception class."""
+    caplog.set_level("WARNING", logger="slicecache")
+    path = "/files/300000-broken-body.bin?fault=reset"
+    with proxy(slice_size=SLICE, max_retries=0) as url:
+        for _ in range(3):
+            with pytest.raises(httpx.HTTPError):  # aborted: never a clean short body
+                httpx.get(f"{url}{path}").raise_for_status()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    origin_lines = [r for r in warnings if getattr(r, "fields", {}).get("retry") is not None]
+    assert len(origin_lines) == 1, [r.getMessage() for r in warnings]
+    fields = origin_lines[0].fields  # type: ignore[attr-defined]
+    assert fields["method"] == "GET" and fields["target"].startswith("/files/300000-broken")
+    assert fields["origin"].startswith("http://127.0.0.1:")
+    assert fields["error"].endswith("Error") and fields["request_id"]
+    # Nothing else at warning level per request: the access line carries `aborted`.
+    assert not [r for r in warnings if "slice fetch failed" in r.getMessage()]
+
+
 def test_origin_failure_is_one_rate_limited_warning(
     proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -383,6 +405,13 @@ def _env(**settings: str) -> dict[str, str]:
         ("upstream_address", "origin", "must carry a port"),
         ("upstream_address", "bad_host:80", "not a host name"),
         ("l1_cache_size_bytes", "64MB", "units are powers of 1024"),
+        # A misspelt key in a nested setting's JSON form was silently ignored.
+        ("raw_disk_cache", '{"device_pth": "/x"}', "__DEVICE_PTH: Extra inputs are not"),
+        ("purge", '{"enabld": true}', "__ENABLD: Extra inputs are not permitted"),
+        # A nested setting that is not JSON: the line named the field, not the variable.
+        ("raw_disk_cache", "{", "not valid JSON"),
+        # The hint for a bracketed IPv6 literal without a port was itself refused (::1:80).
+        ("upstream_address", "[::1]", "e.g. [::1]:80"),
     ],
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:
@@ -400,6 +429,26 @@ def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, 
         assert f"SLICECACHE_{variable.upper()}" in lines[0], lines[0]
         assert rule in lines[0], lines[0]
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("which", ["port", "admin_port"])
+def test_a_port_in_use_is_one_line_not_a_traceback(which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        free = _free_port()
+        main, admin = (busy, free + 1) if which == "port" else (free, busy)
+        env = _env(port=str(main), admin_port=str(admin), upstream_address="127.0.0.1:9")
+        commands = [[sys.executable, "-m", "app.cli"]]
+        if which == "admin_port":  # plain uvicorn binds --port itself (its own message)
+            commands.append([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(main)])
+        for command in commands:
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 3, done.stderr
+            assert "Traceback" not in done.stderr, done.stderr
+            lines = [line for line in done.stderr.splitlines() if "slicecache:" in line]
+            assert len(lines) == 1 and f":{busy} (" in lines[0], done.stderr
 
 
 def _start_failure(env: dict[str, str]) -> list[tuple[int, str, str]]:
@@ -718,6 +767,28 @@ def test_the_lock_pins_every_requirement() -> None:
                 missing.append(requirement.name)
     assert missing == [], "run `make lock`"
     assert (root / "LICENSE").read_text().startswith("\n                                 Apache")
+
+
+@pytest.mark.parametrize("grace", [0.0, 0.5])
+def test_plain_uvicorn_takes_the_grace_setting_as_the_console_script_does(grace: float) -> None:
+    """0 = no grace under `slicecache`; plain uvicorn left its default None, which waits
+    for in-flight responses without limit, and rounded 0.5 up to 1."""
+    import logging
+
+    import uvicorn
+
+    from app.plainstart import _adopt_config
+    from settings import Settings
+
+    config = uvicorn.Config("app.main:app", log_config=None)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        _adopt_config(config, Settings(shutdown_grace_seconds=grace))
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert config.timeout_graceful_shutdown == grace
 
 
 def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import stat
 import sys
 from collections.abc import Iterable, Iterator
@@ -35,16 +34,18 @@ from cache.rawdisk.layout import (
     unpack_superblock,
 )
 from cache.rawdisk.store import _BAD, RawDiskStore
+from settings import parse_size as parse_setting_size
 
 T = TypeVar("T")
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1073741824, 512M, 10G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    """The settings' size syntax (README: one syntax everywhere; ``MB`` is refused)."""
+    try:
+        size: int = parse_setting_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return size
 
 
 def read_superblock(path: str) -> Superblock:

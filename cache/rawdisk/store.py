@@ -225,14 +225,20 @@ class RawDiskStore:
 
     @classmethod
     async def open(
-        cls, settings: RawDiskCacheSettings, *, index_capacity: int | None = None
+        cls,
+        settings: RawDiskCacheSettings,
+        *,
+        index_capacity: int | None = None,
+        read_only: bool = False,
     ) -> RawDiskStore:
         """Create, format or load the device; raises :class:`RawDiskError` on any problem.
 
         ``index_capacity`` overrides the number of index entries a new format reserves room
         for (default: one per 32 KiB of device); the format on disk wins when loading.
+        ``read_only``: inspect the device without writing to it (the admin CLI's info and
+        verify); repairs found while loading are reported, not made.
         """
-        store = await asyncio.to_thread(cls._open_sync, settings, index_capacity)
+        store = await asyncio.to_thread(cls._open_sync, settings, index_capacity, read_only)
         store._maintenance = asyncio.create_task(store._maintain(), name="l2-maintenance")
         store._reaper_task = asyncio.create_task(store._reaper(), name="l2-reaper")
         if store._index.dead:
@@ -240,9 +246,11 @@ class RawDiskStore:
         return store
 
     @classmethod
-    def _open_sync(cls, settings: RawDiskCacheSettings, index_capacity: int | None) -> RawDiskStore:
+    def _open_sync(
+        cls, settings: RawDiskCacheSettings, index_capacity: int | None, read_only: bool = False
+    ) -> RawDiskStore:
         started = time.perf_counter()
-        device = Device.open(settings.device_path)
+        device = Device.open(settings.device_path, read_only=read_only)
         try:
             store = cls._attach(settings, device, index_capacity)
         except BaseException:
@@ -368,7 +376,8 @@ class RawDiskStore:
                     device.pwrite(packed, offset)
                 device.sync_meta()
                 store._stats["superblock_repairs"] = 1.0
-                log.warning("L2 device %s: one superblock copy was damaged and was rewritten", path)
+                done = "left as it is (read-only)" if device.read_only else "was rewritten"
+                log.warning("L2 device %s: one superblock copy was damaged and %s", path, done)
             store._load()
         if settings.use_direct_io:
             device.enable_direct_io(sb.block_size, sb.geometry.data_offset)

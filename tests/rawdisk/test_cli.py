@@ -210,3 +210,14 @@ def test_repair_extends_a_truncated_file_and_drops_what_was_lost(tmp_path: Path)
     assert again.returncode == 0, again.stdout + again.stderr
     kept = json.loads(cli("info", path, "--json").stdout)["entries"]
     assert 0 < kept < 40
+
+
+def test_sizes_take_the_settings_syntax(tmp_path: Path) -> None:
+    """One size syntax everywhere (README): MB is refused here as in the environment."""
+    path = str(tmp_path / "dev.bin")
+    refused = cli("format", path, "--size", "16MB")
+    assert refused.returncode == 2 and "powers of 1024" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    for size in ("16MiB", "16m", "16Mi"):
+        done = cli("format", path, "--size", size, "--force")
+        assert done.returncode == 0, done.stderr

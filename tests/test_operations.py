@@ -680,7 +680,7 @@ def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
         port=str(port),
         admin_port=str(admin_port),
         admin_allow_networks="127.0.0.0/8",
-        drain_seconds="1",
+        drain_seconds="3",
     )
     command = list(START_COMMANDS[start])
     if start == "plain-uvicorn":
@@ -704,7 +704,13 @@ def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
         spoofed = httpx.get(f"{admin}/_slicecache/healthz", headers={"x-forwarded-for": "10.9.9.9"})
         admin_on_main = httpx.get(f"{url}/_slicecache/healthz")
         process.send_signal(signal.SIGTERM)
-        draining = httpx.get(f"{admin}/_slicecache/readyz")
+        # The signal is handled at the server's next tick (plain uvicorn: up to 0.1 s): poll
+        # readyz until it says draining, well within DRAIN_SECONDS (3 s).
+        draining = wait_for(
+            lambda: (r := httpx.get(f"{admin}/_slicecache/readyz")).status_code == 503 and r,
+            timeout=2.5,
+            message="readyz never said draining",
+        )
         served_while_draining = httpx.get(f"{url}/files/1k.bin")
         code = process.wait(60)
     finally:

@@ -672,6 +672,10 @@ START_COMMANDS = {
 }
 
 
+def _answer_if(response: httpx.Response, status: int) -> httpx.Response | None:
+    return response if response.status_code == status else None
+
+
 @pytest.mark.parametrize("start", sorted(START_COMMANDS))
 def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
     port, admin_port = _free_port(), _free_port()
@@ -707,10 +711,11 @@ def test_both_starts_behave_the_same(origin: Origin, start: str) -> None:
         # The signal is handled at the server's next tick (plain uvicorn: up to 0.1 s): poll
         # readyz until it says draining, well within DRAIN_SECONDS (3 s).
         draining = wait_for(
-            lambda: (r := httpx.get(f"{admin}/_slicecache/readyz")).status_code == 503 and r,
+            lambda: _answer_if(httpx.get(f"{admin}/_slicecache/readyz"), 503),
             timeout=2.5,
             message="readyz never said draining",
         )
+        assert draining is not None  # wait_for returns only a truthy answer
         served_while_draining = httpx.get(f"{url}/files/1k.bin")
         code = process.wait(60)
     finally:

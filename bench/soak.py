@@ -272,6 +272,10 @@ class Soak:
         deadline = time.monotonic() + seconds
         while True:
             state = await self.state(client)
+            # -1 means the proxy could not observe a gauge: "never idle" would silently
+            # burn every phase's deadline and time the whole soak out, so say so at once.
+            unobserved = [key for key, value in state.items() if value == -1]
+            assert not unobserved, f"/_soak/state cannot observe {unobserved}"
             idle = (
                 state["active_requests"] == 0
                 and state["budget_in_use"] == 0

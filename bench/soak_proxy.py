@@ -31,16 +31,27 @@ def _status_kib(field: str) -> int:
     return 0
 
 
+def _connector(runtime: Any) -> Any:
+    # The aiohttp connector sits under any wrapping transports (app.origin's
+    # ObservedTransport keeps the real one as ``inner``): unwrap until it shows.
+    transport = getattr(runtime.upstream, "_transport", None)
+    for _ in range(8):
+        if transport is None or hasattr(transport, "_connector"):
+            break
+        transport = getattr(transport, "inner", None)
+    return getattr(transport, "_connector", None)
+
+
 def _origin_connections_in_use(runtime: Any) -> int:
     # aiohttp's connector: connections handed out to a request and not yet given back.
-    connector = getattr(getattr(runtime.upstream, "_transport", None), "_connector", None)
+    connector = _connector(runtime)
     acquired = getattr(connector, "_acquired", None)
     return len(acquired) if acquired is not None else -1
 
 
 def _origin_connections_idle(runtime: Any) -> int:
     # Kept alive in aiohttp's pool for the next request: open sockets, not leaks.
-    connector = getattr(getattr(runtime.upstream, "_transport", None), "_connector", None)
+    connector = _connector(runtime)
     conns = getattr(connector, "_conns", None)
     return sum(len(idle) for idle in conns.values()) if conns is not None else -1
 

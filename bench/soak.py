@@ -301,7 +301,9 @@ class Soak:
                 await self.warm(client)
             # Warm-up under the same load, so that every pool, cache and allocator arena
             # has reached its working size before "after warm-up" is measured.
-            await self.loaded(max(10.0, seconds / 6))
+            # A third of the loaded time: the allocator's arenas and uvloop/aiohttp buffers
+            # plateau after ~40 s of this load (a 40 s soak settled +8 MiB, a 120 s one +9).
+            await self.loaded(max(20.0, seconds / 3))
             for name in OBJECTS:
                 self.origin.set_fault(name, "")
             await self.idle_state(client, 60)

@@ -261,7 +261,12 @@ def test_clients_that_read_nothing_hold_no_more_than_the_budget(proxy: ProxyFact
             for conn in sockets:
                 conn.close()
         assert _settle(url, "in_flight_bytes") == 0
-    per_connection = 2 * MiB  # the probe's slice 0 and the socket's buffers, generously
+    # The README's per-connection term (2 x SLICE_SIZE + 256 KiB: the probe's slice 0, the
+    # slice being sent, socket buffers) plus, since the origin and this client run in this
+    # process too, their 20 streams' buffers and allocator slack: 4 MiB a client (measured
+    # 57-79 MiB in all for 20; the defect held ~19 MiB a client, +398 MiB). The proxy's own
+    # figure is checked against the formula by `make soak`, where it runs alone.
+    per_connection = 4 * MiB
     assert in_flight <= budget
     assert grown <= budget + clients * per_connection, f"RSS grew {grown / MiB:.0f} MiB"
 

@@ -75,26 +75,8 @@ class Device:
             fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
         except OSError as exc:
             raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-                raise RawDiskError(f"{path} is neither a regular file nor a block device")
-            os.set_blocking(fd, True)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RawDiskError(
-                f"L2 device {path} is in use by another process (exclusive lock held); "
-                "a device belongs to exactly one slicecache process"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
-        except BaseException:
-            os.close(fd)
-            raise
-        is_blk = stat.S_ISBLK(os.fstat(fd).st_mode)
-        return cls(path, fd, is_blk, created)
+        mode = _checked_and_locked(fd, path, fcntl.LOCK_EX)
+        return cls(path, fd, stat.S_ISBLK(mode), created)
 
     @classmethod
     def _open_read_only(cls, path: str) -> Device:
@@ -104,22 +86,8 @@ class Device:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise RawDiskError(f"cannot open L2 device {path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-                raise RawDiskError(f"{path} is neither a regular file nor a block device")
-            os.set_blocking(fd, True)
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RawDiskError(
-                f"L2 device {path} is in use by another process (exclusive lock held); "
-                "a device belongs to exactly one slicecache process"
-            ) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        device = cls(path, fd, stat.S_ISBLK(st.st_mode), False)
+        mode = _checked_and_locked(fd, path, fcntl.LOCK_SH)
+        device = cls(path, fd, stat.S_ISBLK(mode), False)
         device.read_only = True
         return device
 
@@ -259,3 +227,27 @@ class Device:
     def prefetch(self, offset: int, length: int) -> None:
         if not self.direct_io:
             os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+
+def _checked_and_locked(fd: int, path: str, lock: int) -> int:
+    """Refuse anything but a regular file or block device, take ``lock`` without waiting,
+    and return the file's mode; ``fd`` is closed on every refusal."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise RawDiskError(f"{path} is neither a regular file nor a block device")
+        os.set_blocking(fd, True)
+        fcntl.flock(fd, lock | fcntl.LOCK_NB)
+        return mode
+    except BlockingIOError:
+        os.close(fd)
+        raise RawDiskError(
+            f"L2 device {path} is in use by another process (exclusive lock held); "
+            "a device belongs to exactly one slicecache process"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        raise RawDiskError(f"cannot lock L2 device {path}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise

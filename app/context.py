@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
-from app.headers import Headers, decode_raw, get
+from app.edge.headers import Headers, decode_raw, get
 
 SCOPE_KEY = "slicecache.request"
 

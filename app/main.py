@@ -23,29 +23,29 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import admin
-from app.accesslog import AccessLogMiddleware, configure_logging, http_date_now
-from app.asgi_io import send_text
-from app.clientaddr import TrustedProxies
 from app.context import RequestContext
-from app.fills import ByteBudget
-from app.headers import Headers, parse_host
+from app.edge.asgi_io import send_text
+from app.edge.clientaddr import TrustedProxies
+from app.edge.headers import Headers, parse_host
+from app.edge.interim import relay_interim_to
+from app.edge.passthrough import pass_through
+from app.engine.fills import ByteBudget
+from app.engine.objects import ObjectDirectory
+from app.engine.pressure import PressureWatch
+from app.engine.sliced import serve_sliced
+from app.engine.slicer import SliceEngine
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.httpcache.targeted import targeted_fields
-from app.interim import relay_interim_to
-from app.lifecycle import Lifecycle, StartupError, StartupFailureReporter
-from app.metrics import Metrics
-from app.objects import ObjectDirectory
-from app.origin import ObservedTransport
-from app.plainstart import adopt_uvicorn
-from app.pressure import PressureWatch
-from app.proxy import pass_through
-from app.purge import handle_purge
-from app.ratelimit import RateLimitedLog
-from app.sliced import serve_sliced
-from app.slicer import SliceEngine
-from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
+from app.ops import admin
+from app.ops.accesslog import AccessLogMiddleware, configure_logging, http_date_now
+from app.ops.lifecycle import Lifecycle, StartupError, StartupFailureReporter
+from app.ops.metrics import Metrics
+from app.ops.plainstart import adopt_uvicorn
+from app.ops.purge import handle_purge
+from app.ops.ratelimit import RateLimitedLog
+from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport
+from app.upstream.transport import ObservedTransport
 from cache.memory import MemoryStore
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.tiered import TieredStore
@@ -191,7 +191,7 @@ class ProxyEndpoint:
             await send_text(send, *refusal)
             return
         ctx = RequestContext.from_scope(scope)
-        relay_interim_to(scope, send)  # the origin's 103s go to this client (app.interim)
+        relay_interim_to(scope, send)  # the origin's 103s go to this client (app.edge.interim)
         runtime.lifecycle.request_started()
         preserve_host = runtime.settings.preserve_host
         try:
@@ -225,7 +225,7 @@ class ProxyEndpoint:
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         """A short 4xx for what must not be forwarded: a bad Host, oversized heads.
 
-        The protocol (``app/httpserver.py``) refuses oversized heads as they arrive; this
+        The protocol (``app/edge/httpserver.py``) refuses oversized heads as they arrive; this
         is the same rule for any other server the app runs under.
         """
         hosts = [value for name, value in scope["headers"] if name == b"host"]

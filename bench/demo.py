@@ -31,7 +31,7 @@ def _ready(url: str) -> bool:
 
 def _proxy_argv() -> list[str]:
     script = Path(sys.executable).parent / "slicecache"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.ops.cli"]
 
 
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:

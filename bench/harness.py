@@ -187,7 +187,7 @@ def start_slicecache(
             str(value).lower() if isinstance(value, bool) else str(value)
         )
     script = Path(PYTHON).parent / "slicecache"
-    argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.cli"]
+    argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.ops.cli"]
     return _spawn(name, argv, f"http://127.0.0.1:{port}", "/_slicecache/readyz", log_dir, env)
 
 

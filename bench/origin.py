@@ -83,8 +83,7 @@ from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.httpcache.dates import parse_http_date
-from app.ranges import (
+from app.edge.ranges import (
     ByteRange,
     RangeOutcome,
     content_range,
@@ -97,6 +96,7 @@ from app.ranges import (
     parse_range_header,
     unsatisfied_content_range,
 )
+from app.httpcache.dates import parse_http_date
 
 # The ASGI spec types (as Starlette and httpx spell them), so any server or client fits.
 Message = MutableMapping[str, Any]
@@ -658,7 +658,7 @@ class OriginApp:
             segments.append((r.first, r.length))
         segments.append(multipart_trailer(boundary))
         mp_type = (b"content-type", multipart_content_type(boundary).encode())
-        # Announce what app.ranges computes: if it disagreed with the parts we stream,
+        # Announce what app.edge.ranges computes: if it disagreed with the parts we stream,
         # uvicorn would refuse the response, so every multipart test also checks it.
         length = multipart_length(decision.ranges, size, content_type, boundary)
         await self._respond(

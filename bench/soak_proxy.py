@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from app.accesslog import configure_logging
-from app.cli import listening_socket, server_for
 from app.main import create_app
+from app.ops.accesslog import configure_logging
+from app.ops.cli import listening_socket, server_for
 from settings import load_settings
 
 STATE_PATH = "/_soak/state"
@@ -32,7 +32,7 @@ def _status_kib(field: str) -> int:
 
 
 def _connector(runtime: Any) -> Any:
-    # The aiohttp connector sits under any wrapping transports (app.origin's
+    # The aiohttp connector sits under any wrapping transports (app.upstream.transport's
     # ObservedTransport keeps the real one as ``inner``): unwrap until it shows.
     transport = getattr(runtime.upstream, "_transport", None)
     for _ in range(8):

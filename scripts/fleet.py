@@ -144,7 +144,7 @@ def running_fleet(
                     env["SLICECACHE_RAW_DISK_CACHE__DEVICE_PATH"] = str(l2_dir / f"l2-{index}.bin")
                 fleet.instances.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "app.cli"], env=env, stdout=out, stderr=out
+                        [sys.executable, "-m", "app.ops.cli"], env=env, stdout=out, stderr=out
                     )
                 )
             for url in [fleet.instance_url(i) for i in range(instances)]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.httpserver import HttpProtocol
+from app.edge.httpserver import HttpProtocol
 from app.main import create_app
 from bench.origin import OriginApp, create_origin_app
 from settings import Settings

@@ -27,7 +27,7 @@ status, headers and body. This file reproduces that machinery in Python:
   Node server (a body longer than its Content-Length, a Transfer-Encoding that is not
   applied) and its interim responses go out byte for byte.
 * The cache runs with its default settings behind the project's own HTTP protocol class
-  (``app.httpserver.HttpProtocol``), as ``slicecache`` runs it; a subset runs again on
+  (``app.edge.httpserver.HttpProtocol``), as ``slicecache`` runs it; a subset runs again on
   the raw-disk tier alone (``test_on_l2_only``).
 
 Tests are grouped by the suite's files; each parametrized case carries the suite's test
@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.httpserver import HttpProtocol
+from app.edge.httpserver import HttpProtocol
 from app.main import create_app
 from settings import Settings
 from tests.servers import run_asgi_in_thread
@@ -434,7 +434,7 @@ def cache_url(scripted: tuple[ScriptedOrigin, str], clock: Clock) -> Iterator[st
     way tests/conftest.py's ``proxy`` factory starts one, after the clock is in place."""
     settings = Settings(upstream_address=scripted[1])
     app = create_app(settings, configure_logs=False)
-    # The project's own HTTP protocol class, as the CLI runs it (app/cli.py).
+    # The project's own HTTP protocol class, as the CLI runs it (app/ops/cli.py).
     with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
         clock.settled = lambda: _idle(app)
         try:

@@ -215,7 +215,7 @@ def test_plain_uvicorn_with_h11_says_the_edge_protections_are_off(origin: Origin
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the head timeout is implemented for httptools only (app/httpserver.py); an h11 "
+    reason="the head timeout is implemented for httptools only (app/edge/httpserver.py); an h11 "
     "protocol subclass with the same timer and cap is not written yet",
 )
 def test_plain_uvicorn_with_h11_cuts_off_a_trickled_head(origin: Origin) -> None:

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.context import RequestContext, RequestLog
-from app.headers import parse_host
+from app.edge.headers import parse_host
+from app.edge.httpserver import HttpProtocol
 from app.httpcache.invalidation import normalize_uri
-from app.httpserver import HttpProtocol
 from app.main import create_app
-from app.upstream import UpstreamClient, UpstreamTimeouts
+from app.upstream.client import UpstreamClient, UpstreamTimeouts
 from settings import Settings
 from tests.conftest import Origin
 from tests.servers import run_asgi_in_thread

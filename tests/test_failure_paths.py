@@ -102,7 +102,7 @@ def test_kill_minus_nine_with_l2_then_restart_serves_the_same_bytes(
 
 def test_shutdown_grace_cuts_live_streams_visibly(origin: Origin) -> None:
     name = "8m-grace-cut.bin"
-    # Half a second: app/cli.py once passed int(grace) or None to uvicorn, so 0.5 (and 0)
+    # Half a second: app/ops/cli.py once passed int(grace) or None to uvicorn, so 0.5 (and 0)
     # meant "no limit" and this stream ran to its end.
     settings = {"drain_seconds": "0", "shutdown_grace_seconds": "0.5", "slice_size": str(SLICE)}
     with proxy_process(origin, **settings) as (process, url):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.fills import ByteBudget, FillAbandoned, SliceClaim, SliceFill, SliceOverflow
+from app.engine.fills import ByteBudget, FillAbandoned, SliceClaim, SliceFill, SliceOverflow
 
 
 async def collect(fill: SliceFill, lo: int, hi: int) -> bytes:

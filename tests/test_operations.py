@@ -294,7 +294,7 @@ def test_rate_limited_log_folds_repeats_into_the_next_line(
 ) -> None:
     import logging
 
-    from app.ratelimit import RateLimitedLog
+    from app.ops.ratelimit import RateLimitedLog
 
     now = [100.0]
     warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 10.0, clock=lambda: now[0])
@@ -330,8 +330,8 @@ def test_write_behind_drops_are_logged_once_per_interval(
 ) -> None:
     import logging
 
-    from app.pressure import PressureWatch
-    from app.ratelimit import RateLimitedLog
+    from app.engine.pressure import PressureWatch
+    from app.ops.ratelimit import RateLimitedLog
     from cache.memory import MemoryStore
     from cache.tiered import TieredStore
 
@@ -416,7 +416,7 @@ def _env(**settings: str) -> dict[str, str]:
 )
 def test_invalid_setting_stops_startup_with_one_line(variable: str, value: str, rule: str) -> None:
     for command in (
-        [sys.executable, "-m", "app.cli"],
+        [sys.executable, "-m", "app.ops.cli"],
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
     ):
         result = subprocess.run(
@@ -440,7 +440,7 @@ def test_a_port_in_use_is_one_line_not_a_traceback(which: str) -> None:
         free = _free_port()
         main, admin = (busy, free + 1) if which == "port" else (free, busy)
         env = _env(port=str(main), admin_port=str(admin), upstream_address="127.0.0.1:9")
-        commands = [[sys.executable, "-m", "app.cli"]]
+        commands = [[sys.executable, "-m", "app.ops.cli"]]
         if which == "admin_port":  # plain uvicorn binds --port itself (its own message)
             commands.append([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(main)])
         for command in commands:
@@ -455,7 +455,7 @@ def _start_failure(env: dict[str, str]) -> list[tuple[int, str, str]]:
     """(exit code, stdout, stderr) of both ways to start, each given ``env``."""
     results = []
     for command in (
-        [sys.executable, "-m", "app.cli"],
+        [sys.executable, "-m", "app.ops.cli"],
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "0"],
     ):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
@@ -578,7 +578,7 @@ def proxy_process(origin: Origin, **settings: str) -> Iterator[tuple[subprocess.
     port = _free_port()
     env = _env(upstream_address=origin.url, port=str(port), **settings)
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli"],
+        [sys.executable, "-m", "app.ops.cli"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -667,7 +667,7 @@ def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
 # --- both ways to start behave the same ---------------------------------------------------
 
 START_COMMANDS = {
-    "console-script": [sys.executable, "-m", "app.cli"],
+    "console-script": [sys.executable, "-m", "app.ops.cli"],
     "plain-uvicorn": [sys.executable, "-m", "uvicorn", "app.main:app"],
 }
 
@@ -788,7 +788,7 @@ def test_plain_uvicorn_takes_the_grace_setting_as_the_console_script_does(grace:
 
     import uvicorn
 
-    from app.plainstart import _adopt_config
+    from app.ops.plainstart import _adopt_config
     from settings import Settings
 
     config = uvicorn.Config("app.main:app", log_config=None)
@@ -807,8 +807,8 @@ def test_plain_uvicorn_config_gets_the_console_scripts_choices() -> None:
 
     import uvicorn
 
-    from app.httpserver import HttpProtocol
-    from app.plainstart import _adopt_config
+    from app.edge.httpserver import HttpProtocol
+    from app.ops.plainstart import _adopt_config
     from settings import Settings
 
     config = uvicorn.Config("app.main:app", log_config=None)

@@ -12,10 +12,10 @@ from typing import cast
 
 import httpx
 
-from app.fills import ByteBudget
-from app.objectmeta import ObjectMeta
-from app.slicer import SliceEngine
-from app.upstream import UpstreamClient
+from app.engine.fills import ByteBudget
+from app.engine.objectmeta import ObjectMeta
+from app.engine.slicer import SliceEngine
+from app.upstream.client import UpstreamClient
 from tests.conftest import Origin, ProxyFactory
 from tests.servers import run_asgi_in_thread
 

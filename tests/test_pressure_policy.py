@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from app.httpserver import HttpProtocol
+from app.edge.httpserver import HttpProtocol
 from app.main import create_app
 from settings import Settings
 from tests.servers import run_asgi_in_thread
@@ -233,9 +233,9 @@ class _CountingFront:
 
 
 def test_x_cache_slices_of_a_huge_object_costs_a_bounded_number_of_lookups() -> None:
-    from app.fills import ByteBudget
-    from app.objectmeta import ObjectMeta
-    from app.slicer import SliceEngine
+    from app.engine.fills import ByteBudget
+    from app.engine.objectmeta import ObjectMeta
+    from app.engine.slicer import SliceEngine
 
     front = _CountingFront()
     engine = SliceEngine(
@@ -346,11 +346,11 @@ class _GatedL2:
 
 
 def test_a_purge_while_a_probe_answer_is_adopted_is_not_undone() -> None:
-    from app.fills import ByteBudget
+    from app.engine.fills import ByteBudget
+    from app.engine.objects import ObjectDirectory, ObjectRequest, Opened
+    from app.engine.slicer import SliceEngine
     from app.httpcache.freshness import FreshnessPolicy
-    from app.objects import ObjectDirectory, ObjectRequest, Opened
-    from app.slicer import SliceEngine
-    from app.upstream import UpstreamClient, UpstreamTimeouts, default_transport
+    from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport
     from cache import keys as cache_keys
     from cache.memory import MemoryStore
     from cache.tiered import TieredStore
@@ -446,7 +446,7 @@ def test_a_revalidation_by_a_client_with_credentials_keeps_the_shared_copy() -> 
 
 
 def test_shared_fill_headers_keep_the_host_and_the_vary_fields_only() -> None:
-    from app.headers import shared_fill_headers
+    from app.edge.headers import shared_fill_headers
 
     sent = [
         ("host", "origin:80"),

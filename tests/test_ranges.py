@@ -1,4 +1,4 @@
-"""Unit and property tests for app/ranges.py (RFC 9110 section 14 semantics)."""
+"""Unit and property tests for app/edge/ranges.py (RFC 9110 section 14 semantics)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.httpcache.dates import parse_http_date
-from app.ranges import (
+from app.edge.ranges import (
     DEFAULT_COALESCE_GAP,
     ByteRange,
     RangeDecision,
@@ -28,6 +27,7 @@ from app.ranges import (
     parse_range_header,
     unsatisfied_content_range,
 )
+from app.httpcache.dates import parse_http_date
 
 FULL = RangeOutcome.FULL
 PARTIAL = RangeOutcome.PARTIAL

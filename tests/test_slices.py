@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.slices import clip, slice_bounds, slice_count, slices_for_range
+from app.engine.slices import clip, slice_bounds, slice_count, slices_for_range
 
 
 @st.composite

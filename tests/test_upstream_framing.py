@@ -8,8 +8,8 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.upstream import AiohttpTransport
-from app.upstream_framing import _Framing
+from app.upstream.client import AiohttpTransport
+from app.upstream.framing import _Framing
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
 EARLY = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"

@@ -8,10 +8,10 @@ import httpx
 import pytest
 import respx
 
-from app.metrics import Metrics
-from app.origin import ObservedTransport
-from app.ratelimit import RateLimitedLog
-from app.upstream import UpstreamClient, UpstreamTimeouts
+from app.ops.metrics import Metrics
+from app.ops.ratelimit import RateLimitedLog
+from app.upstream.client import UpstreamClient, UpstreamTimeouts
+from app.upstream.transport import ObservedTransport
 
 ORIGIN = "http://origin.test:8081"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from app.headers import HOP_BY_HOP as HOP_BY_HOP  # re-exported for this package
+from app.edge.headers import HOP_BY_HOP as HOP_BY_HOP  # re-exported for this package
 
 Headers = Sequence[tuple[str, str]]
 """A header section: (lowercase name, value) pairs in wire order, repeated names allowed."""

@@ -35,7 +35,11 @@ def _start(
         "SLICECACHE_PORT": "9",  # never bound: the check comes first
     }
     return subprocess.run(
-        [sys.executable, "-m", "app.cli"], env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "app.ops.cli"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

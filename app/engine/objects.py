@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 import httpx
 from cachetools import LRUCache
 
-from app.fills import SliceFill
-from app.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
+from app.edge.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
+from app.engine.fills import SliceFill
+from app.engine.objectmeta import NOT_STORED, ObjectMeta
+from app.engine.slicer import SliceEngine, SliceError, parse_content_range
+from app.engine.unframed import peek_small_body
 from app.httpcache.cache_status import CacheStatus, Fwd
 from app.httpcache.conditional import (
     merge_304_headers,
@@ -38,9 +41,6 @@ from app.httpcache.freshness import (
 )
 from app.httpcache.storable import storability
 from app.httpcache.vary import selecting_headers, vary_field_names
-from app.objectmeta import NOT_STORED, ObjectMeta
-from app.slicer import SliceEngine, SliceError, parse_content_range
-from app.unframed import peek_small_body
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from app.asgi_io import send_json, send_text, send_whole
-from app.clientaddr import client_of
-from app.lifecycle import Lifecycle
+from app.edge.asgi_io import send_json, send_text, send_whole
+from app.edge.clientaddr import client_of
+from app.ops.lifecycle import Lifecycle
 
 AsgiHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
 

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from app.context import RequestLog
-from app.metrics import Metrics
-from app.ratelimit import RateLimitedLog
+from app.ops.metrics import Metrics
+from app.ops.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.origin")
 

@@ -9,7 +9,7 @@ gauge) and ``http_request_ttfb_seconds`` (mixed admin and proxied requests) are 
 see README "Metrics" for their replacements.
 
 Per-request figures (TTFB, requests, bytes, the response's slices) are recorded as
-requests end; origin figures by :mod:`app.origin` per exchange. Everything the engine,
+requests end; origin figures by :mod:`app.upstream.transport` per exchange. Everything the engine,
 the directory and the stores count anyway is read at scrape time by a collector, so the
 hot path pays nothing for it.
 """

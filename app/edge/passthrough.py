@@ -12,10 +12,17 @@ import time
 import httpx
 from starlette.types import Receive, Send
 
-from app.asgi_io import ClientGone, DisconnectWatch, RequestBody, send_body, send_start, send_text
 from app.context import RequestContext
-from app.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
-from app.upstream import UpstreamClient
+from app.edge.asgi_io import (
+    ClientGone,
+    DisconnectWatch,
+    RequestBody,
+    send_body,
+    send_start,
+    send_text,
+)
+from app.edge.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
+from app.upstream.client import UpstreamClient
 
 log = logging.getLogger("slicecache.proxy")
 

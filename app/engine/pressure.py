@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from app.ratelimit import RateLimitedLog
+from app.ops.ratelimit import RateLimitedLog
 from cache.tiered import TieredStore
 
 log = logging.getLogger("slicecache")

@@ -28,9 +28,9 @@ import httpx
 import yarl
 from cachetools import LRUCache
 
-from app.interim import interim_sink
-from app.metrics import EngineCounters
-from app.upstream_framing import LengthTrustingHandler
+from app.edge.interim import interim_sink
+from app.ops.metrics import EngineCounters
+from app.upstream.framing import LengthTrustingHandler
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
@@ -100,7 +100,7 @@ class _AiohttpBody(httpx.AsyncByteStream):
 
 class _InterimNotingResponse(aiohttp.ClientResponse):
     """aiohttp reads and drops 1xx responses inside ``start``; this hands each one to the
-    request's interim sink (app.interim) on the way, so a 103 reaches the client."""
+    request's interim sink (app.edge.interim) on the way, so a 103 reaches the client."""
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         sink = interim_sink.get()
@@ -138,7 +138,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             limit=pool_size, limit_per_host=0, keepalive_timeout=keepalive_seconds
         )
         # Each connection's protocol: aiohttp's, cut at the announced Content-Length
-        # (app/upstream_framing.py). aiohttp has no public hook for it.
+        # (app/upstream/framing.py). aiohttp has no public hook for it.
         self._connector._factory = functools.partial(  # type: ignore[assignment]
             LengthTrustingHandler, loop=asyncio.get_running_loop()
         )

@@ -24,9 +24,9 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from app.accesslog import configure_logging
-from app.httpserver import HttpProtocol
-from app.lifecycle import Lifecycle
+from app.edge.httpserver import HttpProtocol
+from app.ops.accesslog import configure_logging
+from app.ops.lifecycle import Lifecycle
 from settings import Settings
 
 log = logging.getLogger("slicecache")
@@ -115,7 +115,7 @@ def _refuse(reason: str) -> None:
 
 def _listen_on_admin_port(server: uvicorn.Server, config: uvicorn.Config, admin_port: int) -> None:
     """A second listening socket for the admin routes, as the console script opens."""
-    from app.cli import listening_socket  # the console script's own binding
+    from app.ops.cli import listening_socket  # the console script's own binding
 
     original = server.startup
 

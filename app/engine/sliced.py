@@ -10,23 +10,23 @@ from collections.abc import AsyncGenerator
 import httpx
 from starlette.types import Receive, Send
 
-from app import ranges
-from app.asgi_io import DisconnectWatch, send_body, send_start, send_text
 from app.context import RequestContext, SliceStats
-from app.headers import Headers, shared_fill_headers, with_via
-from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
-from app.httpcache.conditional import evaluate_client_conditionals
-from app.httpcache.freshness import current_age
-from app.objectmeta import ObjectMeta
-from app.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
-from app.proxy import (
+from app.edge import ranges
+from app.edge.asgi_io import DisconnectWatch, send_body, send_start, send_text
+from app.edge.headers import Headers, shared_fill_headers, with_via
+from app.edge.passthrough import (
     kind,
     origin_request_headers,
     pass_through,
     relay_response,
     reply_upstream_error,
 )
-from app.slicer import ObjectChanged, SliceEngine, SliceError
+from app.engine.objectmeta import ObjectMeta
+from app.engine.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
+from app.engine.slicer import ObjectChanged, SliceEngine, SliceError
+from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
+from app.httpcache.conditional import evaluate_client_conditionals
+from app.httpcache.freshness import current_age
 from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
@@ -297,7 +297,8 @@ async def _send_stream(
             reason = kind(error) if isinstance(error, httpx.TransportError) else str(error)
             expected = isinstance(error, httpx.TransportError | SliceError)
             # A transport error was already logged, rate-limited, with the origin, request,
-            # exception class and retry (app/origin.py); the access line carries `aborted`.
+            # exception class and retry (app/upstream/transport.py); the access line carries
+            # `aborted`.
             log.log(
                 logging.DEBUG if isinstance(error, httpx.TransportError) else logging.WARNING,
                 "slice fetch failed",

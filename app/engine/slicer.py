@@ -1,6 +1,6 @@
 """The slicing engine: objects cut into aligned slices, fetched ahead, coalesced, checked.
 
-Flow (DESIGN.md steps 5-7; the object's metadata comes from :mod:`app.objects`):
+Flow (DESIGN.md steps 5-7; the object's metadata comes from :mod:`app.engine.objects`):
 :meth:`SliceEngine.stream` yields the bytes of a range in order. Each slice comes from the
 store or from an in-flight fill (coalesced: one origin fetch per slice, readers tail it);
 missing slices are fetched ahead of the one being sent, ``lookahead`` Range requests of up
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from app.context import SliceStats
-from app.fills import (
+from app.edge.headers import Headers
+from app.engine.fills import (
     BudgetWaiter,
     ByteBudget,
     FetchHold,
@@ -35,11 +36,10 @@ from app.fills import (
     SliceOverflow,
     abandon_run,
 )
-from app.headers import Headers
-from app.metrics import EngineCounters
-from app.objectmeta import ObjectMeta
-from app.slices import clip, slice_bounds, slices_for_range
-from app.upstream import UpstreamClient
+from app.engine.objectmeta import ObjectMeta
+from app.engine.slices import clip, slice_bounds, slices_for_range
+from app.ops.metrics import EngineCounters
+from app.upstream.client import UpstreamClient
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData

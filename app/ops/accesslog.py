@@ -17,10 +17,10 @@ from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.clientaddr import CLIENT_KEY, TrustedProxies
 from app.context import SCOPE_KEY, RequestLog
-from app.metrics import Metrics
-from app.origin import CURRENT_REQUEST
+from app.edge.clientaddr import CLIENT_KEY, TrustedProxies
+from app.ops.metrics import Metrics
+from app.upstream.transport import CURRENT_REQUEST
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Send
 
-from app.headers import Headers, encode
+from app.edge.headers import Headers, encode
 
 
 class ClientGone(Exception):

@@ -18,10 +18,10 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from app.accesslog import configure_logging
-from app.httpserver import HttpProtocol
-from app.lifecycle import Lifecycle
+from app.edge.httpserver import HttpProtocol
 from app.main import create_app
+from app.ops.accesslog import configure_logging
+from app.ops.lifecycle import Lifecycle
 from cache.rawdisk import RawDiskError
 from cache.rawdisk.preflight import check_device
 from settings import Settings, load_settings

@@ -29,7 +29,7 @@ answer instead of a reset; then the connection is closed.
 - **Early hints**: uvicorn does not implement the ASGI ``http.response.early_hint``
   extension; this class does, for HTTP/1.1 clients (RFC 9110 15.2: no 1xx to an HTTP/1.0
   one), until the final response starts. A ``status`` (102 or 103) and a ``headers`` list in
-  the message (app.interim) are written as is, else a 103 with one Link field per ``links``.
+  the message (app.edge.interim) are written as is, else a 103 with one Link field per ``links``.
 
 The app writes Date (the origin's on relayed and cached responses), so uvicorn's own Date
 header is off; its 400 for a malformed request would then go out without one, which RFC
@@ -48,8 +48,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from app.accesslog import http_date_now
-from app.interim import EARLY_HINT
+from app.edge.interim import EARLY_HINT
+from app.ops.accesslog import http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
 LINGER_BYTES = 1024 * 1024

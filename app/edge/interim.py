@@ -3,7 +3,7 @@
 The upstream transport reports each interim response it reads to the sink of the request
 that caused it (a context variable, so the probe and fill tasks a request starts inherit
 it); the sink turns a 103 Early Hints into the ASGI ``http.response.early_hint`` message,
-which ``app.httpserver.HttpProtocol`` writes to the client as long as the final response
+which ``app.edge.httpserver.HttpProtocol`` writes to the client as long as the final response
 has not started. Interim responses are never stored: they never reach the cache code.
 
 103 and 102 are relayed (102 Processing, from WebDAV, says "still working" to a client
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from app.headers import HOP_BY_HOP
+from app.edge.headers import HOP_BY_HOP
 
 EARLY_HINT = "http.response.early_hint"
 RELAYED_STATUSES = frozenset({102, 103})

@@ -15,10 +15,10 @@ import json
 
 from starlette.types import Send
 
-from app.asgi_io import send_json, send_text
 from app.context import RequestContext
-from app.metrics import EngineCounters
-from app.objects import ObjectDirectory
+from app.edge.asgi_io import send_json, send_text
+from app.engine.objects import ObjectDirectory
+from app.ops.metrics import EngineCounters
 from settings import PurgeSettings
 
 

@@ -186,9 +186,16 @@ def start_origin(log_dir: Path, latency_ms: float = 0.0, bandwidth_mbps: float =
 
 
 def start_slicecache(
-    upstream: str, log_dir: Path, name: str = "slicecache", **settings: Any
+    upstream: str,
+    log_dir: Path,
+    name: str = "slicecache",
+    python_wrap: Sequence[str] = (),
+    **settings: Any,
 ) -> Server:
-    """The real console script; ``settings`` become SLICECACHE_<NAME> variables."""
+    """The real console script; ``settings`` become SLICECACHE_<NAME> variables.
+
+    ``python_wrap``: interpreter options before ``-m app.ops.cli`` (e.g. ``-m cProfile -o
+    FILE``); the proxy then runs as a module instead of the console script."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLICECACHE_")}
     env["SLICECACHE_UPSTREAM_ADDRESS"] = upstream.removeprefix("http://")
@@ -201,7 +208,10 @@ def start_slicecache(
             str(value).lower() if isinstance(value, bool) else str(value)
         )
     script = Path(PYTHON).parent / "slicecache"
-    argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.ops.cli"]
+    if python_wrap:
+        argv = [PYTHON, *python_wrap, "-m", "app.ops.cli"]
+    else:
+        argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.ops.cli"]
     return _spawn(name, argv, f"http://127.0.0.1:{port}", "/_slicecache/readyz", log_dir, env)
 
 

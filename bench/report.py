@@ -28,6 +28,8 @@ COLORS = {
     "slicecache warm": "#17becf",
     "nginx cold": "#2ca02c",
     "nginx warm": "#98df8a",
+    "varnish cold": "#ff7f0e",
+    "varnish warm": "#ffbb78",
 }
 
 
@@ -135,6 +137,8 @@ def _proxy_color(label: str) -> str:
         return "#d62728"
     if label.startswith("nginx"):
         return "#2ca02c"
+    if label.startswith("varnish"):
+        return "#ff7f0e"
     if "L2" in label:
         return "#9467bd"
     if "L1 0" in label:

@@ -1,17 +1,20 @@
 """slicecache's benchmark: ``python -m bench.run [--quick] [--only SECTIONS] [--targets a,c]``.
 
 Starts the demo origin, a deliberately buffering "simple proxy", slicecache (the real console
-script) and, when installed, nginx with its slice module, each as a subprocess on a free
-loopback port; runs the workloads of the prototype's performance report; writes
-``bench/results/<YYYY-MM-DD>/report.md`` with PNG plots (raw JSON under ``raw/``).
+script) and, when installed, nginx with its slice module and Varnish with file storage, each
+as a subprocess on a free loopback port; runs the workloads of the prototype's performance
+report; writes ``bench/results/<YYYY-MM-DD>/report.md`` with PNG plots (raw JSON under
+``raw/``).
 
 Sections: ttfb, memory, throughput (efficiency is derived from it), cachewrite, offload,
-targets. ``--only targets`` reruns just the issue-target table (into ``report-targets.md``).
+targets, peers (the figures of issues 16 and 17 for nginx, Varnish and slicecache).
+``--only targets`` reruns just the issue-target table (into ``report-targets.md``).
 The machine is shared and noisy: compare ratios measured in one run, and proxy CPU seconds
 (from /proc via psutil), not wall times across runs.
 
 Needs curl (clients), optionally wrk (small-request load: ``apt-get install -y wrk``) and
-nginx (the peer: ``apt-get install -y nginx-light``); missing tools are reported, not fatal.
+nginx and Varnish (the peers: ``apt-get install -y nginx-light varnish``); missing tools are
+reported, not fatal.
 """
 
 from __future__ import annotations
@@ -256,6 +259,7 @@ class Bench:
             self.simple() as simple,
             self.slicecache(l1_cache_size_bytes=512 * MiB) as sc,
             self.nginx() as ng,
+            self.varnish() as vn,
         ):
             for rep in range(cfg.ttfb_repeats):
                 for mib in cfg.ttfb_sizes_mib:
@@ -269,6 +273,10 @@ class Bench:
                         path = self.name(mib) + q
                         add("nginx cold", mib, h.fetch_sync(ng.url + path))
                         add("nginx warm", mib, h.fetch_sync(ng.url + path))
+                    if vn is not None:
+                        path = self.name(mib) + q
+                        add("varnish cold", mib, h.fetch_sync(vn.url + path))
+                        add("varnish warm", mib, h.fetch_sync(vn.url + path))
         table: dict[str, dict[str, dict[str, float]]] = {}
         for label, by_size in rows.items():
             for mib, entries in by_size.items():
@@ -328,6 +336,11 @@ class Bench:
         with self.nginx() as ng:
             if ng is not None:
                 result["nginx (disk cache)"] = self._memory_phases(ng)
+        self.step("memory varnish")
+        with self.varnish() as vn:
+            if vn is not None:
+                # RSS includes the touched pages of its mmap'd storage file.
+                result["varnish (file storage, mmap in RSS)"] = self._memory_phases(vn)
         self.results["memory"] = result
 
     # --- throughput + efficiency -----------------------------------------------------------
@@ -389,6 +402,9 @@ class Bench:
         with self.nginx() as ng:
             if ng is not None:
                 self._miss_hit(ng, "nginx", out)
+        with self.varnish() as vn:
+            if vn is not None:
+                self._miss_hit(vn, "varnish", out)
         self.results["throughput"] = out
 
     # --- cache write (L2) --------------------------------------------------------------------
@@ -470,6 +486,7 @@ class Bench:
             ("simple proxy", self.simple),
             ("slicecache", lambda: self.slicecache(l1_cache_size_bytes=512 * MiB)),
             ("nginx", self.nginx),
+            ("varnish", self.varnish),
         ]
         for label, factory in servers:
             with factory() as server:
@@ -857,10 +874,10 @@ class Bench:
         cfg = self.cfg
         per = {
             "ttfb": cfg.ttfb_repeats * len(cfg.ttfb_sizes_mib),
-            "memory": 3,
-            "throughput": 4 * len(cfg.throughput_clients),
+            "memory": 4,
+            "throughput": 5 * len(cfg.throughput_clients),
             "cachewrite": 2,
-            "offload": 3 * len(cfg.offload_clients),
+            "offload": 4 * len(cfg.offload_clients),
             "targets": len(self.targets),
             "peers": len(PEERS),
         }

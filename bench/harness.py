@@ -373,8 +373,6 @@ def start_varnish(name: str, upstream: str, log_dir: Path, storage_bytes: int) -
     argv = [binary, "-F", "-n", str(tmp / "work"), "-j", "none"]
     argv += ["-a", f"127.0.0.1:{port}", "-T", "127.0.0.1:0", "-f", str(vcl)]
     argv += ["-s", f"file,{tmp / 'varnish.bin'},{storage_mib}M"]
-    # Give it the machine's two cores' worth of threads early, as a tuned install would.
-    argv += ["-p", "thread_pool_min=50", "-p", "thread_pools=2"]
     try:
         # VCL is compiled with cc at start: allow it a little longer than nginx.
         return _spawn(

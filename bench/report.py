@@ -969,6 +969,12 @@ def _peer_figures_section(r: dict[str, Any], plots: list[str]) -> str:
             out.append(f"- {label}: skipped ({entry['skipped']})")
         elif entry.get("note"):
             out.append(f"- {label}: {entry['note']}")
+        for row in entry.get("big", []) + entry.get("mid", []):
+            if row.get("starved"):
+                out.append(
+                    f"- {label}: {row['starved']} of {row['clients']} connections received no "
+                    f"byte in the {cfg.get('window_s', '?')} s window"
+                )
         cached = [row.get("origin_bytes", 0) for row in entry.get("big", [])]
         if any(cached):
             out.append(f"- {label}: the origin sent {mib(sum(cached))} during the cached runs")

@@ -803,6 +803,11 @@ class Bench:
             "clients": clients,
             "mbps": w.mbps,
             "fairness": w.fairness,
+            # Connections that got no byte in the window (fairness 0 says "some", this says
+            # how many), and the extremes behind the fairness ratio.
+            "starved": sum(1 for b in w.per_client if b == 0),
+            "slowest_bytes": min(w.per_client, default=0),
+            "fastest_bytes": max(w.per_client, default=0),
             "bytes": w.total,
             "seconds": w.seconds,
             "completed": w.completed,

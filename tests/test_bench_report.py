@@ -81,6 +81,7 @@ def test_peer_table_gives_every_figure_as_a_ratio_to_nginx() -> None:
             "slicecache": _peer(10_000, 3000),
         }
     }
+    results["peers"]["slicecache"]["big"][2]["starved"] = 3
     text = report.peer_table(results)
     row = next(line for line in text.splitlines() if "req/s" in line)
     # nginx 40,000, Varnish n/a (skipped), slicecache 10,000 = 0.25x nginx
@@ -91,3 +92,4 @@ def test_peer_table_gives_every_figure_as_a_ratio_to_nginx() -> None:
     assert "64 clients: aggregate MB/s | 128,000 |" in text
     section = report._peer_figures_section(results, [])
     assert "Varnish: skipped (varnish not installed" in section
+    assert "slicecache: 3 of 64 connections received no byte in the 2 s window" in section

@@ -72,16 +72,17 @@ def _peer(rps: float, mbps: float) -> dict[str, Any]:
 
 
 def test_peer_table_gives_every_figure_as_a_ratio_to_nginx() -> None:
-    results = {
+    slicecache = _peer(10_000, 3000)
+    slicecache["big"][2]["starved"] = 3
+    results: dict[str, Any] = {
         "peers": {
             "config": {"big_mib": 1024, "cold_mib": 100, "window_s": 2, "wrk_seconds": 3},
             "origin": {"cold_ttfb": {"ttfb_p50": 0.0507}},
             "nginx": _peer(40_000, 2000),
             "varnish": {"skipped": "varnish not installed or failed to start"},
-            "slicecache": _peer(10_000, 3000),
+            "slicecache": slicecache,
         }
     }
-    results["peers"]["slicecache"]["big"][2]["starved"] = 3
     text = report.peer_table(results)
     row = next(line for line in text.splitlines() if "req/s" in line)
     # nginx 40,000, Varnish n/a (skipped), slicecache 10,000 = 0.25x nginx

@@ -22,9 +22,18 @@ import httpx
 from cachetools import LRUCache
 
 from app.edge.headers import Headers, decode_raw, end_to_end, get, shared_fill_headers
+from app.engine.classify import (
+    Answer,
+    Invalid,
+    Sliceable,
+    Unpinnable,
+    Unsized,
+    WholeBody,
+    classify,
+)
 from app.engine.fills import SliceFill
 from app.engine.objectmeta import NOT_STORED, ObjectMeta
-from app.engine.slicer import SliceEngine, SliceError, parse_content_range
+from app.engine.slicer import SliceEngine, SliceError
 from app.engine.unframed import peek_small_body
 from app.httpcache.cache_status import CacheStatus, Fwd
 from app.httpcache.conditional import (
@@ -430,46 +439,38 @@ class ObjectDirectory:
         size: int | None = None
         whole = False
         in_hand: httpx.Response | None = response
-        if status == 206:
-            first, last, total = parse_content_range(get(response_headers, "content-range")) or (
-                -1,
-                -1,
-                None,
-            )
-            if first != 0 or total is None or last != min(engine.slice_size, total) - 1:
-                # The origin's ranges cannot be trusted: the request passes through whole.
-                await response.aclose()
-                self._unsliceable[object_key] = time.time() + UNSLICEABLE_MEMORY_SECONDS
-                return Forward("origin answered the first slice with a wrong Content-Range")
-            size = total
-        elif status != 416:
-            length = get(response_headers, "content-length")
-            small = length is not None and length.isdigit() and int(length) <= engine.slice_size
-            # One slice or less: cached whole, whatever the origin does with ranges. A
-            # status other than 200 only if it may be stored at all (301, 404, 410...).
-            if small and (
-                status == 200
-                or storability(
-                    "GET",
-                    status,
-                    request_headers,
-                    response_headers,
-                    targeted=self.policy.targeted_fields,
-                )
+        verdict = classify(
+            Answer.of_headers(status, response_headers), 0, engine.slice_size - 1, None
+        )
+        if isinstance(verdict, Invalid):
+            # The origin's ranges cannot be trusted: the request passes through whole.
+            await response.aclose()
+            self._unsliceable[object_key] = time.time() + UNSLICEABLE_MEMORY_SECONDS
+            return Forward(f"origin answered the first slice wrongly: {verdict.reason}")
+        if isinstance(verdict, Unpinnable):
+            # Without a strong validator two versions could be spliced: never sliced.
+            await response.aclose()
+            return Forward(verdict.reason)
+        if isinstance(verdict, Sliceable):
+            size = verdict.size
+            if size == 0:
+                await response.aclose()  # a 416 for an empty object: nothing to read
+                in_hand = None
+        elif isinstance(verdict, WholeBody):
+            # A status other than 200 only if it may be stored at all (301, 404, 410...).
+            if status == 200 or storability(
+                "GET",
+                status,
+                request_headers,
+                response_headers,
+                targeted=self.policy.targeted_fields,
             ):
-                size, whole = int(length or 0), True
-            elif (
-                length is None
-                and status in (200, 204)
-                and "content-range" not in dict(response_headers)
-            ):
-                # Chunked or close-delimited: stored whole if it ends within one slice.
-                in_hand, body_size = await peek_small_body(response, engine.slice_size)
-                if body_size is not None:
-                    size, whole = body_size, True
+                size, whole = verdict.size, True
+        elif isinstance(verdict, Unsized):
+            in_hand, body_size = await peek_small_body(response, engine.slice_size)
+            if body_size is not None:
+                size, whole = body_size, True
         elif status == 416:
-            if (get(response_headers, "content-range") or "").replace(" ", "") == "bytes*/0":
-                size = 0
             await response.aclose()
             in_hand = None
         if size is None:
@@ -498,11 +499,6 @@ class ObjectDirectory:
         if decision.store and self._too_large(size):
             # It would only evict itself (and everything else) on the way through.
             decision = dataclasses.replace(decision, store=False, reason="too-large")
-        if not meta.pins_version and size > engine.slice_size:
-            # Without a strong validator two versions could be spliced: never sliced.
-            if in_hand is not None:
-                await in_hand.aclose()
-            return Forward("no validator to pin the object's version")
         if decision.store:
             entry_key = await self._adopt(object_key, meta, request_headers, epoch)
             cache_status = CacheStatus.miss(fwd_status=status, stored=True)

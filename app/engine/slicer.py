@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import httpx
 
 from app.context import SliceStats
 from app.edge.headers import Headers
+from app.engine.classify import Answer, Invalid, Mismatch, Sliceable, WholeBody, classify
 from app.engine.fills import (
     BudgetWaiter,
     ByteBudget,
@@ -45,8 +45,6 @@ from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData
 
 log = logging.getLogger("slicecache.slicer")
-
-CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
@@ -81,16 +79,6 @@ def _error_kind(error: Exception) -> str:
     if isinstance(error, SliceError):
         return "slice_invalid"
     return "internal"
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    if value is None:
-        return None
-    match = CONTENT_RANGE.match(value)
-    if match is None:
-        return None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), int(match.group(2)), total
 
 
 @dataclass
@@ -630,60 +618,22 @@ class SliceEngine:
     def check_slice_response(
         self, response: httpx.Response, first: int, last: int, meta: ObjectMeta
     ) -> int:
-        """A slice answer is used only if it is exactly the bytes asked, of the same version.
+        """A slice answer is used only if it is exactly the bytes asked, of the same version
+        (:func:`app.engine.classify.classify`).
 
         Returns how many leading bytes of the answer come before ``first`` (a 200 that
         ignored the Range) and are skipped.
         """
-        status = response.status_code
-        if status == 200 and meta.whole and first == 0:
-            self._check_whole(response, meta)
+        verdict = classify(Answer.of_response(response), first, last, meta)
+        if isinstance(verdict, Sliceable):
             return 0
-        if status == 200 and not meta.whole:
-            # The origin ignored the Range (after honouring the first one): the whole body
-            # of the same version serves, read from ``first`` on.
-            self._check_whole(response, meta)
-            return first
-        if status in (412, 416):
-            raise ObjectChanged(f"origin answered {status} for a slice of a known object")
-        if status >= 500:
-            raise SliceError(f"origin answered {status}", retryable=True)
-        if status != 206:
-            raise SliceError(f"origin answered {status} to a range request", retryable=False)
-        headers = response.headers
-        etag = headers.get("etag")
-        if meta.etag and not meta.etag.startswith("W/"):
-            if etag != meta.etag:
-                raise ObjectChanged(f"ETag {etag!r} is not {meta.etag!r}")
-        elif meta.last_modified and headers.get("last-modified") != meta.last_modified:
-            raise ObjectChanged("Last-Modified changed")
-        content_range = parse_content_range(headers.get("content-range"))
-        if content_range is None:
-            raise SliceError("slice answer without a Content-Range", retryable=False)
-        got_first, got_last, total = content_range
-        if total is not None and total != meta.size:
-            raise ObjectChanged(f"size changed from {meta.size} to {total}")
-        if (got_first, got_last) != (first, last):
-            raise SliceError(
-                f"asked bytes {first}-{last}, got {got_first}-{got_last}", retryable=False
-            )
-        length = headers.get("content-length")
-        if length is not None and length.strip() != str(last - first + 1):
-            raise SliceError(f"Content-Length {length} for {last - first + 1} B", retryable=False)
-        return 0
-
-    def _check_whole(self, response: httpx.Response, meta: ObjectMeta) -> None:
-        """A 200 for a slice: the whole object, which must be the same version and size."""
-        headers = response.headers
-        if meta.validator is not None and (
-            headers.get("etag") != meta.etag or headers.get("last-modified") != meta.last_modified
-        ):
-            raise ObjectChanged("validator changed")
-        length = headers.get("content-length")
-        if length is not None and length.strip() != str(meta.size):
-            raise ObjectChanged("size changed")
-        if length is None and not meta.whole:
-            raise SliceError("a 200 without a Content-Length for a slice", retryable=True)
+        if isinstance(verdict, WholeBody):
+            return verdict.skip
+        if isinstance(verdict, Mismatch):
+            raise ObjectChanged(verdict.reason)
+        if isinstance(verdict, Invalid):
+            raise SliceError(verdict.reason, retryable=verdict.retryable)
+        raise SliceError(f"unexpected answer to a slice request: {verdict}", retryable=False)
 
     def _ranges_ignored(self, slice_key: str) -> None:
         """New requests for the object pass through whole; running ones read this 200."""

@@ -394,8 +394,6 @@ def create_app(
                 targeted_fields=targeted_fields(settings.targeted_cache_control),
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
-            engine.on_object_changed = runtime.directory.object_changed
-            engine.on_unsliceable = runtime.directory.mark_unsliceable
             store = runtime.store
             runtime.metrics.slice_hits = lambda: {
                 "hit_l1": float(store.counters["slice_hits_l1"]),

@@ -448,8 +448,7 @@ def _idle(app: Any) -> bool:
     runtime = app.state.runtime
     directory = runtime.directory
     return runtime.lifecycle.active_requests == 0 and (
-        directory is None
-        or not (directory._probes or directory._background or directory.engine.fills)
+        directory is None or not (directory.in_flight() or directory.engine.fills)
     )
 
 

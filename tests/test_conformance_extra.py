@@ -2175,7 +2175,7 @@ REFETCH_AFTER_304 = (
     "A 304 that makes the stored response unstorable (no-store, private, Vary: *) evicts "
     "it before its body is read, so the body is fetched again unconditionally: a second "
     "origin request (the scripted origin answers it 999, hence 502) where RFC 9111 4.3.3/"
-    "4.3.4 reuse the updated stored response. app/engine/objects.py _probe_with_budget."
+    "4.3.4 reuse the updated stored response. app/engine/probe.py Prober._revalidated."
 )
 
 

@@ -547,3 +547,37 @@ def test_slow_reader_stops_the_lookahead(proxy: ProxyFactory, origin: Origin) ->
     assert read == 64 * mib
     # What the client holds plus socket buffers plus the 4-slice window, far from 64 MiB.
     assert sent_while_paused < 24 * mib
+
+
+class ChunkedWholeOrigin:
+    """Ignores Range and sends the whole body chunked (no Content-Length), in pieces."""
+
+    def __init__(self, size: int) -> None:
+        self.body = bytes((i * 13 + 5) % 251 for i in range(size))
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"etag", b'"chunked-v1"'),
+            (b"cache-control", b"public, max-age=3600"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        step = 16 * 1024
+        for start in range(0, len(self.body), step):
+            piece = self.body[start : start + step]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+
+def test_a_large_chunked_answer_to_the_probe_is_relayed_whole(proxy: ProxyFactory) -> None:
+    """The probe reads the start of an unframed answer to see whether it is small; a longer
+    one is relayed: the bytes read and then the rest, never cut where the peek stopped."""
+    chunked = ChunkedWholeOrigin(3 * SLICE + 12345)
+    with run_asgi_in_thread(chunked) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+            answers = [httpx.get(f"{url}/big.bin", timeout=30) for _ in range(2)]
+    for whole in answers:
+        assert whole.status_code == 200
+        assert whole.content == chunked.body

@@ -322,6 +322,13 @@ class FetchHold:
         self.granted = granted
         self.response = response
 
+    def pass_on(self) -> FetchHold:
+        """A new hold with this one's grant and response; this one is left empty, so that
+        whoever still has it (a probe after handing slice 0 to its fill) releases nothing."""
+        taken = FetchHold(self.budget, self.granted, self.response)
+        self.granted, self.response = 0, None
+        return taken
+
     def release_budget(self) -> None:
         granted, self.granted = self.granted, 0
         if granted:

@@ -4,20 +4,27 @@ Flow (DESIGN.md steps 5-7; the object's metadata comes from :mod:`app.engine.obj
 :meth:`SliceEngine.stream` yields the bytes of a range in order. Each slice comes from the
 store or from an in-flight fill (coalesced: one origin fetch per slice, readers tail it);
 missing slices are fetched ahead of the one being sent, ``lookahead`` Range requests of up
-to ``run_length`` consecutive slices each, under a global byte budget. Every origin answer
-is checked (206, exact Content-Range, length, validator) before a byte of it is used. A
-validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
+to ``run_length`` consecutive slices each, under a global byte budget. This module is the
+window of one response and the start and outcome of each fetch task; the fetch itself
+(request, checks, retries) is :mod:`app.engine.fetcher`, the fills in flight and what
+they hold :mod:`app.engine.inflight`, who reads which version :mod:`app.engine.readers`.
+A validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
 two versions are never spliced into one response.
+
+Length (~450 lines): the window of a response (stream, claim) and the start and outcome of
+its fetch tasks share one state, the claims of a response and the fills they join; the
+fetch, the registry of fills and the readers' bookkeeping are already split out. Lines
+that another branch rewrites (slice-key helpers) stay here until that merge.
+
+The engine never calls the object directory: what it reports (an origin that ignores
+Range, an object that changed) goes to the two callbacks it was given, and its public
+methods are what the directory uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
-import re
-import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -25,18 +32,20 @@ import httpx
 
 from app.context import SliceStats
 from app.edge.headers import Headers
+from app.engine.fetcher import ObjectChanged as ObjectChanged
+from app.engine.fetcher import SliceError as SliceError
+from app.engine.fetcher import SliceFetcher, error_kind, slice_request_headers
 from app.engine.fills import (
     BudgetWaiter,
     ByteBudget,
     FetchHold,
-    FillAbandoned,
     SliceClaim,
     SliceFill,
     SliceGone,
-    SliceOverflow,
-    abandon_run,
 )
+from app.engine.inflight import InFlight
 from app.engine.objectmeta import ObjectMeta
+from app.engine.readers import Readers
 from app.engine.slices import clip, slice_bounds, slices_for_range
 from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
@@ -46,51 +55,8 @@ from cache.protocol import CacheFront, SliceData
 
 log = logging.getLogger("slicecache.slicer")
 
-CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-BACKOFF_BASE_SECONDS = 0.05
-BACKOFF_CAP_SECONDS = 2.0
 # At most this many index lookups count a range's cached slices for X-Cache-Slices.
 CACHED_SLICES_SAMPLE = 512
-
-
-def version_slices_prefix(entry_key: str, version: str) -> str:
-    """What every slice key of one version of an entry starts with."""
-    return f"{entry_key}{keys.SEPARATOR}{version}{keys.SEPARATOR}"
-
-
-class ObjectChanged(Exception):
-    """The origin's object is not the version the cached slices belong to."""
-
-
-class SliceError(Exception):
-    """The origin answered a slice request wrongly; ``retryable`` if trying again may help."""
-
-    def __init__(self, message: str, *, retryable: bool) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-def _error_kind(error: Exception) -> str:
-    """Why a slice fetch failed for good (each failed origin request is counted as an
-    ``upstream_*`` error by the client already)."""
-    if isinstance(error, httpx.TimeoutException):
-        return "slice_timeout"
-    if isinstance(error, httpx.TransportError):
-        return "slice_connection"
-    if isinstance(error, SliceError):
-        return "slice_invalid"
-    return "internal"
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    if value is None:
-        return None
-    match = CONTENT_RANGE.match(value)
-    if match is None:
-        return None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), int(match.group(2)), total
 
 
 @dataclass
@@ -111,32 +77,41 @@ class SliceEngine:
     # Called with (entry key, version) when the origin's object changed under a fill of
     # that version: the directory forgets the object unless it already holds a newer one.
     on_object_changed: Callable[[str, str], Awaitable[object]] | None = None
-    fills: dict[str, SliceFill] = field(default_factory=dict)
-    # Origin responses of ended fetches being closed (a reference keeps the task alive).
-    _closing: set[asyncio.Task[None]] = field(default_factory=set)
-    # Completed slices of objects that are shared but not stored (too large for the
-    # cache), kept only while other responses stream the same object, so that clients a
-    # little behind the one that fetched a slice still find it. Sized in __post_init__.
-    recent: ObjectIndexedLRU[str, bytearray] = field(init=False)
-    # Responses streaming each entry right now.
-    streaming: dict[str, int] = field(default_factory=dict)
-    # Responses reading each version (key: the version's slice-key prefix) right now, and
-    # replaced versions whose slices are deleted when their last such response ends: a
-    # stale response must not lose its slices to the revalidation it started.
-    reading: dict[str, int] = field(default_factory=dict)
-    # Complete slices holding budget for readers that have not started sending them.
-    _holding: weakref.WeakSet[SliceFill] = field(default_factory=weakref.WeakSet)
-    _retired: set[str] = field(default_factory=set)
+    counters: EngineCounters = field(default_factory=EngineCounters)
+    inflight: InFlight = field(init=False)
+    readers: Readers = field(init=False)
+    fetcher: SliceFetcher = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget.on_pressure = self._stop_unread_fills
+        self.inflight = InFlight(self.budget)
         # The drift between concurrent readers worth bridging: two lookahead windows, or a
         # half of the in-flight budget (32 curl clients on 2 cores drift tens of MiB apart).
         window = self.lookahead * self.run_length * self.slice_size
         capacity = max(2 * window, self.budget.capacity // 2)
-        self.recent = ObjectIndexedLRU(maxsize=capacity, getsizeof=len)
+        # Completed slices of objects that are shared but not stored (too large for the
+        # cache), kept only while other responses stream the same object.
+        self.readers = Readers(self.store, ObjectIndexedLRU(maxsize=capacity, getsizeof=len))
+        self.fetcher = SliceFetcher(
+            self.upstream,
+            self.max_retries,
+            self.counters,
+            self.store_epoch,
+            self._keep,
+            self._ranges_ignored,
+        )
 
-    counters: EngineCounters = field(default_factory=EngineCounters)
+    @property
+    def fills(self) -> dict[str, SliceFill]:
+        """Slices being fetched now, by slice key."""
+        return self.inflight.fills
+
+    @property
+    def recent(self) -> ObjectIndexedLRU[str, bytearray]:
+        return self.readers.recent
+
+    @property
+    def streaming(self) -> dict[str, int]:
+        return self.readers.streaming
 
     # --- streaming a range -------------------------------------------------------------
 
@@ -194,9 +169,7 @@ class SliceEngine:
         )
         run_length = min(self.run_length, window)
         scheduled = indexes.start
-        self.streaming[entry_key] = self.streaming.get(entry_key, 0) + 1
-        version_prefix = version_slices_prefix(entry_key, meta.version)
-        self.reading[version_prefix] = self.reading.get(version_prefix, 0) + 1
+        version_prefix = self.readers.started(entry_key, meta.version)
 
         async def claim_from(index: int, most: int, urgent: bool) -> None:
             # A run never reaches into slices this response already holds.
@@ -241,8 +214,7 @@ class SliceEngine:
             # Claims still held here were never read: the response ended early.
             for claim in claims.values():
                 claim.release(abandon=True)
-            self._stream_ended(entry_key)
-            self._version_read(version_prefix)
+            self.readers.ended(entry_key, version_prefix)
 
     def _cached(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:
         """Held by a tier or the recent buffer (an index lookup: no bytes are read)."""
@@ -326,13 +298,23 @@ class SliceEngine:
         store: bool,
         prepaid: int = 0,
         epoch: int | None = None,
+        hold: FetchHold | None = None,
     ) -> SliceFill:
         """Fetch one slice in a task of its own; ``response`` is an answer already in hand,
         ``prepaid`` bytes of the byte budget already granted to it, ``epoch`` the purge
-        epoch taken when the request that brought ``response`` went out."""
+        epoch taken when the request that brought ``response`` went out. Or ``hold``: the
+        grant and response of a fetch started elsewhere (the probe), taken over whole."""
         run = [(key, bounds)]
         return self.start_run(
-            run, target, meta, request_headers, response, store=store, prepaid=prepaid, epoch=epoch
+            run,
+            target,
+            meta,
+            request_headers,
+            response,
+            store=store,
+            prepaid=prepaid,
+            epoch=epoch,
+            hold=hold,
         )[0]
 
     def start_run(
@@ -347,6 +329,7 @@ class SliceEngine:
         prepaid: int = 0,
         epoch: int | None = None,
         urgent: bool = False,
+        hold: FetchHold | None = None,
     ) -> list[SliceFill]:
         """Fetch consecutive slices with one Range request, in one task, fill by fill.
 
@@ -355,51 +338,16 @@ class SliceEngine:
         their time waiting.
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
-        hold = FetchHold(self.budget, prepaid, response)
+        # One owner: the hold handed in is emptied into this fetch's own.
+        taken = hold.pass_on() if hold is not None else FetchHold(self.budget, prepaid, response)
         task = asyncio.get_running_loop().create_task(
-            self._run_fills(fills, target, meta, request_headers, hold, store, epoch, urgent)
+            self._run_fills(fills, target, meta, request_headers, taken, store, epoch, urgent)
         )
         # The hold is released here whatever the task's fate: a task cancelled before its
         # first step never runs its own ``finally``.
-        task.add_done_callback(lambda _: self._run_ended(fills, hold))
-        members = tuple(fills)
-        for fill in fills:
-            fill.run = members
-            fill.task = task
-            fill.stored = store
-            self.fills[fill.key] = fill
+        task.add_done_callback(lambda _: self.inflight.run_ended(fills, taken))
+        self.inflight.register(fills, task, store)
         return fills
-
-    def _run_ended(self, fills: list[SliceFill], hold: FetchHold) -> None:
-        # A complete slice that readers still have to send keeps its share of the grant
-        # until its last reader is done with it: memory held for slow clients is bounded
-        # by the budget, not by the number of clients.
-        remaining, hold.granted = hold.granted, 0
-        for fill in fills:
-            share = min(fill.length, remaining)
-            remaining -= share
-            if (
-                share
-                and fill.error is None
-                and fill.done
-                and fill.readers > 0
-                and fill.sending == 0  # a slice being sent is the per-connection constant
-            ):
-                fill.held, fill.budget = share, self.budget
-                self._holding.add(fill)
-            elif share:
-                self.budget.release(share)
-        if remaining:
-            self.budget.release(remaining)
-        closing = hold.close_soon()
-        if closing is not None:
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-        for fill in fills:
-            fill.fail(FillAbandoned(f"fetch of {fill.key!r} ended before the slice did"))
-            fill.run = ()
-            if self.fills.get(fill.key) is fill:
-                del self.fills[fill.key]
 
     async def _run_fills(
         self,
@@ -413,7 +361,7 @@ class SliceEngine:
         urgent: bool = False,
     ) -> None:
         # The budget grant and the response in hand belong to ``hold``, released by
-        # :meth:`_run_ended` once this task is over, however it ended.
+        # :meth:`InFlight.run_ended` once this task is over, however it ended.
         def waiting(ticket: BudgetWaiter | None) -> None:
             for fill in fills:
                 fill.ticket = ticket  # a reader that reaches a waiting fill promotes it
@@ -423,7 +371,7 @@ class SliceEngine:
                 size = sum(fill.length for fill in fills)
                 await self.budget.acquire(size, urgent=urgent, on_wait=waiting)
                 hold.granted = min(size, self.budget.capacity)
-            await self._fetch_run(fills, target, meta, request_headers, hold, store, epoch)
+            await self.fetcher.fetch(fills, target, meta, request_headers, hold, store, epoch)
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
@@ -439,7 +387,7 @@ class SliceEngine:
         except Exception as error:
             for fill in fills:
                 fill.fail(error)
-            self.counters.error(_error_kind(error))
+            self.counters.error(error_kind(error))
         finally:
             await hold.close()
 
@@ -450,54 +398,33 @@ class SliceEngine:
     def purged_since(self, epoch: int, key: str) -> bool:
         return self.store is not None and self.store.purged_since(epoch, key)
 
-    def _stop_unread_fills(self) -> None:
-        """Budget is short: fetches that outlived all their readers (kept going only to fill
-        the cache) give way to requests somebody is waiting for."""
-        for fill in list(self.fills.values()):
-            run = fill.run or (fill,)
-            if fill.error is None and not fill.done and all(f.readers == 0 for f in run):
-                abandon_run(fill)
-        # Complete slices held for readers that have not reached them (clients reading
-        # nothing): let go, and fetched again when their reader gets there.
-        for held in list(self._holding):
-            self._holding.discard(held)
-            if held.held:
-                held.let_go()
-
-    def _stream_ended(self, entry_key: str) -> None:
-        remaining = self.streaming.get(entry_key, 1) - 1
-        if remaining > 0:
-            self.streaming[entry_key] = remaining
-            return
-        self.streaming.pop(entry_key, None)
-        prefix = entry_key + keys.SEPARATOR
-        for key in self.recent.keys_of(entry_key, within=prefix):
-            self.recent.pop(key, None)
-
-    def _version_read(self, prefix: str) -> None:
-        remaining = self.reading.get(prefix, 1) - 1
-        if remaining > 0:
-            self.reading[prefix] = remaining
-            return
-        self.reading.pop(prefix, None)
-        if prefix in self._retired and self.store is not None:
-            self._retired.discard(prefix)
-            deleting = asyncio.get_running_loop().create_task(self._delete_version(prefix))
-            self._closing.add(deleting)
-            deleting.add_done_callback(self._closing.discard)
-
     async def retire_version(self, entry_key: str, version: str) -> None:
-        """A newer version replaced this one: its slices are garbage once no response
-        reads them any more (now, or when the last reader ends)."""
-        prefix = version_slices_prefix(entry_key, version)
-        if self.reading.get(prefix, 0) > 0:
-            self._retired.add(prefix)
-            return
-        await self._delete_version(prefix)
+        """A newer version replaced this one: its slices go once no response reads them."""
+        await self.readers.retire_version(entry_key, version)
 
-    async def _delete_version(self, prefix: str) -> None:
-        if self.store is not None:
-            await self.store.delete_prefix(prefix)
+    def forget(self, object_key: str) -> None:
+        """The directory dropped the object: so do the engine's recent slices of it."""
+        self.readers.forget_object(object_key)
+
+    def forget_prefix(self, prefix: str) -> None:
+        self.readers.forget_prefix(prefix)
+
+    def forget_all(self) -> None:
+        self.readers.forget_all()
+
+    async def first_slice_hold(self) -> FetchHold:
+        """The budget of slice 0, for a probe, in a hold that owns it from now on.
+
+        Taken before the probe's request goes out: a probe holding an origin connection
+        while it waits for budget could deadlock with fills that hold budget while they
+        wait for a connection.
+        """
+        try:
+            async with asyncio.timeout(self.upstream.timeouts.read):
+                await self.budget.acquire(self.slice_size, urgent=True)
+        except TimeoutError:
+            raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
+        return FetchHold(self.budget, self.slice_size, None)
 
     async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
         """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
@@ -518,172 +445,7 @@ class SliceEngine:
     def slice_request_headers(
         self, request_headers: Headers, first: int, last: int, etag: str | None
     ) -> Headers:
-        # Slices are shared by every client, so they are fetched as the identity
-        # representation, never conditionally on one client's validators.
-        dropped = frozenset(
-            {
-                "range",
-                "if-range",
-                "if-match",
-                "if-none-match",
-                "if-modified-since",
-                "if-unmodified-since",
-                "accept-encoding",
-                "content-length",
-            }
-        )
-        headers = [(k, v) for k, v in request_headers if k not in dropped]
-        headers.append(("range", f"bytes={first}-{last}"))
-        headers.append(("accept-encoding", "identity"))
-        if etag is not None and not etag.startswith("W/"):
-            # A changed object then costs a 412, not a slice of the wrong version.
-            headers.append(("if-match", etag))
-        return headers
-
-    async def _fetch_run(
-        self,
-        fills: list[SliceFill],
-        target: str,
-        meta: ObjectMeta,
-        request_headers: Headers,
-        hold: FetchHold,
-        store: bool,
-        epoch: int | None = None,
-    ) -> None:
-        # The purge epoch of the origin request in hand (``response``), else taken as each
-        # request goes out: a purge after it that covers a slice means its bytes are not
-        # stored, whenever they arrive.
-        if epoch is None:
-            epoch = self.store_epoch()
-        attempt = 0
-        current = 0  # the fill being written; earlier ones are complete
-        last = fills[-1].last
-        pinned = meta.pins_version
-        while True:
-            fill = fills[current]
-            if pinned:
-                first = fill.first + fill.filled  # resume where we stopped
-                recheck = 0
-            else:
-                # Nothing pins the version: the slice is read again from its first byte and
-                # the bytes already received must come back identical.
-                first = fill.first
-                recheck = fill.filled
-            try:
-                response = hold.response
-                skip = 0  # bytes before ``first`` in an answer that ignored the Range
-                if response is None:
-                    headers = self.slice_request_headers(request_headers, first, last, meta.etag)
-                    epoch = self.store_epoch()
-                    response = hold.response = await self.upstream.send("GET", target, headers)
-                    skip = self.check_slice_response(response, first, last, meta)
-                    if skip or (response.status_code == 200 and not meta.whole):
-                        self._ranges_ignored(fills[0].key)
-                wanted = last - first + 1  # what this answer may still give us
-                async for chunk in response.aiter_raw():
-                    self.counters.upstream_bytes += len(chunk)
-                    view = memoryview(chunk)
-                    if skip:
-                        count = min(skip, len(view))
-                        skip -= count
-                        view = view[count:]
-                    if response.status_code == 200 and len(view) > wanted:
-                        view = view[:wanted]  # a whole body: the bytes after ours are not ours
-                    wanted -= len(view)
-                    if recheck:
-                        fill = fills[current]
-                        count = min(recheck, len(view))
-                        offset = fill.filled - recheck
-                        if memoryview(fill.buffer)[offset : offset + count] != view[:count]:
-                            raise ObjectChanged("an unvalidated object changed during a retry")
-                        recheck -= count
-                        view = view[count:]
-                    while view:
-                        fill = fills[current]
-                        room = fill.length - fill.filled
-                        if len(view) > room and current + 1 == len(fills):
-                            raise SliceOverflow(f"origin sent more than bytes {first}-{last}")
-                        fill.append(view[:room])
-                        view = view[room:]
-                        if fill.filled == fill.length:
-                            fill.finish()
-                            await self._keep(fill, store, epoch)
-                            current = min(current + 1, len(fills) - 1)
-                    if fills[-1].done and response.status_code == 200:
-                        break
-                if not fills[-1].done:
-                    got = sum(fill.filled for fill in fills)
-                    total = sum(fill.length for fill in fills)
-                    raise SliceError(f"origin sent {got} of {total} bytes", retryable=True)
-                return
-            except (httpx.TransportError, SliceError) as error:
-                retryable = isinstance(error, httpx.TransportError) or error.retryable
-                if not retryable or attempt >= self.max_retries:
-                    raise
-                attempt += 1
-                self.counters.retries += 1
-                delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
-                await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
-            finally:
-                await hold.close()
-
-    def check_slice_response(
-        self, response: httpx.Response, first: int, last: int, meta: ObjectMeta
-    ) -> int:
-        """A slice answer is used only if it is exactly the bytes asked, of the same version.
-
-        Returns how many leading bytes of the answer come before ``first`` (a 200 that
-        ignored the Range) and are skipped.
-        """
-        status = response.status_code
-        if status == 200 and meta.whole and first == 0:
-            self._check_whole(response, meta)
-            return 0
-        if status == 200 and not meta.whole:
-            # The origin ignored the Range (after honouring the first one): the whole body
-            # of the same version serves, read from ``first`` on.
-            self._check_whole(response, meta)
-            return first
-        if status in (412, 416):
-            raise ObjectChanged(f"origin answered {status} for a slice of a known object")
-        if status >= 500:
-            raise SliceError(f"origin answered {status}", retryable=True)
-        if status != 206:
-            raise SliceError(f"origin answered {status} to a range request", retryable=False)
-        headers = response.headers
-        etag = headers.get("etag")
-        if meta.etag and not meta.etag.startswith("W/"):
-            if etag != meta.etag:
-                raise ObjectChanged(f"ETag {etag!r} is not {meta.etag!r}")
-        elif meta.last_modified and headers.get("last-modified") != meta.last_modified:
-            raise ObjectChanged("Last-Modified changed")
-        content_range = parse_content_range(headers.get("content-range"))
-        if content_range is None:
-            raise SliceError("slice answer without a Content-Range", retryable=False)
-        got_first, got_last, total = content_range
-        if total is not None and total != meta.size:
-            raise ObjectChanged(f"size changed from {meta.size} to {total}")
-        if (got_first, got_last) != (first, last):
-            raise SliceError(
-                f"asked bytes {first}-{last}, got {got_first}-{got_last}", retryable=False
-            )
-        length = headers.get("content-length")
-        if length is not None and length.strip() != str(last - first + 1):
-            raise SliceError(f"Content-Length {length} for {last - first + 1} B", retryable=False)
-        return 0
-
-    def _check_whole(self, response: httpx.Response, meta: ObjectMeta) -> None:
-        """A 200 for a slice: the whole object, which must be the same version and size."""
-        headers = response.headers
-        if meta.validator is not None and (
-            headers.get("etag") != meta.etag or headers.get("last-modified") != meta.last_modified
-        ):
-            raise ObjectChanged("validator changed")
-        length = headers.get("content-length")
-        if length is not None and length.strip() != str(meta.size):
-            raise ObjectChanged("size changed")
-        if length is None and not meta.whole:
-            raise SliceError("a 200 without a Content-Length for a slice", retryable=True)
+        return slice_request_headers(request_headers, first, last, etag)
 
     def _ranges_ignored(self, slice_key: str) -> None:
         """New requests for the object pass through whole; running ones read this 200."""
@@ -691,10 +453,4 @@ class SliceEngine:
             self.on_unsliceable(slice_key.split(keys.SEPARATOR, 1)[0])
 
     async def close(self) -> None:
-        for fill in list(self.fills.values()):
-            if fill.task is not None:
-                fill.task.cancel()
-        for fill in list(self.fills.values()):
-            if fill.task is not None:
-                with contextlib.suppress(BaseException):
-                    await fill.task
+        await self.inflight.close()

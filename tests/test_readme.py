@@ -43,7 +43,8 @@ def test_every_module_the_docs_name_exists() -> None:
     missing = sorted(path for path in named if not (root / path).exists())
     assert named and not missing, missing
     for package in ["app/edge", "app/engine", "app/upstream", "app/ops"]:
-        doc = ast.get_docstring(ast.parse((root / package / "__init__.py").read_text())) or ""
-        listed = set(re.findall(r"``(\w+)``", doc)) - {"uvicorn", "slicecache"}
+        init = (root / package / "__init__.py").read_text()
+        docstring = ast.get_docstring(ast.parse(init)) or ""
+        listed = set(re.findall(r"``(\w+)``", docstring)) - {"uvicorn", "slicecache"}
         modules = {path.stem for path in (root / package).glob("*.py")} - {"__init__"}
         assert listed and listed <= modules | {"SliceEngine", "ObjectDirectory"}, listed - modules

@@ -12,15 +12,13 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
-from cache.keys import SEPARATOR, belongs_to
+from cache.keys import belongs_to, object_key_of
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-def object_of(key: str) -> str:
-    """The object key a slice, variant or metadata key belongs to."""
-    return key.split(SEPARATOR, 1)[0]
+object_of = object_key_of  # the object key a slice, variant or metadata key belongs to
 
 
 class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from cache.keys import SEPARATOR, belongs_to
+from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
 from cache.protocol import SliceData, Store
 
@@ -107,7 +107,7 @@ class TieredStore:
         """Did a purge since ``epoch`` cover ``key``? (Conservative past the kept records.)"""
         if epoch >= self._epoch:
             return False
-        if self._object_purges.get(key.split(SEPARATOR, 1)[0], 0) > epoch:
+        if self._object_purges.get(object_key_of(key), 0) > epoch:
             return True
         if self._object_purges_forgotten > epoch:
             return True  # an object purge since then was forgotten: assume it matched

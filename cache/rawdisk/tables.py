@@ -38,7 +38,9 @@ class Tables:
         self.reading: dict[int, int] = {}  # start -> nblocks of extents being read
         # Extents freed by records not yet durable (HELD until the next sync/checkpoint).
         self.unsynced_frees: list[tuple[int, int]] = []
-        self.pending_free_blocks = 0
+        # Taken by the sync or checkpoint in flight (one at a time: the persist lock).
+        self.syncing_frees: list[tuple[int, int]] = []
+        self.pending_free_blocks = 0  # blocks of both lists
         self.defer_frees = False  # immediate while loading (replayed records are durable)
 
     def load(self, index: Index, block_map: bytes | bytearray, next_gen: int) -> None:
@@ -169,10 +171,12 @@ class Tables:
     def take_frees(self) -> list[tuple[int, int]]:
         frees = self.unsynced_frees
         self.unsynced_frees = []
+        self.syncing_frees = frees
         return frees
 
     def release_frees(self, frees: list[tuple[int, int]]) -> None:
         """The records freeing these extents are durable now: make them allocatable."""
+        self.syncing_frees = []
         for start, nblocks in frees:
             self.pending_free_blocks -= nblocks
             if self.readers.get(start):
@@ -182,6 +186,7 @@ class Tables:
 
     def keep_frees(self, frees: list[tuple[int, int]]) -> None:
         """A sync failed or was cut short: these stay pending for the next one."""
+        self.syncing_frees = []
         self.unsynced_frees[:0] = frees
 
     # --- readers -------------------------------------------------------------------------

@@ -67,6 +67,11 @@ def object_key_of(key: str) -> str:
     return key.split(SEPARATOR, 1)[0]
 
 
+def object_prefix(object_key: str) -> str:
+    """What every slice, variant and private key of the object starts with."""
+    return object_key + SEPARATOR
+
+
 def belongs_to(key: str, object_key: str) -> bool:
     """True when ``key`` is the object's own key or one of its slice or variant keys."""
-    return key == object_key or key.startswith(object_key + SEPARATOR)
+    return key == object_key or key.startswith(object_prefix(object_key))

@@ -139,9 +139,9 @@ class TieredStore:
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def get_slice(self, key: str) -> SliceData | None:
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
         if self.l1 is not None:
-            data = await self.l1.get_slice(key)
+            data = await self.l1.get_slice(key, next_key=next_key)
             if data is not None:
                 self.counters["slice_hits_l1"] += 1
                 return data
@@ -153,7 +153,7 @@ class TieredStore:
             return pending
         epoch = self._epoch
         try:
-            data = await self.l2.get_slice(key)
+            data = await self.l2.get_slice(key, next_key=next_key)
         except Exception:
             self.counters["l2_errors"] += 1
             log.exception("L2 read failed; serving from the origin")

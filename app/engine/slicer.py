@@ -278,7 +278,9 @@ class SliceEngine:
             self.counters.slices["coalesced"] += 1
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
-            data = await self.store.get_slice(key)
+            data = await self.store.get_slice(
+                key, next_key=keys.slice_key(entry_key, meta.version, index + 1)
+            )
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if data is not None and len(data) == last - first + 1:
                 stats.hit += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cache.keys import SEPARATOR
+from cache.keys import object_prefix
 from cache.rawdisk import journal
 from cache.rawdisk.core import Core
 from cache.rawdisk.index import DEAD, key_is_storable
@@ -20,7 +20,6 @@ from cache.rawdisk.persistence import Persistence
 from cache.rawdisk.writes import DeleteLog
 
 PURGE_WINDOW = 512 << 10
-_SEPARATOR = SEPARATOR.encode()
 
 
 class Purger:
@@ -38,7 +37,7 @@ class Purger:
         self._wake_reaper = wake_reaper
 
     async def delete(self, object_key: str) -> int:
-        """The object's own entry and every key of it (``<object key><SEPARATOR>...``)."""
+        """The object's own entry and every key of it (:func:`cache.keys.object_prefix`)."""
         core = self.core
         kb = object_key.encode()
         if not key_is_storable(kb):
@@ -51,7 +50,7 @@ class Purger:
             if row >= 0 and index.is_visible(row):
                 self.persist.journal(self.tables.drop(row))
                 removed += 1
-            removed += await self._purge_locked(kb + _SEPARATOR)
+            removed += await self._purge_locked(object_prefix(object_key).encode())
         core.stats["deletes_total"] += 1
         if removed:
             await self.persist.make_durable()

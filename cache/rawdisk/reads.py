@@ -47,7 +47,8 @@ class ReadPath:
             return False
         return not self.core.purging(kb)
 
-    async def get(self, key: str, kind: int) -> SliceData | None:
+    async def get(self, key: str, kind: int, next_key: str | None = None) -> SliceData | None:
+        """``next_key``: what the caller expects to ask for next, prefetched if stored."""
         core = self.core
         tables = self.tables
         stats = core.stats
@@ -75,7 +76,7 @@ class ReadPath:
             return None
         start = entry.start
         tables.begin_read(start, entry.nblocks)
-        ahead = self._next_extent(kb) if self._prefetch and kind == KIND_SLICE else None
+        ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
         try:
             result = await core.run(self.read_record, entry, kb, ahead)
         except (OSError, RuntimeError) as exc:
@@ -149,12 +150,9 @@ class ReadPath:
         data = codec.decode(entry.codec, payload, entry.orig_len)
         return BAD if data is None else data
 
-    def _next_extent(self, kb: bytes) -> tuple[int, int] | None:
-        """Where the next slice of ``kb`` (``<entry> <version> <index + 1>``) is, if stored."""
-        head, sep, tail = kb.rpartition(b" ")
-        if not sep or not tail.isdigit():
-            return None
-        nxt = head + b" " + str(int(tail) + 1).encode()
+    def _extent_to_prefetch(self, key: str) -> tuple[int, int] | None:
+        """(offset, length) of ``key``'s extent, if it is stored and visible."""
+        nxt = key.encode()
         index = self.tables.index
         row = index.find(nxt, key_hash(nxt))
         if row < 0 or not index.is_visible(row):

@@ -124,8 +124,9 @@ class RawDiskStore:
 
     # --- the Store protocol --------------------------------------------------------------
 
-    async def get_slice(self, key: str) -> SliceData | None:
-        return await self._reads.get(key, KIND_SLICE)
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
+        """``next_key``, if stored, is prefetched (``enable_prefetch``)."""
+        return await self._reads.get(key, KIND_SLICE, next_key)
 
     async def get_meta(self, key: str) -> bytes | None:
         data = await self._reads.get(key, KIND_META)

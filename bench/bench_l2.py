@@ -283,7 +283,7 @@ def fill_index(store: RawDiskStore, entries: int) -> None:
         start = block_map.allocate(1)
         entry = Entry(
             key_hash=key_hash(kb),
-            gen=store._next_gen,
+            gen=store._core.tables.next_gen,
             checksum=0,
             start=start,
             nblocks=1,
@@ -298,9 +298,9 @@ def fill_index(store: RawDiskStore, entries: int) -> None:
             freq=0,
             flags=0,
         )
-        store._next_gen += 1
+        store._core.tables.next_gen += 1
         index.insert(kb, entry, index.take_row())
-    store._records_since_ckpt += 1  # make close() write a checkpoint
+    store._persistence.records_since_ckpt += 1  # make close() write a checkpoint
 
 
 async def bench_restart_and_purge(directory: str, entries: int, rows: list[dict[str, Any]]) -> None:

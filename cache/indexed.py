@@ -12,15 +12,10 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import LRUCache
 
-from cache.keys import SEPARATOR, belongs_to
+from cache.keys import belongs_to, object_key_of
 
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-def object_of(key: str) -> str:
-    """The object key a slice, variant or metadata key belongs to."""
-    return key.split(SEPARATOR, 1)[0]
 
 
 class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
@@ -38,12 +33,12 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
 
     def __setitem__(self, key: K, value: V) -> None:
         super().__setitem__(key, value)
-        self._by_object.setdefault(object_of(self._name_of(key)), set()).add(key)
+        self._by_object.setdefault(object_key_of(self._name_of(key)), set()).add(key)
 
     def __delitem__(self, key: K) -> None:
         # Evictions come here too (popitem -> pop -> del).
         super().__delitem__(key)
-        owner = object_of(self._name_of(key))
+        owner = object_key_of(self._name_of(key))
         members = self._by_object.get(owner)
         if members is not None:
             members.discard(key)
@@ -56,7 +51,7 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
 
     def keys_of(self, object_key: str, within: str | None = None) -> list[K]:
         """The keys held for ``object_key`` (and, with ``within``, starting with it)."""
-        members = self._by_object.get(object_of(object_key), ())
+        members = self._by_object.get(object_key_of(object_key), ())
         name_of = self._name_of
         return [
             key

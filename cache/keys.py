@@ -38,9 +38,40 @@ def private_key(object_key: str) -> str:
 
 
 def slice_key(entry_key: str, version: str, index: int) -> str:
+    """The key of slice ``index`` (0-based) of one version of an entry."""
     return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}{index}"
+
+
+def split_slice_key(key: str) -> tuple[str, str, int]:
+    """``(entry key, version, index)`` of a key built by :func:`slice_key`.
+
+    The exact inverse of :func:`slice_key`: raises ValueError for anything it cannot have
+    built (no version, an index that is not a canonical non-negative decimal).
+    """
+    parts = key.rsplit(SEPARATOR, 2)
+    if len(parts) != 3:
+        raise ValueError(f"not a slice key: {key!r}")
+    entry_key, version, index_text = parts
+    if (
+        not entry_key
+        or not version
+        or not (index_text.isascii() and index_text.isdigit())
+        or str(int(index_text)) != index_text
+    ):
+        raise ValueError(f"not a slice key: {key!r}")
+    return entry_key, version, int(index_text)
+
+
+def object_key_of(key: str) -> str:
+    """The object key that an object, variant, private or slice key belongs to."""
+    return key.split(SEPARATOR, 1)[0]
+
+
+def object_prefix(object_key: str) -> str:
+    """What every slice, variant and private key of the object starts with."""
+    return object_key + SEPARATOR
 
 
 def belongs_to(key: str, object_key: str) -> bool:
     """True when ``key`` is the object's own key or one of its slice or variant keys."""
-    return key == object_key or key.startswith(object_key + SEPARATOR)
+    return key == object_key or key.startswith(object_prefix(object_key))

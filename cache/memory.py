@@ -71,8 +71,8 @@ class MemoryStore:
         entry = self._lru.get((SLICE, key))
         return entry is not None and (entry.expires_at is None or entry.expires_at > self._time())
 
-    async def get_slice(self, key: str) -> SliceData | None:
-        return self._get(SLICE, key)
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
+        return self._get(SLICE, key)  # in memory already: nothing to prefetch
 
     # ``epoch``: the front (TieredStore) checks it against its purge records right before
     # calling, with no await in between; this tier keeps no records of its own.

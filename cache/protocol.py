@@ -23,8 +23,13 @@ class Store(Protocol):
 
     name: str
 
-    async def get_slice(self, key: str) -> SliceData | None:
-        """The bytes stored under ``key``, or None when absent, expired or damaged."""
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
+        """The bytes stored under ``key``, or None when absent, expired or damaged.
+
+        ``next_key``: the caller will probably ask for that key next (the following slice
+        of a sequential read); a tier may start fetching it in. A hint only: a tier never
+        parses keys to guess it, and may ignore it.
+        """
         ...
 
     async def put_slice(

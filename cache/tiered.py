@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
-from cache.keys import SEPARATOR, belongs_to
+from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
 from cache.protocol import SliceData, Store
 
@@ -107,7 +107,7 @@ class TieredStore:
         """Did a purge since ``epoch`` cover ``key``? (Conservative past the kept records.)"""
         if epoch >= self._epoch:
             return False
-        if self._object_purges.get(key.split(SEPARATOR, 1)[0], 0) > epoch:
+        if self._object_purges.get(object_key_of(key), 0) > epoch:
             return True
         if self._object_purges_forgotten > epoch:
             return True  # an object purge since then was forgotten: assume it matched
@@ -139,9 +139,9 @@ class TieredStore:
 
     # --- reads ---------------------------------------------------------------------------
 
-    async def get_slice(self, key: str) -> SliceData | None:
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
         if self.l1 is not None:
-            data = await self.l1.get_slice(key)
+            data = await self.l1.get_slice(key, next_key=next_key)
             if data is not None:
                 self.counters["slice_hits_l1"] += 1
                 return data
@@ -153,7 +153,7 @@ class TieredStore:
             return pending
         epoch = self._epoch
         try:
-            data = await self.l2.get_slice(key)
+            data = await self.l2.get_slice(key, next_key=next_key)
         except Exception:
             self.counters["l2_errors"] += 1
             log.exception("L2 read failed; serving from the origin")

@@ -58,8 +58,8 @@ class _SlowL2(MemoryStore):
         self.gate = asyncio.Event()
         self.reading = asyncio.Event()
 
-    async def get_slice(self, key: str) -> SliceData | None:
-        data = await super().get_slice(key)
+    async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
+        data = await super().get_slice(key, next_key=next_key)
         self.reading.set()
         await self.gate.wait()
         return data
@@ -73,8 +73,8 @@ async def _slow_raw_disk(path: Path) -> tuple[RawDiskStore, asyncio.Event, async
     gate, reading = asyncio.Event(), asyncio.Event()
     real_get = store.get_slice
 
-    async def get_slice(key: str) -> SliceData | None:
-        data = await real_get(key)  # the real read, checksum and all
+    async def get_slice(key: str, *, next_key: str | None = None) -> SliceData | None:
+        data = await real_get(key, next_key=next_key)  # the real read, checksum and all
         reading.set()
         await gate.wait()
         return data

@@ -250,7 +250,9 @@ class SliceEngine:
             self.counters.slices["coalesced"] += 1
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
-            data = await self.store.get_slice(key)
+            data = await self.store.get_slice(
+                key, next_key=keys.slice_key(entry_key, meta.version, index + 1)
+            )
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if data is not None and len(data) == last - first + 1:
                 stats.hit += 1
@@ -375,7 +377,7 @@ class SliceEngine:
         except ObjectChanged as error:
             for fill in fills:
                 fill.fail(error)
-            entry_key = fills[0].key.rsplit(keys.SEPARATOR, 2)[0]
+            entry_key = keys.split_slice_key(fills[0].key)[0]
             log.warning("origin object changed", extra={"fields": {"key": entry_key}})
             if self.on_object_changed is not None:
                 await self.on_object_changed(entry_key, meta.version)
@@ -438,7 +440,7 @@ class SliceEngine:
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept
-        entry_key = fill.key.rsplit(keys.SEPARATOR, 2)[0]
+        entry_key = keys.split_slice_key(fill.key)[0]
         if self.streaming.get(entry_key, 0) > 1 and fill.length <= self.recent.maxsize:
             self.recent[fill.key] = fill.buffer
 
@@ -450,7 +452,7 @@ class SliceEngine:
     def _ranges_ignored(self, slice_key: str) -> None:
         """New requests for the object pass through whole; running ones read this 200."""
         if self.on_unsliceable is not None:
-            self.on_unsliceable(slice_key.split(keys.SEPARATOR, 1)[0])
+            self.on_unsliceable(keys.object_key_of(slice_key))
 
     async def close(self) -> None:
         await self.inflight.close()

@@ -14,6 +14,9 @@ flat buffers that a checkpoint writes and a restart reads back with one ``fromby
 * ``shards``: 256 open-addressing tables (``array('i')``, linear probing, row + 1, 0 =
   empty, backward-shift deletion so there are no tombstones). Growing one shard rehashes
   1/256 of the entries, so no single insert ever stalls the event loop for long.
+
+Over ~400 lines on purpose: one data structure whose rows, arena, tables and sections
+share private offsets and invariants; split, each part would reach into the others.
 """
 
 from __future__ import annotations

@@ -61,12 +61,15 @@ def check_consistent(store: RawDiskStore) -> None:
             assert expected[start : start + nblocks] == bytes(nblocks), f"row {row} overlaps"
             expected[start : start + nblocks] = bytes([USED]) * nblocks
     actual = bytes(block_map.map)
-    held = [*store._held_by_readers.items(), *store._unsynced_frees]
+    tables = store._core.tables
+    # Freed extents wait in unsynced_frees, or in syncing_frees while a sync runs.
+    pending = [*tables.unsynced_frees, *tables.syncing_frees]
+    held = [*tables.held_by_readers.items(), *pending]
     for start, nblocks in held:
         assert actual[start : start + nblocks] == bytes([HELD]) * nblocks
         assert expected[start : start + nblocks] == bytes(nblocks), f"{start} held and used"
         expected[start : start + nblocks] = bytes([HELD]) * nblocks
-    assert store._pending_free_blocks == sum(n for _s, n in store._unsynced_frees)
+    assert tables.pending_free_blocks == sum(n for _s, n in pending)
     assert actual == bytes(expected)
     assert block_map.free_blocks == actual.count(FREE)
     # Every visible key is found through the table at its own row.

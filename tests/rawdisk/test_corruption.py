@@ -66,9 +66,10 @@ async def test_recycled_extent_after_a_crash_is_not_served(make_settings: Make) 
     start = store._index.extent_of(row)[0]
     # A reuse that got ahead of the record freeing the blocks (what deferred frees and a
     # synced delete prevent) must still be caught on read by the record header.
-    store._defer_frees = False
-    async with store._mutate:
-        store._drop_row(row, journal_it=True)
+    tables = store._core.tables
+    tables.defer_frees = False
+    async with store._core.mutate:
+        store._persistence.journal(tables.drop(row))
     store._map.cursor = start
     assert await store.put_slice("b 0", payload("b 0", 0, 30_000), None)
     assert store._index.extent_of(store._index.find(b"b 0", key_hash(b"b 0")))[0] == start

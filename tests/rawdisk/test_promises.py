@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cache.rawdisk import RawDiskStore, codec
-from cache.rawdisk import store as store_module
+from cache.rawdisk import purge as purge_module
 from cache.rawdisk.checkpoint import read_checkpoint, read_header
 from settings import RawDiskCacheSettings
 from tests.rawdisk.conftest import check_consistent, flip_byte, payload
@@ -202,7 +202,7 @@ async def test_purge_is_durable_when_it_returns(make_settings: Make) -> None:
 async def test_purge_cancelled_midway_still_records_itself(
     make_settings: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "PURGE_WINDOW", 256)  # many windows, many yields
+    monkeypatch.setattr(purge_module, "PURGE_WINDOW", 256)  # many windows, many yields
     settings = make_settings(sync_interval=30.0)
     store = await RawDiskStore.open(settings)
     keys = [f"http://o/c v {i}" for i in range(60)]
@@ -268,7 +268,7 @@ async def test_repeated_checkpoint_failure_is_logged_once(
     store = await RawDiskStore.open(make_settings())
     try:
         assert await store.put_slice("k v 0", b"x", None)
-        store._geo = dataclasses.replace(store._geo, checkpoint_slot_size=4096 + 64)
+        store._core.geo = dataclasses.replace(store._core.geo, checkpoint_slot_size=4096 + 64)
         with caplog.at_level(logging.ERROR, logger="slicecache.rawdisk"):
             for _ in range(10):
                 await store.checkpoint()
@@ -276,5 +276,5 @@ async def test_repeated_checkpoint_failure_is_logged_once(
         errors = [r for r in caplog.records if "checkpoint" in r.getMessage()]
         assert len(errors) == 1
     finally:
-        store._geo = store._sb.geometry
+        store._core.geo = store._sb.geometry
         await store.close()

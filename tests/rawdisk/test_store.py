@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +17,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from cache.memory import MemoryStore
 from cache.protocol import Store
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.rawdisk.layout import CODEC_ZSTD
+from cache.tiered import TieredStore
 from settings import RawDiskCacheSettings
 from tests.rawdisk.conftest import (
     MiB,
@@ -76,6 +79,85 @@ async def test_put_get_meta_and_slices(make_settings: Make) -> None:
         check_consistent(store)
     finally:
         await store.close()
+
+
+async def test_read_ahead_is_what_the_caller_names_never_parsed_from_the_key(
+    make_settings: Make,
+) -> None:
+    """``get_slice(key, next_key=...)`` prefetches ``next_key``'s extent; without it the
+    store prefetches nothing, even for keys that look like ``<entry> <version> <index>``
+    (it used to parse them and guess ``<index + 1>``)."""
+    store = await RawDiskStore.open(make_settings())
+    hinted: list[tuple[int, int]] = []
+    real_prefetch = store._device.prefetch
+
+    def prefetch(offset: int, length: int) -> None:
+        hinted.append((offset, length))
+        real_prefetch(offset, length)
+
+    store._device.prefetch = prefetch  # type: ignore[method-assign]
+    try:
+        for key in ("http://o/a v 0", "http://o/a v 1", "http://o/b"):
+            assert await store.put_slice(key, payload(key, 0, 20_000), None)
+        row = store._index.find(b"http://o/b", _h(b"http://o/b"))
+        start, nblocks = store._index.extent_of(row)
+        geo = store.geometry
+        assert await store.get_slice("http://o/a v 0") is not None
+        assert store.stats()["prefetches_total"] == 0 and hinted == []
+        # The hint is any key: the store does not care what it looks like.
+        assert await store.get_slice("http://o/a v 0", next_key="http://o/b") is not None
+        assert store.stats()["prefetches_total"] == 1
+        assert hinted == [(geo.block_offset(start), nblocks * geo.block_size)]
+        # A hint for a key not stored, or a miss: nothing to prefetch.
+        assert await store.get_slice("http://o/a v 0", next_key="http://o/a v 7") is not None
+        assert await store.get_slice("http://o/none", next_key="http://o/b") is None
+        assert store.stats()["prefetches_total"] == 1 and len(hinted) == 1
+    finally:
+        await store.close()
+    # enable_prefetch=false: hints are ignored.
+    store = await RawDiskStore.open(make_settings(enable_prefetch=False))
+    try:
+        assert await store.get_slice("http://o/a v 0", next_key="http://o/a v 1") is not None
+        assert store.stats()["prefetches_total"] == 0
+    finally:
+        await store.close()
+
+
+async def test_the_tiered_front_passes_the_read_ahead_hint_to_l2(make_settings: Make) -> None:
+    l2 = await RawDiskStore.open(make_settings())
+    front = TieredStore(MemoryStore(MiB), l2)
+    try:
+        for key in ("http://o/a v 0", "http://o/a v 1"):
+            assert await l2.put_slice(key, payload(key, 0, 20_000), None)
+        assert await front.get_slice("http://o/a v 0") is not None  # from L2, no hint
+        assert l2.stats()["prefetches_total"] == 0
+        await front.clear()
+        assert await l2.put_slice("http://o/a v 0", payload("http://o/a v 0", 0, 9), None)
+        assert await l2.put_slice("http://o/a v 1", payload("http://o/a v 1", 0, 9), None)
+        got = await front.get_slice("http://o/a v 0", next_key="http://o/a v 1")
+        assert got is not None
+        assert l2.stats()["prefetches_total"] == 1
+    finally:
+        await front.close()
+
+
+def test_no_code_of_the_l2_store_parses_keys() -> None:
+    """The L2 store learns the next slice through the protocol (``next_key``); the key
+    format belongs to cache/keys.py alone (delete asks it for an object's prefix)."""
+    root = Path(__file__).resolve().parents[2] / "cache" / "rawdisk"
+    parsing = (
+        "SEPARATOR",
+        "partition(",
+        "split(",
+        "isdigit(",
+        'b" "',
+        "slice_key",
+        "object_key_of",
+    )
+    for source in sorted(root.glob("*.py")):
+        text = source.read_text()
+        for sign in parsing:
+            assert sign not in text, f"{source.name} parses keys: {sign}"
 
 
 async def test_empty_and_memoryview_payloads(make_settings: Make) -> None:
@@ -214,6 +296,40 @@ async def test_extent_held_by_a_reader_is_not_recycled(make_settings: Make) -> N
         check_consistent(store)
     finally:
         gate.set()
+        await store.close()
+
+
+async def test_map_and_index_are_consistent_while_a_sync_runs(make_settings: Make) -> None:
+    """The extents a sync is making allocatable are accounted for while it runs (the
+    consistency check raced the background sync: pending_free_blocks counted them, no
+    list held them)."""
+    store = await RawDiskStore.open(make_settings(sync_interval=30.0))
+    gate = threading.Event()
+    entered = threading.Event()
+    original = store._device.sync_data
+
+    def slow_sync_data() -> None:
+        entered.set()
+        gate.wait(5)
+        original()
+
+    try:
+        assert await store.put_slice("a 0", b"A" * 50_000, None)
+        await store.sync()
+        # Overwritten: the old extent is free once the record saying so is durable.
+        assert await store.put_slice("a 0", b"a" * 50_000, None)
+        assert store._core.tables.pending_free_blocks > 0
+        store._device.sync_data = slow_sync_data  # type: ignore[method-assign]
+        syncing = asyncio.create_task(store.sync())
+        await asyncio.to_thread(entered.wait, 5)
+        check_consistent(store)
+        gate.set()
+        await syncing
+        assert store._core.tables.pending_free_blocks == 0
+        check_consistent(store)
+    finally:
+        gate.set()
+        store._device.sync_data = original  # type: ignore[method-assign]
         await store.close()
 
 

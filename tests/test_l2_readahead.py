@@ -1,0 +1,40 @@
+"""A sequential read from L2 prefetches the next slice: the engine names it to the store
+(``get_slice(key, next_key=...)``), the store does not guess it from the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.origin import expected_bytes
+from tests.conftest import ProxyFactory
+from tests.waiting import wait_for
+
+SLICE = 64 * 1024
+
+
+def _l2(url: str) -> dict[str, Any]:
+    tiers: dict[str, Any] = httpx.get(f"{url}/_slicecache/stats").json()["tiers"]
+    return tiers
+
+
+def test_a_read_from_l2_prefetches_the_next_slice(proxy: ProxyFactory, tmp_path: Path) -> None:
+    name = "256k-readahead.bin"  # four slices
+    settings = {
+        "slice_size": SLICE,
+        "enable_l2_cache": True,
+        "l1_cache_size_bytes": 0,  # every read of a stored slice is an L2 read
+        "raw_disk_cache": {"device_path": str(tmp_path / "l2.bin"), "total_size": 16 << 20},
+    }
+    with proxy(**settings) as url:
+        first = httpx.get(f"{url}/files/{name}", timeout=30)
+        assert first.content == expected_bytes(name)
+        wait_for(lambda: _l2(url)["write_behind"]["queue_depth"] == 0, "write-behind drained")
+        assert _l2(url)["l2"]["prefetches_total"] == 0  # nothing was read from L2 yet
+        again = httpx.get(f"{url}/files/{name}", timeout=30)
+        assert again.content == expected_bytes(name)
+        assert again.headers["x-cache"] == "HIT"
+        # Slices 0, 1 and 2 were read from L2, each naming the next one, which is stored.
+        assert _l2(url)["l2"]["prefetches_total"] == 3

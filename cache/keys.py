@@ -62,6 +62,11 @@ def split_slice_key(key: str) -> tuple[str, str, int]:
     return entry_key, version, int(index_text)
 
 
+def version_prefix(entry_key: str, version: str) -> str:
+    """What every slice key of one version of an entry starts with."""
+    return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}"
+
+
 def object_key_of(key: str) -> str:
     """The object key that an object, variant, private or slice key belongs to."""
     return key.split(SEPARATOR, 1)[0]

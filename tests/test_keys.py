@@ -44,6 +44,17 @@ def test_a_slice_key_splits_back_into_what_built_it(
     assert keys.object_key_of(entry_key) == object_key
     assert keys.belongs_to(key, object_key)
     assert keys.belongs_to(entry_key, object_key)
+    assert key.startswith(keys.version_prefix(entry_key, version))
+    assert key.startswith(keys.object_prefix(entry_key))
+
+
+@given(entry_keys(), versions, versions, indexes)
+def test_a_version_prefix_holds_that_version_only(
+    pair: tuple[str, str], version: str, other: str, index: int
+) -> None:
+    _, entry_key = pair
+    key = keys.slice_key(entry_key, other, index)
+    assert key.startswith(keys.version_prefix(entry_key, version)) == (other == version)
 
 
 @given(entry_keys(), versions, indexes, object_keys)

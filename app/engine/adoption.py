@@ -177,7 +177,7 @@ class ObjectRecords:
         """The origin no longer serves ``version`` of the entry: forget the object, unless
         what is stored is already a newer version (the change concerned only responses
         still reading the old one, e.g. stale ones; the new version stays)."""
-        object_key = entry_key.split(keys.SEPARATOR, 1)[0]
+        object_key = keys.object_key_of(entry_key)
         current = self._unstored.get(entry_key) or await self.cached_meta(entry_key)
         if current is not None and current.version != version:
             return

@@ -21,7 +21,7 @@ from cache.protocol import CacheFront
 
 def version_slices_prefix(entry_key: str, version: str) -> str:
     """What every slice key of one version of an entry starts with."""
-    return f"{entry_key}{keys.SEPARATOR}{version}{keys.SEPARATOR}"
+    return keys.version_prefix(entry_key, version)
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Readers:
             self.streaming[entry_key] = remaining
             return
         self.streaming.pop(entry_key, None)
-        prefix = entry_key + keys.SEPARATOR
+        prefix = keys.object_prefix(entry_key)  # every slice key of the entry starts so
         for key in self.recent.keys_of(entry_key, within=prefix):
             self.recent.pop(key, None)
 

@@ -1,0 +1,116 @@
+"""The hit path's prepared blocks (issue 16) equal what parsing from scratch gives.
+
+A stored response's freshness and replayed header block are prepared once
+(``ObjectMeta.freshness`` / ``ObjectMeta.replay``) and reused by every hit: reused across
+requests and instants, they must answer exactly what a fresh parse answers, and be rebuilt
+when the stored response changes (a 304 merges new headers, ``_withheld`` drops fields).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.engine.objectmeta import ObjectMeta
+from app.engine.sliced import replay_headers, response_headers
+from app.httpcache.cache_status import CacheStatus, append_cache_status
+from app.httpcache.freshness import FreshnessPolicy, StoredResponseInfo, decide, decide_prepared
+from tests.test_httpcache_properties import (
+    _POLICY,
+    _REQUEST_HEADERS,
+    _RESPONSE_HEADERS,
+    _STATUS,
+    T0,
+)
+
+H = list[tuple[str, str]]
+
+_EXTRA = st.lists(
+    st.tuples(
+        st.sampled_from(["via", "cache-status", "server", "content-type", "etag", "x-a"]),
+        st.sampled_from(["1.1 up", "up; hit; ttl=3", "nginx", "text/plain", '"e1"', "v"]),
+    ),
+    max_size=4,
+)
+
+
+def _meta(
+    headers: H, status: int = 200, request_time: float = T0, delay: float = 0.5
+) -> ObjectMeta:
+    return ObjectMeta(
+        size=4096,
+        etag='"e1"',
+        last_modified=None,
+        headers=headers,
+        request_time=request_time,
+        response_time=request_time + delay,
+        status=status,
+    )
+
+
+def _slow_headers(meta: ObjectMeta, status: CacheStatus, now: float) -> H:
+    """What ``_answer`` built before the block was prepared (the reference)."""
+    headers = replay_headers(meta, now)
+    value = append_cache_status(
+        [v for k, v in meta.headers if k == "cache-status"], status.header_value()
+    )
+    headers = [(k, v) for k, v in headers if k != "cache-status"]
+    headers.append(("cache-status", value))
+    return headers
+
+
+@settings(max_examples=200)
+@given(
+    _RESPONSE_HEADERS,
+    _STATUS,
+    _POLICY,
+    st.lists(st.tuples(_REQUEST_HEADERS, st.floats(0, 10**6)), min_size=1, max_size=4),
+)
+def test_prepared_freshness_decides_as_a_fresh_parse(
+    headers: H, status: int, policy: FreshnessPolicy, requests: list[tuple[H, float]]
+) -> None:
+    meta = _meta(headers, status)
+    for request_headers, later in requests:
+        now = T0 + later
+        info = StoredResponseInfo(status, headers, meta.request_time, meta.response_time)
+        expected = decide(info, request_headers, now, policy=policy)
+        assert decide_prepared(meta.freshness(policy), request_headers, now) == expected
+
+
+@settings(max_examples=200)
+@given(_RESPONSE_HEADERS, _EXTRA, st.lists(st.floats(0, 10**6), min_size=1, max_size=3))
+def test_prepared_header_block_equals_the_slow_path(
+    headers: H, extra: H, laters: list[float]
+) -> None:
+    meta = _meta(headers + extra)
+    for later in laters:
+        for status in (CacheStatus.fresh_hit(30, None), CacheStatus.stale_hit(-3, "stale")):
+            now = T0 + later
+            assert response_headers(meta, status, now) == _slow_headers(meta, status, now)
+
+
+def test_prepared_blocks_follow_a_changed_stored_response() -> None:
+    policy = FreshnessPolicy()
+    meta = _meta([("cache-control", "max-age=60"), ("x-a", "1"), ("set-me", "x")])
+    status = CacheStatus.fresh_hit(60, None)
+    first = response_headers(meta, status, T0 + 1)
+    assert decide_prepared(meta.freshness(policy), [], T0 + 1).lifetime.seconds == 60
+    # _withheld replaces the list; a revalidation moves the exchange times.
+    meta.headers = [("cache-control", "max-age=5")]
+    meta.request_time = meta.response_time = T0 + 100
+    now = T0 + 101
+    assert decide_prepared(meta.freshness(policy), [], now).lifetime.seconds == 5
+    assert response_headers(meta, status, now) == _slow_headers(meta, status, now)
+    assert response_headers(meta, status, now) != first
+    # A policy of its own is prepared for on its own.
+    other = FreshnessPolicy(shared=False)
+    assert meta.freshness(other).policy is other
+
+
+def test_prepared_blocks_are_not_stored() -> None:
+    meta = _meta([("cache-control", "max-age=60")])
+    meta.freshness(FreshnessPolicy())
+    meta.replay()
+    again = ObjectMeta.from_bytes(meta.to_bytes())
+    assert again == meta
+    assert b"_freshness" not in meta.to_bytes() and b"_replay" not in meta.to_bytes()

@@ -8,13 +8,24 @@ when the stored response changes (a 304 merges new headers, ``_withheld`` drops 
 
 from __future__ import annotations
 
+import io
+import json
+import sys
+
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.types import Receive, Scope, Send
 
+from app.edge.httpserver import HttpProtocol
 from app.engine.objectmeta import ObjectMeta
 from app.engine.sliced import replay_headers, response_headers
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, StoredResponseInfo, decide, decide_prepared
+from app.main import SlicecacheApp, create_app
+from settings import Settings
+from tests.conftest import Origin
+from tests.servers import run_asgi_in_thread
 from tests.test_httpcache_properties import (
     _POLICY,
     _REQUEST_HEADERS,
@@ -114,3 +125,60 @@ def test_prepared_blocks_are_not_stored() -> None:
     again = ObjectMeta.from_bytes(meta.to_bytes())
     assert again == meta
     assert b"_freshness" not in meta.to_bytes() and b"_replay" not in meta.to_bytes()
+
+
+# --- the proxy's own dispatch (SlicecacheApp.proxy) and the Starlette stack ----------------
+
+
+def _hit_headers(url: str, path: str, extra: dict[str, str]) -> httpx.Response:
+    with httpx.Client() as client:
+        client.get(url + path, headers=extra)  # stored
+        return client.get(url + path, headers=extra)
+
+
+def test_proxied_request_answers_the_same_through_either_dispatch(origin: Origin) -> None:
+    """A hit through the thin dispatch equals the same hit through Starlette's stack."""
+    stream = io.StringIO()
+    app = create_app(Settings(upstream_address=origin.url), configure_logs=False)
+    assert isinstance(app, SlicecacheApp) and app.proxy is not None
+    fast_calls = []
+    proxy = app.proxy
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+        fast_calls.append(scope["raw_path"])
+        await proxy(scope, receive, send)
+
+    app.proxy = counted
+
+    async def either(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"x-test-dispatch", b"stack") in scope["headers"]:
+            # Without raw_path the request takes Starlette's whole stack.
+            scope = {k: v for k, v in scope.items() if k != "raw_path"}
+        await app(scope, receive, send)
+
+    real_stdout = sys.stdout
+    sys.stdout = stream
+    try:
+        with run_asgi_in_thread(
+            either, proxy_headers=False, date_header=False, http=HttpProtocol
+        ) as url:
+            fast = _hit_headers(url, "/files/4k", {"x-test-dispatch": "fast"})
+            assert fast_calls == [b"/files/4k", b"/files/4k"]
+            stack = _hit_headers(url, "/files/4k", {"x-test-dispatch": "stack"})
+            assert len(fast_calls) == 2
+            metrics = httpx.get(url + "/_slicecache/metrics").text
+    finally:
+        sys.stdout = real_stdout
+    assert fast.status_code == stack.status_code == 200
+    assert fast.content == stack.content
+    varying = {"date", "age", "x-request-id", "cache-status"}
+    assert [(k, v) for k, v in fast.headers.items() if k not in varying] == [
+        (k, v) for k, v in stack.headers.items() if k not in varying
+    ]
+    assert fast.headers["cache-status"].split("; ttl=")[0] == "slicecache; hit"
+    assert stack.headers["cache-status"].split("; ttl=")[0] == "slicecache; hit"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if '"request"' in line]
+    hits = [line for line in lines if line["path"] == "/files/4k" and line["cache"] == "HIT"]
+    assert len(hits) == 3  # the first request through either dispatch stored it
+    assert hits[0].keys() == hits[1].keys() == hits[2].keys()
+    assert 'slicecache_requests_total{cache="HIT",method="GET",status_class="2xx"} 3.0' in metrics

@@ -464,12 +464,22 @@ def create_app(
     app.state.runtime = runtime
     trusted = TrustedProxies(settings.trusted_proxies)
     app.add_middleware(RawPathRouting)
-    app.add_middleware(AccessLogMiddleware, metrics=runtime.metrics, trusted_proxies=trusted)
+    app.add_middleware(
+        AccessLogMiddleware,
+        metrics=runtime.metrics,
+        trusted_proxies=trusted,
+        sample_rate=settings.access_log_sample_rate,
+    )
     app.add_middleware(StartupFailureReporter)
     # What the stack above runs for a proxied request, without the routing machinery:
     # Starlette's 500 handler outside the access log (as ServerErrorMiddleware is there).
     app.proxy = ServerErrorMiddleware(
-        AccessLogMiddleware(endpoint, metrics=runtime.metrics, trusted_proxies=trusted),
+        AccessLogMiddleware(
+            endpoint,
+            metrics=runtime.metrics,
+            trusted_proxies=trusted,
+            sample_rate=settings.access_log_sample_rate,
+        ),
         handler=internal_error,
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")

@@ -8,14 +8,16 @@ when the stored response changes (a 304 merges new headers, ``_withheld`` drops 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sys
+import uuid
 
 import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.edge.httpserver import HttpProtocol
 from app.engine.objectmeta import ObjectMeta
@@ -23,6 +25,8 @@ from app.engine.sliced import replay_headers, response_headers
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, StoredResponseInfo, decide, decide_prepared
 from app.main import SlicecacheApp, create_app
+from app.ops.accesslog import AccessLogMiddleware, _new_request_id, access_line
+from app.ops.metrics import Metrics
 from settings import Settings
 from tests.conftest import Origin
 from tests.servers import run_asgi_in_thread
@@ -182,3 +186,129 @@ def test_proxied_request_answers_the_same_through_either_dispatch(origin: Origin
     assert len(hits) == 3  # the first request through either dispatch stored it
     assert hits[0].keys() == hits[1].keys() == hits[2].keys()
     assert 'slicecache_requests_total{cache="HIT",method="GET",status_class="2xx"} 3.0' in metrics
+
+
+# --- access log and metrics --------------------------------------------------------------
+
+_TEXT = st.text(max_size=20)
+
+
+@given(
+    st.floats(0, 2e9),
+    _TEXT,
+    _TEXT,
+    _TEXT,
+    st.integers(0, 999),
+    st.integers(0, 2**40),
+    st.floats(0, 1e6),
+    st.floats(0, 1e6),
+    _TEXT,
+    _TEXT,
+    _TEXT,
+    st.one_of(st.none(), st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99))),
+    st.one_of(st.none(), _TEXT),
+)
+def test_access_line_is_what_json_dumps_writes(
+    ts: float,
+    method: str,
+    path: str,
+    query: str,
+    status: int,
+    sent: int,
+    duration: float,
+    upstream: float,
+    cache: str,
+    request_id: str,
+    client: str,
+    slices: tuple[int, int, int] | None,
+    aborted: str | None,
+) -> None:
+    ts, duration, upstream = round(ts, 3), round(duration, 3), round(upstream, 3)
+    entry: dict[str, object] = {
+        "ts": ts,
+        "level": "info",
+        "msg": "request",
+        "method": method,
+        "path": path,
+        "query": query,
+        "status": status,
+        "bytes": sent,
+        "duration_ms": duration,
+        "upstream_ms": upstream,
+        "cache": cache,
+        "request_id": request_id,
+        "client": client,
+    }
+    if slices is not None:
+        entry["slices"] = {"hit": slices[0], "miss": slices[1], "coalesced": slices[2]}
+    if aborted is not None:
+        entry["aborted"] = aborted
+    expected = json.dumps(entry, separators=(",", ":")) + "\n"
+    line = access_line(
+        ts,
+        method,
+        path,
+        query,
+        status,
+        sent,
+        duration,
+        upstream,
+        cache,
+        request_id,
+        client,
+        slices,
+        aborted,
+    )
+    assert line == expected
+
+
+def test_request_ids_are_uuid4_hex() -> None:
+    for _ in range(200):
+        text = _new_request_id()
+        assert uuid.UUID(hex=text).version == 4 and uuid.UUID(hex=text).hex == text
+
+
+async def _run(app: AccessLogMiddleware, status: int, more: bool = False) -> None:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": more})
+
+    app.app = endpoint
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/a",
+        "raw_path": b"/a",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    await app(scope, receive, send)
+
+
+def test_access_log_sampling_keeps_errors_and_counts_everything() -> None:
+    metrics = Metrics()
+    off = io.StringIO()
+    app = AccessLogMiddleware(lambda *_: None, metrics=metrics, stream=off, sample_rate=0.0)  # type: ignore[arg-type]
+    for _ in range(50):
+        asyncio.run(_run(app, 200))
+    assert off.getvalue() == ""
+    asyncio.run(_run(app, 502))
+    asyncio.run(_run(app, 200, more=True))  # ended without its last body: aborted
+    written = [json.loads(line) for line in off.getvalue().splitlines()]
+    assert [(e["status"], "aborted" in e) for e in written] == [(502, False), (200, True)]
+    assert 'slicecache_requests_total{cache="-",method="GET",status_class="2xx"} 51.0' in (
+        metrics.render().decode()
+    )
+    every = io.StringIO()
+    app = AccessLogMiddleware(lambda *_: None, metrics=Metrics(), stream=every)  # type: ignore[arg-type]
+    for _ in range(20):
+        asyncio.run(_run(app, 200))
+    assert len(every.getvalue().splitlines()) == 20

@@ -13,6 +13,7 @@ import io
 import json
 import sys
 import uuid
+from typing import Any
 
 import httpx
 from hypothesis import given, settings
@@ -312,3 +313,70 @@ def test_access_log_sampling_keeps_errors_and_counts_everything() -> None:
     for _ in range(20):
         asyncio.run(_run(app, 200))
     assert len(every.getvalue().splitlines()) == 20
+
+
+# --- cold misses: nothing else goes out before the first bytes ------------------------------
+
+
+def test_read_ahead_starts_after_the_first_bytes_of_a_cold_object(origin: Origin) -> None:
+    """The fetch-ahead's origin requests (their CPU, their connections) come after the
+    client has the first bytes, not between the origin's first byte and the client's."""
+    from app.context import SliceStats
+    from app.engine.fills import ByteBudget
+    from app.engine.objects import ObjectDirectory, ObjectRequest, Opened
+    from app.engine.slicer import SliceEngine
+    from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport
+    from cache.memory import MemoryStore
+    from cache.tiered import TieredStore
+
+    slice_size = 64 * 1024
+
+    async def scenario() -> tuple[int, int, int]:
+        store = TieredStore(MemoryStore(64 * 1024 * 1024), None)
+        upstream = UpstreamClient(origin.url, UpstreamTimeouts(5, 5, None), default_transport(8))
+        engine = SliceEngine(upstream, store, slice_size, 3, 0, ByteBudget(8 * 1024 * 1024))
+        runs: list[int] = []
+        start_run = engine.start_run
+
+        def counted(run: list[tuple[str, tuple[int, int]]], *a: Any, **k: Any) -> Any:
+            runs.append(len(run))
+            return start_run(run, *a, **k)
+
+        engine.start_run = counted  # type: ignore[method-assign]
+        directory = ObjectDirectory(engine, store, FreshnessPolicy())
+        path = f"/files/{8 * slice_size}-readahead"
+        host = origin.url.removeprefix("http://")
+        opened = await directory.open(ObjectRequest(origin.url + path, path, [], [("host", host)]))
+        assert isinstance(opened, Opened) and opened.first_fill is not None
+        stream = engine.stream(
+            opened.entry_key,
+            path,
+            opened.meta,
+            0,
+            opened.meta.size - 1,
+            [("host", host)],
+            SliceStats(),
+            opened.first_fill,
+        )
+        first = await anext(stream)
+        before_first_bytes = len(runs)
+        total = len(first)
+        async for piece in stream:
+            total += len(piece)
+        after = len(runs)
+        await engine.close()
+        await store.close()
+        await upstream.aclose()
+        return before_first_bytes, after, total
+
+    before, after, total = asyncio.run(scenario())
+    assert before == 1, f"{before - 1} fetch-ahead runs started before the first bytes"
+    assert after > 1 and total == 8 * slice_size
+
+
+def test_conditionals_are_evaluated_whatever_the_field_name_case() -> None:
+    from app.httpcache.conditional import evaluate_client_conditionals
+
+    for name in ("if-none-match", "If-None-Match", "IF-NONE-MATCH"):
+        assert evaluate_client_conditionals("GET", [(name, '"e1"')], '"e1"', None) == 304
+    assert evaluate_client_conditionals("GET", [("accept", "*/*")], '"e1"', None) is None

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope, Send
@@ -29,7 +30,7 @@ from app.main import SlicecacheApp, create_app
 from app.ops.accesslog import AccessLogMiddleware, _new_request_id, access_line
 from app.ops.metrics import Metrics
 from settings import Settings
-from tests.conftest import Origin
+from tests.conftest import Origin, ProxyFactory
 from tests.servers import run_asgi_in_thread
 from tests.test_httpcache_properties import (
     _POLICY,
@@ -380,3 +381,31 @@ def test_conditionals_are_evaluated_whatever_the_field_name_case() -> None:
     for name in ("if-none-match", "If-None-Match", "IF-NONE-MATCH"):
         assert evaluate_client_conditionals("GET", [(name, '"e1"')], '"e1"', None) == 304
     assert evaluate_client_conditionals("GET", [("accept", "*/*")], '"e1"', None) is None
+
+
+def test_a_one_slice_hit_needs_no_disconnect_watcher(
+    proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher task per hit cost more than the send; a response of several slices, or
+    one that waits for the origin, still gets one (a disconnect must stop its fetches)."""
+    import app.engine.sliced as sliced
+    from app.edge.asgi_io import DisconnectWatch as real
+
+    watchers: list[object] = []
+
+    def counted(receive: Receive) -> object:
+        watchers.append(receive)
+        return real(receive)
+
+    monkeypatch.setattr(sliced, "DisconnectWatch", counted)
+    with proxy(slice_size=64 * 1024) as url, httpx.Client() as client:
+        assert client.get(url + "/files/4k-watch").headers["x-cache"] == "MISS"
+        assert len(watchers) == 1  # its slice came from the origin
+        hit = client.get(url + "/files/4k-watch")
+        assert hit.headers["x-cache"] == "HIT" and len(hit.content) == 4096
+        ranged = client.get(url + "/files/4k-watch", headers={"range": "bytes=10-19"})
+        assert ranged.status_code == 206 and len(ranged.content) == 10
+        assert len(watchers) == 1
+        client.get(url + "/files/256k-watch")
+        client.get(url + "/files/256k-watch")  # a hit of four slices
+        assert len(watchers) == 3

@@ -320,6 +320,13 @@ class Settings(BaseSettings):
         "(503 if none is idle).",
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
+    access_log_sample_rate: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests written to the access log: 1 = every one, 0 = none. "
+        "5xx and aborted responses are always written; metrics count every request.",
+    )
 
     @field_validator("upstream_address")
     @classmethod

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
+from app.edge.headers import Headers, with_via
 from app.httpcache.dates import parse_http_date
+from app.httpcache.freshness import (
+    FreshnessPolicy,
+    PreparedFreshness,
+    StoredAge,
+    StoredResponseInfo,
+    prepare_freshness,
+)
 from cache.keys import version_tag
 
 # Fields a stored response does not keep: they describe one message, not the object, or
@@ -13,6 +22,45 @@ from cache.keys import version_tag
 NOT_STORED = frozenset(
     {"content-length", "content-range", "server", "set-cookie", "x-request-id", "accept-ranges"}
 )
+
+# Fields of the stored response this hop restates when replaying it. Date is replayed:
+# with Age it tells a downstream cache how old the response is (RFC 9111 4.2.3).
+NOT_REPLAYED = frozenset({"server", "age", "content-length", "accept-ranges"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayBlock:
+    """The replayed part of every response served from one stored response, built once.
+
+    ``fields``: the stored end-to-end fields this hop replays, with our Via, without the
+    stored Cache-Status (whose members go in front of ours: ``upstream_cache_status``).
+    A hit adds only ``age`` (from ``age``), Accept-Ranges, Cache-Status and what the
+    request changes. ``source``: the header list it was built from.
+    """
+
+    source: Headers
+    request_time: float
+    response_time: float
+    fields: Headers
+    upstream_cache_status: list[str]
+    age: StoredAge
+
+    @classmethod
+    def of(cls, headers: Headers, request_time: float, response_time: float) -> ReplayBlock:
+        replayed = with_via([(k, v) for k, v in headers if k not in NOT_REPLAYED])
+        return cls(
+            source=headers,
+            request_time=request_time,
+            response_time=response_time,
+            fields=[(k, v) for k, v in replayed if k != "cache-status"],
+            upstream_cache_status=[v for k, v in headers if k == "cache-status"],
+            age=StoredAge.of(headers, request_time, response_time),
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _version_of(validator: str) -> str:
+    return version_tag(validator)
 
 
 @dataclass(slots=True)
@@ -26,6 +74,13 @@ class ObjectMeta:
     vary: list[str] | None = None  # request fields the response varies on
     whole: bool = False  # stored from a 200 of one slice: the origin may not serve ranges
     status: int = 200  # a whole object may be a cached 301, 404, 410...
+    # What every hit would otherwise parse again: prepared on first use after the response
+    # was stored or revalidated (a 304 makes a new ObjectMeta), checked against the
+    # headers and times it was made from (``_withheld`` replaces the header list).
+    _freshness: PreparedFreshness | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _replay: ReplayBlock | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def validator(self) -> str | None:
@@ -58,7 +113,33 @@ class ObjectMeta:
     def version(self) -> str:
         """Part of every slice key: slices of two versions can never be read as one."""
         validator = self.validator
-        return version_tag(validator if validator is not None else f"unvalidated:{self.size}")
+        return _version_of(validator if validator is not None else f"unvalidated:{self.size}")
+
+    def freshness(self, policy: FreshnessPolicy) -> PreparedFreshness:
+        """The stored response's parsed freshness (RFC 9111 4.2), computed once."""
+        prepared = self._freshness
+        if prepared is None or not prepared.matches(
+            self.headers, self.status, self.request_time, self.response_time, policy
+        ):
+            info = StoredResponseInfo(
+                self.status, self.headers, self.request_time, self.response_time
+            )
+            prepared = self._freshness = prepare_freshness(info, policy)
+        return prepared
+
+    def replay(self) -> ReplayBlock:
+        """The replayed header block of this stored response, built once."""
+        block = self._replay
+        if (
+            block is None
+            or block.source is not self.headers
+            or block.request_time != self.request_time
+            or block.response_time != self.response_time
+        ):
+            block = self._replay = ReplayBlock.of(
+                self.headers, self.request_time, self.response_time
+            )
+        return block
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -67,7 +148,9 @@ class ObjectMeta:
         return None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Only what the constructor takes: the prepared blocks are rebuilt after a load.
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return json.dumps(record, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ObjectMeta:

@@ -45,6 +45,7 @@ from app.httpcache.freshness import (
     Outcome,
     StoredResponseInfo,
     decide,
+    decide_prepared,
     on_miss,
 )
 from cache.protocol import CacheFront
@@ -85,11 +86,8 @@ class ObjectDirectory:
             # Another variant of this URI is stored (RFC 9211 2.2: vary-miss).
             return forwarded(result, "vary-miss") if entry_key != object_key else result
 
-        now = time.time()
-        stored = StoredResponseInfo(
-            meta.status, meta.headers, meta.request_time, meta.response_time
-        )
-        decision = decide(stored, request_headers, now, policy=self.policy)
+        # Parsed once per stored response (ObjectMeta.freshness), not on every hit.
+        decision = decide_prepared(meta.freshness(self.policy), request_headers, time.time())
         if decision.serve_stored:
             if decision.outcome is Outcome.FRESH:
                 by_operator = decision.lifetime.source == "default"

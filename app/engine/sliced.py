@@ -21,7 +21,7 @@ from app.edge.passthrough import (
     relay_response,
     reply_upstream_error,
 )
-from app.engine.objectmeta import ObjectMeta
+from app.engine.objectmeta import NOT_REPLAYED, ObjectMeta
 from app.engine.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
 from app.engine.slicer import ObjectChanged, SliceEngine, SliceError
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
@@ -30,11 +30,6 @@ from app.httpcache.freshness import current_age
 from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
-
-# Fields of the stored response this hop restates when replaying it. Date is replayed:
-# with Age it tells a downstream cache how old the response is (RFC 9111 4.2.3).
-NOT_REPLAYED = frozenset({"server", "age", "content-length", "accept-ranges"})
-
 
 # RFC 9110 15.4.5: a 304 carries the validators and caching fields, not content metadata.
 NOT_IN_304 = frozenset({"content-type", "content-encoding", "content-language", "accept-ranges"})
@@ -55,11 +50,27 @@ def x_cache(status: CacheStatus, hit: int, total: int) -> str:
 
 
 def replay_headers(meta: ObjectMeta, now: float) -> Headers:
+    """The stored response as replayed, parsed from scratch: the reference that
+    :func:`response_headers` (what a hit sends, from the prepared block) must equal."""
     # Stored headers were made end-to-end when stored: only this hop's own fields go.
     headers = with_via([(k, v) for k, v in meta.headers if k not in NOT_REPLAYED])
     age = current_age(meta.headers, meta.request_time, meta.response_time, now)
     headers.append(("age", str(age)))
     headers.append(("accept-ranges", "bytes"))
+    return headers
+
+
+def response_headers(meta: ObjectMeta, status: CacheStatus, now: float) -> Headers:
+    """The replayed fields, Age, Accept-Ranges and Cache-Status of a response served from
+    ``meta``: the stored part comes prepared (:meth:`ObjectMeta.replay`), once per stored
+    response; only what changes per response is computed here."""
+    block = meta.replay()
+    headers = block.fields.copy()
+    headers.append(("age", str(block.age.at(now))))
+    headers.append(("accept-ranges", "bytes"))
+    headers.append(
+        ("cache-status", append_cache_status(block.upstream_cache_status, status.header_value()))
+    )
     return headers
 
 
@@ -127,12 +138,7 @@ async def _answer(
     size = meta.size
     if opened.shareable:
         origin_headers = shared_fill_headers(origin_headers, meta.vary)
-    headers = replay_headers(meta, time.time())
-    cache_status = append_cache_status(
-        [v for k, v in meta.headers if k == "cache-status"], opened.status.header_value()
-    )
-    headers = [(k, v) for k, v in headers if k != "cache-status"]
-    headers.append(("cache-status", cache_status))
+    headers = response_headers(meta, opened.status, time.time())
     headers.extend(opened.cookies)  # the fetching request's own Set-Cookie, never stored
 
     precondition = evaluate_client_conditionals(
@@ -233,7 +239,10 @@ async def _answer(
         pieces = _multipart(
             engine, entry_key, ctx, meta, decision.ranges, boundary, stats, opened, origin_headers
         )
-    await _send_stream(ctx, receive, send, status, headers, pieces)
+    # One stored slice is one piece, sent at once: nothing to cancel on a disconnect, so
+    # no watcher task (its creation and cancellation cost a hit more than the send).
+    watch = not (total_slices == 1 and cached == 1 and opened.first_fill is None)
+    await _send_stream(ctx, receive, send, status, headers, pieces, watch=watch)
 
 
 async def _multipart(
@@ -274,12 +283,17 @@ async def _send_stream(
     status: int,
     headers: Headers,
     pieces: AsyncGenerator[SliceData, None],
+    *,
+    watch: bool = True,
 ) -> None:
-    """Headers go out with the first bytes, so a change found before then can restart."""
+    """Headers go out with the first bytes, so a change found before then can restart.
+
+    ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
+    """
     started = False
     async with contextlib.aclosing(pieces):
         try:
-            async with DisconnectWatch(receive):
+            async with DisconnectWatch(receive) if watch else contextlib.nullcontext():
                 async for piece in pieces:
                     if not started:
                         await send_start(send, status, headers)

@@ -182,14 +182,21 @@ class SliceEngine:
             for offset, claim in enumerate(got):
                 claims[index + offset] = claim
 
+        async def schedule(index: int, reach: int) -> None:
+            nonlocal scheduled
+            while scheduled < indexes.stop and scheduled < index + reach:
+                if scheduled not in claims and (
+                    scheduled == index or not self._cached(entry_key, meta, scheduled)
+                ):
+                    await claim_from(scheduled, run_length, scheduled == index)
+                scheduled += 1
+
+        # The read-ahead starts once the first bytes are out: starting its origin requests
+        # first would put their CPU between the origin's first byte and the client's.
+        ahead_pending = True
         try:
             for index in indexes:
-                while scheduled < indexes.stop and scheduled < index + window:
-                    if scheduled not in claims and (
-                        scheduled == index or not self._cached(entry_key, meta, scheduled)
-                    ):
-                        await claim_from(scheduled, run_length, scheduled == index)
-                    scheduled += 1
+                await schedule(index, 1 if ahead_pending else window)
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1, True)
                 claim = claims.pop(index)
@@ -199,6 +206,9 @@ class SliceEngine:
                     try:
                         async for piece in claim.read(lo, hi, self.slice_wait_timeout):
                             yield piece
+                            if ahead_pending:
+                                ahead_pending = False
+                                await schedule(index, window)
                         done = True
                     except SliceGone:
                         done = gone = True  # not a byte read: the cache has it now

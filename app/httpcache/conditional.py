@@ -116,6 +116,12 @@ def _single_http_date(headers: Headers, name: str) -> int | None:
     return parse_http_date(values[0])
 
 
+# The request fields the evaluation below reads; without any of them it answers None.
+CONDITIONAL_FIELDS = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since"}
+)
+
+
 def evaluate_client_conditionals(
     method: str,
     request_headers: Headers,
@@ -148,6 +154,8 @@ def evaluate_client_conditionals(
     """
     if not 200 <= status <= 299:
         return None
+    if not any(name.lower() in CONDITIONAL_FIELDS for name, _ in request_headers):
+        return None  # nearly every request: nothing to parse the validators for
     current = parse_entity_tag(etag) if etag is not None else None
     modified = parse_http_date(last_modified) if last_modified is not None else None
 

@@ -47,14 +47,18 @@ __all__ = [
     "LifetimeSource",
     "Outcome",
     "RequestVerdict",
+    "PreparedFreshness",
     "ServeDecision",
+    "StoredAge",
     "StoredResponseInfo",
     "can_serve_stale",
     "current_age",
     "decide",
+    "decide_prepared",
     "freshness_lifetime",
     "is_fresh",
     "on_miss",
+    "prepare_freshness",
     "request_allows",
     "stale_if_error_window",
 ]
@@ -177,16 +181,31 @@ def current_age(
     Clock skew never makes an age go backwards: a negative response delay or resident
     time counts as 0. So the result is ``>= age_value`` and non-decreasing in ``now``.
     """
-    age = age_value(response_headers)
-    _, date = _single_date(response_headers, "date")
-    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
-    response_delay = max(0.0, response_time - request_time)
-    corrected_initial_age = max(apparent_age, age + response_delay)
-    resident_time = max(0.0, now - response_time)
-    total = corrected_initial_age + resident_time
-    if not math.isfinite(total):
-        return DELTA_SECONDS_MAX
-    return max(age, int(math.floor(total)))
+    return StoredAge.of(response_headers, request_time, response_time).at(now)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAge:
+    """What :func:`current_age` needs of a stored response, parsed once (its Age and Date
+    do not change while it is stored): the age at any instant is then two additions."""
+
+    age_value: int
+    corrected_initial_age: float
+    response_time: float
+
+    @classmethod
+    def of(cls, response_headers: Headers, request_time: float, response_time: float) -> StoredAge:
+        age = age_value(response_headers)
+        _, date = _single_date(response_headers, "date")
+        apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+        response_delay = max(0.0, response_time - request_time)
+        return cls(age, max(apparent_age, age + response_delay), response_time)
+
+    def at(self, now: float) -> int:
+        total = self.corrected_initial_age + max(0.0, now - self.response_time)
+        if not math.isfinite(total):
+            return DELTA_SECONDS_MAX
+        return max(self.age_value, int(math.floor(total)))
 
 
 def is_fresh(lifetime: int, age: int) -> bool:
@@ -404,6 +423,69 @@ class ServeDecision:
         return self.stale_if_error_until is not None and now < self.stale_if_error_until
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedFreshness:
+    """Everything :func:`decide` reads from a stored response, parsed once.
+
+    A stored response's headers and exchange times change only when it is stored or
+    revalidated, so its Cache-Control, lifetime and age inputs are computed then
+    (:func:`prepare_freshness`), not on every hit; :func:`decide_prepared` only adds
+    what the request and the clock change. ``source`` is the stored header list it was
+    prepared from: :meth:`matches` tells a holder whether it still describes it.
+    """
+
+    source: Headers
+    status: int
+    request_time: float
+    response_time: float
+    policy: FreshnessPolicy
+    response_cc: CacheControl
+    lifetime: Lifetime
+    age: StoredAge
+
+    def matches(
+        self,
+        headers: Headers,
+        status: int,
+        request_time: float,
+        response_time: float,
+        policy: FreshnessPolicy,
+    ) -> bool:
+        return (
+            self.source is headers
+            and self.status == status
+            and self.request_time == request_time
+            and self.response_time == response_time
+            and self.policy is policy
+        )
+
+
+def prepare_freshness(
+    stored: StoredResponseInfo, policy: FreshnessPolicy = FreshnessPolicy()
+) -> PreparedFreshness:
+    """Parse what :func:`decide` needs of ``stored`` (see :class:`PreparedFreshness`)."""
+    headers = effective_headers(stored.headers, policy.targeted_fields)
+    lifetime = freshness_lifetime(
+        headers,
+        status=stored.status,
+        shared=policy.shared,
+        heuristic_fraction=policy.heuristic_fraction,
+        heuristic_max=policy.heuristic_max,
+        default_ttl=policy.default_ttl,
+        response_time=stored.response_time,
+    )
+    return PreparedFreshness(
+        source=stored.headers,
+        status=stored.status,
+        request_time=stored.request_time,
+        response_time=stored.response_time,
+        policy=policy,
+        response_cc=cache_control_of(headers),
+        lifetime=lifetime,
+        age=StoredAge.of(headers, stored.request_time, stored.response_time),
+    )
+
+
 def decide(
     stored: StoredResponseInfo,
     request_headers: Headers,
@@ -420,23 +502,32 @@ def decide(
     revalidation of STALE_WHILE_REVALIDATE is the cache's own business and still runs.
     The caller checks Vary and the method (GET/HEAD) before calling.
     """
-    stored = dataclasses.replace(
-        stored, headers=effective_headers(stored.headers, policy.targeted_fields)
-    )
-    response_cc = cache_control_of(stored.headers)
-    request_cc = request_cache_control(request_headers)
+    return decide_prepared(prepare_freshness(stored, policy), request_headers, now)
+
+
+# A request without Cache-Control or Pragma (nearly every one) has no directives: parsed
+# once here rather than on every hit.
+_NO_REQUEST_DIRECTIVES = CacheControl()
+
+
+def _request_directives(request_headers: Headers) -> CacheControl:
+    for name, _ in request_headers:
+        if name == "cache-control" or name == "pragma":
+            return request_cache_control(request_headers)
+    return _NO_REQUEST_DIRECTIVES
+
+
+def decide_prepared(
+    prepared: PreparedFreshness, request_headers: Headers, now: float
+) -> ServeDecision:
+    """:func:`decide` for a stored response prepared by :func:`prepare_freshness`."""
+    policy = prepared.policy
+    response_cc = prepared.response_cc
+    request_cc = _request_directives(request_headers)
     if not policy.honour_request_no_cache and request_cc.no_cache is not False:
         request_cc = dataclasses.replace(request_cc, no_cache=False)
-    lifetime = freshness_lifetime(
-        stored.headers,
-        status=stored.status,
-        shared=policy.shared,
-        heuristic_fraction=policy.heuristic_fraction,
-        heuristic_max=policy.heuristic_max,
-        default_ttl=policy.default_ttl,
-        response_time=stored.response_time,
-    )
-    age = current_age(stored.headers, stored.request_time, stored.response_time, now)
+    lifetime = prepared.lifetime
+    age = prepared.age.at(now)
     window = stale_if_error_window(
         response_cc,
         request_cc,

@@ -10,9 +10,11 @@ import email.utils
 import functools
 import json
 import logging
+import os
+import random
 import sys
 import time
-import uuid
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +66,14 @@ def http_date_now() -> bytes:
     return _http_date(int(time.time()))
 
 
+def _new_request_id() -> str:
+    """``uuid.uuid4().hex`` without building a UUID object (version 4, RFC 4122 variant)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
@@ -71,7 +81,7 @@ def _request_id(scope: Scope) -> str:
             # Echoed into our logs and headers: keep it short and printable.
             if 0 < len(text) <= 128 and text.isprintable():
                 return text
-    return uuid.uuid4().hex
+    return _new_request_id()
 
 
 def _slice_counts(value: bytes) -> tuple[int, int] | None:
@@ -85,8 +95,45 @@ def _slice_counts(value: bytes) -> tuple[int, int] | None:
         return None
 
 
+_text = encode_basestring_ascii  # a JSON string, as json.dumps writes it (C, ASCII-only)
+
+
+def access_line(
+    ts: float,
+    method: str,
+    path: str,
+    query: str,
+    status: int,
+    sent: int,
+    duration_ms: float,
+    upstream_ms: float,
+    cache: str,
+    request_id: str,
+    client: str,
+    slices: tuple[int, int, int] | None,
+    aborted: str | None,
+) -> str:
+    """The access line: what ``json.dumps(entry, separators=(",", ":"))`` writes for it
+    (tests/test_hotpath.py holds them equal), from a template instead of a dict walk."""
+    line = (
+        f'{{"ts":{ts!r},"level":"info","msg":"request","method":{_text(method)},'
+        f'"path":{_text(path)},"query":{_text(query)},"status":{status},"bytes":{sent},'
+        f'"duration_ms":{duration_ms!r},"upstream_ms":{upstream_ms!r},'
+        f'"cache":{_text(cache)},"request_id":{_text(request_id)},"client":{_text(client)}'
+    )
+    if slices is not None:
+        line += f',"slices":{{"hit":{slices[0]},"miss":{slices[1]},"coalesced":{slices[2]}}}'
+    if aborted is not None:
+        line += f',"aborted":{_text(aborted)}'
+    return line + "}\n"
+
+
 class AccessLogMiddleware:
-    """Writes the access line and records the per-request metrics."""
+    """Writes the access line and records the per-request metrics.
+
+    ``sample_rate``: the share of requests written to the log (1: every one, 0: none);
+    a 5xx or an aborted response is always written. Metrics count every request.
+    """
 
     def __init__(
         self,
@@ -94,11 +141,13 @@ class AccessLogMiddleware:
         metrics: Metrics | None = None,
         stream: TextIO | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        sample_rate: float = 1.0,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.stream = stream
         self.trusted_proxies = trusted_proxies or TrustedProxies([])
+        self.sample_rate = sample_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,10 +170,13 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), request_id_header]
+                dated = False
                 for name, value in headers:
-                    if name == b"x-cache-slices":
+                    if name == b"date":
+                        dated = True
+                    elif name == b"x-cache-slices":
                         slices = _slice_counts(value)
-                if not any(name == b"date" for name, _ in headers):
+                if not dated:
                     # RFC 9110 6.6.1: relayed and cached responses keep the origin's Date;
                     # ours go out with this hop's.
                     headers.append((b"date", http_date_now()))
@@ -140,31 +192,26 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            entry = {
-                "ts": round(time.time(), 3),
-                "level": "info",
-                "msg": "request",
-                "method": scope["method"],
-                "path": scope.get("raw_path", b"").decode("latin-1") or scope["path"],
-                "query": scope.get("query_string", b"").decode("latin-1"),
-                "status": status,
-                "bytes": sent,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "upstream_ms": round(log.upstream_seconds * 1000, 3),
-                "cache": log.cache,
-                "request_id": log.request_id,
-                "client": client or "-",
-            }
-            if log.slices is not None:
-                entry["slices"] = {
-                    "hit": log.slices.hit,
-                    "miss": log.slices.miss,
-                    "coalesced": log.slices.coalesced,
-                }
-            if not complete:
-                entry["aborted"] = log.aborted or "client disconnected"
+            duration = time.perf_counter() - started
             if self.metrics is not None:
                 ttfb = None if first_byte is None else first_byte - started
                 self.metrics.observe_request(scope["method"], status, log.cache, sent, ttfb, slices)
-            out = self.stream or sys.stdout
-            out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            rate = self.sample_rate
+            if rate >= 1.0 or not complete or status >= 500 or random.random() < rate:
+                stats = log.slices
+                line = access_line(
+                    round(time.time(), 3),
+                    scope["method"],
+                    scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+                    scope.get("query_string", b"").decode("latin-1"),
+                    status,
+                    sent,
+                    round(duration * 1000, 3),
+                    round(log.upstream_seconds * 1000, 3),
+                    log.cache,
+                    log.request_id,
+                    client or "-",
+                    None if stats is None else (stats.hit, stats.miss, stats.coalesced),
+                    None if complete else (log.aborted or "client disconnected"),
+                )
+                (self.stream or sys.stdout).write(line)

@@ -41,6 +41,7 @@ CACHE_HITS = frozenset({"HIT", "STALE", "REVALIDATED"})
 CACHE_MISSES = frozenset({"MISS", "PARTIAL"})
 # X-Cache values of a proxied request; "-" is an admin route, PURGE or a refusal.
 PROXIED = CACHE_HITS | CACHE_MISSES | {"BYPASS"}
+LABELLED_CACHE = PROXIED | {"-"}
 
 # HELP of the figures read at scrape time (exported name -> text). A figure without an
 # entry here gets its source's help and its own name spelled out.
@@ -222,6 +223,13 @@ class Metrics:
             registry=r,
         )
         r.register(_RuntimeCollector(self))
+        # Label children resolved once, not per request: labels() builds and looks up a
+        # tuple under a lock every time. Keys are bounded (methods, status classes and
+        # X-Cache values are small closed sets).
+        self._request_children: dict[tuple[str, int, str], Counter] = {}
+        self._ttfb_children: dict[str, Histogram] = {}
+        self._slices_hit = self.response_slices.labels("hit")
+        self._slices_miss = self.response_slices.labels("miss")
 
     def add_source(self, prefix: str, help_text: str, source: FigureSource) -> None:
         """Export every figure of ``source()`` as ``<prefix>_<key>`` at scrape time."""
@@ -236,17 +244,24 @@ class Metrics:
         ttfb: float | None,
         slices: tuple[int, int] | None = None,
     ) -> None:
-        proxied = cache in PROXIED
-        if ttfb is not None and proxied:
-            self.ttfb.labels(cache).observe(ttfb)
+        if ttfb is not None and cache in PROXIED:
+            ttfb_child = self._ttfb_children.get(cache)
+            if ttfb_child is None:
+                ttfb_child = self._ttfb_children[cache] = self.ttfb.labels(cache)
+            ttfb_child.observe(ttfb)
         self.response_bytes.inc(sent)
         self.sent_bytes.inc(sent)
-        if method not in KNOWN_METHODS:
-            method = "other"  # a client may send any token: keep the label set bounded
-        self.requests.labels(method, f"{status // 100}xx", cache).inc()
+        key = (method, status // 100, cache)
+        child = self._request_children.get(key)
+        if child is None:
+            label = method if method in KNOWN_METHODS else "other"  # bounded label set
+            child = self.requests.labels(label, f"{status // 100}xx", cache)
+            if method in KNOWN_METHODS and cache in LABELLED_CACHE:
+                self._request_children[key] = child  # only bounded keys are kept
+        child.inc()
         if slices is not None:
-            self.response_slices.labels("hit").inc(slices[0])
-            self.response_slices.labels("miss").inc(slices[1])
+            self._slices_hit.inc(slices[0])
+            self._slices_miss.inc(slices[1])
         if status >= 500:
             return  # a 502/504 is a failure, neither a hit nor a miss
         if cache in CACHE_HITS:

@@ -43,8 +43,6 @@ from app.httpcache.cache_status import CacheStatus
 from app.httpcache.freshness import (
     FreshnessPolicy,
     Outcome,
-    StoredResponseInfo,
-    decide,
     decide_prepared,
     on_miss,
 )

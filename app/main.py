@@ -189,7 +189,9 @@ class ProxyEndpoint:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            await send_text(send, *refusal)
+            # After a refused head the rest of the connection cannot be trusted (an unread
+            # or ambiguously framed body): answer, then close.
+            await send_text(send, *refusal, [("connection", "close")])
             return
         ctx = RequestContext.from_scope(scope)
         relay_interim_to(scope, send)  # the origin's 103s go to this client (app.edge.interim)
@@ -247,6 +249,12 @@ class ProxyEndpoint:
             # RFC 9112 6.1: its framing is faulty; a hop before us that reads HTTP/1.0 as
             # having no chunked framing would see another request boundary (nginx: 400).
             return 400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request"
+        if codings and any(name == b"content-length" for name, _ in scope["headers"]):
+            # RFC 9112 6.1: framed two ways at once (how requests are smuggled); a server
+            # may refuse it and must close after. httptools refuses it in the parser; h11
+            # frames by chunked and keeps the Content-Length, which would be forwarded
+            # beside the de-chunked body.
+            return 400, "Bad Request: both Transfer-Encoding and Content-Length"
         if codings and codings != [b"chunked"]:
             # RFC 9112 6.1: the parser decodes chunked only; forwarded without the other
             # codings' names, a gzip-coded body would reach the origin as a plain one.

@@ -322,6 +322,29 @@ def test_a_padded_content_length_is_forwarded_normalized(proxy: ProxyFactory) ->
             assert ["content-length", "3"] in echoed["headers"]
 
 
+def test_content_length_with_transfer_encoding_gets_400_and_a_close_on_every_edge(
+    edge: ProxyFactory, origin: Origin
+) -> None:
+    """RFC 9112 6.1: framing two ways at once is how requests are smuggled. httptools
+    refuses it; over h11 (which frames by chunked) the client's Content-Length was forwarded
+    beside the de-chunked body: the origin waited for bytes that never came (a 504 after
+    the read timeout) or got a body cut to that length. Both edges: 400, then close."""
+    with edge(enable_cache=False) as url:
+        for body in [b"0\r\n\r\n", b"a\r\nhelloworld\r\n0\r\n\r\n"]:
+            origin.app.clear_log()
+            answer = _exchange(
+                url,
+                b"POST /echo/te-cl HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+                + body
+                + b"GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n",
+                timeout=20,
+            )
+            assert _status(answer) == 400, answer[:300]
+            assert b"/echo/after" not in answer  # nothing after it on this connection is read
+            assert origin.requests_for("/echo/te-cl") == []
+
+
 def test_header_bytes_above_0x7f_reach_the_origin_unchanged(proxy: ProxyFactory) -> None:
     for settings in [{"enable_cache": False}, {}]:
         with proxy(**settings) as url:

@@ -151,3 +151,24 @@ async def test_a_grant_that_races_a_cancel_is_given_back() -> None:
     assert budget.in_use == 0
     await budget.acquire(100)  # the whole budget is usable again
     assert budget.in_use == 100
+
+
+async def test_each_reader_of_a_failed_fill_gets_the_error_with_its_own_frames_only() -> None:
+    """The fill's one error is raised to every reader: without care each raise appends the
+    reader's frames to the same traceback, so the N-th reader's error holds (and logs)
+    the frames of all N, and keeps their locals alive."""
+
+    async def depth_seen() -> int:
+        try:
+            await collect(fill, 0, 10)
+        except SliceOverflow as error:
+            depth, tb = 0, error.__traceback__
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            return depth
+        raise AssertionError("no error")
+
+    fill = SliceFill("k", 0, 9)
+    fill.fail(SliceOverflow("origin sent more"))
+    depths = [await depth_seen() for _ in range(5)]
+    assert depths[-1] == depths[0], depths

@@ -581,3 +581,60 @@ def test_a_large_chunked_answer_to_the_probe_is_relayed_whole(proxy: ProxyFactor
     for whole in answers:
         assert whole.status_code == 200
         assert whole.content == chunked.body
+
+
+class OverflowingOrigin:
+    """Answers a Range that starts after slice 0 with the right Content-Range but no
+    Content-Length, and a chunked body longer than the range: only reading it shows the
+    origin sent more than was asked."""
+
+    def __init__(self, size: int) -> None:
+        self.body = bytes((i * 13 + 5) % 251 for i in range(size))
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        size = len(self.body)
+        spec = dict(scope["headers"]).get(b"range", b"bytes=0-").decode()
+        lo, _, hi = spec.split("=", 1)[1].partition("-")
+        first, last = int(lo), min(int(hi) if hi else size - 1, size - 1)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"etag", b'"overflow-v1"'),
+            (b"cache-control", b"public, max-age=3600"),
+            (b"content-range", f"bytes {first}-{last}/{size}".encode()),
+        ]
+        extra = b"" if first == 0 else b"not part of the range"
+        await send({"type": "http.response.start", "status": 206, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": self.body[first : last + 1] + extra})  # type: ignore[operator]
+
+
+def test_a_slice_answer_longer_than_asked_aborts_every_reader_without_a_traceback(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An origin fault, like a short body: each reader of the shared fill gets an aborted
+    response (never the extra bytes), and the log says so in one line, not a traceback
+    (the fill's one error, re-raised to every reader, once grew by each reader's frames)."""
+    caplog.set_level("WARNING", logger="slicecache")
+    overflowing = OverflowingOrigin(8 * SLICE)
+    with run_asgi_in_thread(overflowing) as origin_url:
+        with proxy(upstream_address=origin_url, slice_size=SLICE) as url:
+
+            def download(_: int) -> tuple[bytes, bool]:
+                body = bytearray()
+                try:
+                    with httpx.stream("GET", f"{url}/obj.bin", timeout=30) as response:
+                        for chunk in response.iter_raw():
+                            body += chunk
+                    return bytes(body), True
+                except httpx.HTTPError:
+                    return bytes(body), False
+
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                results = list(pool.map(download, range(6)))
+    for body, clean in results:
+        assert not clean, "a response with bytes the origin sent past the range ended cleanly"
+        assert body == overflowing.body[: len(body)]
+    failures = [r for r in caplog.records if r.getMessage() == "slice fetch failed"]
+    assert failures
+    assert [r for r in failures if r.exc_info] == [], "an origin fault logged as a traceback"

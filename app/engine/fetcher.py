@@ -20,7 +20,7 @@ import httpx
 
 from app.edge.headers import Headers
 from app.engine.classify import Answer, Invalid, Mismatch, Sliceable, WholeBody, classify
-from app.engine.fills import FetchHold, SliceFill, SliceOverflow
+from app.engine.fills import FetchHold, SliceFill
 from app.engine.objectmeta import ObjectMeta
 from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
@@ -173,7 +173,11 @@ class SliceFetcher:
                         fill = fills[current]
                         room = fill.length - fill.filled
                         if len(view) > room and current + 1 == len(fills):
-                            raise SliceOverflow(f"origin sent more than bytes {first}-{last}")
+                            # An origin fault (a body longer than its Content-Range), not
+                            # ours: answered and counted as an invalid answer, no traceback.
+                            raise SliceError(
+                                f"origin sent more than bytes {first}-{last}", retryable=False
+                            )
                         fill.append(view[:room])
                         view = view[room:]
                         if fill.filled == fill.length:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 import httpx
 
@@ -47,6 +48,7 @@ class SliceFill:
         self.filled = 0
         self.done = False
         self.error: BaseException | None = None
+        self._error_traceback: TracebackType | None = None
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
         # The slices one origin request is filling, while it runs. Emptied when it ends:
@@ -107,6 +109,9 @@ class SliceFill:
     def fail(self, error: BaseException) -> None:
         if not self.done:
             self.error = error
+            # Where it was raised; every reader re-raises it from there, so the one error
+            # object does not collect the frames of every reader it was raised to.
+            self._error_traceback = error.__traceback__
             self.done = True
             self._wake()
 
@@ -149,7 +154,7 @@ class SliceFill:
                 position = end
                 continue
             if self.error is not None:
-                raise self.error
+                raise self.error.with_traceback(self._error_traceback)
             if self.done:
                 raise RuntimeError(f"fill of {self.key!r} ended at {self.filled}/{self.length}")
             if self.ticket is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.types import Scope
@@ -40,6 +41,9 @@ class RequestContext:
     client_ip: str | None
     scheme: str
     log: RequestLog
+    # The server's "slicecache.written_out" extension (app.edge.writtenout), if offered:
+    # returns once the transport holds none of the bytes written so far.
+    written_out: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
@@ -60,6 +64,7 @@ class RequestContext:
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
             log=log,
+            written_out=scope.get("extensions", {}).get("slicecache.written_out", {}).get("wait"),
         )
 
     def header(self, name: str) -> str | None:

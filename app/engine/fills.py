@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from cache.protocol import SliceData
+from cache.protocol import SliceData, SliceLease
 
 
 class SliceOverflow(Exception):
@@ -175,6 +175,9 @@ class SliceClaim:
     data: SliceData | None = None
     fill: SliceFill | None = None
     released: bool = False
+    # A store's lease on ``data`` (an L2 extent read without a copy): released with the
+    # claim, i.e. once the response has written the slice out or ended.
+    lease: SliceLease | None = None
 
     async def read(
         self, lo: int, hi: int, patience: float | None = None
@@ -198,6 +201,8 @@ class SliceClaim:
         if self.released:
             return
         self.released = True
+        if self.lease is not None:
+            self.lease.release()
         fill = self.fill
         if fill is None:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import httpx
 from starlette.types import Receive, Send
@@ -27,7 +27,7 @@ from app.engine.slicer import ObjectChanged, SliceEngine, SliceError
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
-from cache.protocol import SliceData
+from cache.protocol import SliceData, borrowed
 
 log = logging.getLogger("slicecache.sliced")
 
@@ -38,6 +38,11 @@ NOT_REPLAYED = frozenset({"server", "age", "content-length", "accept-ranges"})
 
 # RFC 9110 15.4.5: a 304 carries the validators and caching fields, not content metadata.
 NOT_IN_304 = frozenset({"content-type", "content-encoding", "content-language", "accept-ranges"})
+
+# The largest piece of a slice borrowed from the L2 mapping handed to the transport at once
+# (a slice is 1 MiB by default: one send per slice; a bigger slice is cut so that what the
+# transport may buffer of it stays bounded).
+WRITE_PIECE = 1 << 20
 
 
 class ResponseAborted(Exception):
@@ -284,7 +289,10 @@ async def _send_stream(
                     if not started:
                         await send_start(send, status, headers)
                         started = True
-                    await send_body(send, piece)
+                    if borrowed(piece):
+                        await _send_borrowed(send, piece, ctx.written_out)
+                    else:
+                        await send_body(send, piece)
                 if not started:
                     await send_start(send, status, headers)
                 await send_body(send, b"", more=False)
@@ -313,3 +321,22 @@ async def _send_stream(
                 return
             ctx.log.aborted = f"slice fetch failed mid-response: {reason}"
             raise ResponseAborted() from None
+
+
+async def _send_borrowed(
+    send: Send, piece: memoryview, written_out: Callable[[], Awaitable[None]] | None
+) -> None:
+    """Write a view into the L2 mapping (a leased extent, cache.protocol.SliceLease).
+
+    The lease is released when the stream resumes after this piece, so every byte must have
+    left the transport's buffer by then (uvloop keeps a reference, not a copy, of what it
+    could not write at once): each part is followed by the server's wait for that
+    (app.edge.writtenout). Without it (another server) each part goes out as a copy.
+    """
+    for pos in range(0, len(piece), WRITE_PIECE):
+        part = piece[pos : pos + WRITE_PIECE]
+        if written_out is None:
+            await send_body(send, bytes(part))
+        else:
+            await send_body(send, part)
+            await written_out()

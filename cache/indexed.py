@@ -18,9 +18,6 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-object_of = object_key_of  # the object key a slice, variant or metadata key belongs to
-
-
 class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
     """``name_of`` maps a cache key to the key string it stands for (identity for str keys)."""
 
@@ -36,12 +33,12 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
 
     def __setitem__(self, key: K, value: V) -> None:
         super().__setitem__(key, value)
-        self._by_object.setdefault(object_of(self._name_of(key)), set()).add(key)
+        self._by_object.setdefault(object_key_of(self._name_of(key)), set()).add(key)
 
     def __delitem__(self, key: K) -> None:
         # Evictions come here too (popitem -> pop -> del).
         super().__delitem__(key)
-        owner = object_of(self._name_of(key))
+        owner = object_key_of(self._name_of(key))
         members = self._by_object.get(owner)
         if members is not None:
             members.discard(key)
@@ -54,7 +51,7 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
 
     def keys_of(self, object_key: str, within: str | None = None) -> list[K]:
         """The keys held for ``object_key`` (and, with ``within``, starting with it)."""
-        members = self._by_object.get(object_of(object_key), ())
+        members = self._by_object.get(object_key_of(object_key), ())
         name_of = self._name_of
         return [
             key

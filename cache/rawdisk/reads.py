@@ -45,7 +45,7 @@ DropIfCurrent = Callable[[int, int, str | None], Coroutine[Any, Any, None]]
 
 
 class ReadPath:
-    def __init__(self, core: Core, sketch: CountMinSketch, drop_if_current: DropIfCurrent):
+    def __init__(self, core: Core, sketch: CountMinSketch, drop_if_current: DropIfCurrent) -> None:
         self.core = core
         self.tables = core.tables
         self._sketch = sketch  # every lookup counts towards admission

@@ -9,7 +9,8 @@ straight from the page cache, with no copy in user space. That is safe now becau
   a size check of a block device) and never shrinks while the store holds its exclusive
   ``flock``, so every mapped page is backed by allocated blocks: a full disk cannot turn a
   read of the mapping into SIGBUS (writes still go through ``pwritev`` and fail with an
-  ``OSError`` on one request);
+  ``OSError`` on one request). Only a hand truncation of the device file (``flock`` is
+  advisory) could, as it could corrupt any store;
 * the mapping is read-only: a bug cannot scribble over the device through it;
 * an extent being read stays unallocatable until its last reader (lease) lets go
   (:meth:`cache.rawdisk.tables.Tables.begin_read`), so the bytes seen through the mapping

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.types import Scope
 
 from app.edge.headers import Headers, decode_raw, get
+from app.edge.writtenout import WRITTEN_OUT, WriteWatch
 
 SCOPE_KEY = "slicecache.request"
 
@@ -42,8 +42,8 @@ class RequestContext:
     scheme: str
     log: RequestLog
     # The server's "slicecache.written_out" extension (app.edge.writtenout), if offered:
-    # returns once the transport holds none of the bytes written so far.
-    written_out: Callable[[], Awaitable[None]] | None = None
+    # how much of what was written the transport still holds.
+    written_out: WriteWatch | None = None
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
@@ -64,7 +64,7 @@ class RequestContext:
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
             log=log,
-            written_out=scope.get("extensions", {}).get("slicecache.written_out", {}).get("wait"),
+            written_out=scope.get("extensions", {}).get(WRITTEN_OUT, {}).get("watch"),
         )
 
     def header(self, name: str) -> str | None:

@@ -5,9 +5,10 @@ uvloop's transport (and asyncio's from Python 3.12) keeps a reference to a buffe
 not write at once instead of copying it. A response writing an L2 slice straight from the
 mapped device (a :class:`cache.protocol.SliceLease`) must therefore not release the lease
 while the transport still holds part of the slice: the extent could be recycled and the
-client sent another object's bytes. ``await scope["extensions"][WRITTEN_OUT]["wait"]()``
-returns once the transport's write buffer is empty (everything is in the kernel's socket
-buffer, a copy) or the connection is gone.
+client sent another object's bytes. ``scope["extensions"][WRITTEN_OUT]["watch"]`` is a
+:class:`WriteWatch`: ``buffered()`` says how many bytes written so far the transport still
+holds (the rest is in the kernel's socket buffer, a copy), ``await wait()`` returns once it
+holds none or the connection is gone, ``abort()`` drops the connection and what it holds.
 
 How it waits without polling: the write-buffer limits are set to 0 for the wait, so the
 transport pauses the protocol while anything is buffered and resumes it only once the
@@ -21,9 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 WRITTEN_OUT = "slicecache.written_out"
+
+
+class WriteWatch(Protocol):
+    def buffered(self) -> int: ...
+
+    async def wait(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class WrittenOut:
@@ -33,6 +42,15 @@ class WrittenOut:
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
+
+    def buffered(self) -> int:
+        if self._gone():
+            return 0  # the transport discarded what it held
+        size: int = self._protocol.transport.get_write_buffer_size()
+        return size
+
+    def abort(self) -> None:
+        self._protocol.transport.abort()
 
     def _gone(self) -> bool:
         cycle = self._protocol.cycle
@@ -65,4 +83,4 @@ class WrittenOut:
 
 def offer_written_out(protocol: Any, scope: Any) -> None:
     """Offer the extension to the request of ``scope`` on ``protocol``'s connection."""
-    scope.setdefault("extensions", {})[WRITTEN_OUT] = {"wait": WrittenOut(protocol).wait}
+    scope.setdefault("extensions", {})[WRITTEN_OUT] = {"watch": WrittenOut(protocol)}

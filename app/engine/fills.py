@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.engine.leasewriter import LEASE_HANDOVER
 from cache.protocol import SliceData, SliceLease
 
 
@@ -202,7 +203,12 @@ class SliceClaim:
             return
         self.released = True
         if self.lease is not None:
-            self.lease.release()
+            # The response writing it may still have bytes of it in its transport.
+            writer = LEASE_HANDOVER.get()
+            if writer is not None:
+                writer.take(self.lease)
+            else:
+                self.lease.release()
         fill = self.fill
         if fill is None:
             return

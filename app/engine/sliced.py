@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 
 import httpx
 from starlette.types import Receive, Send
@@ -21,13 +21,14 @@ from app.edge.passthrough import (
     relay_response,
     reply_upstream_error,
 )
+from app.engine.leasewriter import LEASE_HANDOVER, LeaseWriter
 from app.engine.objectmeta import ObjectMeta
 from app.engine.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
 from app.engine.slicer import ObjectChanged, SliceEngine, SliceError
 from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
-from cache.protocol import SliceData, borrowed
+from cache.protocol import SliceData
 
 log = logging.getLogger("slicecache.sliced")
 
@@ -38,11 +39,6 @@ NOT_REPLAYED = frozenset({"server", "age", "content-length", "accept-ranges"})
 
 # RFC 9110 15.4.5: a 304 carries the validators and caching fields, not content metadata.
 NOT_IN_304 = frozenset({"content-type", "content-encoding", "content-language", "accept-ranges"})
-
-# The largest piece of a slice borrowed from the L2 mapping handed to the transport at once
-# (a slice is 1 MiB by default: one send per slice; a bigger slice is cut so that what the
-# transport may buffer of it stays bounded).
-WRITE_PIECE = 1 << 20
 
 
 class ResponseAborted(Exception):
@@ -281,6 +277,25 @@ async def _send_stream(
     pieces: AsyncGenerator[SliceData, None],
 ) -> None:
     """Headers go out with the first bytes, so a change found before then can restart."""
+    # Owns the L2 leases of the slices written until the transport is done with them.
+    writer = LeaseWriter(send, ctx.written_out)
+    handover = LEASE_HANDOVER.set(writer)
+    try:
+        await _write_stream(ctx, receive, send, status, headers, pieces, writer)
+    finally:
+        LEASE_HANDOVER.reset(handover)
+        writer.close()
+
+
+async def _write_stream(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    status: int,
+    headers: Headers,
+    pieces: AsyncGenerator[SliceData, None],
+    writer: LeaseWriter,
+) -> None:
     started = False
     async with contextlib.aclosing(pieces):
         try:
@@ -289,12 +304,10 @@ async def _send_stream(
                     if not started:
                         await send_start(send, status, headers)
                         started = True
-                    if borrowed(piece):
-                        await _send_borrowed(send, piece, ctx.written_out)
-                    else:
-                        await send_body(send, piece)
+                    await writer.write(piece)
                 if not started:
                     await send_start(send, status, headers)
+                await writer.finish()
                 await send_body(send, b"", more=False)
         except ObjectChanged:
             if not started:
@@ -321,22 +334,3 @@ async def _send_stream(
                 return
             ctx.log.aborted = f"slice fetch failed mid-response: {reason}"
             raise ResponseAborted() from None
-
-
-async def _send_borrowed(
-    send: Send, piece: memoryview, written_out: Callable[[], Awaitable[None]] | None
-) -> None:
-    """Write a view into the L2 mapping (a leased extent, cache.protocol.SliceLease).
-
-    The lease is released when the stream resumes after this piece, so every byte must have
-    left the transport's buffer by then (uvloop keeps a reference, not a copy, of what it
-    could not write at once): each part is followed by the server's wait for that
-    (app.edge.writtenout). Without it (another server) each part goes out as a copy.
-    """
-    for pos in range(0, len(piece), WRITE_PIECE):
-        part = piece[pos : pos + WRITE_PIECE]
-        if written_out is None:
-            await send_body(send, bytes(part))
-        else:
-            await send_body(send, part)
-            await written_out()

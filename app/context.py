@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 from app.edge.headers import Headers, decode_raw, get
+from app.edge.writtenout import WRITTEN_OUT, WriteWatch
 
 SCOPE_KEY = "slicecache.request"
 
@@ -40,6 +41,9 @@ class RequestContext:
     client_ip: str | None
     scheme: str
     log: RequestLog
+    # The server's "slicecache.written_out" extension (app.edge.writtenout), if offered:
+    # how much of what was written the transport still holds.
+    written_out: WriteWatch | None = None
 
     @classmethod
     def from_scope(cls, scope: Scope) -> RequestContext:
@@ -60,6 +64,7 @@ class RequestContext:
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
             log=log,
+            written_out=scope.get("extensions", {}).get(WRITTEN_OUT, {}).get("watch"),
         )
 
     def header(self, name: str) -> str | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cache.indexed import ObjectIndexedLRU
-from cache.protocol import SliceData
+from cache.protocol import SliceData, SliceLease
 
 # Python object headers of the entry, its tuple key and the LRU's bookkeeping, measured
 # with sys.getsizeof on CPython 3.11 and rounded up.
@@ -73,6 +73,14 @@ class MemoryStore:
 
     async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
         return self._get(SLICE, key)  # in memory already: nothing to prefetch
+
+    async def lease_slice(
+        self, key: str, *, next_key: str | None = None, size_hint: int | None = None
+    ) -> SliceLease | None:
+        """A lease over the bytes this tier holds anyway: nothing to pin, release is a no-op
+        (an eviction only drops this tier's reference; the bytes live while viewed)."""
+        data = self._get(SLICE, key)
+        return SliceLease.of(data) if data is not None else None
 
     # ``epoch``: the front (TieredStore) checks it against its purge records right before
     # calling, with no await in between; this tier keeps no records of its own.

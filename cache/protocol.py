@@ -9,12 +9,68 @@ is a key-prefix operation each tier can do on its own index.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+import mmap
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Protocol, TypeGuard, runtime_checkable
 
 # A slice's bytes as a store hands them out. A memoryview may point into a store's own
 # buffer (for example an L2 mmap); it stays valid until the caller drops it.
 SliceData = bytes | memoryview
+
+
+class SliceLease:
+    """A slice's bytes borrowed from a store, zero-copy, until :meth:`release`.
+
+    ``view`` may point into a store's mapping of its device (an L2 extent): the store keeps
+    the extent from being freed, recycled or overwritten until the lease is released, so
+    the bytes stay the version that was read even if the key is purged, evicted or
+    replaced meanwhile (the key itself disappears at once). Release exactly when nothing
+    reads ``view`` any more, including a socket buffer still holding a piece of it
+    (:func:`borrowed`). ``release`` is idempotent; the lease is also a context manager.
+    A lease over bytes a tier holds anyway (L1) has nothing to release.
+    """
+
+    __slots__ = ("_on_release", "view")
+
+    def __init__(self, view: memoryview, on_release: Callable[[], None] | None = None) -> None:
+        self.view = view
+        self._on_release = on_release
+
+    @classmethod
+    def of(cls, data: SliceData) -> SliceLease:
+        """A lease over bytes nobody recycles (an L1 entry, a decoded copy): a no-op release."""
+        return cls(data if isinstance(data, memoryview) else memoryview(data))
+
+    @property
+    def pinned(self) -> bool:
+        """Does this lease still hold a store's extent?"""
+        return self._on_release is not None
+
+    def release(self) -> None:
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
+    def __enter__(self) -> SliceLease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def borrowed(piece: SliceData) -> TypeGuard[memoryview]:
+    """Is ``piece`` a view into a store's mapping (valid only while its lease is held)?
+
+    A writer that hands such a piece to a transport which keeps a reference instead of a
+    copy (uvloop, asyncio on 3.12) must see it written out before the lease goes.
+    """
+    return isinstance(piece, memoryview) and isinstance(piece.obj, mmap.mmap)
 
 
 @runtime_checkable
@@ -29,6 +85,16 @@ class Store(Protocol):
         ``next_key``: the caller will probably ask for that key next (the following slice
         of a sequential read); a tier may start fetching it in. A hint only: a tier never
         parses keys to guess it, and may ignore it.
+        """
+        ...
+
+    async def lease_slice(
+        self, key: str, *, next_key: str | None = None, size_hint: int | None = None
+    ) -> SliceLease | None:
+        """The bytes stored under ``key`` without a copy, held until the lease is released
+        (:class:`SliceLease`); None when absent, expired or damaged. ``next_key`` as for
+        :meth:`get_slice`; ``size_hint``: the size of the whole object the slice belongs to
+        (a front may use it to decide whether to promote the slice to a faster tier).
         """
         ...
 

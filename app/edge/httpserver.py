@@ -49,6 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from app.edge.interim import EARLY_HINT
+from app.edge.writtenout import offer_written_out
 from app.ops.accesslog import http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
@@ -370,6 +371,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         allow_early_hints(cycle)
+        offer_written_out(self, cycle.scope)
         super()._start_asgi_task(cycle, app)
 
 

@@ -16,7 +16,8 @@ from types import TracebackType
 
 import httpx
 
-from cache.protocol import SliceData
+from app.engine.leasewriter import LEASE_HANDOVER
+from cache.protocol import SliceData, SliceLease
 
 
 class SliceOverflow(Exception):
@@ -180,6 +181,9 @@ class SliceClaim:
     data: SliceData | None = None
     fill: SliceFill | None = None
     released: bool = False
+    # A store's lease on ``data`` (an L2 extent read without a copy): released with the
+    # claim, i.e. once the response has written the slice out or ended.
+    lease: SliceLease | None = None
 
     async def read(
         self, lo: int, hi: int, patience: float | None = None
@@ -203,6 +207,13 @@ class SliceClaim:
         if self.released:
             return
         self.released = True
+        if self.lease is not None:
+            # The response writing it may still have bytes of it in its transport.
+            writer = LEASE_HANDOVER.get()
+            if writer is not None:
+                writer.take(self.lease)
+            else:
+                self.lease.release()
         fill = self.fill
         if fill is None:
             return

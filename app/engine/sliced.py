@@ -21,6 +21,7 @@ from app.edge.passthrough import (
     relay_response,
     reply_upstream_error,
 )
+from app.engine.leasewriter import LEASE_HANDOVER, LeaseWriter
 from app.engine.objectmeta import NOT_REPLAYED, ObjectMeta
 from app.engine.objects import Forward, ObjectDirectory, ObjectRequest, Opened, Refuse
 from app.engine.slicer import ObjectChanged, SliceEngine, SliceError
@@ -290,6 +291,27 @@ async def _send_stream(
 
     ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
     """
+    # Owns the L2 leases of the slices written until the transport is done with them.
+    writer = LeaseWriter(send, ctx.written_out)
+    handover = LEASE_HANDOVER.set(writer)
+    try:
+        await _write_stream(ctx, receive, send, status, headers, pieces, writer, watch=watch)
+    finally:
+        LEASE_HANDOVER.reset(handover)
+        writer.close()
+
+
+async def _write_stream(
+    ctx: RequestContext,
+    receive: Receive,
+    send: Send,
+    status: int,
+    headers: Headers,
+    pieces: AsyncGenerator[SliceData, None],
+    writer: LeaseWriter,
+    *,
+    watch: bool,
+) -> None:
     started = False
     async with contextlib.aclosing(pieces):
         try:
@@ -298,9 +320,10 @@ async def _send_stream(
                     if not started:
                         await send_start(send, status, headers)
                         started = True
-                    await send_body(send, piece)
+                    await writer.write(piece)
                 if not started:
                     await send_start(send, status, headers)
+                await writer.finish()
                 await send_body(send, b"", more=False)
         except ObjectChanged:
             if not started:

@@ -260,13 +260,17 @@ class SliceEngine:
             self.counters.slices["coalesced"] += 1
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
-            data = await self.store.get_slice(
-                key, next_key=keys.slice_key(entry_key, meta.version, index + 1)
+            lease = await self.store.lease_slice(
+                key,
+                next_key=keys.slice_key(entry_key, meta.version, index + 1),
+                size_hint=meta.size,
             )
             first, last = slice_bounds(index, self.slice_size, meta.size)
-            if data is not None and len(data) == last - first + 1:
-                stats.hit += 1
-                return [SliceClaim(data=data)]
+            if lease is not None:
+                if len(lease.view) == last - first + 1:
+                    stats.hit += 1
+                    return [SliceClaim(data=lease.view, lease=lease)]
+                lease.release()
             fill = self.fills.get(key)  # someone may have started it while we looked
             if fill is not None and (fill.error is not None or fill.gone):
                 fill = None

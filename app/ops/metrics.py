@@ -65,6 +65,8 @@ FIGURE_HELP = {
     "slicecache_l1_misses_total": "Memory tier lookups that did not",
     "slicecache_l1_rejected_total": "Entries the memory tier refused (larger than its budget)",
     "slicecache_l1_expired_total": "Memory tier entries dropped because they expired",
+    "slicecache_l2_leases": "L2 extents lent to responses now (zero-copy reads from the "
+    "mapped device; an extent is reused only after its last lease is released)",
     "slicecache_l2_entries": "Objects' slices and metadata records indexed in L2",
     "slicecache_l2_bytes": "Payload bytes stored in L2",
     "slicecache_l2_used_bytes": "Bytes of L2 data blocks in use",

@@ -1,11 +1,25 @@
 """The device file: creation, space reservation, exclusive lock, positional I/O, O_DIRECT.
 
-Data is read with ``os.pread`` and written with ``os.pwritev`` in worker threads (the
-GIL is released during the syscall); nothing is mmap'd, so a full disk or a truncated
-file is an ``OSError`` on one request, never a SIGBUS. With ``use_direct_io`` the data
-path uses a second descriptor opened with ``O_DIRECT`` and page-aligned buffers
-(anonymous mmaps); metadata (superblock, checkpoints, journal) always goes through the
-page cache on the first descriptor.
+Data is written with ``os.pwritev`` in worker threads (the GIL is released during the
+syscall). Slices are read through a read-only shared mapping of the whole device
+(:meth:`Device.mapping`, ``MAP_SHARED``/``PROT_READ``): a response writes to the socket
+straight from the page cache, with no copy in user space. That is safe now because:
+
+* the space is reserved up front (:meth:`reserve`: ``posix_fallocate`` of a regular file,
+  a size check of a block device) and never shrinks while the store holds its exclusive
+  ``flock``, so every mapped page is backed by allocated blocks: a full disk cannot turn a
+  read of the mapping into SIGBUS (writes still go through ``pwritev`` and fail with an
+  ``OSError`` on one request). Only a hand truncation of the device file (``flock`` is
+  advisory) could, as it could corrupt any store;
+* the mapping is read-only: a bug cannot scribble over the device through it;
+* an extent being read stays unallocatable until its last reader (lease) lets go
+  (:meth:`cache.rawdisk.tables.Tables.begin_read`), so the bytes seen through the mapping
+  are never overwritten under a response.
+
+Metadata (superblock, checkpoints, journal) and the fallback path use ``os.pread``. With
+``use_direct_io`` the data path uses a second descriptor opened with ``O_DIRECT`` and
+page-aligned buffers (anonymous mmaps) and reads copy with ``pread`` as before (mapped
+pages and O_DIRECT writes do not mix: the kernel cannot invalidate a mapped page).
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ class Device:
         self.created = created
         self.direct_io = False
         self.direct_io_reason = "use_direct_io=false"
+        self._map: mmap.mmap | None = None
 
     # --- opening -----------------------------------------------------------------------
 
@@ -157,7 +172,22 @@ class Device:
         self.direct_io = True
         self.direct_io_reason = "O_DIRECT enabled"
 
+    def mapping(self, size: int) -> mmap.mmap | None:
+        """The read-only shared mapping of the first ``size`` bytes (made on first use), or
+        None with O_DIRECT (see the module docstring)."""
+        if self.direct_io or self.fd < 0:
+            return None
+        if self._map is None:
+            self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        return self._map
+
     def close(self) -> None:
+        if self._map is not None:
+            # A view still exported (a lease outliving the store) keeps the mapping alive;
+            # the garbage collector unmaps it when the last view goes.
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None
         if self.data_fd != self.fd:
             os.close(self.data_fd)
             self.data_fd = self.fd

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cache.protocol import SliceData
+from cache.protocol import SliceData, SliceLease
 from cache.rawdisk.allocator import BlockMap, fragmentation_of
 from cache.rawdisk.core import Core, now
 from cache.rawdisk.device import Device
@@ -128,6 +128,13 @@ class RawDiskStore:
         """``next_key``, if stored, is prefetched (``enable_prefetch``)."""
         return await self._reads.get(key, KIND_SLICE, next_key)
 
+    async def lease_slice(
+        self, key: str, *, next_key: str | None = None, size_hint: int | None = None
+    ) -> SliceLease | None:
+        """The slice as a zero-copy view of the mapped device, its extent pinned until the
+        lease is released (see reads.py); ``next_key`` as for :meth:`get_slice`."""
+        return await self._reads.lease(key, KIND_SLICE, next_key)
+
     async def get_meta(self, key: str) -> bytes | None:
         data = await self._reads.get(key, KIND_META)
         if data is None:
@@ -217,6 +224,7 @@ class RawDiskStore:
             index_bytes=float(index.memory_bytes() + len(block_map.map)),
             journal_fill_ratio=self._persistence.journal_fill(),
             readers_active=float(sum(core.tables.readers.values())),
+            leases=float(self._reads.leases),
             direct_io=1.0 if core.device.direct_io else 0.0,
             format_generation=float(core.sb.generation),
         )

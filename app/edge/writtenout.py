@@ -1,0 +1,86 @@
+"""Waiting until a response's bytes have left user space: the ``slicecache.written_out``
+ASGI extension.
+
+uvloop's transport (and asyncio's from Python 3.12) keeps a reference to a buffer it could
+not write at once instead of copying it. A response writing an L2 slice straight from the
+mapped device (a :class:`cache.protocol.SliceLease`) must therefore not release the lease
+while the transport still holds part of the slice: the extent could be recycled and the
+client sent another object's bytes. ``scope["extensions"][WRITTEN_OUT]["watch"]`` is a
+:class:`WriteWatch`: ``buffered()`` says how many bytes written so far the transport still
+holds (the rest is in the kernel's socket buffer, a copy), ``await wait()`` returns once it
+holds none or the connection is gone, ``abort()`` drops the connection and what it holds.
+
+How it waits without polling: the write-buffer limits are set to 0 for the wait, so the
+transport pauses the protocol while anything is buffered and resumes it only once the
+buffer is empty; uvicorn's flow control turns that into an event. The limits are put back
+afterwards. If the wait is abandoned (the response task cancelled) while bytes are still
+buffered, the connection is aborted: the response is cut short anyway, and nothing of a
+lease about to be released may be written later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Protocol
+
+WRITTEN_OUT = "slicecache.written_out"
+
+
+class WriteWatch(Protocol):
+    def buffered(self) -> int: ...
+
+    async def wait(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class WrittenOut:
+    """The wait for one connection (uvicorn's protocol: ``transport``, ``flow``, ``cycle``)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def buffered(self) -> int:
+        if self._gone():
+            return 0  # the transport discarded what it held
+        size: int = self._protocol.transport.get_write_buffer_size()
+        return size
+
+    def abort(self) -> None:
+        self._protocol.transport.abort()
+
+    def _gone(self) -> bool:
+        cycle = self._protocol.cycle
+        return cycle is None or bool(cycle.disconnected)
+
+    async def wait(self) -> None:
+        protocol = self._protocol
+        transport: asyncio.WriteTransport = protocol.transport
+        if transport.get_write_buffer_size() == 0 or self._gone():
+            return
+        low, high = transport.get_write_buffer_limits()
+        try:
+            transport.set_write_buffer_limits(high=0, low=0)
+        except RuntimeError:  # closed under us: nothing more will be written
+            return
+        try:
+            while transport.get_write_buffer_size() and not self._gone():
+                await protocol.flow.drain()  # set on resume (buffer empty) or on loss
+                if transport.get_write_buffer_size() and not self._gone():
+                    await asyncio.sleep(0.001)  # paused state out of step: look again soon
+        except BaseException:
+            if transport.get_write_buffer_size() and not self._gone():
+                transport.abort()
+            raise
+        finally:
+            with contextlib.suppress(RuntimeError):
+                if not transport.is_closing():
+                    transport.set_write_buffer_limits(high=high, low=low)
+
+
+def offer_written_out(protocol: Any, scope: Any) -> None:
+    """Offer the extension to the request of ``scope`` on ``protocol``'s connection."""
+    scope.setdefault("extensions", {})[WRITTEN_OUT] = {"watch": WrittenOut(protocol)}

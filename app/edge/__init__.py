@@ -8,5 +8,6 @@
 - ``ranges``      the client's Range / If-Range (RFC 9110 section 14), pure functions.
 - ``interim``     the origin's 1xx answers relayed to the client.
 - ``asgi_io``     small ASGI helpers: body streams, disconnect detection, short replies.
+- ``writtenout``  how many bytes the transport still holds (the L2 lease writer waits on it).
 - ``passthrough`` the uncached path: a request streamed to the origin and its answer back.
 """

@@ -18,7 +18,8 @@ A GET through the modules (app/main.py hands the sliced path to ``sliced.serve_s
 8. ``fills``        a slice being filled, its readers, the byte budget, FetchHold (the one
                     owner of a fetch's grant and response); ``inflight``: the fills in flight
                     and what an ended fetch still holds; ``readers``: who reads which version.
-Also: ``unframed`` (is an answer without length small?), ``pressure`` (memory warnings).
+Also: ``leasewriter`` (holds a response's L2 extent leases until the socket has the
+bytes), ``unframed`` (is an answer without length small?), ``pressure`` (memory warnings).
 
 Calls go one way: objects -> probe_sharing -> probe -> adoption -> slicer; the engine
 reports back only through the two callbacks the directory gives it (on_unsliceable,

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install lock run test lint typecheck pytest soak crash bench bench-full bench-fleet fleet chart-check clean
+.PHONY: install lock run test lint typecheck pytest soak crash bench bench-full bench-fleet fleet chart-check clean profile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ fleet: install
 
 bench-full: install
 	$(BIN)/python -m bench.run
+
+# Where a 4 KiB cache hit's time goes: py-spy (cProfile without it) over slicecache under
+# wrk -t2 -c64; writes bench/results/<date>/profile.svg and profile-top.txt (bench/profile.py).
+PROFILE_SECONDS ?= 5
+profile: install
+	$(BIN)/python -m bench.profile --seconds $(PROFILE_SECONDS)
 
 # L2 crash loop (not in `make test`; ~3-4 min): kill -9 a store under mixed load 30 times,
 # check every restart (verify clean, no wrong byte, synced puts kept, purges stay purged).

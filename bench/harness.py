@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -89,6 +90,19 @@ class Server:
         for proc in self.processes():
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
+        return total
+
+    def rss_anon(self) -> int:
+        """Anonymous resident bytes of the tree (``RssAnon`` in /proc/<pid>/status): heap
+        and buffers, without file-backed pages such as Varnish's mmap'd storage or the
+        page cache a disk cache reads through."""
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        total += int(line.split()[1]) * 1024
+                        break
         return total
 
     def cpu_seconds(self) -> float:
@@ -172,9 +186,16 @@ def start_origin(log_dir: Path, latency_ms: float = 0.0, bandwidth_mbps: float =
 
 
 def start_slicecache(
-    upstream: str, log_dir: Path, name: str = "slicecache", **settings: Any
+    upstream: str,
+    log_dir: Path,
+    name: str = "slicecache",
+    python_wrap: Sequence[str] = (),
+    **settings: Any,
 ) -> Server:
-    """The real console script; ``settings`` become SLICECACHE_<NAME> variables."""
+    """The real console script; ``settings`` become SLICECACHE_<NAME> variables.
+
+    ``python_wrap``: interpreter options before ``-m app.ops.cli`` (e.g. ``-m cProfile -o
+    FILE``); the proxy then runs as a module instead of the console script."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLICECACHE_")}
     env["SLICECACHE_UPSTREAM_ADDRESS"] = upstream.removeprefix("http://")
@@ -187,7 +208,10 @@ def start_slicecache(
             str(value).lower() if isinstance(value, bool) else str(value)
         )
     script = Path(PYTHON).parent / "slicecache"
-    argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.ops.cli"]
+    if python_wrap:
+        argv = [PYTHON, *python_wrap, "-m", "app.ops.cli"]
+    else:
+        argv = [str(script)] if script.exists() else [PYTHON, "-m", "app.ops.cli"]
     return _spawn(name, argv, f"http://127.0.0.1:{port}", "/_slicecache/readyz", log_dir, env)
 
 
@@ -298,6 +322,88 @@ def start_nginx(name: str, conf_for: Any, log_dir: Path) -> Server:
         raise StartError(f"{err}\n{_tail(tmp / 'error.log')}") from None
 
 
+# --- Varnish -----------------------------------------------------------------------------
+
+VARNISH_INSTALL = "apt-get install -y varnish"
+
+
+def varnish_binary() -> str | None:
+    return shutil.which("varnishd") or next(
+        (p for p in ("/usr/sbin/varnishd", "/usr/local/sbin/varnishd") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+def varnish_vcl(upstream: str) -> str:
+    """The peer: Varnish in front of the same origin, caching what the origin allows.
+
+    Defaults otherwise (the builtin VCL still runs after ours): objects are cached for the
+    origin's max-age, Range requests are served from the whole cached object (a miss
+    fetches the whole object and streams the asked range), and /_varnish/healthz answers
+    without the backend so the harness can wait for readiness.
+    """
+    host, _, port = upstream.removeprefix("http://").partition(":")
+    return f"""vcl 4.1;
+backend origin {{
+    .host = "{host}";
+    .port = "{port or 80}";
+    .connect_timeout = 5s;
+    .first_byte_timeout = 120s;
+    .between_bytes_timeout = 60s;
+}}
+sub vcl_recv {{
+    if (req.url == "/_varnish/healthz") {{ return (synth(200, "ok")); }}
+}}
+"""
+
+
+def start_varnish(name: str, upstream: str, log_dir: Path, storage_bytes: int) -> Server:
+    """varnishd in the foreground (``-F``), work dir, VCL and file storage all in one temp
+    dir (no root paths, no jail: ``-j none``), on a free loopback port; its management
+    CLI binds an ephemeral loopback port of its own."""
+    binary = varnish_binary()
+    if binary is None:
+        raise StartError(f"varnish not installed: {VARNISH_INSTALL}")
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    tmp.chmod(0o755)
+    port = free_port()
+    vcl = tmp / "bench.vcl"
+    vcl.write_text(varnish_vcl(upstream))
+    storage_mib = max(64, storage_bytes // MiB)
+    argv = [binary, "-F", "-n", str(tmp / "work"), "-j", "none"]
+    argv += ["-a", f"127.0.0.1:{port}", "-T", "127.0.0.1:0", "-f", str(vcl)]
+    argv += ["-s", f"file,{tmp / 'varnish.bin'},{storage_mib}M"]
+    try:
+        # VCL is compiled with cc at start: allow it a little longer than nginx.
+        return _spawn(
+            name,
+            argv,
+            f"http://127.0.0.1:{port}",
+            "/_varnish/healthz",
+            log_dir,
+            timeout=40.0,
+            cleanup_dir=tmp,
+        )
+    except StartError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def varnish_version() -> str | None:
+    binary = varnish_binary()
+    if binary is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10)
+        text = out.stderr or out.stdout
+        m = re.search(r"varnish-([0-9][0-9.]*)", text)
+        if m:
+            return m.group(1)
+        lines = text.strip().splitlines()
+        return lines[0] if lines else None
+    return None
+
+
 # --- probes ------------------------------------------------------------------------------
 
 
@@ -316,6 +422,7 @@ class RssSampler:
         self.server = server
         self.interval = interval
         self.peak = 0
+        self.peak_anon = 0
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -325,6 +432,7 @@ class RssSampler:
         while not self._stop.is_set():
             rss = self.server.rss()
             self.peak = max(self.peak, rss)
+            self.peak_anon = max(self.peak_anon, self.server.rss_anon())
             self.samples.append((time.monotonic() - self._t0, rss))
             self._stop.wait(self.interval)
 
@@ -382,16 +490,21 @@ CURL = shutil.which("curl")
 CURL_FORMAT = "%{http_code} %{size_download} %{time_starttransfer} %{time_total} %header{x-cache}"
 
 
-async def _fetch_curl(url: str, max_time: float) -> Fetch:
+def _header_args(headers: Mapping[str, str] | None) -> list[str]:
+    return [arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")]
+
+
+async def _fetch_curl(url: str, max_time: float, headers: Mapping[str, str] | None) -> Fetch:
     assert CURL is not None
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         CURL,
         "-s",
+        *_header_args(headers),
         "-o",
         "/dev/null",
         "--max-time",
-        f"{max_time:.0f}",
+        f"{max_time:.3f}",  # fractional: timed windows cut a download mid-body
         "-w",
         CURL_FORMAT,
         url,
@@ -411,7 +524,7 @@ async def _fetch_curl(url: str, max_time: float) -> Fetch:
     return Fetch(status, size, ttfb, total, xc, error, started, ended, "curl")
 
 
-async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
+async def _fetch_aiohttp(url: str, max_time: float, headers: Mapping[str, str] | None) -> Fetch:
     import aiohttp
 
     started = time.monotonic()
@@ -419,7 +532,7 @@ async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
-            session.get(url) as resp,
+            session.get(url, headers=dict(headers or {})) as resp,
         ):
             ttfb = time.monotonic() - started
             size = 0
@@ -436,12 +549,14 @@ async def _fetch_aiohttp(url: str, max_time: float) -> Fetch:
 CLIENTS_USED: set[str] = set()  # which clients measured this process's fetches (reports)
 
 
-async def fetch(url: str, max_time: float = 120.0) -> Fetch:
+async def fetch(
+    url: str, max_time: float = 120.0, headers: Mapping[str, str] | None = None
+) -> Fetch:
     """GET ``url`` into nothing: curl when installed (a C client is never the bottleneck)."""
     if CURL is not None:
-        result = await _fetch_curl(url, max_time)
+        result = await _fetch_curl(url, max_time, headers)
     else:
-        result = await _fetch_aiohttp(url, max_time)
+        result = await _fetch_aiohttp(url, max_time, headers)
     CLIENTS_USED.add(result.client)
     return result
 
@@ -455,8 +570,10 @@ async def fetch_many(urls: Sequence[str], max_time: float = 120.0) -> tuple[list
     return list(results), time.monotonic() - t0
 
 
-def fetch_sync(url: str, max_time: float = 120.0) -> Fetch:
-    return asyncio.run(fetch(url, max_time))
+def fetch_sync(
+    url: str, max_time: float = 120.0, headers: Mapping[str, str] | None = None
+) -> Fetch:
+    return asyncio.run(fetch(url, max_time, headers))
 
 
 def fetch_many_sync(urls: Sequence[str], max_time: float = 120.0) -> tuple[list[Fetch], float]:
@@ -573,6 +690,7 @@ def machine_info() -> dict[str, str]:
         "platform": sys.platform,
         "commit": commit,
         "nginx": nginx_version() or f"not installed ({NGINX_INSTALL})",
+        "varnish": varnish_version() or f"not installed ({VARNISH_INSTALL})",
         "wrk": "installed" if shutil.which("wrk") else f"not installed ({WRK_INSTALL})",
         "curl": "installed" if CURL else "not installed (aiohttp client used)",
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -587,3 +705,41 @@ def nginx_version() -> str | None:
         out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
         return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
     return None
+
+
+# --- timed windows -------------------------------------------------------------------------
+
+
+@dataclass
+class Window:
+    """N clients re-downloading one URL until a deadline: what each one received."""
+
+    clients: int
+    seconds: float  # the window, first launch to the last client cut off or done
+    per_client: list[int]
+    completed: int  # whole downloads (the rest were cut by the deadline)
+    errors: int  # connections that failed (bad status, no length, closed early)
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_client)
+
+    @property
+    def mbps(self) -> float:
+        return self.total / self.seconds / MB if self.seconds else 0.0
+
+    @property
+    def fairness(self) -> float:
+        """Bytes of the slowest connection / the fastest (1.0 = perfectly even)."""
+        most = max(self.per_client, default=0)
+        return min(self.per_client) / most if most else float("nan")
+
+
+def window_load(url: str, clients: int, seconds: float) -> Window:
+    """Aggregate throughput and fairness over a fixed window, whatever the object size:
+    a slow proxy is measured for as long as a fast one (no run-to-the-end tail). All
+    connections open first and start together (:mod:`bench.loadclient`)."""
+    from bench import loadclient
+
+    r = loadclient.run(url, clients, seconds)
+    return Window(clients, r.seconds, r.per_connection, r.completed, len(r.errors))

@@ -78,25 +78,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import asdict, dataclass
-from email.utils import formatdate
 from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.edge.ranges import (
-    ByteRange,
-    RangeOutcome,
-    content_range,
-    if_range_allows,
-    multipart_boundary,
-    multipart_content_type,
-    multipart_length,
-    multipart_part_header,
-    multipart_trailer,
-    parse_range_header,
-    unsatisfied_content_range,
-)
-from app.httpcache.dates import parse_http_date
+from bench import origin_http as http
+from bench.origin_http import Span
 
 # The ASGI spec types (as Starlette and httpx spell them), so any server or client fits.
 Message = MutableMapping[str, Any]
@@ -141,7 +128,7 @@ def _identity(name: str, version: int) -> tuple[int, str]:
 
 
 def last_modified(version: int) -> str:
-    return formatdate(_EPOCH_LAST_MODIFIED + (version - 1) * 86_400, usegmt=True)
+    return http.format_date(_EPOCH_LAST_MODIFIED + (version - 1) * 86_400)
 
 
 def etag_for(name: str, version: int = 1, *, weak: bool = False) -> str:
@@ -244,15 +231,16 @@ def _range_start(range_header: str | None) -> int:
     return 0
 
 
-def _wrong_range(r: ByteRange, size: int) -> ByteRange:
-    shift = r.length
-    if r.first + shift < size:
-        return ByteRange(r.first + shift, min(r.last + shift, size - 1))
-    if r.first > 0:
-        first = max(0, r.first - shift)
-        return ByteRange(first, first + r.length - 1)
+def _wrong_range(r: Span, size: int) -> Span:
+    first, last = r
+    shift = last - first + 1
+    if first + shift < size:
+        return first + shift, min(last + shift, size - 1)
+    if first > 0:
+        moved = max(0, first - shift)
+        return moved, moved + shift - 1
     # The range is the whole file: the only different answer left is a shorter one.
-    return ByteRange(1, size - 1) if size > 1 else r
+    return (1, size - 1) if size > 1 else r
 
 
 Segment = bytes | tuple[int, int]  # literal bytes, or (file offset, length) of content
@@ -486,7 +474,7 @@ class OriginApp:
 
     def _common_headers(self) -> Headers:
         if self.date_header:
-            return [(b"date", formatdate(usegmt=True).encode())]
+            return [(b"date", http.format_date(time.time()).encode())]
         return []
 
     async def _route(self, ex: _Exchange, req: _Request) -> None:
@@ -590,7 +578,7 @@ class OriginApp:
             validators.append((b"cache-control", cache_control.encode("latin-1")))
         if (expires := query.get("expires")) is not None:
             seconds = _int_param(query, "expires")
-            value = expires if seconds is None else formatdate(time.time() + seconds, usegmt=True)
+            value = expires if seconds is None else http.format_date(time.time() + seconds)
             validators.append((b"expires", value.encode("latin-1")))
         if (vary := query.get("vary")) is not None:
             validators.append((b"vary", vary.encode("latin-1")))
@@ -617,8 +605,8 @@ class OriginApp:
             not_modified = _weak_match(inm, etag)
         elif (ims := req.headers.get("if-modified-since")) is not None and modified is not None:
             # An unparsable date is ignored (RFC 9110 13.1.3): the full response is safe.
-            since = parse_http_date(ims.strip(" \t"))
-            changed = parse_http_date(modified)
+            since = http.parse_date(ims)
+            changed = http.parse_date(modified)
             not_modified = since is not None and changed is not None and changed <= since
         else:
             not_modified = False
@@ -628,42 +616,34 @@ class OriginApp:
             return
 
         range_header = None if "norange" in faults else req.headers.get("range")
-        if range_header is not None and not if_range_allows(
-            req.headers.get("if-range"), etag, modified, None, origin_server=True
-        ):
+        if not http.if_range_matches(req.headers.get("if-range"), etag, modified):
             range_header = None
-        decision = parse_range_header(range_header, size)
+        spans = http.parse_ranges(range_header, size)
 
-        if decision.outcome is RangeOutcome.UNSATISFIABLE:
-            cr = unsatisfied_content_range(size).encode()
-            await ex.simple(416, b"", plain, validators + [(b"content-range", cr)])
-            return
-        if decision.outcome is RangeOutcome.FULL:
+        if spans is None:
             await self._respond(
                 ex, req, faults, 200, representation + [ct_header], [(0, size)], seed
             )
             return
-        if len(decision.ranges) == 1:
-            r = decision.ranges[0]
-            if "wrongrange" in faults:
-                r = _wrong_range(r, size)
-            cr = content_range(r, size).encode()
-            headers = representation + [ct_header, (b"content-range", cr)]
-            await self._respond(ex, req, faults, 206, headers, [(r.first, r.length)], seed)
+        if not spans:
+            cr = f"bytes */{size}".encode()
+            await ex.simple(416, b"", plain, validators + [(b"content-range", cr)])
             return
-        boundary = multipart_boundary()
+        if len(spans) == 1:
+            span = _wrong_range(spans[0], size) if "wrongrange" in faults else spans[0]
+            cr = http.content_range(span, size).encode()
+            headers = representation + [ct_header, (b"content-range", cr)]
+            first, last = span
+            await self._respond(ex, req, faults, 206, headers, [(first, last - first + 1)], seed)
+            return
+        boundary = http.boundary()
         segments = []
-        for r in decision.ranges:
-            segments.append(multipart_part_header(r, size, content_type, boundary))
-            segments.append((r.first, r.length))
-        segments.append(multipart_trailer(boundary))
-        mp_type = (b"content-type", multipart_content_type(boundary).encode())
-        # Announce what app.edge.ranges computes: if it disagreed with the parts we stream,
-        # uvicorn would refuse the response, so every multipart test also checks it.
-        length = multipart_length(decision.ranges, size, content_type, boundary)
-        await self._respond(
-            ex, req, faults, 206, representation + [mp_type], segments, seed, length
-        )
+        for first, last in spans:
+            segments.append(http.part_header((first, last), size, content_type, boundary))
+            segments.append((first, last - first + 1))
+        segments.append(http.trailer(boundary))
+        mp_type = (b"content-type", http.multipart_type(boundary).encode())
+        await self._respond(ex, req, faults, 206, representation + [mp_type], segments, seed)
 
     async def _respond(
         self,
@@ -674,11 +654,8 @@ class OriginApp:
         headers: Headers,
         segments: Sequence[Segment],
         seed: int,
-        length: int | None = None,
     ) -> None:
         total = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
-        if length is not None:
-            total = length
         announce_length = "nolength" not in faults
         if announce_length:
             headers = headers + [(b"content-length", b"%d" % total)]

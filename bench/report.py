@@ -28,6 +28,8 @@ COLORS = {
     "slicecache warm": "#17becf",
     "nginx cold": "#2ca02c",
     "nginx warm": "#98df8a",
+    "varnish cold": "#ff7f0e",
+    "varnish warm": "#ffbb78",
 }
 
 
@@ -36,6 +38,14 @@ def ms(seconds: float) -> str:
         return "n/a"
     value = seconds * 1000
     return f"{value:.2f} ms" if value < 10 else f"{value:.0f} ms"
+
+
+def ms_fine(seconds: float) -> str:
+    """Milliseconds to 0.1 ms above 10 ms: "origin + 1 ms" targets need the decimal."""
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    value = seconds * 1000
+    return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms"
 
 
 def mib(n: float) -> str:
@@ -127,6 +137,8 @@ def _proxy_color(label: str) -> str:
         return "#d62728"
     if label.startswith("nginx"):
         return "#2ca02c"
+    if label.startswith("varnish"):
+        return "#ff7f0e"
     if "L2" in label:
         return "#9467bd"
     if "L1 0" in label:
@@ -763,6 +775,215 @@ def _peers_section(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+PEER_COLUMNS = (("nginx", "nginx slice"), ("varnish", "Varnish"), ("slicecache", "slicecache"))
+
+
+def _window_row(r: dict[str, Any], which: str, key: str, clients: int) -> dict[str, Any] | None:
+    for row in _get(r, "peers", which, key) or []:
+        if row.get("clients") == clients:
+            return dict(row)
+    return None
+
+
+def peer_figures(r: dict[str, Any]) -> list[tuple[str, dict[str, float | None], Any, str]]:
+    """(figure, value per peer, formatter, better) for the rows of issues 16 and 17."""
+    cfg = _get(r, "peers", "config") or {}
+    big = cfg.get("big_mib", 1024)
+    big_label = "1 GiB" if big == 1024 else f"{big} MiB"
+    cold = cfg.get("cold_mib", 100)
+    origin_ttfb = _get(r, "peers", "origin", "cold_ttfb", "ttfb_p50")
+    clients = sorted(
+        {row["clients"] for w, _ in PEER_COLUMNS for row in _get(r, "peers", w, "big") or []}
+    )
+    most = max(clients, default=64)
+
+    def each(*path: Any) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for which, _ in PEER_COLUMNS:
+            value = _get(r, "peers", which, *path)
+            out[which] = float(value) if isinstance(value, (int, float)) else None
+        return out
+
+    def window(key: str, n: int, field: str) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for which, _ in PEER_COLUMNS:
+            row = _window_row(r, which, key, n)
+            out[which] = float(row[field]) if row and row.get(field) is not None else None
+        return out
+
+    def num(fmt: str) -> Any:
+        return lambda v: fmt.format(v)
+
+    rows: list[tuple[str, dict[str, float | None], Any, str]] = [
+        (
+            "4 KiB cached object, `wrk -t2 -c64`: req/s",
+            each("hit4k", "rps"),
+            num("{:,.0f}"),
+            "higher",
+        ),
+        (
+            "proxy CPU per 1,000 such requests",
+            each("hit4k", "cpu_ms_per_1000"),
+            num("{:.1f} ms"),
+            "lower",
+        ),
+        (
+            "`Range: bytes=50000000-50999999` on a cached 100 MiB object: total p50",
+            each("range", "total_p50"),
+            ms_fine,
+            "lower",
+        ),
+        ("same, time to first byte p50", each("range", "ttfb_p50"), ms_fine, "lower"),
+        (
+            f"cold GET, time to first byte p50 (origin +50 ms; origin alone: "
+            f"{ms_fine(origin_ttfb) if origin_ttfb else 'n/a'})",
+            each("cold_ttfb", "ttfb_p50"),
+            ms_fine,
+            "lower",
+        ),
+    ]
+    for n in clients:
+        what = "MB/s" if n == 1 else "aggregate MB/s"
+        rows.append(
+            (
+                f"cached {big_label} (slicecache: from L2), {n} client{'s' if n > 1 else ''}: "
+                f"{what}",
+                window("big", n, "mbps"),
+                num("{:,.0f}"),
+                "higher",
+            )
+        )
+    rows += [
+        (
+            f"fairness, {most} clients: bytes of the slowest connection / the fastest",
+            window("big", most, "fairness"),
+            num("{:.2f}"),
+            "higher",
+        ),
+        (
+            f"proxy CPU per GB served, {most} x {big_label}",
+            window("big", most, "cpu_s_per_gb"),
+            num("{:.2f} s"),
+            "lower",
+        ),
+        (
+            f"anonymous RSS (peak), {most} x {big_label}",
+            window("big", most, "peak_anon_rss"),
+            mib,
+            "lower",
+        ),
+        (
+            f"cold {cold} MiB, 1 client (origin +50 ms, 100 MB/s per request): total time",
+            each("cold_big", "total_s"),
+            num("{:.2f} s"),
+            "lower",
+        ),
+        (
+            f"proxy CPU per GB on the miss path (cold {cold} MiB)",
+            each("cold_big", "cpu_s_per_gb"),
+            num("{:.2f} s"),
+            "lower",
+        ),
+        (
+            f"origin bytes / object size (cold {cold} MiB)",
+            each("cold_big", "origin_ratio"),
+            num("{:.2f}x"),
+            "lower",
+        ),
+        (
+            f"cached 100 MiB, {most} clients: aggregate MB/s",
+            window("mid", most, "mbps"),
+            num("{:,.0f}"),
+            "higher",
+        ),
+    ]
+    return rows
+
+
+def peer_table(r: dict[str, Any]) -> str:
+    rows = []
+    for figure, values, fmt, better in peer_figures(r):
+        cells = [fmt(values[w]) if values[w] is not None else "n/a" for w, _ in PEER_COLUMNS]
+        ng = values["nginx"]
+        rows.append(
+            [figure, *cells, ratio(values["varnish"], ng), ratio(values["slicecache"], ng), better]
+        )
+    header = ["figure", *(label for _, label in PEER_COLUMNS)]
+    header += ["Varnish/nginx", "slicecache/nginx", "better"]
+    return table(header, rows)
+
+
+def plot_peers(results: dict[str, Any], path: Path) -> bool:
+    """Every figure as a ratio to nginx (log scale; 1.0 = nginx), Varnish and slicecache."""
+    if not results.get("peers"):
+        return False
+    figures = [f for f in peer_figures(results) if f[1]["nginx"]]
+    if not figures:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.38 * len(figures) + 1.5))
+    colors = {"varnish": "#ff7f0e", "slicecache": "#1f77b4"}
+    for i, which in enumerate(("varnish", "slicecache")):
+        ys = [j + i * 0.4 for j in range(len(figures))]
+        xs = []
+        for _, values, _, _ in figures:
+            v, ng = values[which], values["nginx"]
+            xs.append(v / ng if v is not None and ng and not math.isnan(v / ng) else math.nan)
+        ax.barh(ys, xs, 0.4, label=which, color=colors[which])
+    ax.axvline(1.0, color="#2ca02c", linestyle="--", label="nginx = 1")
+    labels = [f"{f[0].replace('`', '')[:58]} ({f[3]})" for f in figures]
+    ax.set_yticks([j + 0.2 for j in range(len(figures))])
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio to nginx (log)")
+    ax.set_title("Issues 16 and 17: each figure as a ratio to nginx, same run", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def _peer_figures_section(r: dict[str, Any], plots: list[str]) -> str:
+    peers = r["peers"]
+    cfg = peers.get("config", {})
+    out = [
+        "## 9. nginx, Varnish and slicecache: the hot-path and bytes-path figures",
+        "",
+        "The rows of issues 16 and 17, measured here in one invocation against the same "
+        "origin. nginx `slice 1m` + `proxy_cache`; Varnish "
+        f"{_get(r, 'machine', 'varnish') or ''} with file storage; slicecache with default "
+        "settings (access log on) plus an L2 device, so objects above the 100 MiB L1 come "
+        f"from L2. Windows of {cfg.get('window_s', '?')} s: N keep-alive connections start "
+        "together and re-download the object until the deadline (`bench/loadclient.py`); "
+        f"`wrk` runs {cfg.get('wrk_seconds', '?')} s. Proxy CPU is utime + stime of the "
+        "proxy's processes from /proc; anonymous RSS is `RssAnon` (Varnish's storage is "
+        "file-backed, so it is not in it). The load client shares the 2 cores: compare "
+        "ratios within this run, not figures across runs.",
+        "",
+        peer_table(r),
+        "",
+    ]
+    for which, label in PEER_COLUMNS:
+        entry = peers.get(which) or {}
+        if entry.get("skipped"):
+            out.append(f"- {label}: skipped ({entry['skipped']})")
+        elif entry.get("note"):
+            out.append(f"- {label}: {entry['note']}")
+        for row in entry.get("big", []) + entry.get("mid", []):
+            if row.get("starved"):
+                out.append(
+                    f"- {label}: {row['starved']} of {row['clients']} connections received no "
+                    f"byte in the {cfg.get('window_s', '?')} s window"
+                )
+        cached = [row.get("origin_bytes", 0) for row in entry.get("big", [])]
+        if any(cached):
+            out.append(f"- {label}: the origin sent {mib(sum(cached))} during the cached runs")
+    out.append("")
+    if "peers.png" in plots:
+        out += ["![Ratios to nginx](peers.png)", ""]
+    return "\n".join(out)
+
+
 def write(results: dict[str, Any], out_dir: Path, stem: str = "report") -> Path:
     plots: list[str] = []
     full = stem == "report"
@@ -773,6 +994,7 @@ def write(results: dict[str, Any], out_dir: Path, stem: str = "report") -> Path:
         ("throughput.png", plot_throughput),
         ("offload.png", plot_offload),
         ("rss_32_clients.png", plot_rss_f),
+        ("peers.png", plot_peers),
     ):
         try:
             if fn(results, out_dir / (prefix + name)):
@@ -789,7 +1011,8 @@ def write(results: dict[str, Any], out_dir: Path, stem: str = "report") -> Path:
         "(a shared, noisy box: compare ratios within this run and CPU seconds, not wall "
         "times across runs)",
         f"- Python {m['python']}; git commit {m['commit']}",
-        f"- Tools: curl {m['curl']}; wrk {m['wrk']}; nginx {m['nginx']}",
+        f"- Tools: curl {m['curl']}; wrk {m['wrk']}; nginx {m['nginx']}; "
+        f"Varnish {m.get('varnish', 'not recorded')}",
         "- Units: MiB = 2^20 B (file sizes), MB/s = 10^6 B/s (throughput, and the origin's cap)",
         "- Reproduce: `make bench` (quick) or `make bench-full`; one table: "
         "`python -m bench.run --only targets [--targets a,c]`",
@@ -818,6 +1041,8 @@ def write(results: dict[str, Any], out_dir: Path, stem: str = "report") -> Path:
         body.append(_efficiency_section(results))
     if full or "ttfb" in sections or "throughput" in sections:
         body.append(_peers_section(results))
+    if results.get("peers"):
+        body.append(_peer_figures_section(results, plots))
     if results.get("targets"):
         t = ["## 8. Issue targets", "", targets_table(results["targets"]), ""]
         if "c" in results["targets"]:

@@ -1,17 +1,20 @@
 """slicecache's benchmark: ``python -m bench.run [--quick] [--only SECTIONS] [--targets a,c]``.
 
 Starts the demo origin, a deliberately buffering "simple proxy", slicecache (the real console
-script) and, when installed, nginx with its slice module, each as a subprocess on a free
-loopback port; runs the workloads of the prototype's performance report; writes
-``bench/results/<YYYY-MM-DD>/report.md`` with PNG plots (raw JSON under ``raw/``).
+script) and, when installed, nginx with its slice module and Varnish with file storage, each
+as a subprocess on a free loopback port; runs the workloads of the prototype's performance
+report; writes ``bench/results/<YYYY-MM-DD>/report.md`` with PNG plots (raw JSON under
+``raw/``).
 
 Sections: ttfb, memory, throughput (efficiency is derived from it), cachewrite, offload,
-targets. ``--only targets`` reruns just the issue-target table (into ``report-targets.md``).
+targets, peers (the figures of issues 16 and 17 for nginx, Varnish and slicecache).
+``--only targets`` reruns just the issue-target table (into ``report-targets.md``).
 The machine is shared and noisy: compare ratios measured in one run, and proxy CPU seconds
 (from /proc via psutil), not wall times across runs.
 
 Needs curl (clients), optionally wrk (small-request load: ``apt-get install -y wrk``) and
-nginx (the peer: ``apt-get install -y nginx-light``); missing tools are reported, not fatal.
+nginx and Varnish (the peers: ``apt-get install -y nginx-light varnish``); missing tools are
+reported, not fatal.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from tqdm import tqdm
 from bench import harness as h
 from bench.harness import MB, MiB, Server
 
-SECTIONS = ("ttfb", "memory", "throughput", "cachewrite", "offload", "targets")
+SECTIONS = ("ttfb", "memory", "throughput", "cachewrite", "offload", "targets", "peers")
+PEERS = ("nginx", "varnish", "slicecache")
 TARGETS = ("a", "b", "c", "d", "e", "f", "g")
 CAPPED = {"latency_ms": 20, "bandwidth_mbps": 50}  # the origin of the TTFB/offload runs
 
@@ -58,6 +62,14 @@ class Config:
     offload_clients: tuple[int, ...]
     wrk_seconds: int
     target_d_repeats: int
+    # peers (issues 16 and 17): the same cases against nginx, Varnish and slicecache
+    peer_wrk_seconds: int
+    peer_range_repeats: int
+    peer_cold_repeats: int
+    peer_big_mib: int  # "cached 1 GiB": above slicecache's 100 MiB L1, so served from L2
+    peer_window_s: float
+    peer_clients: tuple[int, ...]
+    peer_cold_mib: int  # "cold 100 MiB"
 
     @classmethod
     def make(cls, quick: bool) -> Config:
@@ -75,6 +87,13 @@ class Config:
             offload_clients=(1, 10, 32),
             wrk_seconds=5 if quick else 10,
             target_d_repeats=5 if quick else 10,
+            peer_wrk_seconds=3 if quick else 10,
+            peer_range_repeats=15 if quick else 40,
+            peer_cold_repeats=5 if quick else 15,
+            peer_big_mib=256 if quick else 1024,
+            peer_window_s=2.0 if quick else 8.0,
+            peer_clients=(1, 16, 64),
+            peer_cold_mib=32 if quick else 100,
         )
 
 
@@ -114,6 +133,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="slicecache-bench-"))
         self.origin: Server | None = None
         self.nginx_ok = h.nginx_binary() is not None
+        self.varnish_ok = h.varnish_binary() is not None
         self.bar: tqdm[Any] | None = None
 
     # --- helpers ---------------------------------------------------------------------------
@@ -153,6 +173,23 @@ class Bench:
             )
         except h.StartError as err:
             self.note(f"nginx failed to start: {err}")
+            yield None
+            return
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @contextlib.contextmanager
+    def varnish(self, storage_bytes: int = 2048 * MiB) -> Iterator[Server | None]:
+        """Varnish beside nginx: same origin; None (and a note) when it is missing or fails."""
+        if not self.varnish_ok:
+            yield None
+            return
+        try:
+            server = h.start_varnish("varnish", self.o.url, self.logs, storage_bytes)
+        except h.StartError as err:
+            self.note(f"varnish failed to start (skipped): {str(err)[-400:]}")
             yield None
             return
         try:
@@ -222,6 +259,7 @@ class Bench:
             self.simple() as simple,
             self.slicecache(l1_cache_size_bytes=512 * MiB) as sc,
             self.nginx() as ng,
+            self.varnish() as vn,
         ):
             for rep in range(cfg.ttfb_repeats):
                 for mib in cfg.ttfb_sizes_mib:
@@ -235,6 +273,10 @@ class Bench:
                         path = self.name(mib) + q
                         add("nginx cold", mib, h.fetch_sync(ng.url + path))
                         add("nginx warm", mib, h.fetch_sync(ng.url + path))
+                    if vn is not None:
+                        path = self.name(mib) + q
+                        add("varnish cold", mib, h.fetch_sync(vn.url + path))
+                        add("varnish warm", mib, h.fetch_sync(vn.url + path))
         table: dict[str, dict[str, dict[str, float]]] = {}
         for label, by_size in rows.items():
             for mib, entries in by_size.items():
@@ -294,6 +336,11 @@ class Bench:
         with self.nginx() as ng:
             if ng is not None:
                 result["nginx (disk cache)"] = self._memory_phases(ng)
+        self.step("memory varnish")
+        with self.varnish() as vn:
+            if vn is not None:
+                # RSS includes the touched pages of its mmap'd storage file.
+                result["varnish (file storage, mmap in RSS)"] = self._memory_phases(vn)
         self.results["memory"] = result
 
     # --- throughput + efficiency -----------------------------------------------------------
@@ -355,6 +402,9 @@ class Bench:
         with self.nginx() as ng:
             if ng is not None:
                 self._miss_hit(ng, "nginx", out)
+        with self.varnish() as vn:
+            if vn is not None:
+                self._miss_hit(vn, "varnish", out)
         self.results["throughput"] = out
 
     # --- cache write (L2) --------------------------------------------------------------------
@@ -436,6 +486,7 @@ class Bench:
             ("simple proxy", self.simple),
             ("slicecache", lambda: self.slicecache(l1_cache_size_bytes=512 * MiB)),
             ("nginx", self.nginx),
+            ("varnish", self.varnish),
         ]
         for label, factory in servers:
             with factory() as server:
@@ -671,17 +722,169 @@ class Bench:
             "pass": ratio <= 1.10 and bool(peaks[100]["ok"]) and bool(peaks[1024]["ok"]),
         }
 
+    # --- peers: the figures of issues 16 and 17, nginx / Varnish / slicecache in one run ---
+
+    COLD_Q = {"latency_ms": 50}  # origin +50 ms before the first byte
+    COLD_BIG_Q = {"latency_ms": 50, "bandwidth_mbps": 100}  # ... and 100 MB/s per request
+
+    @contextlib.contextmanager
+    def peer(self, which: str) -> Iterator[tuple[Server | None, str]]:
+        """One of PEERS, started once for all its cases; (None, why) when unavailable."""
+        big = self.cfg.peer_big_mib * MiB
+        if which == "nginx":
+            with self.nginx() as server:
+                yield server, "" if server else "nginx not installed or failed to start"
+        elif which == "varnish":
+            # Room for the big object, the 100 MiB one and the small ones, twice over.
+            with self.varnish(2 * (big + 200 * MiB)) as server:
+                yield server, "" if server else "varnish not installed or failed to start"
+        else:
+            # Default settings (log level info: the access log is on) plus an L2 that holds
+            # the big object, so objects above the 100 MiB L1 are served from L2.
+            l2 = max(1024 * MiB, 4 * big)
+            with self.l2_slicecache(
+                "slicecache-peers", log_level="info", raw_disk_cache__total_size=l2
+            ) as (server, status):
+                yield server, "" if status == "active" else f"L2 {status}"
+
+    def kname(self, kib: int) -> str:
+        self.counter += 1
+        return f"/files/{kib}k-{self.tag}-{self.counter}.bin"
+
+    def _peer_hit4k(self, server: Server) -> dict[str, Any]:
+        """(a) a cached 4 KiB object under ``wrk -t2 -c64``: req/s and proxy CPU."""
+        url = server.url + self.kname(4)
+        for _ in range(2):
+            h.fetch_sync(url)  # cached from here on
+        h.load_small(url, 64, 1)  # warm connections and pools
+        origin_before = h.origin_stats(self.o)["requests"]
+        # psutil reads utime + stime of every process of the proxy from /proc/<pid>/stat.
+        with h.CpuMeter(server) as cpu:
+            load = h.load_small(url, 64, self.cfg.peer_wrk_seconds)
+        n = load.requests
+        return {
+            "rps": load.rps,
+            "requests": n,
+            "errors": load.errors,
+            "tool": load.tool,
+            # ms per 1,000 requests == us per request
+            "cpu_ms_per_1000": cpu.seconds / n * 1e6 if n else float("nan"),
+            "origin_requests": h.origin_stats(self.o)["requests"] - origin_before,
+        }
+
+    def _peer_range(self, server: Server, path: str) -> dict[str, Any]:
+        """(b) ``Range: bytes=50000000-50999999`` on the cached 100 MiB object."""
+        rng = {"Range": "bytes=50000000-50999999"}
+        fetches = [
+            h.fetch_sync(server.url + path, headers=rng) for _ in range(self.cfg.peer_range_repeats)
+        ]
+        good = [f for f in fetches if f.status == 206 and f.size == 1_000_000]
+        return {
+            "total_p50": pct([f.total for f in good], 50),
+            "ttfb_p50": pct([f.ttfb for f in good], 50),
+            "n": len(good),
+            "bad": len(fetches) - len(good),
+        }
+
+    def _peer_cold_ttfb(self, base: str) -> dict[str, Any]:
+        """(c) cold GET (a new 1 MiB name each time), origin +50 ms: TTFB p50."""
+        fetches = [
+            h.fetch_sync(base + self.name(1) + query(self.COLD_Q))
+            for _ in range(self.cfg.peer_cold_repeats)
+        ]
+        good = [f.ttfb for f in fetches if f.ok]
+        return {"ttfb_p50": pct(good, 50), "n": len(good), "bad": len(fetches) - len(good)}
+
+    def _peer_window(self, server: Server, path: str, clients: int) -> dict[str, Any]:
+        origin_before = h.origin_stats(self.o)["bytes_sent"]
+        with h.CpuMeter(server) as cpu, h.RssSampler(server, 0.1) as rss:
+            w = h.window_load(server.url + path, clients, self.cfg.peer_window_s)
+        return {
+            "clients": clients,
+            "mbps": w.mbps,
+            "fairness": w.fairness,
+            # Connections that got no byte in the window (fairness 0 says "some", this says
+            # how many), and the extremes behind the fairness ratio.
+            "starved": sum(1 for b in w.per_client if b == 0),
+            "slowest_bytes": min(w.per_client, default=0),
+            "fastest_bytes": max(w.per_client, default=0),
+            "bytes": w.total,
+            "seconds": w.seconds,
+            "completed": w.completed,
+            "errors": w.errors,
+            "cpu_s_per_gb": cpu.seconds / (w.total / 1e9) if w.total else float("nan"),
+            "peak_rss": rss.peak,
+            "peak_anon_rss": rss.peak_anon,
+            "origin_bytes": h.origin_stats(self.o)["bytes_sent"] - origin_before,
+        }
+
+    def _peer_cold_big(self, server: Server) -> dict[str, Any]:
+        """Cold big object, 1 client, origin +50 ms and 100 MB/s per request."""
+        size = self.cfg.peer_cold_mib * MiB
+        path = self.name(self.cfg.peer_cold_mib) + query(self.COLD_BIG_Q)
+        origin_before = h.origin_stats(self.o)["bytes_sent"]
+        with h.CpuMeter(server) as cpu:
+            f = h.fetch_sync(server.url + path, max_time=300)
+            time.sleep(0.3)  # background work a response leaves behind (cache writes) counts
+        origin = h.origin_stats(self.o)["bytes_sent"] - origin_before
+        return {
+            "total_s": f.total if f.ok and f.size == size else float("nan"),
+            "cpu_s_per_gb": cpu.seconds / (f.size / 1e9) if f.size else float("nan"),
+            "origin_ratio": origin / size,
+            "ok": f.ok and f.size == size,
+        }
+
+    def _peer_cases(self, server: Server) -> dict[str, Any]:
+        cfg = self.cfg
+        out: dict[str, Any] = {"idle_anon_rss": server.rss_anon()}
+        out["hit4k"] = self._peer_hit4k(server)
+        mid = self.name(100)  # the cached 100 MiB object of (b) and of the L1 row
+        h.fetch_sync(server.url + mid, max_time=300)
+        out["range"] = self._peer_range(server, mid)
+        out["cold_ttfb"] = self._peer_cold_ttfb(server.url)
+        big = self.name(cfg.peer_big_mib)
+        warm = h.fetch_sync(server.url + big, max_time=300)
+        out["big_warm_ok"] = warm.ok and warm.size == cfg.peer_big_mib * MiB
+        out["big"] = [self._peer_window(server, big, n) for n in cfg.peer_clients]
+        out["cold_big"] = self._peer_cold_big(server)
+        out["mid"] = [self._peer_window(server, mid, max(cfg.peer_clients))]
+        return out
+
+    def run_peers(self) -> None:
+        out: dict[str, Any] = {
+            "origin": {"cold_ttfb": self._peer_cold_ttfb(self.o.url)},
+            "config": {
+                "big_mib": self.cfg.peer_big_mib,
+                "cold_mib": self.cfg.peer_cold_mib,
+                "window_s": self.cfg.peer_window_s,
+                "wrk_seconds": self.cfg.peer_wrk_seconds,
+            },
+        }
+        for which in PEERS:
+            self.step(f"peers {which}")
+            with self.peer(which) as (server, why):
+                if server is None:
+                    out[which] = {"skipped": why}
+                    continue
+                try:
+                    out[which] = {**self._peer_cases(server), "note": why}
+                except Exception as err:  # one peer failing must not lose the others
+                    out[which] = {"skipped": f"{type(err).__name__}: {err}"}
+                    (self.raw / f"peers-{which}-error.txt").write_text(traceback.format_exc())
+        self.results["peers"] = out
+
     # --- driver -----------------------------------------------------------------------------
 
     def steps_total(self) -> int:
         cfg = self.cfg
         per = {
             "ttfb": cfg.ttfb_repeats * len(cfg.ttfb_sizes_mib),
-            "memory": 3,
-            "throughput": 4 * len(cfg.throughput_clients),
+            "memory": 4,
+            "throughput": 5 * len(cfg.throughput_clients),
             "cachewrite": 2,
-            "offload": 3 * len(cfg.offload_clients),
+            "offload": 4 * len(cfg.offload_clients),
             "targets": len(self.targets),
+            "peers": len(PEERS),
         }
         return sum(per[s] for s in self.only)
 
@@ -695,10 +898,8 @@ class Bench:
         self.results["sections"] = list(self.only)
         if not self.nginx_ok:
             self.note(f"nginx not installed: {h.NGINX_INSTALL} (peer columns empty)")
-        if shutil.which("varnishd") is None:
-            self.note("varnish not installed (optional peer): apt-get install -y varnish")
-        else:
-            self.note("varnishd is installed but not benchmarked by this script yet")
+        if not self.varnish_ok:
+            self.note(f"varnish not installed: {h.VARNISH_INSTALL} (its peer column is empty)")
         t0 = time.monotonic()
         runners = {
             "ttfb": self.run_ttfb,
@@ -707,6 +908,7 @@ class Bench:
             "cachewrite": self.run_cachewrite,
             "offload": self.run_offload,
             "targets": self.run_targets,
+            "peers": self.run_peers,
         }
         self.origin = h.start_origin(self.logs)
         try:

@@ -42,13 +42,13 @@ def proxy(origin: Origin) -> ProxyFactory:
     """``with proxy(slice_size=...) as url:`` runs a proxy in front of the demo origin."""
 
     @contextmanager
-    def start(**overrides: Any) -> Iterator[str]:
+    def start(*, http_protocol: type = HttpProtocol, **overrides: Any) -> Iterator[str]:
         overrides.setdefault("upstream_address", origin.url)
         settings = Settings(**overrides)
         app = create_app(settings, configure_logs=False)
         # As the console script runs it: the app writes Date, the TCP peer is the client.
         with run_asgi_in_thread(
-            app, proxy_headers=False, date_header=False, http=HttpProtocol
+            app, proxy_headers=False, date_header=False, http=http_protocol
         ) as url:
             yield url
 

@@ -47,3 +47,50 @@ def test_the_report_names_the_client_that_measured() -> None:
     assert "time_starttransfer" in report._ttfb_meaning({"clients_used": ["curl"]})
     machine = {"curl": "not installed (aiohttp client used)"}
     assert report._client({"machine": machine}) == "aiohttp"
+
+
+def _window(clients: int, mbps: float, fairness: float = 1.0) -> dict[str, Any]:
+    return {
+        "clients": clients,
+        "mbps": mbps,
+        "fairness": fairness,
+        "cpu_s_per_gb": 0.5,
+        "peak_anon_rss": 64 * MiB,
+        "origin_bytes": 0,
+    }
+
+
+def _peer(rps: float, mbps: float) -> dict[str, Any]:
+    return {
+        "hit4k": {"rps": rps, "cpu_ms_per_1000": 1e6 / rps},
+        "range": {"total_p50": 0.001, "ttfb_p50": 0.0005},
+        "cold_ttfb": {"ttfb_p50": 0.051},
+        "big": [_window(n, mbps * n) for n in (1, 16, 64)],
+        "cold_big": {"total_s": 1.0, "cpu_s_per_gb": 1.0, "origin_ratio": 1.0},
+        "mid": [_window(64, mbps)],
+    }
+
+
+def test_peer_table_gives_every_figure_as_a_ratio_to_nginx() -> None:
+    slicecache = _peer(10_000, 3000)
+    slicecache["big"][2]["starved"] = 3
+    results: dict[str, Any] = {
+        "peers": {
+            "config": {"big_mib": 1024, "cold_mib": 100, "window_s": 2, "wrk_seconds": 3},
+            "origin": {"cold_ttfb": {"ttfb_p50": 0.0507}},
+            "nginx": _peer(40_000, 2000),
+            "varnish": {"skipped": "varnish not installed or failed to start"},
+            "slicecache": slicecache,
+        }
+    }
+    text = report.peer_table(results)
+    row = next(line for line in text.splitlines() if "req/s" in line)
+    # nginx 40,000, Varnish n/a (skipped), slicecache 10,000 = 0.25x nginx
+    assert "| 40,000 | n/a | 10,000 | n/a | 0.25x | higher |" in row
+    cpu = next(line for line in text.splitlines() if "CPU per 1,000" in line)
+    assert "25.0 ms" in cpu and "100.0 ms" in cpu and "| 4.00x | lower |" in cpu
+    assert "origin alone: 50.7 ms" in text and "cached 1 GiB" in text
+    assert "64 clients: aggregate MB/s | 128,000 |" in text
+    section = report._peer_figures_section(results, [])
+    assert "Varnish: skipped (varnish not installed" in section
+    assert "slicecache: 3 of 64 connections received no byte in the 2 s window" in section

@@ -6,6 +6,7 @@ exactly what an attacker or a broken client does.
 
 from __future__ import annotations
 
+import functools
 import json
 import select
 import signal
@@ -15,6 +16,10 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
+from app.edge.h11server import H11EdgeProtocol
+from app.edge.httpserver import HttpProtocol
 from tests.conftest import Origin, ProxyFactory
 from tests.test_operations import proxy_process
 from tests.waiting import wait_for
@@ -91,8 +96,15 @@ def _stream_head_until_answer(url: str, head_start: bytes, total: int) -> tuple[
         return answer, sent
 
 
-def test_an_oversized_header_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+@pytest.fixture(params=[HttpProtocol, H11EdgeProtocol], ids=["httptools", "h11"])
+def edge(request: pytest.FixtureRequest, proxy: ProxyFactory) -> ProxyFactory:
+    """The proxy over each edge protocol: ``slicecache`` runs httptools, ``uvicorn
+    app.main:app --http h11`` (or a machine without httptools) the h11 one."""
+    return functools.partial(proxy, http_protocol=request.param)
+
+
+def test_an_oversized_header_is_refused_before_it_is_read_whole(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, max_header_bytes=65536) as url:
         answer, sent = _stream_head_until_answer(
             url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: ", 64 * MiB
         )
@@ -103,22 +115,22 @@ def test_an_oversized_header_is_refused_before_it_is_read_whole(proxy: ProxyFact
         assert _status(_exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
 
 
-def test_an_oversized_target_is_refused_before_it_is_read_whole(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, max_request_target_bytes=8192) as url:
+def test_an_oversized_target_is_refused_before_it_is_read_whole(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, max_request_target_bytes=8192) as url:
         answer, sent = _stream_head_until_answer(url, b"GET /files/", 64 * MiB)
         assert _status(answer) == 414
         assert sent < 16 * MiB
 
 
-def test_many_small_headers_past_the_limit_get_431(proxy: ProxyFactory) -> None:
+def test_many_small_headers_past_the_limit_get_431(edge: ProxyFactory) -> None:
     fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 100) for i in range(2000))
-    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+    with edge(enable_cache=False, max_header_bytes=65536) as url:
         answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
     assert _status(answer) == 431
 
 
-def test_a_head_just_under_the_limits_is_served(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, max_header_bytes=65536) as url:
+def test_a_head_just_under_the_limits_is_served(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, max_header_bytes=65536) as url:
         value = b"v" * 60000
         answer = _exchange(url, b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Big: " + value + b"\r\n\r\n")
     assert _status(answer) == 200
@@ -142,23 +154,23 @@ def _read_until_closed(sock: socket.socket, deadline: float) -> bytes:
     return received
 
 
-def test_a_partial_head_gets_408_after_the_head_timeout(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+def test_a_partial_head_gets_408_after_the_head_timeout(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, request_head_timeout=0.5) as url:
         with socket.create_connection(_address(url)) as sock:
             sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
             answer = _read_until_closed(sock, time.monotonic() + 30)
     assert _status(answer) == 408
 
 
-def test_a_silent_connection_is_closed_after_the_head_timeout(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+def test_a_silent_connection_is_closed_after_the_head_timeout(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, request_head_timeout=0.5) as url:
         with socket.create_connection(_address(url)) as sock:
             assert _read_until_closed(sock, time.monotonic() + 30) == b""
 
 
-def test_a_trickled_head_is_cut_off_by_the_head_timeout(proxy: ProxyFactory) -> None:
+def test_a_trickled_head_is_cut_off_by_the_head_timeout(edge: ProxyFactory) -> None:
     """Slowloris: one byte at a time keeps every per-read timer happy, not this one."""
-    with proxy(enable_cache=False, request_head_timeout=0.5) as url:
+    with edge(enable_cache=False, request_head_timeout=0.5) as url:
         with socket.create_connection(_address(url)) as sock:
             sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
             deadline = time.monotonic() + 30
@@ -177,8 +189,8 @@ def test_a_trickled_head_is_cut_off_by_the_head_timeout(proxy: ProxyFactory) -> 
     assert _status(answer) == 408
 
 
-def test_a_keep_alive_connection_serves_a_second_request(proxy: ProxyFactory) -> None:
-    with proxy(enable_cache=False, request_head_timeout=5) as url:
+def test_a_keep_alive_connection_serves_a_second_request(edge: ProxyFactory) -> None:
+    with edge(enable_cache=False, request_head_timeout=5) as url:
         with socket.create_connection(_address(url), timeout=10) as sock:
             for _ in range(2):
                 sock.sendall(b"GET /echo/k HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -191,9 +203,9 @@ def test_a_keep_alive_connection_serves_a_second_request(proxy: ProxyFactory) ->
 
 
 def test_past_the_connection_cap_the_longest_idle_connection_makes_room(
-    proxy: ProxyFactory,
+    edge: ProxyFactory,
 ) -> None:
-    with proxy(enable_cache=False, max_client_connections=4) as url:
+    with edge(enable_cache=False, max_client_connections=4) as url:
         idle = [socket.create_connection(_address(url)) for _ in range(4)]
         try:
             answer = _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -206,9 +218,9 @@ def test_past_the_connection_cap_the_longest_idle_connection_makes_room(
 
 
 def test_past_the_connection_cap_with_every_connection_busy_a_new_one_gets_503(
-    proxy: ProxyFactory, origin: Origin
+    edge: ProxyFactory, origin: Origin
 ) -> None:
-    with proxy(enable_cache=False, max_client_connections=2) as url:
+    with edge(enable_cache=False, max_client_connections=2) as url:
         seen = len(origin.requests_for("/slow-headers"))
         busy = [socket.create_connection(_address(url)) for _ in range(2)]
         try:

@@ -182,11 +182,13 @@ def test_a_transfer_coding_other_than_chunked_gets_501(
 
 
 @contextmanager
-def _plain_uvicorn_h11(origin: Origin) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
-    """``uvicorn app.main:app --http h11``, its stdout lines collected until it is ready."""
+def _plain_uvicorn(
+    origin: Origin, http: str = "h11"
+) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
+    """``uvicorn app.main:app --http <http>``, its stdout lines collected until it listens."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--http", "h11", "--port", str(port)],
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--http", http, "--port", str(port)],
         env=_env(upstream_address=origin.url, request_head_timeout="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -197,7 +199,7 @@ def _plain_uvicorn_h11(origin: Origin) -> Iterator[tuple[subprocess.Popen[str], 
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            if "Application startup complete" in line or "Uvicorn running" in line:
+            if "Uvicorn running" in line:  # listening (startup completes before)
                 break
         yield process, port, lines
     finally:
@@ -205,26 +207,36 @@ def _plain_uvicorn_h11(origin: Origin) -> Iterator[tuple[subprocess.Popen[str], 
         process.wait(10)
 
 
-def test_plain_uvicorn_with_h11_says_the_edge_protections_are_off(origin: Origin) -> None:
-    """The head timeout, the connection cap and the early 431/414 live in the httptools
-    protocol class; ``--http h11`` (uvicorn's own flag wins) runs without them, silently
-    until now: an operator must at least be told at startup."""
-    with _plain_uvicorn_h11(origin) as (_, _, lines):
-        assert any("--http h11" in line and "head timeout" in line for line in lines), lines
+def test_plain_uvicorn_with_h11_refuses_an_oversized_head_early_and_dated(origin: Origin) -> None:
+    """``--http h11`` (uvicorn's own flag wins) runs the h11 edge protocol: no warning that
+    the protections are off, and a head past the limit gets 431 with Date while the
+    client is still sending (h11's bare 400 had no Date and came only at h11's own cap)."""
+    with _plain_uvicorn(origin) as (_, port, lines):
+        assert not any("no request head timeout" in line for line in lines), lines
+        head = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (200 * 1024)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(head)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = sock.recv(65536)
+        assert _statuses(answer) == [431], answer[:200]
+        assert b"\r\ndate: " in answer.lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the head timeout is implemented for httptools only (app/edge/httpserver.py); an h11 "
-    "protocol subclass with the same timer and cap is not written yet",
-)
-def test_plain_uvicorn_with_h11_cuts_off_a_trickled_head(origin: Origin) -> None:
-    with _plain_uvicorn_h11(origin) as (_, port, _):
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_plain_uvicorn_cuts_off_a_trickled_head_after_the_set_timeout(
+    origin: Origin, http: str
+) -> None:
+    """SLICECACHE_REQUEST_HEAD_TIMEOUT (1 s here) holds under plain uvicorn with either
+    parser: the limits used to be read from ``config.app``, which plain uvicorn leaves as
+    the import string, so the defaults (30 s) applied whatever the settings said."""
+    with _plain_uvicorn(origin, http) as (_, port, _):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /files/1k.bin HTTP/1.1\r\n")
             sock.settimeout(0.2)
             closed = False
-            deadline = time.monotonic() + 20  # the head timeout is 1 s
+            deadline = time.monotonic() + 20  # the head timeout is 1 s, the default 30 s
             while time.monotonic() < deadline and not closed:
                 try:
                     sock.send(b"X")

@@ -87,8 +87,15 @@ class EdgeLimits:
 
 
 def limits_of(config: Config) -> EdgeLimits:
-    """The limits of the app being served (``create_app`` puts its settings on the app)."""
-    state = getattr(config.app, "state", None)
+    """The limits of the app being served (``create_app`` puts its settings on the app).
+
+    Under ``uvicorn app.main:app`` ``config.app`` is the import string: the app object is
+    ``config.loaded_app``, possibly inside uvicorn's wrappers (each keeps it as ``.app``).
+    """
+    app = getattr(config, "loaded_app", None) or config.app
+    while not hasattr(app, "state") and hasattr(app, "app"):
+        app = app.app
+    state = getattr(app, "state", None)
     runtime = getattr(state, "runtime", None)
     settings = getattr(runtime, "settings", None)
     if settings is None:
@@ -99,6 +106,41 @@ def limits_of(config: Config) -> EdgeLimits:
         head_timeout=settings.request_head_timeout,
         max_connections=settings.max_client_connections,
     )
+
+
+def refusal(status: int, body: str | None = None) -> bytes:
+    """A whole ``connection: close`` answer to a head that is not served."""
+    reason = REASONS[status]
+    content = (body if body is not None else f"{reason}\n").encode("ascii")
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
+            b"date: " + http_date_now() + b"\r\n",
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(content),
+            b"connection: close\r\n\r\n",
+            content,
+        ]
+    )
+
+
+def oldest_waiting_for_head(connections: Any, newcomer: object) -> Any:
+    """Over the cap: the connection that has waited longest for a request head, if any.
+
+    Both edge protocols (httptools and h11) answer ``_waiting_for_head()`` and keep
+    ``_waiting_since``; uvicorn's own classes do neither and are never chosen.
+    """
+    oldest = None
+    for connection in connections:
+        waiting = getattr(connection, "_waiting_for_head", None)
+        if (
+            connection is not newcomer
+            and waiting is not None
+            and waiting()
+            and (oldest is None or connection._waiting_since < oldest._waiting_since)
+        ):
+            oldest = connection
+    return oldest
 
 
 class _Refused(Exception):
@@ -148,15 +190,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _make_room(self) -> None:
         """Over the cap: drop the connection waiting longest for a head, else refuse this one."""
-        oldest: HttpProtocol | None = None
-        for connection in self.connections:
-            if (
-                isinstance(connection, HttpProtocol)
-                and connection is not self
-                and connection._waiting_for_head()
-                and (oldest is None or connection._waiting_since < oldest._waiting_since)
-            ):
-                oldest = connection
+        oldest = oldest_waiting_for_head(self.connections, self)
         if oldest is not None:
             oldest.transport.close()
         else:
@@ -313,20 +347,7 @@ class HttpProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
         self._cancel_head_timer()
         self.parser = None  # type: ignore[assignment]
-        reason = REASONS[status]
-        content = (body if body is not None else f"{reason}\n").encode("ascii")
-        self.transport.write(
-            b"".join(
-                [
-                    b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii")),
-                    b"date: " + http_date_now() + b"\r\n",
-                    b"content-type: text/plain; charset=utf-8\r\n",
-                    b"content-length: %d\r\n" % len(content),
-                    b"connection: close\r\n\r\n",
-                    content,
-                ]
-            )
-        )
+        self.transport.write(refusal(status, body))
         if not linger or not self.transport.can_write_eof():
             self.transport.close()
             return

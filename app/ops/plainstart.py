@@ -24,12 +24,15 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from app.edge.h11server import H11EdgeProtocol
 from app.edge.httpserver import HttpProtocol
 from app.ops.accesslog import configure_logging
 from app.ops.lifecycle import Lifecycle
 from settings import Settings
 
 log = logging.getLogger("slicecache")
+
+EDGE_PROTOCOLS = (HttpProtocol, H11EdgeProtocol)
 
 
 def _uvicorn_frames() -> tuple[uvicorn.Config | None, uvicorn.Server | None]:
@@ -81,12 +84,15 @@ def _adopt_config(config: uvicorn.Config, settings: Settings) -> None:
     config.encoded_headers = [h for h in config.encoded_headers if h[0] != b"server"]
     if config.http in ("auto", "httptools") and _has_httptools():
         config.http = HttpProtocol  # httptools, and it dates uvicorn's own 400s
-    elif not (isinstance(config.http, type) and issubclass(config.http, HttpProtocol)):
-        # The edge protections live in HttpProtocol only: say so rather than run without
-        # them silently (a slowloris would hold connections forever).
+    elif config.http in ("auto", "h11"):
+        config.http = H11EdgeProtocol  # the same edge protections over h11
+    elif not (isinstance(config.http, type) and issubclass(config.http, EDGE_PROTOCOLS)):
+        # A protocol class of the operator's own: say it runs without the edge
+        # protections rather than silently (a slowloris would hold connections forever).
         log.warning(
-            "--http h11 (or no httptools): no request head timeout, no client connection "
-            "cap, and oversized heads are refused only by h11's own buffer limit"
+            "--http %s: no request head timeout, no client connection cap, and no early "
+            "414/431 (they live in app.edge.httpserver and app.edge.h11server)",
+            config.http,
         )
     # The TCP peer stays the client; SLICECACHE_TRUSTED_PROXIES decides whom to believe.
     config.proxy_headers = False

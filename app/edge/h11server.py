@@ -1,0 +1,152 @@
+"""uvicorn's h11 protocol with the edge protections of :mod:`app.edge.httpserver`.
+
+``uvicorn app.main:app --http h11`` (or a machine without httptools) used to run without
+them: a slowloris trickling a head held its connection forever, a huge head got h11's
+bare 400 without ``Date``, and connections were not capped. Here, as in the httptools
+class:
+
+- **Head size**: h11's receive buffer is capped at the head limit
+  (``MAX_REQUEST_TARGET_BYTES`` + ``MAX_HEADER_BYTES`` + the request line); past it h11
+  stops parsing and the head gets 414 (the request line alone is too long) or 431.
+  h11 parses a head in one piece, so the per-field count of the httptools class
+  (``MAX_HEADER_FIELDS``) is not applied here; the byte limit is.
+- **Head timeout** (``REQUEST_HEAD_TIMEOUT``): from the first byte of a head (or the
+  connection's start) until the head is parsed; a partial head gets 408, a silent
+  connection is closed.
+- **Connection cap** (``MAX_CLIENT_CONNECTIONS``): the connection waiting longest for a
+  head makes room, else the newcomer gets 503.
+- Every refusal carries ``Date`` (the app writes Date, so uvicorn's own is off) and is
+  followed by a short linger, so a client still sending reads the answer.
+
+h11 parses the next pipelined head only after the running response ends, so a refusal
+never overtakes an earlier request's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import h11
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from app.edge.httpserver import (
+    LINGER_BYTES,
+    LINGER_SECONDS,
+    REQUEST_LINE_SLACK,
+    limits_of,
+    oldest_waiting_for_head,
+    refusal,
+)
+
+
+class H11EdgeProtocol(H11Protocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits_of(config)
+        # h11 raises "Receive buffer too long" once an unfinished head passes this.
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        self._waiting_since = time.monotonic()
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
+        self._discarded = 0
+
+    # Connection lifecycle
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+        if len(self.connections) > self.limits.max_connections:
+            oldest = oldest_waiting_for_head(self.connections, self)
+            if oldest is not None:
+                oldest.transport.close()
+            else:
+                self._refuse(503, linger=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def eof_received(self) -> None:
+        if self._lingering:
+            self.transport.close()
+
+    def _in_head(self) -> bool:
+        """No request of this cycle parsed yet (h11 waits for one)."""
+        return self.conn.their_state is h11.IDLE
+
+    def _waiting_for_head(self) -> bool:
+        busy = self.cycle is not None and not self.cycle.response_complete
+        return self._in_head() and not busy and not self.transport.is_closing()
+
+    # Input
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self.transport.close()
+            return
+        if self._head_timer is None and self._waiting_for_head():
+            self._waiting_since = time.monotonic()  # the first byte of a later head
+            self._arm_head_timer()
+        super().data_received(data)
+        if not self._in_head():
+            self._cancel_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 found the head malformed, or too long to keep reading: refuse it."""
+        pending, _ = self.conn.trailing_data
+        if len(pending) > self.limits.max_head_bytes:
+            line_end = pending.find(b"\n")
+            line_limit = self.limits.max_target_bytes + REQUEST_LINE_SLACK
+            too_long_target = line_end < 0 or line_end > line_limit
+            self._refuse(414 if too_long_target else 431)
+        else:
+            self._refuse(400, body=msg + "\n")
+
+    # Timers
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # a head trickles in behind a running response
+            return
+        pending, _ = self.conn.trailing_data
+        if pending.strip():
+            self._refuse(408)
+        else:
+            self.transport.close()  # nothing asked: nothing to answer
+
+    # Refusals
+
+    def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
+        self._cancel_head_timer()
+        self.transport.write(refusal(status, body))
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)

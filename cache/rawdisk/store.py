@@ -45,6 +45,7 @@ from cache.rawdisk.checkpoint import (
 )
 from cache.rawdisk.device import Device
 from cache.rawdisk.errors import RawDiskError
+from cache.rawdisk.incompressible import IncompressibleObjects
 from cache.rawdisk.index import (
     DEAD,
     FLAG_BAD,
@@ -212,6 +213,7 @@ class RawDiskStore:
         self._last_frag_scan = 0.0
         self._expiry_cursor = 0
         self._compress = settings.enable_compression
+        self._incompressible = IncompressibleObjects()
         self._prefetch = settings.enable_prefetch
         self.max_payload = (
             min((1 << 32) - 1, self._geo.data_blocks * self._geo.block_size // 8)
@@ -1100,8 +1102,13 @@ class RawDiskStore:
         start_epoch = self._delete_epoch
         self._inflight_puts[start_epoch] += 1
         try:
-            if compress:
+            if compress and not self._incompressible.worth_trying(kb):
+                self._stats["compression_skipped_total"] += 1  # its object did not compress
+                codec_id, payload = 0, data
+            elif compress:
                 codec_id, payload, tried = await self._run(codec.encode, data, True)
+                if tried:
+                    self._incompressible.tried(kb, paid=codec_id != 0)
                 if tried and codec_id == 0:
                     self._stats["compression_skipped_total"] += 1
             else:

@@ -605,3 +605,31 @@ def test_random_operations_keep_map_and_index_consistent(
 async def _crash(store: RawDiskStore) -> None:
     """Stop a store as a kill -9 would: no checkpoint, no final sync, lock released."""
     await store._abandon()
+
+
+async def test_an_object_that_did_not_compress_skips_the_attempt(make_settings: Make) -> None:
+    # One slice of an object stored raw because zstd did not pay: its next slices are not
+    # tried (no thread hop, no sample), but every 16th still is, and another object is.
+    store = await RawDiskStore.open(make_settings(enable_compression=True))
+    try:
+        text = b"the quick brown fox jumps over the lazy dog " * 5000
+        noise = os.urandom(200_000)
+        index = store._index
+
+        def codec_of(key: str) -> int:
+            return index.entry(index.find(key.encode(), _h(key.encode()))).codec
+
+        assert await store.put_slice("/m v 0", noise, None)
+        assert await store.put_slice("/m v 1", text, None)
+        assert await store.put_slice("/other v 1", text, None)
+        assert codec_of("/m v 0") == 0
+        assert codec_of("/m v 1") == 0  # not tried: stored raw, and read back whole
+        assert await store.get_slice("/m v 1") == text
+        assert codec_of("/other v 1") == CODEC_ZSTD
+        assert await store.put_slice("/m v 16", text, None)  # the recheck: it pays now
+        assert codec_of("/m v 16") == CODEC_ZSTD
+        assert await store.put_slice("/m v 17", text, None)  # and the object is forgotten
+        assert codec_of("/m v 17") == CODEC_ZSTD
+        assert store.stats()["compression_skipped_total"] == 2
+    finally:
+        await store.close()

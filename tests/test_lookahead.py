@@ -87,6 +87,17 @@ def test_more_responses_never_widen_a_window(
     )
 
 
+@given(latencies, rates, slice_sizes, runs, caps, budgets, responses, st.integers(1, 64))
+def test_a_starved_response_adds_lanes_within_the_same_bounds(
+    latency: float, rate: float, size: int, run: int, cap: int, budget: int, n: int, lanes: int
+) -> None:
+    kw = {"slice_size": size, "run_length": run, "cap": cap, "budget": budget, "responses": n}
+    one = lookahead_slices(latency, rate, **kw)
+    more = lookahead_slices(latency, rate, lanes=lanes, **kw)
+    assert one <= more <= max(1, min(cap * run, budget // max(4, n) // size))
+    assert more <= lookahead_slices(latency, rate, lanes=lanes + 1, **kw)
+
+
 def test_the_bandwidth_delay_product_of_the_bench_origin() -> None:
     # +50 ms first byte, 100 MB/s per request, 1 MiB slices in runs of 4: 5 MB in flight
     # per request's latency is 4.8 slices, so 6 requests (24 slices) under a cap of 8.
@@ -95,6 +106,7 @@ def test_the_bandwidth_delay_product_of_the_bench_origin() -> None:
     assert lookahead_slices(0.001, 1e9, **kw) == 8  # loopback: 2 requests keep up
     assert lookahead_slices(None, None, **kw) == 32  # nothing measured: the cap
     assert lookahead_slices(0.05, 100e6, responses=32, **kw) == 8  # 1/32 of the budget
+    assert lookahead_slices(0.05, 100e6, lanes=2, **kw) == 32  # starved: 12 requests, cap 8
 
 
 def test_the_pace_follows_its_samples() -> None:
@@ -195,3 +207,71 @@ async def test_many_fetching_responses_share_the_budget() -> None:
     # 256 MiB / 1024 responses = 256 KiB each: 4 slices of 64 KiB, whatever the latency.
     slow = OriginPace(latency=1.0, throughput=10e6)
     assert await _requests_in_flight(slow, cap=64, responses=1024) == 4
+
+
+class _StagedOrigin(_HeldOrigin):
+    """Slices below ``ready`` answer at once; the others when :meth:`release` says so."""
+
+    def __init__(self, meta: ObjectMeta, ready: int) -> None:
+        super().__init__(meta)
+        self.released = {index: asyncio.Event() for index in range(SLICES)}
+        for index in range(ready):
+            self.released[index].set()
+
+    def release(self, index: int) -> None:
+        self.released[index].set()
+
+    async def send(self, method: str, target: str, headers: list[tuple[str, str]]) -> Any:
+        response = await super().send(method, target, headers)
+        first, last = (int(n) for n in self.ranges[-1].removeprefix("bytes=").split("-"))
+        gate = self.released[first // SLICE]
+
+        class Staged(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                await gate.wait()
+                yield bytes(last - first + 1)
+
+        response.stream = Staged()
+        return response
+
+
+async def test_a_client_that_reaches_a_slice_before_its_first_byte_widens_its_window() -> None:
+    # 1 ms and 10 MB/s: 2 requests of one slice in flight. Slices 0-5 come at once, slice 6
+    # only when released: the reader reaches it, claimed a window earlier, with no byte
+    # yet (the origin is behind this client), and takes another lane: 4 requests ahead.
+    meta = ObjectMeta(SLICES * SLICE, '"v1"', None, [], 0.0, 0.0)
+    origin = _StagedOrigin(meta, ready=6)
+    engine = SliceEngine(
+        upstream=cast(UpstreamClient, origin),
+        store=None,
+        slice_size=SLICE,
+        lookahead=8,
+        max_retries=0,
+        budget=ByteBudget(256 * MiB),
+        pace=OriginPace(latency=0.001, throughput=10e6),
+    )
+    engine.pace.saw_latency = lambda seconds: None  # type: ignore[method-assign]
+    engine.pace.saw_transfer = lambda nbytes, seconds: None  # type: ignore[method-assign]
+    got = 0
+
+    async def read() -> None:
+        nonlocal got
+        async for piece in engine.stream(
+            "http://o/f", "/f", meta, 0, meta.size - 1, [], SliceStats()
+        ):
+            got += len(piece)
+
+    task = asyncio.create_task(read())
+    try:
+        await async_wait_for(lambda: got == 6 * SLICE, "slices 0-5 read")
+        await async_wait_for(lambda: len(origin.ranges) >= 8, "the window past slice 6")
+        origin.release(6)
+        await async_wait_for(lambda: got == 7 * SLICE, "slice 6 read")
+        # With one lane the window stays 2 slices: requests for slices 0-8 at most.
+        await async_wait_for(lambda: len(origin.ranges) >= 10, "a wider window")
+        assert len(origin.ranges) <= 7 + 8  # never more than the cap ahead
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.close()

@@ -6,7 +6,13 @@ origin measured so far (:class:`OriginPace`: first-byte latency and per-request
 throughput, moving averages): ``latency x throughput / slice size + 1`` requests of up to
 ``run_length`` slices each (the bandwidth-delay product in slices, plus the one being
 transferred). At 50 ms and 100 MB/s per request that is 6 requests of 4 MiB, ~270 MB/s
-for one client; on a 1 ms loopback origin 2 requests keep up. Bounds:
+for one client; on a 1 ms loopback origin 2 requests keep up.
+
+That hides the latency of a stream at one request's throughput. A client that takes bytes
+faster than that still reaches a slice with no byte yet although the window covered it:
+the response then adds a lane (``lanes``: the product is taken once per lane), so a single
+cold client grows towards the origin's aggregate capacity, one lane per starved slice. A
+client slower than the origin never starves, and keeps one lane. Bounds:
 
 * ``cap`` (``MAX_CONCURRENT_SUBREQUESTS``): at most this many requests per response, and
   the guess while nothing is measured yet;
@@ -42,19 +48,21 @@ def lookahead_slices(
     cap: int,
     budget: int,
     responses: int = 1,
+    lanes: int = 1,
 ) -> int:
     """Slices one response keeps in flight ahead of the one it sends.
 
     ``latency``: the origin's first-byte latency in seconds; ``throughput``: bytes per
     second one request delivers (None: not measured yet, the cap is used). ``budget``:
-    the global byte budget; ``responses``: responses fetching from the origin now.
+    the global byte budget; ``responses``: responses fetching from the origin now;
+    ``lanes``: streams at one request's throughput the response wants (starved slices).
     """
     cap = max(1, cap)
     if latency is None or throughput is None:
         requests = cap
     else:
         bdp = max(0.0, latency) * max(0.0, throughput) / slice_size
-        requests = min(cap, math.ceil(bdp) + 1)
+        requests = min(cap, max(1, lanes) * (math.ceil(bdp) + 1))
     share = budget // max(MIN_SHARES, responses)
     return max(1, min(requests * max(1, run_length), share // slice_size))
 

@@ -173,6 +173,7 @@ class SliceEngine:
         scheduled = indexes.start
         version_prefix = self.readers.started(entry_key, meta.version)
         fetching = False  # counted in ``self.fetching``
+        lanes = 1  # one more each time the window did not cover a slice (lookahead.py)
 
         async def claim_from(index: int, most: int, urgent: bool) -> None:
             nonlocal fetching
@@ -194,7 +195,7 @@ class SliceEngine:
                 # Read-ahead per response, from the origin's pace, re-read as it changes;
                 # never more than a share of the budget, so that a few clients that stop
                 # reading cannot hold all of it.
-                window = self.lookahead_window()
+                window = self.lookahead_window(lanes)
                 run_length = min(self.run_length, window)
                 while scheduled < indexes.stop and scheduled < index + window:
                     if scheduled not in claims and (
@@ -205,6 +206,14 @@ class SliceEngine:
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1, True)
                 claim = claims.pop(index)
+                if (
+                    claim.fill is not None
+                    and claim.fill.filled == 0
+                    and not claim.fill.done
+                    and index - indexes.start >= window
+                    and lanes < self.lookahead
+                ):
+                    lanes += 1  # claimed a window ago and still no byte: the origin is behind
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 while True:
                     done = gone = False
@@ -230,7 +239,7 @@ class SliceEngine:
                 self.fetching -= 1
             self.readers.ended(entry_key, version_prefix)
 
-    def lookahead_window(self) -> int:
+    def lookahead_window(self, lanes: int = 1) -> int:
         """Slices a response keeps in flight ahead of the one it sends, now."""
         return lookahead_slices(
             self.pace.latency,
@@ -240,6 +249,7 @@ class SliceEngine:
             cap=self.lookahead,
             budget=self.budget.capacity,
             responses=self.fetching,
+            lanes=lanes,
         )
 
     def _cached(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:

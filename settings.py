@@ -203,14 +203,14 @@ class Settings(BaseSettings):
         description="Bytes per slice, from 64 KiB to 64 MiB.",
     )
     max_concurrent_subrequests: int = Field(
-        default=16,
+        default=8,
         ge=1,
         le=64,
         description="At most this many Range requests in flight ahead of one client. How "
         "many it takes is measured: the origin's first-byte latency x per-request "
         "throughput / SLICE_SIZE + 1 (its bandwidth-delay product), once more for each "
-        "slice a client had to wait for, within a share of MAX_IN_FLIGHT_BYTES; this cap "
-        "until the origin was measured.",
+        "slice a client had to wait for (once less for each it found complete), within a "
+        "share of MAX_IN_FLIGHT_BYTES; this cap until the origin was measured.",
     )
     slices_per_subrequest: int = Field(
         default=4,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.context import SliceStats
-from app.engine.fills import ByteBudget
+from app.engine.fills import ByteBudget, SliceClaim, SliceFill
 from app.engine.lookahead import MIN_SAMPLE_BYTES, OriginPace, lookahead_slices
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine
@@ -275,3 +275,26 @@ async def test_a_client_that_reaches_a_slice_before_its_first_byte_widens_its_wi
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await engine.close()
+
+
+def test_lanes_grow_on_a_slice_with_no_byte_and_shrink_on_a_complete_one() -> None:
+    engine = SliceEngine(
+        upstream=cast(UpstreamClient, None),
+        store=None,
+        slice_size=SLICE,
+        lookahead=3,
+        max_retries=0,
+        budget=ByteBudget(MiB),
+    )
+    empty, partial, complete = (SliceFill(f"k {n}", 0, SLICE - 1) for n in range(3))
+    partial.buffer = bytearray(SLICE)
+    partial.filled = 1
+    complete.buffer, complete.filled, complete.done = bytearray(SLICE), SLICE, True
+    lanes_after = engine._lanes_after  # noqa: SLF001
+    assert lanes_after(SliceClaim(fill=empty), 1, covered=True) == 2
+    assert lanes_after(SliceClaim(fill=empty), 3, covered=True) == 3  # the cap
+    assert lanes_after(SliceClaim(fill=empty), 1, covered=False) == 1  # not yet its turn
+    assert lanes_after(SliceClaim(fill=partial), 2, covered=True) == 2
+    assert lanes_after(SliceClaim(fill=complete), 2, covered=True) == 1
+    assert lanes_after(SliceClaim(fill=complete), 1, covered=True) == 1
+    assert lanes_after(SliceClaim(data=b"x"), 2, covered=True) == 2  # cached: no signal

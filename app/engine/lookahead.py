@@ -11,8 +11,9 @@ for one client; on a 1 ms loopback origin 2 requests keep up.
 That hides the latency of a stream at one request's throughput. A client that takes bytes
 faster than that still reaches a slice with no byte yet although the window covered it:
 the response then adds a lane (``lanes``: the product is taken once per lane), so a single
-cold client grows towards the origin's aggregate capacity, one lane per starved slice. A
-client slower than the origin never starves, and keeps one lane. Bounds:
+cold client grows towards the origin's aggregate capacity, one lane per starved slice; it
+drops one for each slice it finds complete (a client slower than the origin), so the
+window holds no more bytes for a slow client than one lane needs. Bounds:
 
 * ``cap`` (``MAX_CONCURRENT_SUBREQUESTS``): at most this many requests per response, and
   the guess while nothing is measured yet;

@@ -206,14 +206,7 @@ class SliceEngine:
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1, True)
                 claim = claims.pop(index)
-                if (
-                    claim.fill is not None
-                    and claim.fill.filled == 0
-                    and not claim.fill.done
-                    and index - indexes.start >= window
-                    and lanes < self.lookahead
-                ):
-                    lanes += 1  # claimed a window ago and still no byte: the origin is behind
+                lanes = self._lanes_after(claim, lanes, index - indexes.start >= window)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 while True:
                     done = gone = False
@@ -238,6 +231,20 @@ class SliceEngine:
             if fetching:
                 self.fetching -= 1
             self.readers.ended(entry_key, version_prefix)
+
+    def _lanes_after(self, claim: SliceClaim, lanes: int, covered: bool) -> int:
+        """The lanes a response wants after reaching a slice it claimed ``covered`` (a
+        whole window ago): one more when that slice has no byte yet (the origin is behind
+        this client), one fewer when it is complete (the client is behind the origin, and
+        a wider window would only hold more bytes for it)."""
+        fill = claim.fill
+        if fill is None or not covered:
+            return lanes
+        if fill.filled == 0 and not fill.done:
+            return min(lanes + 1, self.lookahead)
+        if fill.done:
+            return max(lanes - 1, 1)
+        return lanes
 
     def lookahead_window(self, lanes: int = 1) -> int:
         """Slices a response keeps in flight ahead of the one it sends, now."""

@@ -203,14 +203,21 @@ class Settings(BaseSettings):
         description="Bytes per slice, from 64 KiB to 64 MiB.",
     )
     max_concurrent_subrequests: int = Field(
-        default=4, ge=1, le=64, description="Slices fetched ahead of one client at once."
+        default=8,
+        ge=1,
+        le=64,
+        description="At most this many Range requests in flight ahead of one client. How "
+        "many it takes is measured: the origin's first-byte latency x per-request "
+        "throughput / SLICE_SIZE + 1 (its bandwidth-delay product), once more for each "
+        "slice a client had to wait for (once less for each it found complete), within a "
+        "share of MAX_IN_FLIGHT_BYTES; this cap until the origin was measured.",
     )
     slices_per_subrequest: int = Field(
         default=4,
         ge=1,
         le=64,
         description="Consecutive missing slices one Range request fetches (the origin's "
-        "first-byte latency is paid once per request); the lookahead is "
+        "first-byte latency is paid once per request); the lookahead is up to "
         "MAX_CONCURRENT_SUBREQUESTS such requests.",
     )
     max_retries: int = Field(

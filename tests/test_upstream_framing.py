@@ -91,3 +91,16 @@ def test_a_body_longer_than_announced_is_cut_and_the_connection_dropped() -> Non
     bodies, connections = asyncio.run(run())
     assert bodies == [b"0123456789", b"0123456789"]
     assert connections == 2
+
+
+def test_body_reads_are_handed_on_without_a_copy_up_to_the_last_byte() -> None:
+    # The middle of a body and its last read (which ends exactly at the announced length,
+    # the usual case for a slice's Range) are passed on as received: copying the last read
+    # cost a copy of 1/16 of every byte of a miss (one 256 KiB read per 4 MiB request).
+    framing = _Framing(with_body=True)
+    framing.admit(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\n")
+    middle, last = b"0123", b"456789"
+    assert framing.admit(middle) is middle
+    assert framing.admit(last) is last
+    assert framing.done and not framing.cut
+    assert framing.admit(b"x") == b"" and framing.cut

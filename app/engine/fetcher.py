@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import httpx
 from app.edge.headers import Headers
 from app.engine.classify import Answer, Invalid, Mismatch, Sliceable, WholeBody, classify
 from app.engine.fills import FetchHold, SliceFill
+from app.engine.lookahead import OriginPace
 from app.engine.objectmeta import ObjectMeta
 from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
@@ -110,6 +112,8 @@ class SliceFetcher:
     keep: Callable[[SliceFill, bool, int], Awaitable[None]]
     # The origin answered a slice's Range with the whole object (the first slice's key).
     ranges_ignored: Callable[[str], None]
+    # Told each request's first-byte latency and body throughput (sizes the lookahead).
+    pace: OriginPace | None = None
 
     async def fetch(
         self,
@@ -143,16 +147,24 @@ class SliceFetcher:
             try:
                 response = hold.response
                 skip = 0  # bytes before ``first`` in an answer that ignored the Range
+                measured = False  # a request of our own: its latency and rate are the origin's
                 if response is None:
                     headers = slice_request_headers(request_headers, first, last, meta.etag)
                     epoch = self.store_epoch()
+                    sent = time.monotonic()
                     response = hold.response = await self.upstream.send("GET", target, headers)
+                    measured = self.pace is not None
+                    if self.pace is not None:
+                        self.pace.saw_latency(time.monotonic() - sent)
                     skip = check_slice_response(response, first, last, meta)
                     if skip or (response.status_code == 200 and not meta.whole):
                         self.ranges_ignored(fills[0].key)
                 wanted = last - first + 1  # what this answer may still give us
+                body_started = time.monotonic()
+                received = 0
                 async for chunk in response.aiter_raw():
                     self.counters.upstream_bytes += len(chunk)
+                    received += len(chunk)
                     view = memoryview(chunk)
                     if skip:
                         count = min(skip, len(view))
@@ -186,6 +198,8 @@ class SliceFetcher:
                             current = min(current + 1, len(fills) - 1)
                     if fills[-1].done and response.status_code == 200:
                         break
+                if measured and self.pace is not None:
+                    self.pace.saw_transfer(received, time.monotonic() - body_started)
                 if not fills[-1].done:
                     got = sum(fill.filled for fill in fills)
                     total = sum(fill.length for fill in fills)

@@ -11,10 +11,11 @@ they hold :mod:`app.engine.inflight`, who reads which version :mod:`app.engine.r
 A validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
 two versions are never spliced into one response.
 
-Length (~450 lines): the window of a response (stream, claim) and the start and outcome of
+Length (~480 lines): the window of a response (stream, claim) and the start and outcome of
 its fetch tasks share one state, the claims of a response and the fills they join; the
-fetch, the registry of fills and the readers' bookkeeping are already split out. Lines
-that another branch rewrites (slice-key helpers) stay here until that merge.
+fetch, the registry of fills, the readers' bookkeeping and the window's size
+(:mod:`app.engine.lookahead`) are already split out. Lines that another branch rewrites
+(slice-key helpers) stay here until that merge.
 
 The engine never calls the object directory: what it reports (an origin that ignores
 Range, an object that changed) goes to the two callbacks it was given, and its public
@@ -44,6 +45,7 @@ from app.engine.fills import (
     SliceGone,
 )
 from app.engine.inflight import InFlight
+from app.engine.lookahead import OriginPace, lookahead_slices
 from app.engine.objectmeta import ObjectMeta
 from app.engine.readers import Readers
 from app.engine.slices import clip, slice_bounds, slices_for_range
@@ -64,6 +66,8 @@ class SliceEngine:
     upstream: UpstreamClient
     store: CacheFront | None
     slice_size: int
+    # At most this many Range requests in flight per response (MAX_CONCURRENT_SUBREQUESTS);
+    # how many it really takes follows the origin's pace (app/engine/lookahead.py).
     lookahead: int
     max_retries: int
     budget: ByteBudget
@@ -78,6 +82,8 @@ class SliceEngine:
     # that version: the directory forgets the object unless it already holds a newer one.
     on_object_changed: Callable[[str, str], Awaitable[object]] | None = None
     counters: EngineCounters = field(default_factory=EngineCounters)
+    # The origin's first-byte latency and per-request throughput, as slice fetches see them.
+    pace: OriginPace = field(default_factory=OriginPace)
     inflight: InFlight = field(init=False)
     readers: Readers = field(init=False)
     fetcher: SliceFetcher = field(init=False)
@@ -98,7 +104,10 @@ class SliceEngine:
             self.store_epoch,
             self._keep,
             self._ranges_ignored,
+            self.pace,
         )
+        # Responses reading slices from origin fetches now: they share the byte budget.
+        self.fetching = 0
 
     @property
     def fills(self) -> dict[str, SliceFill]:
@@ -161,17 +170,13 @@ class SliceEngine:
         if first_fill is not None and indexes.start == 0 and first_fill.error is None:
             first_fill.readers += 1
             claims[0] = SliceClaim(fill=first_fill)
-        # Read-ahead per response: the lookahead, but never more than a quarter of the
-        # budget, so that a few clients that stop reading cannot hold all of it.
-        window = max(
-            1,
-            min(self.lookahead * self.run_length, self.budget.capacity // (4 * self.slice_size)),
-        )
-        run_length = min(self.run_length, window)
         scheduled = indexes.start
         version_prefix = self.readers.started(entry_key, meta.version)
+        fetching = False  # counted in ``self.fetching``
+        lanes = 1  # one more each time the window did not cover a slice (lookahead.py)
 
         async def claim_from(index: int, most: int, urgent: bool) -> None:
+            nonlocal fetching
             # A run never reaches into slices this response already holds.
             limit = 1
             while limit < most and index + limit < indexes.stop and index + limit not in claims:
@@ -181,6 +186,9 @@ class SliceEngine:
             )
             for offset, claim in enumerate(got):
                 claims[index + offset] = claim
+            if not fetching and any(claim.fill is not None for claim in got):
+                fetching = True
+                self.fetching += 1
 
         async def schedule(index: int, reach: int) -> None:
             nonlocal scheduled
@@ -196,10 +204,16 @@ class SliceEngine:
         ahead_pending = True
         try:
             for index in indexes:
+                # Read-ahead per response, from the origin's pace, re-read as it changes;
+                # never more than a share of the budget, so that a few clients that stop
+                # reading cannot hold all of it.
+                window = self.lookahead_window(lanes)
+                run_length = min(self.run_length, window)
                 await schedule(index, 1 if ahead_pending else window)
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1, True)
                 claim = claims.pop(index)
+                lanes = self._lanes_after(claim, lanes, index - indexes.start >= window)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 while True:
                     done = gone = False
@@ -224,7 +238,36 @@ class SliceEngine:
             # Claims still held here were never read: the response ended early.
             for claim in claims.values():
                 claim.release(abandon=True)
+            if fetching:
+                self.fetching -= 1
             self.readers.ended(entry_key, version_prefix)
+
+    def _lanes_after(self, claim: SliceClaim, lanes: int, covered: bool) -> int:
+        """The lanes a response wants after reaching a slice it claimed ``covered`` (a
+        whole window ago): one more when that slice has no byte yet (the origin is behind
+        this client), one fewer when it is complete (the client is behind the origin, and
+        a wider window would only hold more bytes for it)."""
+        fill = claim.fill
+        if fill is None or not covered:
+            return lanes
+        if fill.filled == 0 and not fill.done:
+            return min(lanes + 1, self.lookahead)
+        if fill.done:
+            return max(lanes - 1, 1)
+        return lanes
+
+    def lookahead_window(self, lanes: int = 1) -> int:
+        """Slices a response keeps in flight ahead of the one it sends, now."""
+        return lookahead_slices(
+            self.pace.latency,
+            self.pace.throughput,
+            slice_size=self.slice_size,
+            run_length=self.run_length,
+            cap=self.lookahead,
+            budget=self.budget.capacity,
+            responses=self.fetching,
+            lanes=lanes,
+        )
 
     def _cached(self, entry_key: str, meta: ObjectMeta, index: int) -> bool:
         """Held by a tier or the recent buffer (an index lookup: no bytes are read)."""

@@ -84,10 +84,15 @@ class _AiohttpBody(httpx.AsyncByteStream):
         content = self._response.content
         with _httpx_errors(self._request):
             while True:
-                chunk = await content.readany()
-                if not chunk:
+                # One buffered socket read at a time, as received: readany() joins every
+                # chunk buffered so far, a copy of each byte of a miss before the slice
+                # buffer copies it once more. (b"", True) marks a chunked-encoding chunk
+                # boundary, not the end.
+                chunk, _ = await content.readchunk()
+                if chunk:
+                    yield chunk
+                elif content.at_eof():
                     return
-                yield chunk
 
     async def aclose(self) -> None:
         # release() keeps a fully read connection in the pool; close() drops one that was

@@ -35,9 +35,10 @@ class _Framing:
         """The part of ``data`` that belongs to the response; the rest is dropped."""
         if self.off:
             return data
-        if self.remaining is not None and len(data) < self.remaining:
-            # The body's middle, the hot path of a large download: no copy.
+        if self.remaining is not None and 0 < len(data) <= self.remaining:
+            # The body's middle or its last read, the hot path of a large download: no copy.
             self.remaining -= len(data)
+            self.done = self.remaining == 0
             return data
         if self.done:
             self.cut = self.cut or bool(data)

@@ -130,9 +130,20 @@ SLICE = 64 * 1024
 SLICES = 24
 
 
+class _FixedPace(OriginPace):
+    """The pace a test sets: the first slice's instant answer does not move it."""
+
+    def saw_latency(self, seconds: float) -> None:
+        pass
+
+    def saw_transfer(self, nbytes: int, seconds: float) -> None:
+        pass
+
+
 class _HeldOrigin:
-    """Answers each slice Range with a correct 206 whose body never comes: the requests
-    a response starts stay in flight, and are counted."""
+    """Answers each slice Range with a correct 206 whose body never comes, except the
+    first slice's (the read-ahead starts once the response's first bytes are out): the
+    requests a response starts after it stay in flight, and are counted."""
 
     def __init__(self, meta: ObjectMeta) -> None:
         self.meta = meta
@@ -145,6 +156,9 @@ class _HeldOrigin:
 
         class Never(httpx.AsyncByteStream):
             async def __aiter__(self) -> AsyncIterator[bytes]:
+                if first == 0:
+                    yield bytes(last - first + 1)
+                    return
                 await asyncio.Event().wait()
                 yield b""
 
@@ -179,11 +193,12 @@ async def _requests_in_flight(pace: OriginPace, cap: int, responses: int = 1) ->
 
     task = asyncio.create_task(read())
     try:
-        # The window is claimed before the first byte is awaited; each claim's task sends.
-        await async_wait_for(lambda: origin.ranges, "the first slice request")
+        # The window is claimed once the first slice's bytes are out; each claim's task
+        # sends. The first slice's request is done: it is not in flight.
+        await async_wait_for(lambda: len(origin.ranges) > 1, "the read-ahead")
         for _ in range(50):
             await asyncio.sleep(0)
-        return len(origin.ranges)
+        return len(origin.ranges) - 1
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -195,17 +210,17 @@ async def test_requests_in_flight_follow_the_origins_latency() -> None:
     # 10 MB/s per request, 64 KiB slices: 1 ms of latency is 0.15 slices in flight (2
     # requests), 10 ms 1.5 (3), 100 ms 15 (16, over the cap of 8); nothing measured: the cap.
     def pace(latency: float) -> OriginPace:
-        return OriginPace(latency=latency, throughput=10e6)
+        return _FixedPace(latency=latency, throughput=10e6)
 
     assert await _requests_in_flight(pace(0.001), cap=8) == 2
     assert await _requests_in_flight(pace(0.01), cap=8) == 3
     assert await _requests_in_flight(pace(0.1), cap=8) == 8
-    assert await _requests_in_flight(OriginPace(), cap=5) == 5
+    assert await _requests_in_flight(_FixedPace(), cap=5) == 5
 
 
 async def test_many_fetching_responses_share_the_budget() -> None:
     # 256 MiB / 1024 responses = 256 KiB each: 4 slices of 64 KiB, whatever the latency.
-    slow = OriginPace(latency=1.0, throughput=10e6)
+    slow = _FixedPace(latency=1.0, throughput=10e6)
     assert await _requests_in_flight(slow, cap=64, responses=1024) == 4
 
 

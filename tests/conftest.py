@@ -37,13 +37,28 @@ def origin() -> Iterator[Origin]:
         yield Origin(app, url)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with ``BOTH_PATHS = True`` runs each proxy test twice: with the protocol's
+    fast path for plain fresh hits (app/fasthit.py) and without it (every request through
+    the ASGI app), so both paths answer the same tests (issue 16)."""
+    if getattr(metafunc.module, "BOTH_PATHS", False) and "fast_path" in metafunc.fixturenames:
+        metafunc.parametrize("fast_path", [True, False], ids=["fast", "slow"])
+
+
 @pytest.fixture
-def proxy(origin: Origin) -> ProxyFactory:
+def fast_path() -> bool:
+    """SLICECACHE_FAST_PATH for the ``proxy`` factory (its default: on)."""
+    return True
+
+
+@pytest.fixture
+def proxy(origin: Origin, fast_path: bool) -> ProxyFactory:
     """``with proxy(slice_size=...) as url:`` runs a proxy in front of the demo origin."""
 
     @contextmanager
     def start(*, http_protocol: type = HttpProtocol, **overrides: Any) -> Iterator[str]:
         overrides.setdefault("upstream_address", origin.url)
+        overrides.setdefault("fast_path", fast_path)
         settings = Settings(**overrides)
         app = create_app(settings, configure_logs=False)
         # As the console script runs it: the app writes Date, the TCP peer is the client.

@@ -222,6 +222,12 @@ class Metrics:
             ["status_class"],
             registry=r,
         )
+        self.fast_path_hits = Counter(
+            "slicecache_fast_path_hits",
+            "Fresh hits answered by the protocol's fast path (app/fasthit.py); they are "
+            "counted in slicecache_requests_total too",
+            registry=r,
+        )
         r.register(_RuntimeCollector(self))
         # Label children resolved once, not per request: labels() builds and looks up a
         # tuple under a lock every time. Keys are bounded (methods, status classes and

@@ -28,7 +28,7 @@ from app.edge.clientaddr import TrustedProxies
 from app.edge.headers import parse_host
 from app.engine.objectmeta import ObjectMeta, ReplayBlock
 from app.httpcache.cache_status import CacheStatus, append_cache_status
-from app.httpcache.freshness import Outcome, decide_prepared
+from app.httpcache.freshness import fresh_ttl
 from app.ops.accesslog import _request_id, access_line, http_date_now
 from cache import keys
 
@@ -58,6 +58,7 @@ FRAMING = frozenset({b"connection", b"transfer-encoding", b"content-length"})
 # path would fail such a response, so the fast path does not write it either.
 BAD_VALUE_BYTES = frozenset(range(0x00, 0x09)) | frozenset(range(0x0A, 0x20)) | {0x7F}
 PREFIXES_KEPT = 4096  # prepared head prefixes, one per stored response in use
+ROUTES_KEPT = 4096  # (Host, URL) pairs whose object key is remembered
 
 
 class FastHits:
@@ -80,6 +81,10 @@ class FastHits:
         self.enabled = settings.fast_path and not settings.admin_port
         # entry key -> (the block it was made from, its encoded fields, has Date)
         self._prefixes: dict[str, tuple[ReplayBlock, bytes, bool]] = {}
+        # entry key -> (block, age, ttl, the fields from Age to X-Cache-Slices)
+        self._middles: dict[str, tuple[ReplayBlock, int, int, bytes]] = {}
+        # (Host, URL) -> (object key, raw path, query): see _route
+        self._routes: dict[tuple[bytes, bytes], tuple[str, bytes, bytes]] = {}
 
     def __call__(
         self,
@@ -114,22 +119,14 @@ class FastHits:
                     return None  # two Host fields: the normal path's 400
                 host = value
             field_bytes += len(name) + len(value) + 4
-        settings = runtime.settings
-        if host is None or field_bytes > settings.max_header_bytes:
+        if host is None or field_bytes > runtime.settings.max_header_bytes:
             return None
-        host_text = host.decode("latin-1")
-        if parse_host(host_text) is None:
-            return None
-        parsed = httptools.parse_url(url)  # as uvicorn splits it
-        raw_path: bytes = parsed.path
-        query: bytes = parsed.query or b""
-        if len(raw_path) + len(query) > settings.max_request_target_bytes:
-            return None
-        path = raw_path.decode("latin-1")
-        target = path + "?" + query.decode("latin-1") if query else path
-        if runtime.slice_patterns and not any(p.search(path) for p in runtime.slice_patterns):
-            return None
-        object_key = runtime.key_for(host_text, path, target)
+        route = self._routes.get((host, url))
+        if route is None:
+            route = self._route(host, url)
+            if route is None:
+                return None
+        object_key, raw_path, query = route
         records = directory.records
         if records.is_unsliceable(object_key):
             return None
@@ -141,9 +138,10 @@ class FastHits:
         if size <= 0 or size > engine.slice_size:
             return None  # one whole slice only
         now = time.time()
-        decision = decide_prepared(meta.freshness(directory.policy), [], now)
-        if decision.outcome is not Outcome.FRESH:
-            return None
+        prepared = meta.freshness(directory.policy)
+        ttl = fresh_ttl(prepared, now)
+        if ttl is None:
+            return None  # stale, or no-cache: decide_prepared would not answer FRESH
         slice_key = keys.slice_key(object_key, meta.version, 0)
         store = runtime.store
         l1 = None if store is None else store.l1
@@ -175,17 +173,42 @@ class FastHits:
                 client,
                 keep_alive,
                 default_headers,
+                object_key,
                 meta,
                 fields,
                 dated,
-                decision.ttl,
-                decision.lifetime.source == "default",
+                ttl,
+                prepared.lifetime.source == "default",
                 body,
                 now,
                 started,
             )
         finally:
             runtime.lifecycle.request_finished()
+
+    def _route(self, host: bytes, url: bytes) -> tuple[str, bytes, bytes] | None:
+        """(object key, raw path, query) of a proxied target, as the normal path makes
+        them; None where the normal path would refuse or not slice it. Remembered: a
+        pure function of the two while the settings stand."""
+        runtime = self.runtime
+        settings = runtime.settings
+        host_text = host.decode("latin-1")
+        if parse_host(host_text) is None:
+            return None
+        parsed = httptools.parse_url(url)  # as uvicorn splits it
+        raw_path: bytes = parsed.path
+        query: bytes = parsed.query or b""
+        if len(raw_path) + len(query) > settings.max_request_target_bytes:
+            return None
+        path = raw_path.decode("latin-1")
+        target = path + "?" + query.decode("latin-1") if query else path
+        if runtime.slice_patterns and not any(p.search(path) for p in runtime.slice_patterns):
+            return None
+        route = (runtime.key_for(host_text, path, target), raw_path, query)
+        if len(self._routes) >= ROUTES_KEPT:
+            self._routes.clear()
+        self._routes[(host, url)] = route
+        return route
 
     def _prefix(self, entry_key: str, meta: ObjectMeta) -> tuple[bytes, bool] | None:
         """The replayed fields of ``meta`` as uvicorn writes them, encoded once."""
@@ -217,6 +240,7 @@ class FastHits:
         client: tuple[str, int] | None,
         keep_alive: bool,
         default_headers: list[tuple[bytes, bytes]],
+        entry_key: str,
         meta: ObjectMeta,
         fields: bytes,
         dated: bool,
@@ -229,24 +253,22 @@ class FastHits:
         # What sliced._answer sends for a fresh one-slice hit, then what the access-log
         # middleware adds (X-Request-Id, a Date if none), as uvicorn writes the head.
         block = meta.replay()
-        status = CacheStatus.fresh_hit(ttl, "default-ttl" if by_operator else None)
-        cache_status = append_cache_status(block.upstream_cache_status, status.header_value())
-        size = meta.size
+        age = block.age.at(now)
+        kept = self._middles.get(entry_key)
+        if kept is not None and kept[0] is block and kept[1] == age and kept[2] == ttl:
+            middle = kept[3]
+        else:
+            middle = self._middle(meta, block, age, ttl, by_operator)
+            if len(self._middles) >= PREFIXES_KEPT:
+                self._middles.clear()
+            self._middles[entry_key] = (block, age, ttl, middle)
         request_id = _request_id({"headers": headers})
         parts = [b"HTTP/1.1 200 OK\r\n"]
         for name, value in default_headers:
-            parts.append(name + b": " + value + b"\r\n")
+            parts.append(name.lower() + b": " + value + b"\r\n")
         parts.append(fields)
-        parts.append(
-            b"age: %d\r\naccept-ranges: bytes\r\ncache-status: %s\r\ncontent-length: %d\r\n"
-            b"x-cache: HIT\r\nx-cache-slices: hit=1, miss=0\r\nx-request-id: %s\r\n"
-            % (
-                block.age.at(now),
-                cache_status.encode("latin-1"),
-                size,
-                request_id.encode("latin-1"),
-            )
-        )
+        parts.append(middle)
+        parts.append(b"x-request-id: " + request_id.encode("latin-1") + b"\r\n")
         if not dated:
             parts.append(b"date: " + http_date_now() + b"\r\n")
         if not keep_alive:
@@ -257,11 +279,9 @@ class FastHits:
             parts.append(body)
         response = b"".join(parts)
 
-        sent = 0 if head else size
+        sent = 0 if head else meta.size
         duration = time.perf_counter() - started
-        metrics = self.runtime.metrics
-        metrics.observe_request(method, 200, "HIT", sent, duration, (1, 0))
-        metrics.fast_path_hits.inc()
+        self.runtime.metrics.observe_fast_hit(method, sent, duration)
         rate = self.sample_rate
         if rate >= 1.0 or random.random() < rate:
             line = access_line(
@@ -281,3 +301,16 @@ class FastHits:
             )
             (self.stream or sys.stdout).write(line)
         return response
+
+    @staticmethod
+    def _middle(
+        meta: ObjectMeta, block: ReplayBlock, age: int, ttl: int, by_operator: bool
+    ) -> bytes:
+        """Age to X-Cache-Slices: what changes once a second (Age, the TTL)."""
+        status = CacheStatus.fresh_hit(ttl, "default-ttl" if by_operator else None)
+        cache_status = append_cache_status(block.upstream_cache_status, status.header_value())
+        return (
+            b"age: %d\r\naccept-ranges: bytes\r\ncache-status: %s\r\ncontent-length: %d\r\n"
+            b"x-cache: HIT\r\nx-cache-slices: hit=1, miss=0\r\n"
+            % (age, cache_status.encode("latin-1"), meta.size)
+        )

@@ -19,12 +19,18 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import hypothesis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.edge.httpserver import HttpProtocol
+from app.httpcache.freshness import FreshnessPolicy, Outcome, decide_prepared, fresh_ttl
 from app.main import create_app
 from settings import Settings
 from tests.conftest import Origin
 from tests.servers import run_asgi_in_thread
+from tests.test_hotpath import _meta
+from tests.test_httpcache_properties import _POLICY, _RESPONSE_HEADERS, _STATUS, T0
 
 TOKEN = "fast-path-token"
 
@@ -93,7 +99,9 @@ def masked(response: bytes) -> bytes:
 
 
 def fast_hits(app: Any) -> float:
-    value: float = app.state.runtime.metrics.fast_path_hits._value.get()
+    metrics = app.state.runtime.metrics
+    metrics.flush()
+    value: float = metrics.fast_path_hits._value.get()
     return value
 
 
@@ -243,3 +251,16 @@ def test_the_setting_turns_it_off(origin: Origin) -> None:
         httpx.get(url + "/files/4k-off")
         (hit,), _ = exchange(url, request("/files/4k-off"))
         assert b"x-cache: HIT" in hit and fast_hits(app) == 0
+
+
+@hypothesis.settings(max_examples=300)
+@given(_RESPONSE_HEADERS, _STATUS, _POLICY, st.lists(st.floats(0, 10**6), min_size=1, max_size=4))
+def test_fresh_ttl_is_what_decide_answers_a_request_without_directives(
+    headers: list[tuple[str, str]], status: int, policy: FreshnessPolicy, laters: list[float]
+) -> None:
+    meta = _meta(headers, status)
+    for later in laters:
+        now = T0 + later
+        decision = decide_prepared(meta.freshness(policy), [], now)
+        expected = decision.ttl if decision.outcome is Outcome.FRESH else None
+        assert fresh_ttl(meta.freshness(policy), now) == expected

@@ -157,12 +157,14 @@ class FastHits:
         if prefix is None:
             return None
         fields, dated = prefix
-        body = l1.get_slice_now(slice_key)
-        if body is None:
-            return None
-        store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts an L1 hit
-        if len(body) != size:
-            return None  # the normal path refetches it
+        body: Any = b""
+        if method == "GET":  # a HEAD reads no slice on the normal path either
+            body = l1.get_slice_now(slice_key)
+            if body is None:
+                return None
+            store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts it
+            if len(body) != size:
+                return None  # the normal path refetches it
         runtime.lifecycle.request_started()
         try:
             return self._answer(

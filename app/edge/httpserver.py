@@ -31,6 +31,11 @@ answer instead of a reset; then the connection is closed.
   one), until the final response starts. A ``status`` (102 or 103) and a ``headers`` list in
   the message (app.edge.interim) are written as is, else a 103 with one Link field per ``links``.
 
+- **Fast path** (``SLICECACHE_FAST_PATH``): a completed bodiless head on an otherwise idle
+  connection is first offered to the app's ``fast_hit`` (app/fasthit.py); a plain fresh
+  hit comes back as the whole response, written at once, and no ASGI cycle is made for
+  it. Everything else (and anything while a response runs or waits) goes the usual way.
+
 The app writes Date (the origin's on relayed and cached responses), so uvicorn's own Date
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import httptools
 
+from app.edge import ranges
 from app.edge.clientaddr import TrustedProxies
 from app.edge.headers import parse_host
 from app.engine.objectmeta import ObjectMeta, ReplayBlock
@@ -53,7 +54,7 @@ HARMLESS = frozenset(
 )
 # Stored fields that uvicorn would act on when writing the head: never in a replayed
 # block (hop-by-hop and framing fields are not stored), declined if they ever are.
-FRAMING = frozenset({b"connection", b"transfer-encoding", b"content-length"})
+FRAMING = frozenset({b"connection", b"transfer-encoding", b"content-length", b"content-range"})
 # uvicorn refuses to write these bytes in a field value (HEADER_VALUE_RE): the normal
 # path would fail such a response, so the fast path does not write it either.
 BAD_VALUE_BYTES = frozenset(range(0x00, 0x09)) | frozenset(range(0x0A, 0x20)) | {0x7F}
@@ -110,11 +111,14 @@ class FastHits:
         ):
             return None
         host: bytes | None = None
+        range_field: bytes | None = None
         field_bytes = 0
         for name, value in headers:
             if name not in HARMLESS:
-                return None
-            if name == b"host":
+                if name != b"range" or range_field is not None:
+                    return None
+                range_field = value
+            elif name == b"host":
                 if host is not None:
                     return None  # two Host fields: the normal path's 400
                 host = value
@@ -153,6 +157,15 @@ class FastHits:
             or not l1.contains_slice(slice_key)
         ):
             return None
+        span: ranges.ByteRange | None = None
+        if range_field is not None:
+            decision = ranges.parse_range_header(range_field.decode("latin-1"), size)
+            if decision.outcome is ranges.RangeOutcome.PARTIAL:
+                if len(decision.ranges) != 1:
+                    return None  # multipart: the normal path
+                span = decision.ranges[0]
+            elif decision.outcome is not ranges.RangeOutcome.FULL:
+                return None  # 416: the normal path
         prefix = self._prefix(object_key, meta)
         if prefix is None:
             return None
@@ -165,6 +178,8 @@ class FastHits:
             store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts it
             if len(body) != size:
                 return None  # the normal path refetches it
+            if span is not None:
+                body = memoryview(body)[span.first : span.last + 1]
         runtime.lifecycle.request_started()
         try:
             return self._answer(
@@ -181,6 +196,7 @@ class FastHits:
                 dated,
                 ttl,
                 prepared.lifetime.source == "default",
+                span,
                 body,
                 now,
                 started,
@@ -248,6 +264,7 @@ class FastHits:
         dated: bool,
         ttl: int,
         by_operator: bool,
+        span: ranges.ByteRange | None,
         body: Any,
         now: float,
         started: float,
@@ -265,11 +282,22 @@ class FastHits:
                 self._middles.clear()
             self._middles[entry_key] = (block, age, ttl, middle)
         request_id = _request_id({"headers": headers})
-        parts = [b"HTTP/1.1 200 OK\r\n"]
+        size = meta.size
+        if span is None:
+            status, length = 200, size
+            parts = [b"HTTP/1.1 200 OK\r\n"]
+        else:
+            status, length = 206, span.length
+            parts = [b"HTTP/1.1 206 Partial Content\r\n"]
         for name, value in default_headers:
             parts.append(name.lower() + b": " + value + b"\r\n")
         parts.append(fields)
         parts.append(middle)
+        if span is not None:
+            parts.append(b"content-range: bytes %d-%d/%d\r\n" % (span.first, span.last, size))
+        parts.append(
+            b"content-length: %d\r\nx-cache: HIT\r\nx-cache-slices: hit=1, miss=0\r\n" % length
+        )
         parts.append(b"x-request-id: " + request_id.encode("latin-1") + b"\r\n")
         if not dated:
             parts.append(b"date: " + http_date_now() + b"\r\n")
@@ -281,7 +309,7 @@ class FastHits:
             parts.append(body)
         response = b"".join(parts)
 
-        sent = 0 if head else meta.size
+        sent = 0 if head else length
         duration = time.perf_counter() - started
         self.runtime.metrics.observe_fast_hit(method, sent, duration)
         rate = self.sample_rate
@@ -291,7 +319,7 @@ class FastHits:
                 method,
                 raw_path.decode("latin-1"),
                 query.decode("latin-1"),
-                200,
+                status,
                 sent,
                 round(duration * 1000, 3),
                 0.0,
@@ -308,11 +336,10 @@ class FastHits:
     def _middle(
         meta: ObjectMeta, block: ReplayBlock, age: int, ttl: int, by_operator: bool
     ) -> bytes:
-        """Age to X-Cache-Slices: what changes once a second (Age, the TTL)."""
+        """Age to Cache-Status: what changes once a second (Age, the TTL)."""
         status = CacheStatus.fresh_hit(ttl, "default-ttl" if by_operator else None)
         cache_status = append_cache_status(block.upstream_cache_status, status.header_value())
-        return (
-            b"age: %d\r\naccept-ranges: bytes\r\ncache-status: %s\r\ncontent-length: %d\r\n"
-            b"x-cache: HIT\r\nx-cache-slices: hit=1, miss=0\r\n"
-            % (age, cache_status.encode("latin-1"), meta.size)
+        return b"age: %d\r\naccept-ranges: bytes\r\ncache-status: %s\r\n" % (
+            age,
+            cache_status.encode("latin-1"),
         )

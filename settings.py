@@ -334,6 +334,12 @@ class Settings(BaseSettings):
         description="Share of requests written to the access log: 1 = every one, 0 = none. "
         "5xx and aborted responses are always written; metrics count every request.",
     )
+    fast_path: bool = Field(
+        default=True,
+        description="Answer a plain fresh hit of a small object held whole in L1 from the "
+        "connection's protocol, without the ASGI request cycle (same bytes, log line and "
+        "metrics as the normal path); false sends every request the normal way.",
+    )
 
     @field_validator("upstream_address")
     @classmethod

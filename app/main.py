@@ -35,6 +35,7 @@ from app.engine.objects import ObjectDirectory
 from app.engine.pressure import PressureWatch
 from app.engine.sliced import serve_sliced
 from app.engine.slicer import SliceEngine
+from app.fasthit import FastHits
 from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.httpcache.targeted import targeted_fields
@@ -69,6 +70,8 @@ class Runtime:
     store: TieredStore | None = None
     directory: ObjectDirectory | None = None
     slice_patterns: list[re.Pattern[str]] = field(default_factory=list)
+    # The protocol's synchronous answer to a plain fresh hit (app/fasthit.py), or None.
+    fast_hit: FastHits | None = None
 
     def sliceable(self, ctx: RequestContext) -> bool:
         """GET/HEAD of a matching path, without a body or credentials, with caching on."""
@@ -86,14 +89,18 @@ class Runtime:
         target into a fragment and name victim's entry. ``ProxyEndpoint`` has refused
         every Host that is not ``uri-host[:port]`` before a key is asked for.
         """
+        return self.key_for(ctx.header("host"), ctx.path, ctx.target)
+
+    def key_for(self, host_field: str | None, path: str, target: str) -> str:
+        """:meth:`object_key` from the parts it reads (the fast path has no context)."""
         assert self.upstream is not None
         scheme, host, port = origin_parts(self.upstream.base_url)
-        if self.settings.preserve_host and (value := ctx.header("host")):
-            parsed = parse_host(value)
+        if self.settings.preserve_host and host_field:
+            parsed = parse_host(host_field)
             if parsed is not None:
                 host, port = parsed[0], parsed[1] or DEFAULT_PORTS[scheme]
-        path = ctx.path if ctx.path.startswith("/") else f"/{ctx.path}"
-        return f"{scheme}://{host}:{port}{path}{ctx.target[len(ctx.path) :]}"
+        rooted = path if path.startswith("/") else f"/{path}"
+        return f"{scheme}://{host}:{port}{rooted}{target[len(path) :]}"
 
     async def invalidate_after(self, ctx: RequestContext, answer: tuple[int, Headers]) -> None:
         """RFC 9111 4.4: a successful unsafe request invalidates what it may have changed."""
@@ -489,6 +496,8 @@ def create_app(
         handler=internal_error,
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")
+    if settings.fast_path:
+        runtime.fast_hit = FastHits(runtime, trusted, settings.access_log_sample_rate)
     return app
 
 

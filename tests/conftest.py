@@ -19,9 +19,10 @@ ProxyFactory = Callable[..., AbstractContextManager[str]]
 
 
 class Origin:
-    def __init__(self, app: OriginApp, url: str) -> None:
+    def __init__(self, app: OriginApp, url: str, fast_path: bool = True) -> None:
         self.app = app
         self.url = url
+        self.fast_path = fast_path
 
     def requests_for(self, path: str) -> list[dict[str, Any]]:
         return [entry for entry in self.app.log_entries() if entry["path"] == path]
@@ -30,11 +31,22 @@ class Origin:
         return sum(entry["bytes_sent"] for entry in self.requests_for(path))
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module with ``BOTH_PATHS = True`` runs each test that uses the demo origin twice:
+    with the protocol's fast path for plain fresh hits (app/fasthit.py) and without it
+    (every request through the ASGI app), so both paths answer the same tests (issue 16).
+    Each run has an origin of its own: tests count the origin's requests by path."""
+    if getattr(metafunc.module, "BOTH_PATHS", False) and "origin" in metafunc.fixturenames:
+        metafunc.parametrize("origin", [True, False], ids=["fast", "slow"], indirect=True)
+
+
 @pytest.fixture(scope="session")
-def origin() -> Iterator[Origin]:
+def origin(request: pytest.FixtureRequest) -> Iterator[Origin]:
+    """The demo origin; ``fast_path``: what the ``proxy`` factory in front of it sets
+    SLICECACHE_FAST_PATH to (see ``pytest_generate_tests``; by default on)."""
     app = create_origin_app()
     with run_asgi_in_thread(app) as url:
-        yield Origin(app, url)
+        yield Origin(app, url, getattr(request, "param", True))
 
 
 @pytest.fixture
@@ -44,6 +56,7 @@ def proxy(origin: Origin) -> ProxyFactory:
     @contextmanager
     def start(*, http_protocol: type = HttpProtocol, **overrides: Any) -> Iterator[str]:
         overrides.setdefault("upstream_address", origin.url)
+        overrides.setdefault("fast_path", origin.fast_path)
         settings = Settings(**overrides)
         app = create_app(settings, configure_logs=False)
         # As the console script runs it: the app writes Date, the TCP peer is the client.

@@ -427,12 +427,25 @@ def scripted() -> Iterator[tuple[ScriptedOrigin, str]]:
         yield app, url
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """This module's cases run twice: fast path on and off (see ``cache_url``)."""
+    if "cache_url" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "cache_url", [True, False], ids=["fast", "slow"], indirect=True, scope="module"
+        )
+
+
 @pytest.fixture(scope="module")
-def cache_url(scripted: tuple[ScriptedOrigin, str], clock: Clock) -> Iterator[str]:
+def cache_url(
+    scripted: tuple[ScriptedOrigin, str], clock: Clock, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """One slicecache in front of the scripted origin for the whole module, as the suite
     runs every test against one cache (each test has URLs of its own). It is started the
-    way tests/conftest.py's ``proxy`` factory starts one, after the clock is in place."""
-    settings = Settings(upstream_address=scripted[1])
+    way tests/conftest.py's ``proxy`` factory starts one, after the clock is in place.
+    This module's cases run twice: with the protocol's fast path for plain fresh hits and
+    without it (``fast_path``, app/fasthit.py), so both paths pass the same cases; other
+    modules that borrow the fixture get the default (on)."""
+    settings = Settings(upstream_address=scripted[1], fast_path=getattr(request, "param", True))
     app = create_app(settings, configure_logs=False)
     # The project's own HTTP protocol class, as the CLI runs it (app/ops/cli.py).
     with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:

@@ -40,6 +40,10 @@ from tests.test_httpcache_properties import (
     T0,
 )
 
+# Every proxy test runs with the protocol's fast path for plain fresh hits and without
+# it (tests/conftest.py, app/fasthit.py): both paths answer the same tests.
+BOTH_PATHS = True
+
 H = list[tuple[str, str]]
 
 _EXTRA = st.lists(

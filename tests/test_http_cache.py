@@ -15,6 +15,10 @@ from bench.origin import etag_for, expected_bytes, expected_sha256
 from tests.conftest import Origin, ProxyFactory, sha256
 from tests.waiting import wait_for
 
+# Every proxy test runs with the protocol's fast path for plain fresh hits and without
+# it (tests/conftest.py, app/fasthit.py): both paths answer the same tests.
+BOTH_PATHS = True
+
 SLICE = 64 * 1024
 CacheProxy = Callable[..., AbstractContextManager[str]]
 

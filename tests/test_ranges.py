@@ -29,6 +29,10 @@ from app.edge.ranges import (
 )
 from app.httpcache.dates import parse_http_date
 
+# Every proxy test runs with the protocol's fast path for plain fresh hits and without
+# it (tests/conftest.py, app/fasthit.py): both paths answer the same tests.
+BOTH_PATHS = True
+
 FULL = RangeOutcome.FULL
 PARTIAL = RangeOutcome.PARTIAL
 UNSAT = RangeOutcome.UNSATISFIABLE

@@ -14,6 +14,10 @@ from tests.conftest import Origin, ProxyFactory, sha256
 from tests.servers import run_asgi_in_thread
 from tests.waiting import wait_for, wait_until_held
 
+# Every proxy test runs with the protocol's fast path for plain fresh hits and without
+# it (tests/conftest.py, app/fasthit.py): both paths answer the same tests.
+BOTH_PATHS = True
+
 SLICE = 64 * 1024
 
 

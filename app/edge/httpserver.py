@@ -31,6 +31,11 @@ answer instead of a reset; then the connection is closed.
   one), until the final response starts. A ``status`` (102 or 103) and a ``headers`` list in
   the message (app.edge.interim) are written as is, else a 103 with one Link field per ``links``.
 
+- **Fast path** (``SLICECACHE_FAST_PATH``): a completed bodiless head on an otherwise idle
+  connection is first offered to the app's ``fast_hit`` (app/fasthit.py); a plain fresh
+  hit comes back as the whole response, written at once, and no ASGI cycle is made for
+  it. Everything else (and anything while a response runs or waits) goes the usual way.
+
 The app writes Date (the origin's on relayed and cached responses), so uvicorn's own Date
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
@@ -41,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 from uvicorn.config import Config
@@ -87,8 +92,8 @@ class EdgeLimits:
         return self.max_target_bytes + self.max_header_bytes + REQUEST_LINE_SLACK
 
 
-def limits_of(config: Config) -> EdgeLimits:
-    """The limits of the app being served (``create_app`` puts its settings on the app).
+def runtime_of(config: Config) -> Any:
+    """The runtime of the app being served (``create_app`` puts it on the app), or None.
 
     Under ``uvicorn app.main:app`` ``config.app`` is the import string: the app object is
     ``config.loaded_app``, possibly inside uvicorn's wrappers (each keeps it as ``.app``).
@@ -97,8 +102,12 @@ def limits_of(config: Config) -> EdgeLimits:
     while not hasattr(app, "state") and hasattr(app, "app"):
         app = app.app
     state = getattr(app, "state", None)
-    runtime = getattr(state, "runtime", None)
-    settings = getattr(runtime, "settings", None)
+    return getattr(state, "runtime", None)
+
+
+def limits_of(config: Config) -> EdgeLimits:
+    """The limits of the app being served (``create_app`` puts its settings on the app)."""
+    settings = getattr(runtime_of(config), "settings", None)
     if settings is None:
         return EdgeLimits()
     return EdgeLimits(
@@ -144,6 +153,20 @@ def oldest_waiting_for_head(connections: Any, newcomer: object) -> Any:
     return oldest
 
 
+class FastHit(Protocol):
+    """The app's synchronous answer to a plain fresh hit (app/fasthit.py), or None."""
+
+    def __call__(
+        self,
+        method: str,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        keep_alive: bool,
+        default_headers: list[tuple[bytes, bytes]],
+    ) -> bytes | None: ...
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop the parser at once."""
 
@@ -172,6 +195,13 @@ class HttpProtocol(HttpToolsProtocol):
         self._pending_body: str | None = None
         self._lingering = False
         self._discarded = 0
+        # app/fasthit.py: a plain fresh hit answered here, without an ASGI cycle. Not under
+        # a root path or uvicorn's concurrency limit (both change what the app is given).
+        fast = getattr(runtime_of(config), "fast_hit", None)
+        if config.root_path or self.limit_concurrency is not None:
+            fast = None
+        self._fast_hit: FastHit | None = fast
+        self._fast_answered = False  # the head being completed was answered by it
 
     # Connection lifecycle
 
@@ -258,6 +288,9 @@ class HttpProtocol(HttpToolsProtocol):
     # Parser callbacks
 
     def on_message_begin(self) -> None:
+        # A request parsed in the same read as a fast answer (pipelined) cancels the
+        # keep-alive timer that answer armed, as data_received does for a new read.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         if self._head_timer is None:
             self._waiting_since = time.monotonic()
@@ -284,12 +317,67 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
+        if self._fast_hit is not None and self._answer_fast():
+            return
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_head = True
         self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
+        if self._fast_answered:
+            self._fast_answered = False  # no cycle was made for it
+            return
         super().on_message_complete()
+
+    def _answer_fast(self) -> bool:
+        """Answer the completed head from the fast path if it can (see app/fasthit.py).
+
+        Only when the connection is otherwise idle: nothing running, nothing queued (HTTP/1.1
+        answers in request order), nothing paused for a slow reader, no refusal pending.
+        The fast path answers only heads without a body (it declines any body framing).
+        """
+        fast = self._fast_hit
+        assert fast is not None
+        cycle = self.cycle
+        if (
+            (cycle is not None and not cycle.response_complete)
+            or self.pipeline
+            or self._pending_refusal is not None
+            or self.flow.write_paused
+            or self.transport.is_closing()
+        ):
+            return False
+        parser = self.parser
+        if parser.should_upgrade():
+            return False
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        try:
+            response = fast(
+                parser.get_method().decode("ascii"),
+                self.url,
+                self.headers,
+                self.client,
+                keep_alive,
+                self.server_state.default_headers,
+            )
+        except Exception:  # a bug there must not cost the request: the normal path serves it
+            self.logger.exception("fast path failed; serving the request the normal way")
+            return False
+        if response is None:
+            return False
+        self._fast_answered = True
+        self.transport.write(response)
+        # What uvicorn does when a response completes (RequestResponseCycle.send, then
+        # on_response_complete): close unless kept alive, count it, arm the keep-alive timer.
+        if not keep_alive:
+            self.transport.close()
+        self.server_state.total_requests += 1
+        if not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+        return True
 
     def on_response_complete(self) -> None:
         if self._pending_refusal is None:

@@ -104,6 +104,10 @@ class ObjectRecords:
         self._metas[key] = meta
         return meta
 
+    def known_meta(self, key: str) -> ObjectMeta | None:
+        """What :meth:`cached_meta` answers without a store read (the fast path's lookup)."""
+        return self._metas.get(key)
+
     def unstored(self, entry_key: str) -> ObjectMeta | None:
         return self._unstored.get(entry_key)
 

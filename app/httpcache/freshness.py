@@ -562,6 +562,21 @@ def decide_prepared(
     return ServeDecision(outcome, age, lifetime, stale_if_error_until, reason)
 
 
+def fresh_ttl(prepared: PreparedFreshness, now: float) -> int | None:
+    """The TTL of a FRESH answer to a request without Cache-Control or Pragma, else None.
+
+    What :func:`decide_prepared` decides for such a request when its outcome is FRESH
+    (``decision.ttl``), without building the decision: the fast path's test
+    (tests/test_fasthit.py holds the two equal). Without request directives only the
+    response's unqualified ``no-cache`` and the lifetime against the age decide.
+    """
+    if prepared.response_cc.no_cache_all:
+        return None
+    lifetime = prepared.lifetime.seconds
+    age = prepared.age.at(now)
+    return lifetime - age if is_fresh(lifetime, age) else None
+
+
 def on_miss(request_headers: Headers) -> int | None:
     """Nothing stored for this request: 504 if the client sent ``only-if-cached``
     (5.2.1.7), else None (forward it)."""

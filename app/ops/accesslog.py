@@ -66,9 +66,19 @@ def http_date_now() -> bytes:
     return _http_date(int(time.time()))
 
 
+_random_pool = bytearray()
+
+
 def _new_request_id() -> str:
-    """``uuid.uuid4().hex`` without building a UUID object (version 4, RFC 4122 variant)."""
-    raw = bytearray(os.urandom(16))
+    """``uuid.uuid4().hex`` without building a UUID object (version 4, RFC 4122 variant).
+
+    The random bytes come from ``os.urandom`` 4 KiB at a time: one getrandom call per
+    request cost more than the rest of the ID."""
+    pool = _random_pool
+    if len(pool) < 16:
+        pool += os.urandom(4096)
+    raw = pool[-16:]
+    del pool[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return raw.hex()

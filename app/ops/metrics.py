@@ -35,6 +35,9 @@ from prometheus_client.registry import Collector
 # format, as a family of its own that breaks the naming rules above.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+# The fast path's summed counts reach the exported counters at a scrape, or after this
+# many hits (so that a registry read some other way is never far behind).
+FAST_FLUSH_EVERY = 1024
 TTFB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ORIGIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CACHE_HITS = frozenset({"HIT", "STALE", "REVALIDATED"})
@@ -224,6 +227,12 @@ class Metrics:
             ["status_class"],
             registry=r,
         )
+        self.fast_path_hits = Counter(
+            "slicecache_fast_path_hits",
+            "Fresh hits answered by the protocol's fast path (app/fasthit.py); they are "
+            "counted in slicecache_requests_total too",
+            registry=r,
+        )
         r.register(_RuntimeCollector(self))
         # Label children resolved once, not per request: labels() builds and looks up a
         # tuple under a lock every time. Keys are bounded (methods, status classes and
@@ -231,6 +240,10 @@ class Metrics:
         self._request_children: dict[tuple[str, int, str], Counter] = {}
         self._ttfb_children: dict[str, Histogram] = {}
         self._slices_hit = self.response_slices.labels("hit")
+        # The fast path's hits not yet added to the counters (observe_fast_hit): by method.
+        self._fast_pending: dict[str, int] = {}
+        self._fast_sent = 0
+        self._fast_flushed_hits = 0
         self._slices_miss = self.response_slices.labels("miss")
 
     def add_source(self, prefix: str, help_text: str, source: FigureSource) -> None:
@@ -273,7 +286,47 @@ class Metrics:
             self.misses += 1
             self.cache_misses.inc()
 
+    def observe_fast_hit(self, method: str, sent: int, ttfb: float) -> None:
+        """:meth:`observe_request` for a fresh 200 hit of one stored slice answered by
+        the fast path (app/fasthit.py). Its counters are summed here and added to the
+        exported ones at once (:meth:`flush`, before every scrape): a dozen locked
+        increments per hit were a third of the fast path's work. ``hits`` and the TTFB
+        histogram are updated at once."""
+        ttfb_child = self._ttfb_children.get("HIT")
+        if ttfb_child is None:
+            ttfb_child = self._ttfb_children["HIT"] = self.ttfb.labels("HIT")
+        ttfb_child.observe(ttfb)
+        self.hits += 1
+        pending = self._fast_pending
+        pending[method] = pending.get(method, 0) + 1
+        self._fast_sent += sent
+        if self.hits - self._fast_flushed_hits >= FAST_FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the fast path's summed counts to the exported counters."""
+        pending = self._fast_pending
+        if not pending:
+            return
+        self._fast_pending = {}
+        sent, self._fast_sent = self._fast_sent, 0
+        self._fast_flushed_hits = self.hits
+        total = 0
+        for method, count in pending.items():
+            key = (method, 2, "HIT")
+            child = self._request_children.get(key)
+            if child is None:
+                child = self._request_children[key] = self.requests.labels(method, "2xx", "HIT")
+            child.inc(count)
+            total += count
+        self.response_bytes.inc(sent)
+        self.sent_bytes.inc(sent)
+        self._slices_hit.inc(total)
+        self.cache_hits.inc(total)
+        self.fast_path_hits.inc(total)
+
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)
 
 

@@ -1,0 +1,300 @@
+"""The protocol's fast path (app/fasthit.py) answers exactly what the ASGI path answers.
+
+Each comparison asks one proxy the same question twice about the same stored response,
+once with the fast path off and once with it on, over raw sockets, and compares the bytes
+(field order included; only the values of Date and Age, and the TTL in Cache-Status, may
+move with the clock). The declines: whatever the fast path does not answer goes the normal
+way, seen in its counter not moving and in the origin being asked where it must be.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import hypothesis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.edge.httpserver import HttpProtocol
+from app.httpcache.freshness import FreshnessPolicy, Outcome, decide_prepared, fresh_ttl
+from app.main import create_app
+from settings import Settings
+from tests.conftest import Origin
+from tests.servers import run_asgi_in_thread
+from tests.test_hotpath import _meta
+from tests.test_httpcache_properties import _POLICY, _RESPONSE_HEADERS, _STATUS, T0
+
+TOKEN = "fast-path-token"
+
+
+@contextmanager
+def served(origin: Origin, **overrides: Any) -> Iterator[tuple[str, Any]]:
+    """A proxy as tests/conftest.py's factory starts it, with its app at hand."""
+    overrides.setdefault("upstream_address", origin.url)
+    app = create_app(Settings(**overrides), configure_logs=False)
+    with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
+        yield url, app
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def _read_response(sock: socket.socket, buffer: bytearray, head_only: bool) -> bytes:
+    """One whole response (Content-Length framed) from ``sock``; the rest stays in buffer."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-head: {bytes(buffer)!r}"
+        buffer += chunk
+    end = buffer.index(b"\r\n\r\n") + 4
+    match = re.search(rb"\r\ncontent-length: (\d+)\r\n", bytes(buffer[:end]))
+    length = 0 if head_only or match is None else int(match.group(1))
+    while len(buffer) < end + length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed mid-body"
+        buffer += chunk
+    response = bytes(buffer[: end + length])
+    del buffer[: end + length]
+    return response
+
+
+def exchange(url: str, *requests: bytes, head_only: bool = False) -> tuple[list[bytes], bool]:
+    """Send ``requests`` at once (pipelined), read one response each; and whether the
+    server then closed the connection."""
+    with socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        buffer = bytearray()
+        responses = [_read_response(sock, buffer, head_only) for _ in requests]
+        sock.settimeout(0.5)
+        try:
+            more = sock.recv(65536)
+            closed = more == b""
+        except TimeoutError:
+            more, closed = b"", False
+    # Nothing after the framed responses: a byte too many would start the next answer.
+    assert bytes(buffer) + more == b"", "bytes after the last response"
+    return responses, closed
+
+
+def request(
+    target: str, method: str = "GET", version: str = "1.1", extra: str = "", rid: str = "r1"
+) -> bytes:
+    return (
+        f"{method} {target} HTTP/{version}\r\nHost: cache.test\r\nUser-Agent: t\r\n"
+        f"X-Request-Id: {rid}\r\n{extra}\r\n"
+    ).encode("latin-1")
+
+
+def masked(response: bytes) -> bytes:
+    """The response with the clock's values blanked: Date, Age, Cache-Status ttl."""
+    response = re.sub(rb"\r\ndate: [^\r]*", b"\r\ndate: -", response)
+    response = re.sub(rb"\r\nage: \d+", b"\r\nage: -", response)
+    return re.sub(rb"; ttl=-?\d+", b"; ttl=-", response)
+
+
+def fast_hits(app: Any) -> float:
+    metrics = app.state.runtime.metrics
+    metrics.flush()
+    value: float = metrics.fast_path_hits._value.get()
+    return value
+
+
+def both(app: Any, url: str, *requests: bytes, head_only: bool = False) -> tuple[Any, Any]:
+    """(slow, fast): the exchange with the fast path off, then on."""
+    fast_path = app.state.runtime.fast_hit
+    fast_path.enabled = False
+    try:
+        slow = exchange(url, *requests, head_only=head_only)
+    finally:
+        fast_path.enabled = True
+    before = fast_hits(app)
+    fast = exchange(url, *requests, head_only=head_only)
+    return slow, (fast, fast_hits(app) - before)
+
+
+def test_a_fresh_hit_is_the_same_bytes_on_both_paths(origin: Origin) -> None:
+    path = "/files/4k-fast?ct=text/plain"
+    with served(origin) as (url, app):
+        assert httpx.get(url + path).headers["x-cache"] == "MISS"  # stores it
+        cases = [
+            ([request(path)], False),
+            ([request(path, "HEAD")], True),
+            ([request(path, version="1.0")], False),
+            ([request(path, version="1.0", extra="Connection: keep-alive\r\n")], False),
+            ([request(path, extra="Connection: close\r\n")], False),
+            ([request(path, extra="Accept: */*\r\nAccept-Encoding: gzip\r\n")], False),
+            ([request(path, rid="a"), request(path, rid="b")], False),  # pipelined
+            ([request(path, extra="Range: bytes=0-9\r\n")], False),
+            ([request(path, extra="Range: bytes=-100\r\n")], False),
+            ([request(path, extra="Range: bytes=4000-\r\n")], False),
+            ([request(path, extra="Range: bytes=0-1,2-5\r\n")], False),  # coalesced: one
+            ([request(path, "HEAD", extra="Range: bytes=10-19\r\n")], True),
+            ([request(path, extra="Range: items=0-9\r\n")], False),  # not bytes: whole
+        ]
+        for requests, head_only in cases:
+            (slow, slow_closed), ((fast, fast_closed), answered) = both(
+                app, url, *requests, head_only=head_only
+            )
+            assert answered == len(requests), requests
+            assert [masked(r) for r in fast] == [masked(r) for r in slow], requests
+            assert fast_closed == slow_closed, requests
+            ranged = b"Range: bytes" in requests[0]
+            assert fast[0].startswith(b"HTTP/1.1 206" if ranged else b"HTTP/1.1 200 OK\r\n")
+            assert b"\r\nx-cache: HIT\r\n" in fast[0]
+            assert b"\r\ncache-status: slicecache; hit; ttl=" in fast[0]
+            if b"HTTP/1.0" in requests[0] or b"Connection: close" in requests[0]:
+                assert fast_closed and b"\r\nconnection: close\r\n" in fast[0]
+            else:
+                assert not fast_closed and b"connection: close" not in fast[0]
+        (plain,), _ = exchange(url, request(path))
+        assert len(plain) - plain.index(b"\r\n\r\n") - 4 == 4096
+
+
+def test_the_access_line_and_metrics_are_the_same_on_both_paths(origin: Origin) -> None:
+    path = "/files/4k-fast-log"
+    stream = io.StringIO()
+    with served(origin) as (url, app):
+        httpx.get(url + path)
+        store = app.state.runtime.store
+        assert store is not None and store.l1 is not None
+
+        def tiers() -> list[float]:
+            l1 = store.l1.stats()
+            return [l1["hits"], l1["misses"], *store.counters.values()]
+
+        def moved(method: str) -> tuple[list[float], list[float]]:
+            """What one request moves in the store's counters: slow path, fast path."""
+            fast_path = app.state.runtime.fast_hit
+            steps = []
+            for enabled in (False, True):
+                fast_path.enabled = enabled
+                before = tiers()
+                exchange(url, request(path, method, rid="same"), head_only=method == "HEAD")
+                steps.append([b - a for a, b in zip(before, tiers(), strict=True)])
+            return steps[0], steps[1]
+
+        real_stdout, sys.stdout = sys.stdout, stream
+        try:
+            get_slow, get_fast = moved("GET")
+            head_slow, head_fast = moved("HEAD")
+        finally:
+            sys.stdout = real_stdout
+        assert get_fast == get_slow and any(get_fast)  # an L1 hit, counted alike
+        assert head_fast == head_slow
+        metrics = httpx.get(url + "/_slicecache/metrics").text
+    lines = [json.loads(line) for line in stream.getvalue().splitlines() if '"request"' in line]
+    assert len(lines) == 4
+    for slow, fast in (lines[0:2], lines[2:4]):
+        for line in (slow, fast):
+            line.pop("ts"), line.pop("duration_ms")
+        assert list(fast) == list(slow) and fast == slow
+    assert lines[0]["slices"] == {"hit": 1, "miss": 0, "coalesced": 0}
+    assert "slices" not in lines[2]  # a HEAD reads no slice
+    assert 'slicecache_requests_total{cache="HIT",method="GET",status_class="2xx"} 2.0' in metrics
+    assert 'slicecache_requests_total{cache="HIT",method="HEAD",status_class="2xx"} 2.0' in metrics
+    assert 'slicecache_response_slices_total{result="hit"} 4.0' in metrics
+    assert "slicecache_fast_path_hits_total 2.0" in metrics
+    assert "slicecache_l1_hits_total" in metrics
+
+
+def test_what_the_fast_path_declines_goes_the_normal_way(origin: Origin) -> None:
+    path = "/files/4k-decline"
+    with served(origin, purge={"enabled": True, "auth_token": TOKEN}) as (url, app):
+        httpx.get(url + path)
+        declined = {
+            "if-none-match": "If-None-Match: *\r\n",
+            "if-modified-since": "If-Modified-Since: Wed, 01 Jan 2020 00:00:00 GMT\r\n",
+            "multipart range": "Range: bytes=0-9,100-109\r\n",
+            "unsatisfiable range": "Range: bytes=5000-\r\n",
+            "two ranges": "Range: bytes=0-9\r\nRange: bytes=0-9\r\n",
+            "if-range": 'Range: bytes=0-9\r\nIf-Range: "x"\r\n',
+            "cache-control": "Cache-Control: max-age=0\r\n",
+            "pragma": "Pragma: no-cache\r\n",
+            "authorization": "Authorization: Basic eDp5\r\n",
+            "forwarded-for": "X-Forwarded-For: 10.0.0.1\r\n",
+            "two hosts": "Host: other.test\r\n",
+        }
+        for name, extra in declined.items():
+            before = fast_hits(app)
+            exchange(url, request(path, extra=extra))
+            assert fast_hits(app) == before, name
+        # The request's own no-cache goes to the origin (the fast path never does).
+        asked = len(origin.requests_for(path))
+        exchange(url, request(path, extra="Cache-Control: no-cache\r\n"))
+        assert len(origin.requests_for(path)) == asked + 1
+        # Still a plain hit afterwards.
+        before = fast_hits(app)
+        (hit,), _ = exchange(url, request(path))
+        assert fast_hits(app) == before + 1 and b"x-cache: HIT" in hit
+        # Purged: the next GET is the origin's again, then a fast hit once stored again.
+        purge = (
+            f"PURGE {path} HTTP/1.1\r\nHost: cache.test\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        (answer,), _ = exchange(url, purge.encode())
+        assert answer.startswith(b"HTTP/1.1 200")
+        asked = len(origin.requests_for(path))
+        (after,), _ = exchange(url, request(path))
+        assert b"x-cache: MISS" in after and fast_hits(app) == before + 1
+        assert len(origin.requests_for(path)) > asked
+
+
+def test_stale_varying_and_admin_responses_are_not_fast(origin: Origin) -> None:
+    with served(origin) as (url, app):
+        for path in (
+            "/files/4k-stale?cc=public,%20max-age=0",
+            "/files/4k-vary?vary=accept-language",
+            "/files/4k-404?status=404",
+        ):
+            httpx.get(url + path)
+            asked = len(origin.requests_for(path.split("?")[0]))
+            (answer,), _ = exchange(url, request(path))
+            assert fast_hits(app) == 0, path
+            if "stale" in path:  # revalidated with the origin, not served from memory
+                assert len(origin.requests_for(path.split("?")[0])) == asked + 1
+            else:
+                assert b"x-cache: HIT" in answer, path
+        (admin,), _ = exchange(url, request("/_slicecache/healthz"))
+        assert admin.startswith(b"HTTP/1.1 200") and fast_hits(app) == 0
+
+
+def test_a_fast_hit_behind_a_running_response_waits_its_turn(origin: Origin) -> None:
+    """HTTP/1.1 answers in order: a hit pipelined behind a request that goes the normal
+    way is not written ahead of that request's answer."""
+    path = "/files/4k-order"
+    with served(origin) as (url, app):
+        httpx.get(url + path)
+        ranged = request(path, extra="Range: bytes=0-9,100-109\r\n", rid="first")
+        (first, second), closed = exchange(url, ranged, request(path, rid="second"))
+    assert first.startswith(b"HTTP/1.1 206") and b"x-request-id: first" in first
+    assert second.startswith(b"HTTP/1.1 200") and b"x-request-id: second" in second
+    assert not closed
+
+
+def test_the_setting_turns_it_off(origin: Origin) -> None:
+    with served(origin, fast_path=False) as (url, app):
+        assert app.state.runtime.fast_hit is None
+        httpx.get(url + "/files/4k-off")
+        (hit,), _ = exchange(url, request("/files/4k-off"))
+        assert b"x-cache: HIT" in hit and fast_hits(app) == 0
+
+
+@hypothesis.settings(max_examples=300)
+@given(_RESPONSE_HEADERS, _STATUS, _POLICY, st.lists(st.floats(0, 10**6), min_size=1, max_size=4))
+def test_fresh_ttl_is_what_decide_answers_a_request_without_directives(
+    headers: list[tuple[str, str]], status: int, policy: FreshnessPolicy, laters: list[float]
+) -> None:
+    meta = _meta(headers, status)
+    for later in laters:
+        now = T0 + later
+        decision = decide_prepared(meta.freshness(policy), [], now)
+        expected = decision.ttl if decision.outcome is Outcome.FRESH else None
+        assert fresh_ttl(meta.freshness(policy), now) == expected

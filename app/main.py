@@ -2,6 +2,9 @@
 
 ``create_app(settings)`` builds a fresh app (tests use it); the module attribute ``app`` is
 built on first access from the environment, so importing this module never reads it.
+
+One module (~510 lines) on purpose: the composition root (settings to runtime, dispatch,
+lifespan); each part is small and used only here.
 """
 
 from __future__ import annotations

@@ -39,6 +39,10 @@ answer instead of a reset; then the connection is closed.
 The app writes Date (the origin's on relayed and cached responses), so uvicorn's own Date
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
+
+One module (~480 lines) on purpose: one protocol class whose head limits, head timer,
+connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
+same connection state.
 """
 
 from __future__ import annotations

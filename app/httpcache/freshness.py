@@ -25,6 +25,10 @@ Policy decisions (see :class:`FreshnessPolicy`):
 * Windows (``stale-while-revalidate``, ``stale-if-error``) of W seconds cover the W
   seconds after expiry: staleness ``< W``. ``max-stale=N`` accepts staleness ``<= N``
   ("exceeded by no more than N").
+
+One module (~580 lines) on purpose: RFC 9111 section 4.2 as pure functions, and the
+prepared form of the same decision that hits use beside it, so that the two cannot drift
+(a property test holds them equal).
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ collect every ``Set-Cookie`` of every origin response into one shared jar).
 
 Tests and callers that want httpx's own stack (or respx) pass any
 ``httpx.AsyncBaseTransport`` to :class:`UpstreamClient`.
+
+One module (~460 lines) on purpose: the aiohttp transport under httpx and the client
+that retries over it share the error mapping and the body wrappers; split, those private
+classes would become an interface of their own.
 """
 
 from __future__ import annotations

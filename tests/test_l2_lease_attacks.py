@@ -30,6 +30,19 @@ def _purge(url: str, how: str, name: str) -> httpx.Response:
 def test_a_stalled_l2_hit_keeps_its_bytes_through_wide_purges_and_churn(
     proxy: ProxyFactory, tmp_path: Path, how: str, ranged: bool
 ) -> None:
+    _stalled_l2_hit(proxy, tmp_path, how, ranged, "1.1")
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_stalled_l2_hit_keeps_its_bytes_through_a_url_purge_and_churn(
+    proxy: ProxyFactory, tmp_path: Path, version: str
+) -> None:
+    _stalled_l2_hit(proxy, tmp_path, "url", True, version)
+
+
+def _stalled_l2_hit(
+    proxy: ProxyFactory, tmp_path: Path, how: str, ranged: bool, version: str
+) -> None:
     settings = {
         "slice_size": SLICE,
         "enable_l2_cache": True,
@@ -51,7 +64,7 @@ def test_a_stalled_l2_hit_keeps_its_bytes_through_wide_purges_and_churn(
             sock.settimeout(60)
             sock.connect((host, int(port)))
             rng = f"Range: bytes={first}-\r\n" if ranged else ""
-            sock.sendall(f"GET /files/{name} HTTP/1.1\r\nHost: t\r\n{rng}\r\n".encode())
+            sock.sendall(f"GET /files/{name} HTTP/{version}\r\nHost: t\r\n{rng}\r\n".encode())
             received = sock.recv(64 * 1024)
             wait_for(lambda: _leases(url) >= 1, "the stalled response holds a lease")
             assert _purge(url, how, name).status_code == 200

@@ -88,3 +88,55 @@ def _stalled_l2_hit(
         assert body == want[: len(body)], "bytes of another object were sent"
         assert len(body) == len(want)
         wait_for(lambda: _leases(url) == 0, "every lease released")
+
+
+def test_pipelined_l2_hits_on_a_stalled_connection_keep_their_bytes(
+    proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Five GETs pipelined on one connection that reads nothing: the first L2 hit stalls in
+    the transport, everything is purged and the L2 refilled; every response then read is
+    its own object's bytes, whether it came from L2 or, after the purge, from the origin."""
+    settings = {
+        "slice_size": SLICE,
+        "enable_l2_cache": True,
+        "l1_cache_size_bytes": 0,
+        "raw_disk_cache": {"device_path": str(tmp_path / "l2.bin"), "total_size": 24 << 20},
+        "purge": {"enabled": True, "auth_token": "t"},
+    }
+    names = [f"3m-pipelined-{i}.bin" for i in range(5)]
+    with proxy(**settings) as url:
+        for name in names:
+            assert httpx.get(f"{url}/files/{name}", timeout=30).status_code == 200
+        wait_for(lambda: _tiers(url)["write_behind"]["queue_depth"] == 0, "write-behind drained")
+        host, port = url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            sock.settimeout(60)
+            sock.connect((host, int(port)))
+            sock.sendall(
+                b"".join(f"GET /files/{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for n in names)
+            )
+            data = sock.recv(1000)
+            wait_for(lambda: _leases(url) >= 1, "the stalled response holds a lease")
+            assert _purge(url, "all", "").status_code == 200
+            for i in range(10):
+                other = f"4m-pipelined-churn-{i}.bin"
+                assert httpx.get(f"{url}/files/{other}", timeout=30).content == expected_bytes(
+                    other
+                )
+            wait_for(lambda: _tiers(url)["write_behind"]["queue_depth"] == 0, "churn written")
+            pos = 0
+            for name in names:
+                while data.find(b"\r\n\r\n", pos) < 0:
+                    data += sock.recv(1 << 20)
+                end = data.index(b"\r\n\r\n", pos)
+                head = data[pos:end].decode("latin-1").lower()
+                assert head.startswith("http/1.1 200")
+                length = int(head.split("content-length: ")[1].split("\r\n")[0])
+                while len(data) < end + 4 + length:
+                    chunk = sock.recv(1 << 20)
+                    assert chunk, "connection closed early"
+                    data += chunk
+                assert data[end + 4 : end + 4 + length] == expected_bytes(name), name
+                pos = end + 4 + length
+        wait_for(lambda: _leases(url) == 0, "every lease released")

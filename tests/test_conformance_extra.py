@@ -2171,22 +2171,10 @@ PROBES10.append(
     )
 )
 
-REFETCH_AFTER_304 = (
-    "A 304 that makes the stored response unstorable (no-store, private, Vary: *) evicts "
-    "it before its body is read, so the body is fetched again unconditionally: a second "
-    "origin request (the scripted origin answers it 999, hence 502) where RFC 9111 4.3.3/"
-    "4.3.4 reuse the updated stored response. app/engine/probe.py Prober._revalidated."
-)
-
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=REFETCH_AFTER_304)])
-        if c.id in ("update304-vary-star", "update304-no-store")
-        else pytest.param(c, id=c.id)
-        for c in PROBES10
-    ],
+    [pytest.param(c, id=c.id) for c in PROBES10],
 )
 def test_probe10(runner: SuiteRunner, case: Case) -> None:
     runner.run(case.requests, real_pause=case.real_pause)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -38,6 +39,9 @@ class Opened:
     first_fill: SliceFill | None = None  # slice 0 as the probe fetched it, done or not
     # Set-Cookie of the origin's answer, for the request that fetched it only (never stored).
     cookies: list[tuple[str, str]] = field(default_factory=list)
+    # Run once the response has ended, however it ended: drops a stored copy that this
+    # response still reads (a 304 made it unstorable; RFC 9111 4.3.4).
+    after: Callable[[], Awaitable[object]] | None = None
 
 
 @dataclass(slots=True)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
 import httpx
 
 from app.edge.headers import Headers, decode_raw, shared_fill_headers
-from app.engine.adoption import ObjectRecords, meta_from, withheld
+from app.engine.adoption import ObjectRecords, entry_key_for, meta_from, withheld
 from app.engine.classify import (
     Answer,
     Invalid,
@@ -110,12 +111,17 @@ class Prober:
                 request_time=request_time,
                 response_time=response_time,
             )
-            return await self._revalidated(request, meta, epoch)
+            # Where the stored slices are: the key of the response as it was stored (the
+            # 304 may add a Vary that would name another entry).
+            stored_key = entry_key_for(request.object_key, stored, request.headers)
+            return await self._revalidated(request, meta, stored_key, epoch)
         return await self._answered(
             run, hold, request, response_headers, request_time, response_time, epoch
         )
 
-    async def _revalidated(self, request: ObjectRequest, meta: ObjectMeta, epoch: int) -> Opened:
+    async def _revalidated(
+        self, request: ObjectRequest, meta: ObjectMeta, stored_key: str, epoch: int
+    ) -> Opened:
         """A 304 for the stored response: ``meta`` with its headers refreshed."""
         object_key, records = request.object_key, self.records
         info = StoredResponseInfo(meta.status, meta.headers, meta.request_time, meta.response_time)
@@ -129,15 +135,17 @@ class Prober:
         )
         taken = withheld(meta, decision.headers_to_strip)
         if not decision.store:
-            await records.forget(object_key)
-            private = keys.private_key(object_key)
+            # The body is the stored one (RFC 9111 4.3.4): this response reads the stored
+            # slices, which go with the rest of the object once it has ended. Forgotten
+            # first, they would be fetched again, unconditionally.
             return Opened(
                 meta,
-                private,
+                stored_key,
                 CacheStatus.revalidated(ttl),
                 shareable=False,
                 stored=False,
                 cookies=taken,
+                after=functools.partial(records.forget, object_key),
             )
         if self.engine.purged_since(epoch, object_key):
             # Purged while we revalidated: serve this once, store nothing.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import httpx
 from starlette.types import Receive, Send
@@ -125,6 +126,23 @@ async def serve_sliced(
             return
         except ResponseAborted:
             return
+        finally:
+            if opened.after is not None:
+                _run_after_response(opened.after)
+
+
+# Work left for when a response ends, kept referenced until it is done: run as its own
+# task, so that a client that disconnects (a cancelled response) cannot cut it short.
+_AFTER_RESPONSE: set[asyncio.Task[object]] = set()
+
+
+def _run_after_response(work: Callable[[], Awaitable[object]]) -> None:
+    async def run() -> object:
+        return await work()
+
+    task = asyncio.get_running_loop().create_task(run())
+    _AFTER_RESPONSE.add(task)
+    task.add_done_callback(_AFTER_RESPONSE.discard)
 
 
 async def _answer(

@@ -17,6 +17,7 @@ deleted or recycled extent is never served (its blocks stay HELD while the read 
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 from collections.abc import Callable, Coroutine
@@ -25,7 +26,7 @@ from typing import Any
 from cache.protocol import SliceData, SliceLease
 from cache.rawdisk import codec
 from cache.rawdisk.core import Core, now
-from cache.rawdisk.index import FLAG_BAD, Entry
+from cache.rawdisk.index import FLAG_BAD, Entry, Index
 from cache.rawdisk.layout import (
     CODEC_RAW,
     KIND_SLICE,
@@ -67,66 +68,21 @@ class ReadPath:
 
     async def get(self, key: str, kind: int, next_key: str | None = None) -> SliceData | None:
         """``next_key``: what the caller expects to ask for next, prefetched if stored."""
-        core = self.core
-        tables = self.tables
-        stats = core.stats
-        stats["lookups_total"] += 1
-        if core.closed:
-            stats["misses_total"] += 1
+        found = self._find(key, kind)
+        if found is None:
             return None
+        row, entry, now_s = found
         kb = key.encode()
-        h = key_hash(kb)
-        self._sketch.add(h)
+        tables = self.tables
         index = tables.index
-        row = index.find(kb, h)
-        if row < 0 or not index.is_visible(row):
-            stats["misses_total"] += 1
-            return None
-        entry = index.entry(row)
-        if entry.kind != kind or core.purging(kb):
-            stats["misses_total"] += 1
-            return None
-        now_s = now()
-        if entry.expires and entry.expires <= now_s:
-            stats["misses_total"] += 1
-            stats["expired_total"] += 1
-            core.spawn(self._drop_if_current(row, entry.gen, "expirations_total"))
-            return None
-        start = entry.start
-        tables.begin_read(start, entry.nblocks)
-        ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
+        tables.begin_read(entry.start, entry.nblocks)
         try:
-            result = await core.run(self.read_record, entry, kb, ahead)
-        except (OSError, RuntimeError) as exc:
-            stats["read_errors_total"] += 1
-            log.warning("L2 read of %r failed: %s", key, exc)
-            result = None
+            result = await self._run_read(key, self.read_record, entry, kb, next_key)
         finally:
-            tables.end_read(start)
-        if result is BAD:
-            stats["checksum_failures_total"] += 1
-            stats["misses_total"] += 1
-            log.warning("L2 entry %r failed verification; dropped", key)
-            if index is tables.index and index.is_visible(row) and index.gen_of(row) == entry.gen:
-                index.set_flag(row, FLAG_BAD)
-                core.spawn(self._drop_if_current(row, entry.gen, None))
-            return None
-        # The entry may have been deleted or replaced while we read it: serve only what is
-        # still current, so nothing deleted is served after delete() returned.
-        if (
-            result is None
-            or index is not tables.index
-            or not index.is_visible(row)
-            or index.gen_of(row) != entry.gen
-            or core.purging(kb)
-        ):
-            stats["misses_total"] += 1
+            tables.end_read(entry.start)
+        if not self._accepted(result, key, kb, index, row, entry, now_s):
             return None
         assert isinstance(result, (bytes, memoryview))
-        index.touch(row, now_s)
-        stats["hits_total"] += 1
-        stats["reads_total"] += 1
-        stats["read_bytes_total"] += len(result)
         return result
 
     async def lease(self, key: str, kind: int, next_key: str | None = None) -> SliceLease | None:
@@ -139,13 +95,50 @@ class ReadPath:
         if mapped is None:
             data = await self.get(key, kind, next_key)
             return SliceLease.of(data) if data is not None else None
+        found = self._find(key, kind)
+        if found is None:
+            return None
+        row, entry, now_s = found
+        kb = key.encode()
         tables = self.tables
+        index = tables.index
+        start = entry.start
+        tables.begin_read(start, entry.nblocks)
+        self.leases += 1
+        pinned = True
+
+        def unpin() -> None:
+            # Idempotent through SliceLease.release; the extent is allocatable again once
+            # the last reader of it is gone (Tables.end_read).
+            self.leases -= 1
+            tables.end_read(start)
+
+        try:
+            read = functools.partial(self.map_record, mapped)
+            result = await self._run_read(key, read, entry, kb, next_key)
+            if not self._accepted(result, key, kb, index, row, entry, now_s):
+                return None
+            assert isinstance(result, (bytes, memoryview))
+            if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
+                return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
+            pinned = False  # the lease owns the pin from here on
+            return SliceLease(result, unpin)
+        finally:
+            if pinned:
+                unpin()
+
+    def _find(self, key: str, kind: int) -> tuple[int, Entry, int] | None:
+        """The visible, current, unexpired entry of ``key`` (row, entry, now), counted."""
+        core = self.core
         stats = core.stats
         stats["lookups_total"] += 1
+        if core.closed:
+            stats["misses_total"] += 1
+            return None
         kb = key.encode()
         h = key_hash(kb)
         self._sketch.add(h)
-        index = tables.index
+        index = self.tables.index
         row = index.find(kb, h)
         if row < 0 or not index.is_visible(row):
             stats["misses_total"] += 1
@@ -160,59 +153,64 @@ class ReadPath:
             stats["expired_total"] += 1
             core.spawn(self._drop_if_current(row, entry.gen, "expirations_total"))
             return None
-        start = entry.start
-        tables.begin_read(start, entry.nblocks)
-        self.leases += 1
-        pinned = True
+        return row, entry, now_s
 
-        def unpin() -> None:
-            # Idempotent through SliceLease.release; the extent is allocatable again once
-            # the last reader of it is gone (Tables.end_read).
-            self.leases -= 1
-            tables.end_read(start)
-
+    async def _run_read(
+        self,
+        key: str,
+        read: Callable[[Entry, bytes, tuple[int, int] | None], object],
+        entry: Entry,
+        kb: bytes,
+        next_key: str | None,
+    ) -> object:
+        """``read`` in a worker thread; an I/O failure is counted, logged and a miss."""
+        ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
         try:
-            ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
-            try:
-                result = await core.run(self.map_record, mapped, entry, kb, ahead)
-            except (OSError, RuntimeError, ValueError) as exc:
-                stats["read_errors_total"] += 1
-                log.warning("L2 read of %r failed: %s", key, exc)
-                result = None
-            if result is BAD:
-                stats["checksum_failures_total"] += 1
-                stats["misses_total"] += 1
-                log.warning("L2 entry %r failed verification; dropped", key)
-                if (
-                    index is tables.index
-                    and index.is_visible(row)
-                    and index.gen_of(row) == entry.gen
-                ):
-                    index.set_flag(row, FLAG_BAD)
-                    core.spawn(self._drop_if_current(row, entry.gen, None))
-                return None
-            # Deleted or replaced while we verified it: serve only what is still current.
-            if (
-                result is None
-                or index is not tables.index
-                or not index.is_visible(row)
-                or index.gen_of(row) != entry.gen
-                or core.purging(kb)
-            ):
-                stats["misses_total"] += 1
-                return None
-            assert isinstance(result, (bytes, memoryview))
-            index.touch(row, now_s)
-            stats["hits_total"] += 1
-            stats["reads_total"] += 1
-            stats["read_bytes_total"] += len(result)
-            if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
-                return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
-            pinned = False  # the lease owns the pin from here on
-            return SliceLease(result, unpin)
-        finally:
-            if pinned:
-                unpin()
+            return await self.core.run(read, entry, kb, ahead)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.core.stats["read_errors_total"] += 1
+            log.warning("L2 read of %r failed: %s", key, exc)
+            return None
+
+    def _accepted(
+        self,
+        result: object,
+        key: str,
+        kb: bytes,
+        index: Index,
+        row: int,
+        entry: Entry,
+        now_s: int,
+    ) -> bool:
+        """Whether a read's result may be served; a damaged record is dropped, and so is a
+        result of an entry deleted or replaced while it was read (nothing deleted is served
+        after delete() returned)."""
+        core = self.core
+        tables = self.tables
+        stats = core.stats
+        if result is BAD:
+            stats["checksum_failures_total"] += 1
+            stats["misses_total"] += 1
+            log.warning("L2 entry %r failed verification; dropped", key)
+            if index is tables.index and index.is_visible(row) and index.gen_of(row) == entry.gen:
+                index.set_flag(row, FLAG_BAD)
+                core.spawn(self._drop_if_current(row, entry.gen, None))
+            return False
+        if (
+            result is None
+            or index is not tables.index
+            or not index.is_visible(row)
+            or index.gen_of(row) != entry.gen
+            or core.purging(kb)
+        ):
+            stats["misses_total"] += 1
+            return False
+        assert isinstance(result, (bytes, memoryview))
+        index.touch(row, now_s)
+        stats["hits_total"] += 1
+        stats["reads_total"] += 1
+        stats["read_bytes_total"] += len(result)
+        return True
 
     def map_record(
         self,
@@ -224,11 +222,7 @@ class ReadPath:
         """Worker thread: fault in and verify one extent through the mapping. Returns a
         view of the payload in the mapping (or decoded bytes) or BAD."""
         core = self.core
-        if ahead is not None:
-            try:
-                core.device.prefetch(*ahead)
-            except OSError:
-                pass
+        self._prefetch_quietly(ahead)
         klen = len(kb)
         offset = core.geo.block_offset(entry.start)
         length = RECORD_HEADER_SIZE + klen + entry.stored_len
@@ -237,24 +231,10 @@ class ReadPath:
         aligned = offset - offset % PAGE
         # Start reading the whole extent in at once, rather than a page fault at a time.
         mapped.madvise(mmap.MADV_WILLNEED, aligned, offset + length - aligned)
-        raw = memoryview(mapped)[offset : offset + length]
-        header = unpack_record_header(raw)
-        if (
-            header is None
-            or header.format_id != core.format_id
-            or header.key_hash != entry.key_hash
-            or header.gen != entry.gen
-            or header.stored_len != entry.stored_len
-            or header.orig_len != entry.orig_len
-            or header.codec != entry.codec
-            or header.payload_checksum != entry.checksum
-            or header.key_len != klen
-            or raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + klen] != kb
-        ):
-            return BAD
-        payload = raw[RECORD_HEADER_SIZE + klen : length]
-        # Also what brings every page in: the event loop later sends resident pages.
-        if codec.checksum(payload) != entry.checksum:
+        # The checksum is also what brings every page in: the event loop later sends
+        # resident pages.
+        payload = self._verified_payload(memoryview(mapped)[offset : offset + length], entry, kb)
+        if payload is None:
             return BAD
         if entry.codec == CODEC_RAW:
             return payload if len(payload) == entry.orig_len else BAD
@@ -269,21 +249,32 @@ class ReadPath:
         slice is on its way before the client asks for it.
         """
         core = self.core
-        device = core.device
-        if ahead is not None:
-            try:
-                device.prefetch(*ahead)
-            except OSError:
-                pass
-        klen = len(kb)
-        length = RECORD_HEADER_SIZE + klen + entry.stored_len
-        raw = device.read_extent(length, core.geo.block_offset(entry.start))
+        self._prefetch_quietly(ahead)
+        length = RECORD_HEADER_SIZE + len(kb) + entry.stored_len
+        raw = core.device.read_extent(length, core.geo.block_offset(entry.start))
         if len(raw) < length:
             return BAD
+        payload = self._verified_payload(memoryview(raw), entry, kb)
+        if payload is None:
+            return BAD
+        data = codec.decode(entry.codec, payload, entry.orig_len)
+        return BAD if data is None else data
+
+    def _prefetch_quietly(self, ahead: tuple[int, int] | None) -> None:
+        if ahead is not None:
+            try:
+                self.core.device.prefetch(*ahead)
+            except OSError:
+                pass  # only a hint
+
+    def _verified_payload(self, raw: memoryview, entry: Entry, kb: bytes) -> memoryview | None:
+        """The payload of a whole record whose header matches the index entry and whose
+        payload checksum holds, else None."""
+        klen = len(kb)
         header = unpack_record_header(raw)
         if (
             header is None
-            or header.format_id != core.format_id
+            or header.format_id != self.core.format_id
             or header.key_hash != entry.key_hash
             or header.gen != entry.gen
             or header.stored_len != entry.stored_len
@@ -293,12 +284,9 @@ class ReadPath:
             or header.key_len != klen
             or raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + klen] != kb
         ):
-            return BAD
-        payload = memoryview(raw)[RECORD_HEADER_SIZE + klen : length]
-        if codec.checksum(payload) != entry.checksum:
-            return BAD
-        data = codec.decode(entry.codec, payload, entry.orig_len)
-        return BAD if data is None else data
+            return None
+        payload = raw[RECORD_HEADER_SIZE + klen : RECORD_HEADER_SIZE + klen + entry.stored_len]
+        return payload if codec.checksum(payload) == entry.checksum else None
 
     def _extent_to_prefetch(self, key: str) -> tuple[int, int] | None:
         """(offset, length) of ``key``'s extent, if it is stored and visible."""

@@ -34,16 +34,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from app.edge.httpserver import (
-    LINGER_BYTES,
-    LINGER_SECONDS,
     REQUEST_LINE_SLACK,
+    EdgeGuard,
     limits_of,
     oldest_waiting_for_head,
-    refusal,
 )
 
 
-class H11EdgeProtocol(H11Protocol):
+class H11EdgeProtocol(EdgeGuard, H11Protocol):
     def __init__(
         self,
         config: Config,
@@ -56,9 +54,6 @@ class H11EdgeProtocol(H11Protocol):
         # h11 raises "Receive buffer too long" once an unfinished head passes this.
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self._waiting_since = time.monotonic()
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._lingering = False
-        self._discarded = 0
 
     # Connection lifecycle
 
@@ -91,10 +86,7 @@ class H11EdgeProtocol(H11Protocol):
     # Input
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            self._discarded += len(data)
-            if self._discarded > LINGER_BYTES:
-                self.transport.close()
+        if self._swallowed(data):
             return
         if self._head_timer is None and self._waiting_for_head():
             self._waiting_since = time.monotonic()  # the first byte of a later head
@@ -116,15 +108,6 @@ class H11EdgeProtocol(H11Protocol):
 
     # Timers
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head():
@@ -141,12 +124,4 @@ class H11EdgeProtocol(H11Protocol):
     # Refusals
 
     def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
-        self._cancel_head_timer()
-        self.transport.write(refusal(status, body))
-        if not linger or not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self._lingering = True
-        self.flow.resume_reading()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._write_refusal(status, linger=linger, body=body)

@@ -171,11 +171,57 @@ class FastHit(Protocol):
     ) -> bytes | None: ...
 
 
+class EdgeGuard:
+    """What both edge protocols (httptools here, h11 in :mod:`app.edge.h11server`) do the
+    same way: the head timer, and the refusal followed by a linger. The protocol provides
+    ``loop``, ``transport``, ``flow``, ``limits`` and ``_head_timed_out``."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    flow: Any
+    limits: EdgeLimits
+    _head_timer: asyncio.TimerHandle | None = None
+    _lingering = False
+    _discarded = 0
+
+    def _head_timed_out(self) -> None:
+        raise NotImplementedError
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _swallowed(self, data: bytes) -> bool:
+        """After a refusal, input is read and dropped (up to LINGER_BYTES) until close."""
+        if not self._lingering:
+            return False
+        self._discarded += len(data)
+        if self._discarded > LINGER_BYTES:
+            self.transport.close()
+        return True
+
+    def _write_refusal(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
+        self._cancel_head_timer()
+        self.transport.write(refusal(status, body))
+        if not linger or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop the parser at once."""
 
 
-class HttpProtocol(HttpToolsProtocol):
+class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def __init__(
         self,
         config: Config,
@@ -192,13 +238,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._field_bytes = 0
         self._field_count = 0
         self._waiting_since = time.monotonic()
-        self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: int | None = None  # status decided by a parser callback
         # Waits for the responses to the requests parsed before the refused head.
         self._pending_refusal: int | None = None
         self._pending_body: str | None = None
-        self._lingering = False
-        self._discarded = 0
         # app/fasthit.py: a plain fresh hit answered here, without an ASGI cycle. Not under
         # a root path or uvicorn's concurrency limit (both change what the app is given).
         fast = getattr(runtime_of(config), "fast_hit", None)
@@ -238,10 +281,7 @@ class HttpProtocol(HttpToolsProtocol):
     # Input
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
-            self._discarded += len(data)
-            if self._discarded > LINGER_BYTES:
-                self.transport.close()
+        if self._swallowed(data):
             return
         if self._pending_refusal is not None:
             return  # reading is paused; anything still buffered is the refused head's
@@ -400,15 +440,6 @@ class HttpProtocol(HttpToolsProtocol):
 
     # Timers
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport.is_closing() or not self._in_head:
@@ -438,16 +469,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._refuse(status, body=body)
 
     def _refuse(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
-        self._cancel_head_timer()
         self.parser = None  # type: ignore[assignment]
-        self.transport.write(refusal(status, body))
-        if not linger or not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self._lingering = True
-        self.flow.resume_reading()
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self._write_refusal(status, linger=linger, body=body)
 
     def send_400_response(self, msg: str) -> None:
         if self.cycle is not None and not self.cycle.response_complete:

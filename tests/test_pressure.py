@@ -12,7 +12,7 @@ from typing import cast
 
 import httpx
 
-from app.engine.fills import ByteBudget
+from app.engine.fills import ByteBudget, FetchHold
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine
 from app.upstream.client import UpstreamClient
@@ -295,9 +295,8 @@ async def test_a_fill_cancelled_before_its_first_step_releases_grant_and_respons
     )
     meta = ObjectMeta(SLICE, '"v1"', None, [], 0.0, 0.0)
     response = httpx.Response(206, stream=Body())
-    fill = engine.start_fill(
-        "k", (0, SLICE - 1), "/x", meta, [], response, store=False, prepaid=SLICE
-    )
+    hold = FetchHold(budget, SLICE, response)  # the grant and the answer, as a probe has
+    fill = engine.start_fill("k", (0, SLICE - 1), "/x", meta, [], store=False, hold=hold)
     assert fill.task is not None
     fill.task.cancel()  # before its first step
     await asyncio.wait_for(closed.wait(), 10)

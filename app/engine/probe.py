@@ -255,7 +255,6 @@ class Prober:
                 shared_fill_headers(request.origin_headers, meta.vary)
                 if shareable
                 else request.origin_headers,
-                None,
                 store=decision.store,
                 epoch=epoch,
                 hold=hold,  # slice 0's grant and the answer go to its fill, whole

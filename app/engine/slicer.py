@@ -338,7 +338,7 @@ class SliceEngine:
             run.append((next_key, slice_bounds(following, self.slice_size, meta.size)))
         stats.miss += len(run)
         self.counters.slices["miss"] += len(run)
-        fills = self.start_run(run, target, meta, request_headers, None, store=store, urgent=urgent)
+        fills = self.start_run(run, target, meta, request_headers, store=store, urgent=urgent)
         for started in fills:
             started.readers += 1
         return [SliceClaim(fill=started) for started in fills]
@@ -352,28 +352,17 @@ class SliceEngine:
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
         *,
         store: bool,
-        prepaid: int = 0,
         epoch: int | None = None,
         hold: FetchHold | None = None,
     ) -> SliceFill:
-        """Fetch one slice in a task of its own; ``response`` is an answer already in hand,
-        ``prepaid`` bytes of the byte budget already granted to it, ``epoch`` the purge
-        epoch taken when the request that brought ``response`` went out. Or ``hold``: the
-        grant and response of a fetch started elsewhere (the probe), taken over whole."""
+        """Fetch one slice in a task of its own. ``hold``: the budget grant and origin
+        answer of a fetch started elsewhere (the probe), taken over whole; ``epoch`` the
+        purge epoch taken when the request that brought that answer went out."""
         run = [(key, bounds)]
         return self.start_run(
-            run,
-            target,
-            meta,
-            request_headers,
-            response,
-            store=store,
-            prepaid=prepaid,
-            epoch=epoch,
-            hold=hold,
+            run, target, meta, request_headers, store=store, epoch=epoch, hold=hold
         )[0]
 
     def start_run(
@@ -382,10 +371,8 @@ class SliceEngine:
         target: str,
         meta: ObjectMeta,
         request_headers: Headers,
-        response: httpx.Response | None,
         *,
         store: bool,
-        prepaid: int = 0,
         epoch: int | None = None,
         urgent: bool = False,
         hold: FetchHold | None = None,
@@ -398,7 +385,7 @@ class SliceEngine:
         """
         fills = [SliceFill(key, *bounds) for key, bounds in run]
         # One owner: the hold handed in is emptied into this fetch's own.
-        taken = hold.pass_on() if hold is not None else FetchHold(self.budget, prepaid, response)
+        taken = hold.pass_on() if hold is not None else FetchHold(self.budget, 0, None)
         task = asyncio.get_running_loop().create_task(
             self._run_fills(fills, target, meta, request_headers, taken, store, epoch, urgent)
         )

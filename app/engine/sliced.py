@@ -142,7 +142,13 @@ def _run_after_response(work: Callable[[], Awaitable[object]]) -> None:
 
     task = asyncio.get_running_loop().create_task(run())
     _AFTER_RESPONSE.add(task)
-    task.add_done_callback(_AFTER_RESPONSE.discard)
+    task.add_done_callback(_after_response_done)
+
+
+def _after_response_done(task: asyncio.Task[object]) -> None:
+    _AFTER_RESPONSE.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("work after a response failed: %r", task.exception())
 
 
 async def _answer(

@@ -30,7 +30,7 @@ from app.edge.headers import parse_host
 from app.engine.objectmeta import ObjectMeta, ReplayBlock
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import fresh_ttl
-from app.ops.accesslog import _request_id, access_line, http_date_now
+from app.ops.accesslog import access_line, http_date_now, request_id_of
 from cache import keys
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class FastHits:
             if len(self._middles) >= PREFIXES_KEPT:
                 self._middles.clear()
             self._middles[entry_key] = (block, age, ttl, middle)
-        request_id = _request_id({"headers": headers})
+        request_id = request_id_of({"headers": headers})
         size = meta.size
         if span is None:
             status, length = 200, size

@@ -84,7 +84,7 @@ def _new_request_id() -> str:
     return raw.hex()
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text: str = value.decode("latin-1")
@@ -164,7 +164,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        log = RequestLog(request_id=_request_id(scope))
+        log = RequestLog(request_id=request_id_of(scope))
         scope[SCOPE_KEY] = log
         client = scope[CLIENT_KEY] = self.trusted_proxies.client(scope)
         CURRENT_REQUEST.set(log)  # origin exchanges of this request fill upstream_ms

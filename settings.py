@@ -334,6 +334,21 @@ class Settings(BaseSettings):
         description="Share of requests written to the access log: 1 = every one, 0 = none. "
         "5xx and aborted responses are always written; metrics count every request.",
     )
+    access_log_buffer_bytes: int = Field(
+        default=65536,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Access lines are written in blocks of up to this many bytes (as "
+        "nginx's access_log buffer=): one write per line cost a system call per request. "
+        "0 writes every line at once.",
+    )
+    access_log_flush_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Most seconds an access line waits in the buffer before it is written "
+        "(as nginx's access_log flush=); the buffer is also written at shutdown.",
+    )
     fast_path: bool = Field(
         default=True,
         description="Answer a plain fresh hit of a small object held whole in L1 from the "

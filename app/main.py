@@ -43,7 +43,12 @@ from app.httpcache.freshness import FreshnessPolicy
 from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.httpcache.targeted import targeted_fields
 from app.ops import admin
-from app.ops.accesslog import AccessLogMiddleware, configure_logging, http_date_now
+from app.ops.accesslog import (
+    AccessLogMiddleware,
+    AccessLogWriter,
+    configure_logging,
+    http_date_now,
+)
 from app.ops.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.ops.metrics import Metrics
 from app.ops.plainstart import adopt_uvicorn
@@ -75,6 +80,7 @@ class Runtime:
     slice_patterns: list[re.Pattern[str]] = field(default_factory=list)
     # The protocol's synchronous answer to a plain fresh hit (app/fasthit.py), or None.
     fast_hit: FastHits | None = None
+    access_log: AccessLogWriter = field(default_factory=AccessLogWriter)
 
     def sliceable(self, ctx: RequestContext) -> bool:
         """GET/HEAD of a matching path, without a body or credentials, with caching on."""
@@ -462,6 +468,7 @@ def create_app(
             if runtime.store is not None:
                 await runtime.store.close()
             await runtime.upstream.aclose()
+            runtime.access_log.flush()
 
     runtime.metrics.add_source("slicecache", "slicecache engine and tiers", runtime.figures)
     guard = admin.AdminGuard(settings.admin_port, settings.admin_allow_networks)
@@ -479,12 +486,16 @@ def create_app(
     app = SlicecacheApp(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
     trusted = TrustedProxies(settings.trusted_proxies)
+    runtime.access_log = AccessLogWriter(
+        None, settings.access_log_buffer_bytes, settings.access_log_flush_seconds
+    )
     app.add_middleware(RawPathRouting)
     app.add_middleware(
         AccessLogMiddleware,
         metrics=runtime.metrics,
         trusted_proxies=trusted,
         sample_rate=settings.access_log_sample_rate,
+        writer=runtime.access_log,
     )
     app.add_middleware(StartupFailureReporter)
     # What the stack above runs for a proxied request, without the routing machinery:
@@ -495,12 +506,15 @@ def create_app(
             metrics=runtime.metrics,
             trusted_proxies=trusted,
             sample_rate=settings.access_log_sample_rate,
+            writer=runtime.access_log,
         ),
         handler=internal_error,
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")
     if settings.fast_path:
-        runtime.fast_hit = FastHits(runtime, trusted, settings.access_log_sample_rate)
+        runtime.fast_hit = FastHits(
+            runtime, settings.access_log_sample_rate, runtime.access_log
+        )
     return app
 
 

@@ -162,7 +162,9 @@ def test_a_fresh_hit_is_the_same_bytes_on_both_paths(origin: Origin) -> None:
 def test_the_access_line_and_metrics_are_the_same_on_both_paths(origin: Origin) -> None:
     path = "/files/4k-fast-log"
     stream = io.StringIO()
-    with served(origin) as (url, app):
+    # Unbuffered: each line is on stdout when its request ends (the buffer is tested in
+    # tests/test_hotpath.py).
+    with served(origin, access_log_buffer_bytes=0) as (url, app):
         httpx.get(url + path)
         store = app.state.runtime.store
         assert store is not None and store.l1 is not None

@@ -68,7 +68,7 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
                 self._refuse(503, linger=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._stop_wake()
         super().connection_lost(exc)
 
     def eof_received(self) -> None:
@@ -88,7 +88,7 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._swallowed(data):
             return
-        if self._head_timer is None and self._waiting_for_head():
+        if self._head_deadline is None and self._waiting_for_head():
             self._waiting_since = time.monotonic()  # the first byte of a later head
             self._arm_head_timer()
         super().data_received(data)
@@ -109,7 +109,6 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
     # Timers
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing() or not self._in_head():
             return
         if self.cycle is not None and not self.cycle.response_complete:

@@ -188,6 +188,11 @@ def current_age(
     return StoredAge.of(response_headers, request_time, response_time).at(now)
 
 
+# How much earlier than computed :meth:`StoredAge.steady_until` ends: float rounding of an
+# epoch time (~2e-7 s) must not carry an age past the second it changes.
+STEADY_MARGIN = 1e-6
+
+
 @dataclass(frozen=True, slots=True)
 class StoredAge:
     """What :func:`current_age` needs of a stored response, parsed once (its Age and Date
@@ -210,6 +215,17 @@ class StoredAge:
         if not math.isfinite(total):
             return DELTA_SECONDS_MAX
         return max(self.age_value, int(math.floor(total)))
+
+    def steady_until(self, now: float) -> float:
+        """An instant up to which (exclusive) :meth:`at` answers what it answers at ``now``:
+        the age moves when the elapsed time crosses a whole second. Never later than the
+        true instant (a microsecond early, against rounding), ``now`` itself when unknown."""
+        if now < self.response_time:
+            return self.response_time  # the clock has not reached the response: age constant
+        total = self.corrected_initial_age + (now - self.response_time)
+        if not math.isfinite(total):
+            return now
+        return max(now, now + (math.floor(total) + 1 - total) - STEADY_MARGIN)
 
 
 def is_fresh(lifetime: int, age: int) -> bool:

@@ -6,6 +6,8 @@ delays a streamed body; it only counts what passes through ``send``.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import email.utils
 import functools
 import json
@@ -108,6 +110,15 @@ def _slice_counts(value: bytes) -> tuple[int, int] | None:
 _text = encode_basestring_ascii  # a JSON string, as json.dumps writes it (C, ASCII-only)
 
 
+def access_line_head(method: str, path: str, query: str) -> str:
+    """The part of an access line between the timestamp and the status: what one route
+    and method always write (the fast path keeps it per route)."""
+    return (
+        f',"level":"info","msg":"request","method":{_text(method)},'
+        f'"path":{_text(path)},"query":{_text(query)},"status":'
+    )
+
+
 def access_line(
     ts: float,
     method: str,
@@ -122,12 +133,15 @@ def access_line(
     client: str,
     slices: tuple[int, int, int] | None,
     aborted: str | None,
+    head: str | None = None,
 ) -> str:
     """The access line: what ``json.dumps(entry, separators=(",", ":"))`` writes for it
-    (tests/test_hotpath.py holds them equal), from a template instead of a dict walk."""
+    (tests/test_hotpath.py holds them equal), from a template instead of a dict walk.
+    ``head``: :func:`access_line_head` of the method, path and query, if already made."""
+    if head is None:
+        head = access_line_head(method, path, query)
     line = (
-        f'{{"ts":{ts!r},"level":"info","msg":"request","method":{_text(method)},'
-        f'"path":{_text(path)},"query":{_text(query)},"status":{status},"bytes":{sent},'
+        f'{{"ts":{ts!r}{head}{status},"bytes":{sent},'
         f'"duration_ms":{duration_ms!r},"upstream_ms":{upstream_ms!r},'
         f'"cache":{_text(cache)},"request_id":{_text(request_id)},"client":{_text(client)}'
     )
@@ -136,6 +150,57 @@ def access_line(
     if aborted is not None:
         line += f',"aborted":{_text(aborted)}'
     return line + "}\n"
+
+
+class AccessLogWriter:
+    """Where access lines go: stdout (or ``stream``), in blocks.
+
+    One ``write`` per line was one system call per request (stdout is unbuffered under
+    ``PYTHONUNBUFFERED``, as container images set it): a sixth of a cache hit's CPU. Lines
+    are kept until ``buffer_bytes`` of them are waiting or ``flush_seconds`` have passed since
+    the first of them, as nginx's ``access_log ... buffer= flush=``; the app flushes at
+    shutdown and at exit. A ``kill -9`` loses at most that much of the access log.
+    ``buffer_bytes`` 0 writes every line at once.
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, buffer_bytes: int = 0, flush_seconds: float = 1.0
+    ) -> None:
+        self.stream = stream
+        self.buffer_bytes = buffer_bytes
+        self.flush_seconds = flush_seconds
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        if buffer_bytes > 0:
+            atexit.register(self.flush)
+
+    def write(self, line: str) -> None:
+        if self.buffer_bytes <= 0:
+            (self.stream or sys.stdout).write(line)
+            return
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.buffer_bytes:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to flush later: write now
+                self.flush()
+                return
+            self._timer = loop.call_later(self.flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        text = "".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        (self.stream or sys.stdout).write(text)
 
 
 class AccessLogMiddleware:
@@ -152,10 +217,11 @@ class AccessLogMiddleware:
         stream: TextIO | None = None,
         trusted_proxies: TrustedProxies | None = None,
         sample_rate: float = 1.0,
+        writer: AccessLogWriter | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.stream = stream
+        self.writer = writer or AccessLogWriter(stream)
         self.trusted_proxies = trusted_proxies or TrustedProxies([])
         self.sample_rate = sample_rate
 
@@ -224,4 +290,4 @@ class AccessLogMiddleware:
                     None if stats is None else (stats.hit, stats.miss, stats.coalesced),
                     None if complete else (log.aborted or "client disconnected"),
                 )
-                (self.stream or sys.stdout).write(line)
+                self.writer.write(line)

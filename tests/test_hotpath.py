@@ -413,3 +413,79 @@ def test_a_one_slice_hit_needs_no_disconnect_watcher(
         client.get(url + "/files/256k-watch")
         client.get(url + "/files/256k-watch")  # a hit of four slices
         assert len(watchers) == 3
+
+
+# --- what the fast path keeps between hits ---------------------------------------------------
+
+
+@given(
+    age_value=st.integers(min_value=0, max_value=10**6),
+    initial=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    elapsed=st.floats(min_value=-1e4, max_value=1e6, allow_nan=False),
+    later=st.floats(min_value=0, max_value=1, exclude_max=True),
+)
+def test_an_age_is_steady_until_the_instant_given(
+    age_value: int, initial: float, elapsed: float, later: float
+) -> None:
+    """The fast path reuses a head for as long as StoredAge.steady_until says: the age at
+    any instant in [now, until) is the age at now, and until is never in the past."""
+    from app.httpcache.freshness import StoredAge
+
+    age = StoredAge(age_value, max(float(age_value), initial), T0)
+    now = T0 + elapsed
+    until = age.steady_until(now)
+    assert until >= now
+    inside = now + (until - now) * later
+    assert age.at(inside) == age.at(now)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=120, allow_nan=False), max_size=50))
+def test_fast_hit_ttfbs_export_as_observed_ones(ttfbs: list[float]) -> None:
+    """The fast path's TTFBs, kept per bucket and added at a flush, export exactly what
+    Histogram.observe would have exported for them."""
+    fast, slow = Metrics(), Metrics()
+    for ttfb in ttfbs:
+        fast.observe_fast_hit("GET", 10, ttfb)
+        slow.ttfb.labels("HIT").observe(ttfb)
+
+    def histogram(metrics: Metrics) -> list[str]:
+        lines = metrics.render().decode().splitlines()
+        return [line for line in lines if line.startswith("slicecache_ttfb_seconds")]
+
+    observed = histogram(slow)
+    assert observed and histogram(fast) == observed
+
+
+def test_access_lines_are_written_in_blocks() -> None:
+    """Lines wait until the buffer fills or the flush interval passes; 0 writes at once."""
+    from app.ops.accesslog import AccessLogWriter
+
+    out = io.StringIO()
+    at_once = AccessLogWriter(out, buffer_bytes=0)
+    at_once.write("a\n")
+    assert out.getvalue() == "a\n"
+
+    async def run() -> list[str]:
+        seen = []
+        out = io.StringIO()
+        writer = AccessLogWriter(out, buffer_bytes=10, flush_seconds=0.05)
+        writer.write("1234\n")
+        seen.append(out.getvalue())  # waiting
+        writer.write("5678\n")  # 10 bytes: written
+        seen.append(out.getvalue())
+        writer.write("late\n")
+        seen.append(out.getvalue())
+        await asyncio.sleep(0.2)  # the interval passed: written
+        seen.append(out.getvalue())
+        writer.write("last\n")
+        writer.flush()  # as at shutdown
+        seen.append(out.getvalue())
+        return seen
+
+    assert asyncio.run(run()) == [
+        "",
+        "1234\n5678\n",
+        "1234\n5678\n",
+        "1234\n5678\nlate\n",
+        "1234\n5678\nlate\nlast\n",
+    ]

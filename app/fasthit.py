@@ -344,12 +344,7 @@ class FastHits:
         """The object key, raw path and query of a proxied target, as the normal path
         makes them; None where the normal path would refuse or not slice it. Remembered:
         a pure function of the two while the settings stand."""
-        if (
-            url[:1] != b"/"
-            or url.startswith(self.admin_prefix)
-            or b"#" in url
-            or not url.isascii()
-        ):
+        if url[:1] != b"/" or url.startswith(self.admin_prefix) or b"#" in url or not url.isascii():
             return None
         runtime = self.runtime
         settings = runtime.settings

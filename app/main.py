@@ -512,9 +512,7 @@ def create_app(
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")
     if settings.fast_path:
-        runtime.fast_hit = FastHits(
-            runtime, settings.access_log_sample_rate, runtime.access_log
-        )
+        runtime.fast_hit = FastHits(runtime, settings.access_log_sample_rate, runtime.access_log)
     return app
 
 

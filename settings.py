@@ -334,7 +334,7 @@ class Settings(BaseSettings):
         description="Share of requests written to the access log: 1 = every one, 0 = none. "
         "5xx and aborted responses are always written; metrics count every request.",
     )
-    access_log_buffer_bytes: int = Field(
+    access_log_buffer_bytes: ByteSize = Field(
         default=65536,
         ge=0,
         le=16 * 1024 * 1024,

@@ -34,6 +34,7 @@ import httptools
 from app.edge import ranges
 from app.edge.headers import parse_host
 from app.engine.objectmeta import ObjectMeta, ReplayBlock
+from app.engine.slices import slice_bounds
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, PreparedFreshness, fresh_ttl
 from app.ops.accesslog import AccessLogWriter, access_line, access_line_head, http_date_now
@@ -69,7 +70,9 @@ PLANS_KEPT = 4096  # prepared stored responses in use
 ROUTES_KEPT = 4096  # (Host, URL) pairs whose object key is remembered
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 STATUS_206 = b"HTTP/1.1 206 Partial Content\r\n"
-ONE_SLICE_HIT = (1, 0, 0)  # the access line's slices of a GET: one hit, no miss
+# Most bytes of an answer of several slices (one slice is always answered): it is written
+# at once, so a slow reader holds it in the transport's buffer (as views of L1's bytes).
+MOST_BYTES = 2 * 1024 * 1024
 
 
 class _Route:
@@ -95,6 +98,7 @@ class _Plan:
         "policy",
         "block",
         "slice_key",
+        "slice_prefix",
         "fields",
         "dated",
         "by_operator",
@@ -113,7 +117,7 @@ class _Plan:
         meta: ObjectMeta,
         policy: FreshnessPolicy,
         block: ReplayBlock,
-        slice_key: str,
+        slice_prefix: str,
         fields: bytes,
         dated: bool,
         by_operator: bool,
@@ -122,7 +126,8 @@ class _Plan:
         self.headers = meta.headers
         self.policy = policy
         self.block = block
-        self.slice_key = slice_key
+        self.slice_prefix = slice_prefix  # + the index: a slice's key (cache.keys)
+        self.slice_key = slice_prefix + "0"
         self.fields = fields
         self.dated = dated
         self.by_operator = by_operator
@@ -162,8 +167,11 @@ class _Plan:
         return True
 
 
-def _tail(length: int) -> bytes:
-    return b"content-length: %d\r\nx-cache: HIT\r\nx-cache-slices: hit=1, miss=0\r\n" % length
+def _tail(length: int, slices: int = 1) -> bytes:
+    return b"content-length: %d\r\nx-cache: HIT\r\nx-cache-slices: hit=%d, miss=0\r\n" % (
+        length,
+        slices,
+    )
 
 
 def _encoded_fields(block: ReplayBlock) -> tuple[bytes, bool] | None:
@@ -181,7 +189,8 @@ def _encoded_fields(block: ReplayBlock) -> tuple[bytes, bool] | None:
 
 
 class FastHits:
-    """``fast_hit(...) -> bytes | None``: the whole response to a plain fresh hit, or None."""
+    """``fast_hit(...)``: the whole response to a plain fresh hit (bytes, or the head and
+    views of the stored slices, to be written in order), or None."""
 
     def __init__(
         self,
@@ -207,7 +216,7 @@ class FastHits:
         client: tuple[str, int] | None,
         keep_alive: bool,
         default_headers: list[tuple[bytes, bytes]],
-    ) -> bytes | None:
+    ) -> bytes | list[Any] | None:
         started = time.perf_counter()
         runtime = self.runtime
         directory = runtime.directory
@@ -256,17 +265,10 @@ class FastHits:
         if not (plan.since <= now < plan.until) or default_headers is not plan.defaults:
             if not plan.tick(meta.freshness(policy), now, default_headers):
                 return None
-        slice_key = plan.slice_key
         engine = directory.engine
         store = runtime.store
         l1 = None if store is None else store.l1
-        if (
-            l1 is None
-            or store is None
-            or slice_key in engine.fills
-            or slice_key in engine.recent
-            or not l1.contains_slice(slice_key)
-        ):
+        if l1 is None or store is None:
             return None
         size = meta.size
         span: ranges.ByteRange | None = None
@@ -278,31 +280,63 @@ class FastHits:
                 span = decision.ranges[0]
             elif decision.outcome is not ranges.RangeOutcome.FULL:
                 return None  # 416: the normal path
-        body: Any = b""
+        if span is None:
+            first, last = 0, size - 1
+        else:
+            first, last = span.first, span.last
+        length = last - first + 1
+        slice_size = engine.slice_size
+        if size <= slice_size:
+            slice_keys = [plan.slice_key]
+        elif length > max(slice_size, MOST_BYTES):
+            return None  # a long answer streams the normal way, as the client reads it
+        else:
+            prefix = plan.slice_prefix
+            slice_keys = [
+                prefix + str(i) for i in range(first // slice_size, last // slice_size + 1)
+            ]
+        fills, recent = engine.fills, engine.recent
+        for slice_key in slice_keys:
+            if slice_key in fills or slice_key in recent:
+                return None  # being fetched, or held for its readers only: the engine's
         head = method == "HEAD"
-        if not head:  # a HEAD reads no slice on the normal path either
-            body = l1.get_slice_now(slice_key)
-            if body is None:
+        body: list[Any] = []
+        if head:  # a HEAD reads no slice on the normal path either
+            contains = l1.contains_slice
+            if not all(contains(slice_key) for slice_key in slice_keys):
                 return None
-            store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts it
-            if len(body) != size:
-                return None  # the normal path refetches it
-            if span is not None:
-                body = memoryview(body)[span.first : span.last + 1]
-        # What sliced._answer sends for a fresh one-slice hit, then what the access-log
+        else:
+            held = l1.held_slices_now(slice_keys)
+            if held is None:
+                return None
+            store.counters["slice_hits_l1"] += len(held)  # as TieredStore.get_slice counts
+            index = first // slice_size
+            for data in held:
+                lo, hi = slice_bounds(index, slice_size, size)
+                if len(data) != hi - lo + 1:
+                    return None  # the normal path refetches it
+                if first > lo or last < hi:
+                    data = memoryview(data)[max(first, lo) - lo : min(last, hi) - lo + 1]
+                body.append(data)
+                index += 1
+        # What sliced._answer sends for a fresh hit of held slices, then what the access-log
         # middleware adds (X-Request-Id, a Date if none), as uvicorn writes the head.
         if request_id is None:
             request_id = _request_id_of({"headers": ()})
-        if span is None:
-            status, length = 200, size
+        count = len(slice_keys)
+        if span is None and count == 1:
+            status = 200
             parts = [plan.head_200]
+        elif span is None:
+            status = 200
+            parts = [STATUS_200, plan.common, _tail(length, count)]
         else:
-            status, length = 206, span.length
+            status = 206
             parts = [
                 STATUS_206,
                 plan.common,
-                b"content-range: bytes %d-%d/%d\r\n" % (span.first, span.last, size),
-                _tail(length),
+                b"content-range: bytes %d-%d/%d\r\n" % (first, last, size),
+                _tail(length, count),
             ]
         parts.append(b"x-request-id: " + request_id.encode("latin-1") + b"\r\n")
         if not plan.dated:
@@ -310,13 +344,15 @@ class FastHits:
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
-        if not head:
-            parts.append(body)
-        response = b"".join(parts)
+        response: bytes | list[Any]
+        if len(body) <= 1:
+            response = b"".join(parts + body)  # one write of a small answer
+        else:
+            response = [b"".join(parts), *body]  # written as they are: no copy
 
         sent = 0 if head else length
         duration = time.perf_counter() - started
-        runtime.metrics.observe_fast_hit(method, sent, duration)
+        runtime.metrics.observe_fast_hit(method, sent, duration, count)  # X-Cache-Slices
         rate = self.sample_rate
         if rate >= 1.0 or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
@@ -333,7 +369,7 @@ class FastHits:
                     "HIT",
                     request_id,
                     client[0] if client else "-",
-                    None if head else ONE_SLICE_HIT,
+                    None if head else (len(body), 0, 0),
                     None,
                     route.log_heads[method],
                 )
@@ -370,8 +406,10 @@ class FastHits:
         """Prepare ``meta`` for the fast path, or None when it never answers it."""
         directory = self.runtime.directory
         assert directory is not None
-        if meta.vary or meta.status != 200 or not 0 < meta.size <= directory.engine.slice_size:
-            return None  # one whole slice of a 200 without Vary only
+        if meta.vary or meta.status != 200 or meta.size <= 0:
+            return None  # a stored 200 without Vary only
+        if meta.whole and meta.size > directory.engine.slice_size:
+            return None  # held whole, not as slices
         block = meta.replay()
         encoded = _encoded_fields(block)
         if encoded is None:
@@ -381,7 +419,7 @@ class FastHits:
             meta,
             policy,
             block,
-            keys.slice_key(object_key, meta.version, 0),
+            keys.slice_key_prefix(object_key, meta.version),
             *encoded,
             by_operator,
         )

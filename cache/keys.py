@@ -42,6 +42,12 @@ def slice_key(entry_key: str, version: str, index: int) -> str:
     return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}{index}"
 
 
+def slice_key_prefix(entry_key: str, version: str) -> str:
+    """What every slice key of one version of an entry starts with: the key of slice
+    ``index`` is this plus ``str(index)``, as :func:`slice_key` makes it."""
+    return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}"
+
+
 def split_slice_key(key: str) -> tuple[str, str, int]:
     """``(entry key, version, index)`` of a key built by :func:`slice_key`.
 

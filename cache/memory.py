@@ -82,9 +82,24 @@ class MemoryStore:
         data = self._get(SLICE, key)
         return SliceLease.of(data) if data is not None else None
 
-    def get_slice_now(self, key: str) -> SliceData | None:
-        """:meth:`get_slice` without an await (counted the same): the fast path's read."""
-        return self._get(SLICE, key)
+    def held_slices_now(self, keys: list[str]) -> list[SliceData] | None:
+        """The fast path's read: every one of the slices if all are held and unexpired,
+        counted as hits as :meth:`get_slice` counts them; None, counted nowhere, if any
+        is not (the fast path then declines, and the normal path's reads count once)."""
+        lru = self._lru
+        now = None
+        found = []
+        for key in keys:
+            entry = lru.get((SLICE, key))
+            if entry is None:
+                return None
+            if entry.expires_at is not None:
+                now = self._time() if now is None else now
+                if entry.expires_at <= now:
+                    return None
+            found.append(entry.data)
+        self.hits += len(found)
+        return found
 
     # ``epoch``: the front (TieredStore) checks it against its purge records right before
     # calling, with no await in between; this tier keeps no records of its own.

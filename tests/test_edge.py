@@ -503,3 +503,59 @@ def test_a_streamed_put_on_a_pooled_connection_the_origin_closed_is_retried(
             assert origin.connections == 2
     finally:
         origin.close()
+
+
+def _answers(sock: socket.socket, count: int, deadline: float) -> list[int]:
+    """The statuses of ``count`` Content-Length-framed answers read from ``sock``."""
+    buffer = b""
+    statuses: list[int] = []
+    sock.settimeout(0.5)
+    while len(statuses) < count and time.monotonic() < deadline:
+        end = buffer.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffer[:end].lower()
+            length = int(head.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            if len(buffer) >= end + 4 + length:
+                statuses.append(_status(buffer))
+                buffer = buffer[end + 4 + length :]
+                continue
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        buffer += chunk
+    return statuses
+
+
+def test_pipelined_heads_are_counted_one_by_one_against_the_head_limit(
+    edge: ProxyFactory,
+) -> None:
+    """Many small pipelined requests in one read add up to more than MAX_HEADER_BYTES:
+    each is within it, so each is answered (none is taken for one oversized head)."""
+    requests = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Pad: 0123456789\r\n\r\n" * 300
+    assert len(requests) > 4 * 4096
+    with edge(max_header_bytes=4096) as url:
+        _exchange(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n\r\n")  # stored
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(requests)
+            statuses = _answers(sock, 300, time.monotonic() + 60)
+    assert statuses == [200] * 300
+
+
+def test_a_head_the_server_has_not_read_yet_is_not_timed_out(proxy: ProxyFactory) -> None:
+    """A slow response runs, a request waits behind it (reading is paused) and the start
+    of a third head came with it: the rest of that head, sent in time, is unread until the
+    server reads again, so the head timeout does not cut it off."""
+    with proxy(request_head_timeout=1.0) as url:
+        with socket.create_connection(_address(url)) as sock:
+            sock.sendall(
+                b"GET /files/1k.bin?latency_ms=2500 HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /files/2k.bin HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"GET /files/3k.bin HTTP/1.1\r\nHo"
+            )
+            time.sleep(0.3)
+            sock.sendall(b"st: t\r\n\r\n")
+            statuses = _answers(sock, 3, time.monotonic() + 30)
+    assert statuses == [200, 200, 200]

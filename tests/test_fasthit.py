@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from app.edge.httpserver import HttpProtocol
 from app.httpcache.freshness import FreshnessPolicy, Outcome, decide_prepared, fresh_ttl
 from app.main import create_app
+from cache import keys
+from cache.memory import SLICE
 from settings import Settings
 from tests.conftest import Origin
 from tests.servers import run_asgi_in_thread
@@ -157,6 +159,60 @@ def test_a_fresh_hit_is_the_same_bytes_on_both_paths(origin: Origin) -> None:
                 assert not fast_closed and b"connection: close" not in fast[0]
         (plain,), _ = exchange(url, request(path))
         assert len(plain) - plain.index(b"\r\n\r\n") - 4 == 4096
+
+
+def test_answers_of_several_held_slices_are_the_same_bytes_on_both_paths(
+    origin: Origin,
+) -> None:
+    """A range (or a whole small object) across several slices held in L1 is answered by
+    the fast path too, as the head and views of the slices; a longer answer is not."""
+    slice_size = 64 * 1024
+    path = "/files/200k-fast-slices"  # 3 full slices and part of a 4th
+    with served(origin, slice_size=slice_size) as (url, app):
+        httpx.get(url + path)  # stores every slice
+        cases = [
+            ([request(path)], False),
+            ([request(path, "HEAD")], True),
+            ([request(path, extra="Range: bytes=60000-70000\r\n")], False),  # across two
+            ([request(path, extra=f"Range: bytes={slice_size}-\r\n")], False),  # to the end
+            ([request(path, extra="Range: bytes=-1000\r\n")], False),  # in the last one
+            ([request(path, extra="Range: bytes=1-204799\r\n")], False),
+            ([request(path, "HEAD", extra="Range: bytes=0-99999\r\n")], True),
+            ([request(path, rid="a"), request(path, extra="Range: bytes=9-99999\r\n")], False),
+        ]
+        for requests, head_only in cases:
+            (slow, slow_closed), ((fast, fast_closed), answered) = both(
+                app, url, *requests, head_only=head_only
+            )
+            assert answered == len(requests), requests
+            assert [masked(r) for r in fast] == [masked(r) for r in slow], requests
+            assert fast_closed == slow_closed, requests
+        (whole,), _ = exchange(url, request(path))
+        body = whole[whole.index(b"\r\n\r\n") + 4 :]
+        assert body == httpx.get(origin.url + path).content
+        assert b"x-cache-slices: hit=4, miss=0" in whole
+        # One slice missing: the normal path fetches it (the fast path declines).
+        runtime = app.state.runtime
+        key = meta_key(app)
+        meta = runtime.directory.records.known_meta(key)
+        runtime.store.l1._lru.pop((SLICE, keys.slice_key(key, meta.version, 1)))  # evicted
+        before = fast_hits(app)
+        (partial,), _ = exchange(url, request(path, extra="Range: bytes=0-70000\r\n"))
+        assert fast_hits(app) == before and b"x-cache: PARTIAL" in partial
+    # More than MOST_BYTES in one answer: the normal path streams it.
+    with served(origin, slice_size=slice_size) as (url, app):
+        long_path = "/files/3m-fast-slices"
+        httpx.get(url + long_path)
+        (long,), _ = exchange(url, request(long_path))
+        assert fast_hits(app) == 0 and b"x-cache: HIT" in long
+        (short,), _ = exchange(url, request(long_path, extra="Range: bytes=0-99999\r\n"))
+        assert fast_hits(app) == 1 and short.startswith(b"HTTP/1.1 206")
+
+
+def meta_key(app: Any) -> str:
+    """The object key of the only object the fast path has a plan for."""
+    (key,) = app.state.runtime.fast_hit._plans
+    return str(key)
 
 
 def test_the_access_line_and_metrics_are_the_same_on_both_paths(origin: Origin) -> None:

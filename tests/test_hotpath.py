@@ -489,3 +489,24 @@ def test_access_lines_are_written_in_blocks() -> None:
         "1234\n5678\nlate\n",
         "1234\n5678\nlate\nlast\n",
     ]
+
+
+def test_access_lines_leave_the_process_when_written() -> None:
+    """A block written is flushed through the stream's own buffer (stdout to a file or a
+    pipe is block-buffered without PYTHONUNBUFFERED); the buffer takes size syntax."""
+    from app.ops.accesslog import AccessLogWriter
+
+    class Recorder(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self) -> None:
+            self.flushed.append(self.getvalue())
+
+    out = Recorder()
+    AccessLogWriter(out, buffer_bytes=0).write("a\n")
+    writer = AccessLogWriter(out, buffer_bytes=4)
+    writer.write("bcde\n")
+    assert out.flushed == ["a\n", "a\nbcde\n"]
+    assert Settings(
+        upstream_address="o:1", access_log_buffer_bytes="64k"
+    ).access_log_buffer_bytes == (64 * 1024)

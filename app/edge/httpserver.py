@@ -168,7 +168,7 @@ class FastHit(Protocol):
         client: tuple[str, int] | None,
         keep_alive: bool,
         default_headers: list[tuple[bytes, bytes]],
-    ) -> bytes | None: ...
+    ) -> bytes | list[Any] | None: ...
 
 
 class EdgeGuard:
@@ -273,6 +273,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         # Between a message's end and the next one's headers: counting head bytes.
         self._in_head = True
         self._head_bytes = 0
+        self._heads_completed = 0  # messages parsed on this connection
         self._url_bytes = 0
         self._field_bytes = 0
         self._field_count = 0
@@ -337,20 +338,28 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # timeout: trickled, they would hold the connection forever).
             self._waiting_since = time.monotonic()
             self._arm_head_timer()
-        room = self.limits.max_head_bytes - self._head_bytes
-        if len(data) <= room:
-            self._head_bytes += len(data)
-            self._feed(data)
-        else:
+        while True:
+            room = self.limits.max_head_bytes - self._head_bytes
+            if len(data) <= room:
+                self._head_bytes += len(data)
+                self._feed(data)
+                return
             # Feed only what the limit allows; the rest is parsed only if the head ended.
+            completed = self._heads_completed
             self._head_bytes += room + 1
             self._feed(data[: room + 1])
+            data = data[room + 1 :]
             if self._lingering or self._pending_refusal is not None or self.parser is None:
                 return
-            if self._in_head:
+            if not self._in_head:
+                self._feed(data)
+                return
+            if self._heads_completed == completed:
                 self._refuse_head(431 if self._url_bytes <= self.limits.max_target_bytes else 414)
-            else:
-                self._feed(data[room + 1 :])
+                return
+            # Heads ended in those bytes (pipelined requests) and a later one began: its
+            # count starts over. Its first bytes went uncounted (at most the limit), and
+            # the exact URL and field limits still hold for it.
 
     def _feed(self, data: bytes) -> None:
         if self.parser is None or self._lingering:
@@ -424,6 +433,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._heads_completed += 1
         self._in_head = True
         self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
         if self._fast_answered:
@@ -468,7 +478,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if response is None:
             return False
         self._fast_answered = True
-        self.transport.write(response)
+        if isinstance(response, bytes):
+            self.transport.write(response)
+        else:
+            self.transport.writelines(response)  # the head, then views of stored slices
         # What uvicorn does when a response completes (RequestResponseCycle.send, then
         # on_response_complete): close unless kept alive, count it, arm the keep-alive timer
         # (here a deadline on the connection's one timer: see EdgeGuard).
@@ -519,7 +532,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         if self.transport.is_closing() or not self._in_head:
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        running = self.cycle is not None and not self.cycle.response_complete
+        if running and self.flow.read_paused:
+            # We stopped reading (a request waits behind the running one), not the client:
+            # the rest of this head may be waiting unread. Its clock starts again.
+            self._arm_head_timer()
+            return
+        if running:
             # A pipelined head is trickling in behind a running response: that response
             # finishes, then the connection closes.
             self.cycle.keep_alive = False

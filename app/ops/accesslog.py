@@ -177,7 +177,7 @@ class AccessLogWriter:
 
     def write(self, line: str) -> None:
         if self.buffer_bytes <= 0:
-            (self.stream or sys.stdout).write(line)
+            self._out(line)
             return
         self._lines.append(line)
         self._size += len(line)
@@ -200,7 +200,14 @@ class AccessLogWriter:
         text = "".join(self._lines)
         self._lines.clear()
         self._size = 0
-        (self.stream or sys.stdout).write(text)
+        self._out(text)
+
+    def _out(self, text: str) -> None:
+        # Written through: stdout is block-buffered when it is a file or a pipe and
+        # PYTHONUNBUFFERED is unset, which would hold lines until exit.
+        stream = self.stream or sys.stdout
+        stream.write(text)
+        stream.flush()
 
 
 class AccessLogMiddleware:

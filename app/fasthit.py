@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httptools
 
@@ -37,9 +37,17 @@ from app.engine.objectmeta import ObjectMeta, ReplayBlock
 from app.engine.slices import slice_bounds
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, PreparedFreshness, fresh_ttl
-from app.ops.accesslog import AccessLogWriter, access_line, access_line_head, http_date_now
+from app.ops.accesslog import (
+    AccessLineParts,
+    AccessLogWriter,
+    access_line_head,
+    access_line_parts,
+    http_date_now,
+    line_of,
+)
 from app.ops.accesslog import request_id_of as _request_id_of
 from cache import keys
+from cache.indexed import ObjectIndexedLRU
 
 if TYPE_CHECKING:
     from app.main import Runtime
@@ -68,6 +76,7 @@ FRAMING = frozenset({b"connection", b"transfer-encoding", b"content-length", b"c
 BAD_VALUE_BYTES = frozenset(range(0x00, 0x09)) | frozenset(range(0x0A, 0x20)) | {0x7F}
 PLANS_KEPT = 4096  # prepared stored responses in use
 ROUTES_KEPT = 4096  # (Host, URL) pairs whose object key is remembered
+LOG_PARTS_KEPT = 16  # per route: answers (method, status, length, client) of prepared lines
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 STATUS_206 = b"HTTP/1.1 206 Partial Content\r\n"
 # Most bytes of an answer of several slices (one slice is always answered): it is written
@@ -78,7 +87,7 @@ MOST_BYTES = 2 * 1024 * 1024
 class _Route:
     """What a (Host, target) pair always means while the settings stand."""
 
-    __slots__ = ("object_key", "raw_path", "query", "log_heads")
+    __slots__ = ("object_key", "raw_path", "query", "log_heads", "log_parts")
 
     def __init__(self, object_key: str, raw_path: bytes, query: bytes) -> None:
         self.object_key = object_key
@@ -87,6 +96,19 @@ class _Route:
         path, query_text = raw_path.decode("latin-1"), query.decode("latin-1")
         # The access line's fixed part, by method.
         self.log_heads = {m: access_line_head(m, path, query_text) for m in ("GET", "HEAD")}
+        # ... and the rest of it but the clock and the request ID, by what else varies.
+        self.log_parts: dict[tuple[str, int, int, int, str], AccessLineParts] = {}
+
+
+class _Answer(NamedTuple):
+    """What :meth:`FastHits._respond` makes a response of."""
+
+    status: int
+    head: list[bytes]  # the status line to X-Cache-Slices, in pieces
+    body: list[Any]  # the bytes of each slice answered (none for a HEAD)
+    slices: int  # how many (X-Cache-Slices)
+    length: int  # Content-Length
+    dated: bool  # the stored fields have a Date
 
 
 class _Plan:
@@ -110,6 +132,11 @@ class _Plan:
         "ttl",
         "common",  # default fields, stored fields, Age to Cache-Status
         "head_200",  # the status line, common, Content-Length to X-Cache-Slices
+        # The slice of a one-slice object as last read from L1, its expiry there, and
+        # ObjectIndexedLRU.changes when it was: see FastHits.__call__.
+        "body",
+        "body_expires",
+        "seen",
     )
 
     def __init__(
@@ -135,6 +162,9 @@ class _Plan:
         self.defaults: list[tuple[bytes, bytes]] | None = None
         self.ttl = 0
         self.common = self.head_200 = b""
+        self.body: Any = b""
+        self.body_expires = 0.0
+        self.seen = -1
 
     def current(self, meta: ObjectMeta | None, policy: FreshnessPolicy) -> bool:
         """Still the directory's stored response, as it was prepared?"""
@@ -250,7 +280,55 @@ class FastHits:
             route = self._route(host, url)
             if route is None:
                 return None
-        object_key = route.object_key
+        store = runtime.store
+        l1 = None if store is None else store.l1
+        if l1 is None or store is None:
+            return None
+        now = time.time()
+        head = method == "HEAD"
+        plan = self._plans.get(route.object_key)
+        if (
+            plan is not None
+            and plan.seen == ObjectIndexedLRU.changes
+            and range_field is None
+            and plan.since <= now < plan.until
+            and now < plan.body_expires
+            and default_headers is plan.defaults
+            and plan.meta.headers is plan.headers
+            and directory.policy is plan.policy
+            and plan.slice_key not in directory.engine.fills
+        ):
+            # The plain hit of a moment ago again: nothing it was looked up in (metadata,
+            # L1, recent slices, unsliceable marks) has changed since, so the same answer
+            # stands. Recency in those LRUs moves on the first hit of each Age window (at
+            # most a second), as Varnish's lru_interval.
+            answer = _Answer(
+                200, [plan.head_200], [] if head else [plan.body], 1, plan.meta.size, plan.dated
+            )
+            if not head:
+                l1.count_hits(1)
+                store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts it
+        else:
+            looked_up = self._look_up(route.object_key, range_field, head, now, default_headers)
+            if looked_up is None:
+                return None
+            answer = looked_up
+        return self._respond(answer, method, route, request_id, client, keep_alive, started)
+
+    def _look_up(
+        self,
+        object_key: str,
+        range_field: bytes | None,
+        head: bool,
+        now: float,
+        default_headers: list[tuple[bytes, bytes]],
+    ) -> _Answer | None:
+        """The answer from the directory's metadata and L1's slices, or None."""
+        runtime = self.runtime
+        directory = runtime.directory
+        store = runtime.store
+        assert directory is not None and store is not None and store.l1 is not None
+        l1 = store.l1
         records = directory.records
         meta = records.known_meta(object_key)
         if meta is None or records.is_unsliceable(object_key):
@@ -261,15 +339,10 @@ class FastHits:
             plan = self._plan(object_key, meta, policy)
             if plan is None:
                 return None
-        now = time.time()
         if not (plan.since <= now < plan.until) or default_headers is not plan.defaults:
             if not plan.tick(meta.freshness(policy), now, default_headers):
                 return None
         engine = directory.engine
-        store = runtime.store
-        l1 = None if store is None else store.l1
-        if l1 is None or store is None:
-            return None
         size = meta.size
         span: ranges.ByteRange | None = None
         if range_field is not None:
@@ -299,7 +372,6 @@ class FastHits:
         for slice_key in slice_keys:
             if slice_key in fills or slice_key in recent:
                 return None  # being fetched, or held for its readers only: the engine's
-        head = method == "HEAD"
         body: list[Any] = []
         if head:  # a HEAD reads no slice on the normal path either
             contains = l1.contains_slice
@@ -309,9 +381,10 @@ class FastHits:
             held = l1.held_slices_now(slice_keys)
             if held is None:
                 return None
-            store.counters["slice_hits_l1"] += len(held)  # as TieredStore.get_slice counts
+            datas, expires = held
+            store.counters["slice_hits_l1"] += len(datas)  # as TieredStore.get_slice counts
             index = first // slice_size
-            for data in held:
+            for data in datas:
                 lo, hi = slice_bounds(index, slice_size, size)
                 if len(data) != hi - lo + 1:
                     return None  # the normal path refetches it
@@ -319,60 +392,87 @@ class FastHits:
                     data = memoryview(data)[max(first, lo) - lo : min(last, hi) - lo + 1]
                 body.append(data)
                 index += 1
-        # What sliced._answer sends for a fresh hit of held slices, then what the access-log
-        # middleware adds (X-Request-Id, a Date if none), as uvicorn writes the head.
-        if request_id is None:
-            request_id = _request_id_of({"headers": ()})
+            if len(datas) == 1 and span is None:
+                # What a repeat of this plain hit may answer without looking again.
+                plan.body, plan.body_expires = datas[0], expires
+                plan.seen = ObjectIndexedLRU.changes
+        # What sliced._answer sends for a fresh hit of held slices.
         count = len(slice_keys)
         if span is None and count == 1:
-            status = 200
-            parts = [plan.head_200]
-        elif span is None:
-            status = 200
-            parts = [STATUS_200, plan.common, _tail(length, count)]
-        else:
-            status = 206
-            parts = [
-                STATUS_206,
-                plan.common,
-                b"content-range: bytes %d-%d/%d\r\n" % (first, last, size),
-                _tail(length, count),
-            ]
+            return _Answer(200, [plan.head_200], body, count, length, plan.dated)
+        if span is None:
+            return _Answer(
+                200,
+                [STATUS_200, plan.common, _tail(length, count)],
+                body,
+                count,
+                length,
+                plan.dated,
+            )
+        head_parts = [
+            STATUS_206,
+            plan.common,
+            b"content-range: bytes %d-%d/%d\r\n" % (first, last, size),
+            _tail(length, count),
+        ]
+        return _Answer(206, head_parts, body, count, length, plan.dated)
+
+    def _respond(
+        self,
+        answer: _Answer,
+        method: str,
+        route: _Route,
+        request_id: str | None,
+        client: tuple[str, int] | None,
+        keep_alive: bool,
+        started: float,
+    ) -> bytes | list[Any]:
+        """The response's bytes, with what the access-log middleware adds (X-Request-Id,
+        a Date if none) as uvicorn writes the head; counted and logged as the normal path
+        counts and logs it."""
+        if request_id is None:
+            request_id = _request_id_of({"headers": ()})
+        parts = answer.head
         parts.append(b"x-request-id: " + request_id.encode("latin-1") + b"\r\n")
-        if not plan.dated:
+        if not answer.dated:
             parts.append(b"date: " + http_date_now() + b"\r\n")
         if not keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
+        body = answer.body
         response: bytes | list[Any]
         if len(body) <= 1:
             response = b"".join(parts + body)  # one write of a small answer
         else:
             response = [b"".join(parts), *body]  # written as they are: no copy
 
-        sent = 0 if head else length
+        head = method == "HEAD"
+        sent = 0 if head else answer.length
         duration = time.perf_counter() - started
-        runtime.metrics.observe_fast_hit(method, sent, duration, count)  # X-Cache-Slices
+        # X-Cache-Slices counts a HEAD's slices too.
+        self.runtime.metrics.observe_fast_hit(method, sent, duration, answer.slices)
         rate = self.sample_rate
         if rate >= 1.0 or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
-            self.writer.write(
-                access_line(
-                    round(time.time(), 3),
-                    method,
-                    "",
-                    "",
-                    status,
+            peer = client[0] if client else "-"
+            key = (method, answer.status, sent, answer.slices, peer)
+            line = route.log_parts.get(key)
+            if line is None:
+                line = access_line_parts(
+                    route.log_heads[method],
+                    answer.status,
                     sent,
-                    round(duration * 1000, 3),
                     0.0,
                     "HIT",
-                    request_id,
-                    client[0] if client else "-",
-                    None if head else (len(body), 0, 0),
+                    peer,
+                    None if head else (answer.slices, 0, 0),
                     None,
-                    route.log_heads[method],
                 )
+                if len(route.log_parts) >= LOG_PARTS_KEPT:
+                    route.log_parts.clear()
+                route.log_parts[key] = line
+            self.writer.write(
+                line_of(line, round(time.time(), 3), round(duration * 1000, 3), request_id)
             )
         return response
 

@@ -19,7 +19,14 @@ V = TypeVar("V")
 
 
 class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
-    """``name_of`` maps a cache key to the key string it stands for (identity for str keys)."""
+    """``name_of`` maps a cache key to the key string it stands for (identity for str keys).
+
+    ``ObjectIndexedLRU.changes`` counts every write and removal (evictions too) in any of
+    them: what was looked up in them still stands while it has not moved. The fast path
+    (app/fasthit.py) answers a repeated hit from what it looked up, without looking again.
+    """
+
+    changes = 0
 
     def __init__(
         self,
@@ -32,11 +39,13 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
         self._by_object: dict[str, set[K]] = {}
 
     def __setitem__(self, key: K, value: V) -> None:
+        ObjectIndexedLRU.changes += 1
         super().__setitem__(key, value)
         self._by_object.setdefault(object_key_of(self._name_of(key)), set()).add(key)
 
     def __delitem__(self, key: K) -> None:
         # Evictions come here too (popitem -> pop -> del).
+        ObjectIndexedLRU.changes += 1
         super().__delitem__(key)
         owner = object_key_of(self._name_of(key))
         members = self._by_object.get(owner)
@@ -46,6 +55,7 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
                 del self._by_object[owner]
 
     def clear(self) -> None:
+        ObjectIndexedLRU.changes += 1
         super().clear()
         self._by_object.clear()
 

@@ -7,6 +7,7 @@ tier really holds. cachetools is not thread-safe; every call happens on the even
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,12 +83,14 @@ class MemoryStore:
         data = self._get(SLICE, key)
         return SliceLease.of(data) if data is not None else None
 
-    def held_slices_now(self, keys: list[str]) -> list[SliceData] | None:
+    def held_slices_now(self, keys: list[str]) -> tuple[list[SliceData], float] | None:
         """The fast path's read: every one of the slices if all are held and unexpired,
-        counted as hits as :meth:`get_slice` counts them; None, counted nowhere, if any
-        is not (the fast path then declines, and the normal path's reads count once)."""
+        counted as hits as :meth:`get_slice` counts them, and the instant the first of
+        them expires (inf: never); None, counted nowhere, if any is not held (the fast
+        path then declines, and the normal path's reads count once)."""
         lru = self._lru
         now = None
+        expires = math.inf
         found = []
         for key in keys:
             entry = lru.get((SLICE, key))
@@ -97,9 +100,14 @@ class MemoryStore:
                 now = self._time() if now is None else now
                 if entry.expires_at <= now:
                     return None
+                expires = min(expires, entry.expires_at)
             found.append(entry.data)
         self.hits += len(found)
-        return found
+        return found, expires
+
+    def count_hits(self, count: int) -> None:
+        """Hits the fast path served from slices it read here before, unchanged since."""
+        self.hits += count
 
     # ``epoch``: the front (TieredStore) checks it against its purge records right before
     # calling, with no await in between; this tier keeps no records of its own.

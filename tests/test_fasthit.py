@@ -356,3 +356,43 @@ def test_fresh_ttl_is_what_decide_answers_a_request_without_directives(
         decision = decide_prepared(meta.freshness(policy), [], now)
         expected = decision.ttl if decision.outcome is Outcome.FRESH else None
         assert fresh_ttl(meta.freshness(policy), now) == expected
+
+
+def test_a_repeated_hit_is_answered_without_looking_again_until_something_changes(
+    origin: Origin,
+) -> None:
+    """A plain hit repeated is answered from what the last one looked up, while no
+    metadata, L1 entry, recent slice or unsliceable mark has changed anywhere; any change
+    (here: another object stored, then the object purged) sends it through the lookups."""
+    path = "/files/4k-repeat"
+    with served(origin, purge={"enabled": True, "auth_token": TOKEN}) as (url, app):
+        httpx.get(url + path)
+        l1 = app.state.runtime.store.l1
+        reads: list[list[str]] = []
+        real = l1.held_slices_now
+
+        def counted(keys: list[str]) -> Any:
+            reads.append(keys)
+            return real(keys)
+
+        l1.held_slices_now = counted
+        exchange(url, request(path))  # the first fast hit looks up
+        assert len(reads) == 1
+        hits_before = l1.hits
+        # Pipelined: all within one Age window (a new window looks up once again).
+        answers, _ = exchange(url, *[request(path) for _ in range(5)])
+        assert len(reads) <= 2  # answered from what was looked up
+        assert l1.hits == hits_before + 5  # each counted as the normal path counts it
+        assert len({masked(a) for a in answers}) == 1
+        reads.clear()
+        httpx.get(url + "/files/4k-repeat-other")  # stored: the L1 and the metadata moved
+        exchange(url, request(path))
+        assert len(reads) == 1
+        purge = (
+            f"PURGE {path} HTTP/1.1\r\nHost: cache.test\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        exchange(url, request(path))
+        exchange(url, purge.encode())
+        before = fast_hits(app)
+        (after,), _ = exchange(url, request(path))
+        assert b"x-cache: MISS" in after and fast_hits(app) == before

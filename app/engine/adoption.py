@@ -15,8 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from cachetools import LRUCache
-
 from app.edge.headers import Headers, end_to_end, get
 from app.engine.objectmeta import NOT_STORED, ObjectMeta
 from app.engine.slicer import SliceEngine
@@ -79,7 +77,10 @@ class ObjectRecords:
     _metas: ObjectIndexedLRU[str, ObjectMeta] = field(
         default_factory=lambda: ObjectIndexedLRU(maxsize=4096)
     )
-    _unsliceable: LRUCache[str, float] = field(default_factory=lambda: LRUCache(maxsize=4096))
+    # Indexed only for its change count (see ObjectIndexedLRU), which the fast path reads.
+    _unsliceable: ObjectIndexedLRU[str, float] = field(
+        default_factory=lambda: ObjectIndexedLRU(maxsize=4096)
+    )
     # Metadata of objects shared in flight but too large to store: later clients join the
     # fills (and the engine's recent slices) instead of probing again.
     _unstored: ObjectIndexedLRU[str, ObjectMeta] = field(

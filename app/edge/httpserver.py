@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -120,6 +121,27 @@ def limits_of(config: Config) -> EdgeLimits:
         head_timeout=settings.request_head_timeout,
         max_connections=settings.max_client_connections,
     )
+
+
+# Per server config (weakly: a stopped server's app is not kept alive by it).
+_EDGES: weakref.WeakKeyDictionary[Config, tuple[EdgeLimits, FastHit | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _edge_of(config: Config) -> tuple[EdgeLimits, FastHit | None]:
+    """The limits and the fast path of the app ``config`` serves: found once per server,
+    not per connection (walking the app's wrappers was a tenth of a new connection's CPU).
+
+    app/fasthit.py answers a plain fresh hit without an ASGI cycle; not under a root path
+    or uvicorn's concurrency limit (both change what the app is given)."""
+    edge = _EDGES.get(config)
+    if edge is None:
+        fast = getattr(runtime_of(config), "fast_hit", None)
+        if config.root_path or config.limit_concurrency is not None:
+            fast = None
+        edge = _EDGES[config] = (limits_of(config), fast)
+    return edge
 
 
 def refusal(status: int, body: str | None = None) -> bytes:
@@ -269,7 +291,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.limits = limits_of(config)
+        self.limits, fast = _edge_of(config)
         # Between a message's end and the next one's headers: counting head bytes.
         self._in_head = True
         self._head_bytes = 0
@@ -282,11 +304,6 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         # Waits for the responses to the requests parsed before the refused head.
         self._pending_refusal: int | None = None
         self._pending_body: str | None = None
-        # app/fasthit.py: a plain fresh hit answered here, without an ASGI cycle. Not under
-        # a root path or uvicorn's concurrency limit (both change what the app is given).
-        fast = getattr(runtime_of(config), "fast_hit", None)
-        if config.root_path or self.limit_concurrency is not None:
-            fast = None
         self._fast_hit: FastHit | None = fast
         self._fast_answered = False  # the head being completed was answered by it
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).

@@ -18,7 +18,8 @@ import asyncio
 import dataclasses
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -51,10 +52,51 @@ from cache import keys
 
 @dataclass(slots=True)
 class ProbeRun:
-    """One probe in flight, shared by every request that waits for it."""
+    """One probe in flight, shared by every request that waits for it.
+
+    Each request waits on a future of its own (:meth:`join`), settled with the probe's
+    outcome directly (:meth:`settle`): its cancellation cancels only that future, never
+    the probe, and the outcome reaches it in one turn of the loop (``asyncio.shield``'s
+    relay took two, a millisecond of a cold response's first byte while the first
+    slice's bytes were being read).
+    """
 
     future: asyncio.Future[Opened | Forward]
     relay: httpx.Response | None = None  # for the request that started the probe only
+    waiters: list[asyncio.Future[Opened | Forward]] = field(default_factory=list)
+
+    def join(self) -> asyncio.Future[Opened | Forward]:
+        waiter: asyncio.Future[Opened | Forward] = asyncio.get_running_loop().create_future()
+        if self.future.done():
+            _copy_outcome(self.future, waiter)
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+    def settle(self, result: Opened | Forward | None, error: BaseException | None) -> None:
+        """The probe's outcome, to ``future`` and every waiter still waiting."""
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            self.future.exception()  # marked retrieved: each waiter re-raises it
+        else:
+            assert result is not None
+            self.future.set_result(result)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            _copy_outcome(self.future, waiter)
+
+
+def _copy_outcome(source: asyncio.Future[Opened | Forward], waiter: asyncio.Future[Any]) -> None:
+    if waiter.done():  # its request was cancelled
+        return
+    error = source.exception()
+    if error is not None:
+        waiter.set_exception(error)
+        waiter.exception()  # its request re-raises it when it runs, if it still does
+    else:
+        waiter.set_result(source.result())
 
 
 @dataclass

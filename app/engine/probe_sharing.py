@@ -39,7 +39,7 @@ class SharedProbes:
     ) -> Opened | Forward:
         probe = self._probes.get(probe_key)
         if probe is not None:
-            result = await asyncio.shield(probe.future)
+            result = await probe.join()
             if isinstance(result, Opened) and result.shareable:
                 variant = entry_key_for(request.object_key, result.meta, request.headers)
                 if variant == result.entry_key:
@@ -52,7 +52,7 @@ class SharedProbes:
         task = loop.create_task(self._run(probe, request, stored))
         task.add_done_callback(lambda _: self._probes.pop(probe_key, None))
         try:
-            result = await asyncio.shield(probe.future)
+            result = await probe.join()
         except asyncio.CancelledError:
             task.add_done_callback(lambda _: self._drop_relay(probe))
             raise
@@ -92,14 +92,11 @@ class SharedProbes:
         try:
             result = await self.prober.probe(probe, request, stored)
         except BaseException as error:
-            if not probe.future.done():
-                probe.future.set_exception(error)
-                probe.future.exception()  # marked retrieved: each waiter re-raises it
+            probe.settle(None, error)
             if not isinstance(error, Exception):
                 raise
             return
-        if not probe.future.done():
-            probe.future.set_result(result)
+        probe.settle(result, None)
 
     async def close(self) -> None:
         for task in list(self._background):

@@ -79,6 +79,9 @@ ROUTES_KEPT = 4096  # (Host, URL) pairs whose object key is remembered
 LOG_PARTS_KEPT = 16  # per route: answers (method, status, length, client) of prepared lines
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 STATUS_206 = b"HTTP/1.1 206 Partial Content\r\n"
+# Bodies up to this long are copied behind the head into one write; longer ones go out
+# as views of the stored bytes (a copy of 1 MB cost more than the rest of the answer).
+JOIN_BELOW = 16 * 1024
 # Most bytes of an answer of several slices (one slice is always answered): it is written
 # at once, so a slow reader holds it in the transport's buffer (as views of L1's bytes).
 MOST_BYTES = 2 * 1024 * 1024
@@ -441,7 +444,7 @@ class FastHits:
         parts.append(b"\r\n")
         body = answer.body
         response: bytes | list[Any]
-        if len(body) <= 1:
+        if answer.length <= JOIN_BELOW or not body:
             response = b"".join(parts + body)  # one write of a small answer
         else:
             response = [b"".join(parts), *body]  # written as they are: no copy

@@ -27,7 +27,7 @@ from app.engine.sliced import replay_headers, response_headers
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, StoredResponseInfo, decide, decide_prepared
 from app.main import SlicecacheApp, create_app
-from app.ops.accesslog import AccessLogMiddleware, _new_request_id, access_line
+from app.ops.accesslog import AccessLogMiddleware, access_line, new_request_id
 from app.ops.metrics import Metrics
 from settings import Settings
 from tests.conftest import Origin, ProxyFactory
@@ -270,7 +270,7 @@ def test_access_line_is_what_json_dumps_writes(
 
 def test_request_ids_are_uuid4_hex() -> None:
     for _ in range(200):
-        text = _new_request_id()
+        text = new_request_id()
         assert uuid.UUID(hex=text).version == 4 and uuid.UUID(hex=text).hex == text
 
 
@@ -511,3 +511,13 @@ def test_access_lines_leave_the_process_when_written() -> None:
     assert Settings(
         upstream_address="o:1", access_log_buffer_bytes="64k"
     ).access_log_buffer_bytes == (64 * 1024)
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))  # to the year 2100
+def test_a_millisecond_clock_is_written_as_the_rounded_float_would_be(ms: int) -> None:
+    """The fast path writes its timestamp from integer milliseconds (a float's repr cost
+    a microsecond per line): the same text as the middleware's repr(round(t, 3))."""
+    from app.ops.accesslog import ms_text
+
+    assert ms_text(ms) == repr(round(ms / 1000, 3))
+    assert json.loads(ms_text(ms)) == round(ms / 1000, 3)

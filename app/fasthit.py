@@ -84,9 +84,6 @@ STATUS_206 = b"HTTP/1.1 206 Partial Content\r\n"
 # Bodies up to this long are copied behind the head into one write; longer ones go out
 # as views of the stored bytes (a copy of 1 MB cost more than the rest of the answer).
 JOIN_BELOW = 16 * 1024
-# Most bytes of an answer of several slices (one slice is always answered): it is written
-# at once, so a slow reader holds it in the transport's buffer (as views of L1's bytes).
-MOST_BYTES = 2 * 1024 * 1024
 
 
 class _Route:
@@ -253,7 +250,11 @@ class FastHits:
         client: tuple[str, int] | None,
         keep_alive: bool,
         default_headers: list[tuple[bytes, bytes]],
+        pending: int = 0,
     ) -> bytes | list[Any] | None:
+        """``pending``: bytes of earlier answers still in the connection's transport
+        buffer; with any, only a short answer (JOIN_BELOW) is made here, so that a client
+        that does not read cannot pile up slices by pipelining."""
         started = time.perf_counter()
         runtime = self.runtime
         directory = runtime.directory
@@ -304,6 +305,7 @@ class FastHits:
             and plan.meta.headers is plan.headers
             and directory.policy is plan.policy
             and plan.slice_key not in directory.engine.fills
+            and (head or not pending or plan.meta.size <= JOIN_BELOW)
         ):
             # The plain hit of a moment ago again: nothing it was looked up in (metadata,
             # L1, recent slices, unsliceable marks) has changed since, so the same answer
@@ -316,7 +318,9 @@ class FastHits:
                 l1.count_hits(1)
                 store.counters["slice_hits_l1"] += 1  # as TieredStore.get_slice counts it
         else:
-            looked_up = self._look_up(route.object_key, range_field, head, now, default_headers)
+            looked_up = self._look_up(
+                route.object_key, range_field, head, now, default_headers, pending
+            )
             if looked_up is None:
                 return None
             answer = looked_up
@@ -329,6 +333,7 @@ class FastHits:
         head: bool,
         now: float,
         default_headers: list[tuple[bytes, bytes]],
+        pending: int,
     ) -> _Answer | None:
         """The answer from the directory's metadata and L1's slices, or None."""
         runtime = self.runtime
@@ -365,11 +370,17 @@ class FastHits:
         else:
             first, last = span.first, span.last
         length = last - first + 1
+        if pending and not head and length > JOIN_BELOW:
+            return None  # see __call__
         slice_size = engine.slice_size
         if size <= slice_size:
             slice_keys = [plan.slice_key]
-        elif length > max(slice_size, MOST_BYTES):
-            return None  # a long answer streams the normal way, as the client reads it
+        elif length > slice_size:
+            # A longer answer streams the normal way, as the client reads it: written at
+            # once, what the socket does not take waits in the transport's buffer, views
+            # that keep their slices alive outside any budget (one slice, as the normal
+            # path holds while it sends, is the most a connection gets here).
+            return None
         else:
             prefix = plan.slice_prefix
             slice_keys = [

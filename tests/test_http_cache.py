@@ -426,3 +426,25 @@ def test_cache_disabled_bypasses_everything(proxy: ProxyFactory, origin: Origin)
             response = httpx.get(f"{url}/files/1000-disabled.bin")
     assert response.headers.get("x-cache") is None
     assert origin_hits(origin, "/files/1000-disabled.bin") == 2
+
+
+def test_age_is_taken_at_the_instant_the_ttl_was(
+    proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Age and the Cache-Status TTL of one answer come from one clock reading: read
+    twice, a second boundary between them gave Age = max-age on an answer called fresh.
+    Here the answer is built 5 s after the decision; Age + TTL is still the lifetime."""
+    import types
+
+    import app.engine.sliced as sliced
+
+    later = types.SimpleNamespace(time=lambda: time.time() + 5, monotonic=time.monotonic)
+    with proxy() as url:
+        path = "/files/4k-one-clock?cc=public,%20max-age=100"
+        httpx.get(url + path)
+        monkeypatch.setattr(sliced, "time", later)
+        # A field the protocol's fast path leaves to the normal one.
+        hit = httpx.get(url + path, headers={"x-normal-path": "1"})
+    ttl = int(hit.headers["cache-status"].rsplit("ttl=", 1)[1])
+    assert hit.headers["x-cache"] == "HIT"
+    assert int(hit.headers["age"]) + ttl == 100

@@ -190,6 +190,7 @@ class FastHit(Protocol):
         client: tuple[str, int] | None,
         keep_alive: bool,
         default_headers: list[tuple[bytes, bytes]],
+        pending: int,
     ) -> bytes | list[Any] | None: ...
 
 
@@ -488,6 +489,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 self.client,
                 keep_alive,
                 self.server_state.default_headers,
+                self.transport.get_write_buffer_size(),
             )
         except Exception:  # a bug there must not cost the request: the normal path serves it
             self.logger.exception("fast path failed; serving the request the normal way")

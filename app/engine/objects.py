@@ -85,7 +85,8 @@ class ObjectDirectory:
             return forwarded(result, "vary-miss") if entry_key != object_key else result
 
         # Parsed once per stored response (ObjectMeta.freshness), not on every hit.
-        decision = decide_prepared(meta.freshness(self.policy), request_headers, time.time())
+        now = time.time()
+        decision = decide_prepared(meta.freshness(self.policy), request_headers, now)
         if decision.serve_stored:
             if decision.outcome is Outcome.FRESH:
                 by_operator = decision.lifetime.source == "default"
@@ -96,7 +97,7 @@ class ObjectDirectory:
                 self.probes.revalidate_in_background(entry_key, request)
             if not in_store:
                 status = CacheStatus.bypass("too-large")
-            return Opened(meta, entry_key, status, stored=in_store)
+            return Opened(meta, entry_key, status, stored=in_store, decided_at=now)
         if decision.error_status is not None:
             return Refuse(decision.error_status, "only-if-cached: stored response is stale")
 
@@ -109,7 +110,8 @@ class ObjectDirectory:
             )
         except (httpx.TransportError, SliceError):
             if decision.may_serve_on_error(time.time()):
-                return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, None))
+                status = CacheStatus.stale_on_error(decision.ttl, None)
+                return Opened(meta, entry_key, status, decided_at=now)
             raise
         if (
             isinstance(result, Forward)
@@ -119,7 +121,8 @@ class ObjectDirectory:
         ):
             code = result.response.status_code
             await result.response.aclose()
-            return Opened(meta, entry_key, CacheStatus.stale_on_error(decision.ttl, code))
+            status = CacheStatus.stale_on_error(decision.ttl, code)
+            return Opened(meta, entry_key, status, decided_at=now)
         return result
 
     async def _lookup(

@@ -42,6 +42,9 @@ class Opened:
     # Run once the response has ended, however it ended: drops a stored copy that this
     # response still reads (a 304 made it unstorable; RFC 9111 4.3.4).
     after: Callable[[], Awaitable[object]] | None = None
+    # The instant the Cache-Status TTL was computed at: the Age sent with it is computed
+    # at the same one, so that Age + TTL is the lifetime (None: when the answer starts).
+    decided_at: float | None = None
 
 
 @dataclass(slots=True)

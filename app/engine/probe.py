@@ -167,7 +167,8 @@ class Prober:
         """A 304 for the stored response: ``meta`` with its headers refreshed."""
         object_key, records = request.object_key, self.records
         info = StoredResponseInfo(meta.status, meta.headers, meta.request_time, meta.response_time)
-        ttl = decide(info, [], time.time(), policy=self.policy).ttl
+        now = time.time()
+        ttl = decide(info, [], now, policy=self.policy).ttl
         # The 304's fields may have made the response private or no-store: the stored
         # copy goes, and this answer is this client's alone (RFC 9111 4.3.4, 3). Only
         # the response decides here: this client's Authorization or no-store concerns
@@ -187,19 +188,27 @@ class Prober:
                 shareable=False,
                 stored=False,
                 cookies=taken,
+                decided_at=now,
                 after=functools.partial(records.forget, object_key),
             )
         if self.engine.purged_since(epoch, object_key):
             # Purged while we revalidated: serve this once, store nothing.
             private = keys.private_key(object_key)
             return Opened(
-                meta, private, CacheStatus.revalidated(ttl), shareable=False, stored=False
+                meta,
+                private,
+                CacheStatus.revalidated(ttl),
+                shareable=False,
+                stored=False,
+                decided_at=now,
             )
         if records.too_large(meta.size):
             entry_key = records.share_unstored(object_key, meta, request.headers)
-            return Opened(meta, entry_key, CacheStatus.revalidated(ttl), stored=False)
+            return Opened(
+                meta, entry_key, CacheStatus.revalidated(ttl), stored=False, decided_at=now
+            )
         entry_key = await records.adopt(object_key, meta, request.headers, epoch)
-        return Opened(meta, entry_key, CacheStatus.revalidated(ttl))
+        return Opened(meta, entry_key, CacheStatus.revalidated(ttl), decided_at=now)
 
     async def _answered(
         self,

@@ -163,7 +163,8 @@ async def _answer(
     size = meta.size
     if opened.shareable:
         origin_headers = shared_fill_headers(origin_headers, meta.vary)
-    headers = response_headers(meta, opened.status, time.time())
+    at = opened.decided_at if opened.decided_at is not None else time.time()
+    headers = response_headers(meta, opened.status, at)
     headers.extend(opened.cookies)  # the fetching request's own Set-Cookie, never stored
 
     precondition = evaluate_client_conditionals(

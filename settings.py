@@ -351,7 +351,7 @@ class Settings(BaseSettings):
     )
     fast_path: bool = Field(
         default=True,
-        description="Answer a plain fresh hit of up to one slice or 2 MiB held in L1 from the "
+        description="Answer a plain fresh hit of up to one slice's length held in L1 from the "
         "connection's protocol, without the ASGI request cycle (same bytes, log line and "
         "metrics as the normal path); false sends every request the normal way.",
     )

@@ -198,10 +198,13 @@ class SliceFetcher:
                             current = min(current + 1, len(fills) - 1)
                     if fills[-1].done and response.status_code == 200:
                         break
-                    # A turn for the rest of the loop after each read: from a fast origin
-                    # the next bytes are always ready, and the whole run would be taken in
-                    # before any reader of it (a cold response's first byte) ran.
-                    await asyncio.sleep(0)
+                    if received == len(chunk):
+                        # A turn for the rest of the loop after the first read: from a
+                        # fast origin the next bytes are always ready, and the whole run
+                        # would be taken in before any reader of it (a cold response's
+                        # first byte) ran. Only then: a turn after every read let the
+                        # origin connections' buffers fill while fills waited their turn.
+                        await asyncio.sleep(0)
                 if measured and self.pace is not None:
                     self.pace.saw_transfer(received, time.monotonic() - body_started)
                 if not fills[-1].done:

@@ -131,7 +131,6 @@ class _Plan:
         "since",
         "until",
         "defaults",
-        "ttl",
         "common",  # default fields, stored fields, Age to Cache-Status
         "head_200",  # the status line, common, Content-Length to X-Cache-Slices
         # The slice of a one-slice object as last read from L1, its expiry there, and
@@ -162,7 +161,6 @@ class _Plan:
         self.by_operator = by_operator
         self.since = self.until = 0.0
         self.defaults: list[tuple[bytes, bytes]] | None = None
-        self.ttl = 0
         self.common = self.head_200 = b""
         self.body: Any = b""
         self.body_expires = 0.0
@@ -182,7 +180,6 @@ class _Plan:
         age = self.block.age
         self.since, self.until = now, age.steady_until(now)
         self.defaults = defaults
-        self.ttl = ttl
         status = CacheStatus.fresh_hit(ttl, "default-ttl" if self.by_operator else None)
         cache_status = append_cache_status(
             self.block.upstream_cache_status, status.header_value()

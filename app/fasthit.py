@@ -46,8 +46,8 @@ from app.ops.accesslog import (
     line_of,
     ms_text,
     new_request_id,
+    request_id_from,
 )
-from app.ops.accesslog import request_id_of as _request_id_of
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 
@@ -170,6 +170,10 @@ class _Plan:
         """Still the directory's stored response, as it was prepared?"""
         return meta is self.meta and meta.headers is self.headers and policy is self.policy
 
+    def head_stands(self, now: float, defaults: list[tuple[bytes, bytes]]) -> bool:
+        """The head made by :meth:`tick` is the one to send at ``now``."""
+        return self.since <= now < self.until and defaults is self.defaults
+
     def tick(
         self, prepared: PreparedFreshness, now: float, defaults: list[tuple[bytes, bytes]]
     ) -> bool:
@@ -266,7 +270,7 @@ class FastHits:
         # field limits: what is left to look at is which fields there are.
         host: bytes | None = None
         range_field: bytes | None = None
-        request_id: str | None = None
+        asked_id = False  # an X-Request-Id, echoed if usable
         for name, value in headers:
             if name not in HARMLESS:
                 if name != b"range" or range_field is not None:
@@ -276,8 +280,8 @@ class FastHits:
                 if host is not None:
                     return None  # two Host fields: the normal path's 400
                 host = value
-            elif name == b"x-request-id" and request_id is None:
-                request_id = _request_id_of({"headers": headers})
+            elif name == b"x-request-id":
+                asked_id = True
         if host is None:
             return None
         route = self._routes.get((host, url))
@@ -296,11 +300,9 @@ class FastHits:
             plan is not None
             and plan.seen == ObjectIndexedLRU.changes
             and range_field is None
-            and plan.since <= now < plan.until
+            and plan.head_stands(now, default_headers)
             and now < plan.body_expires
-            and default_headers is plan.defaults
-            and plan.meta.headers is plan.headers
-            and directory.policy is plan.policy
+            and plan.current(plan.meta, directory.policy)
             and plan.slice_key not in directory.engine.fills
             and (head or not pending or plan.meta.size <= JOIN_BELOW)
         ):
@@ -321,6 +323,7 @@ class FastHits:
             if looked_up is None:
                 return None
             answer = looked_up
+        request_id = request_id_from(headers) if asked_id else new_request_id()
         return self._respond(answer, method, route, request_id, client, keep_alive, started)
 
     def _look_up(
@@ -348,7 +351,7 @@ class FastHits:
             plan = self._plan(object_key, meta, policy)
             if plan is None:
                 return None
-        if not (plan.since <= now < plan.until) or default_headers is not plan.defaults:
+        if not plan.head_stands(now, default_headers):
             if not plan.tick(meta.freshness(policy), now, default_headers):
                 return None
         engine = directory.engine
@@ -437,7 +440,7 @@ class FastHits:
         answer: _Answer,
         method: str,
         route: _Route,
-        request_id: str | None,
+        request_id: str,
         client: tuple[str, int] | None,
         keep_alive: bool,
         started: float,
@@ -445,8 +448,6 @@ class FastHits:
         """The response's bytes, with what the access-log middleware adds (X-Request-Id,
         a Date if none) as uvicorn writes the head; counted and logged as the normal path
         counts and logs it."""
-        if request_id is None:
-            request_id = new_request_id()
         parts = answer.head
         parts.append(
             b"x-request-id: %s\r\n%s%s\r\n"

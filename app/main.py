@@ -396,6 +396,9 @@ def create_app(
     runtime = Runtime(
         settings=settings,
         slice_patterns=[re.compile(pattern) for pattern in settings.slice_patterns],
+        access_log=AccessLogWriter(
+            None, settings.access_log_buffer_bytes, settings.access_log_flush_seconds
+        ),
     )
     make_transport = transport_factory or (
         lambda s: default_transport(s.upstream_pool_size, s.upstream_keepalive_seconds)
@@ -486,9 +489,6 @@ def create_app(
     app = SlicecacheApp(routes=routes, lifespan=lifespan, exception_handlers={500: internal_error})
     app.state.runtime = runtime
     trusted = TrustedProxies(settings.trusted_proxies)
-    runtime.access_log = AccessLogWriter(
-        None, settings.access_log_buffer_bytes, settings.access_log_flush_seconds
-    )
     app.add_middleware(RawPathRouting)
     app.add_middleware(
         AccessLogMiddleware,

@@ -39,12 +39,11 @@ def private_key(object_key: str) -> str:
 
 def slice_key(entry_key: str, version: str, index: int) -> str:
     """The key of slice ``index`` (0-based) of one version of an entry."""
-    return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}{index}"
+    return slice_key_prefix(entry_key, version) + str(index)
 
 
 def slice_key_prefix(entry_key: str, version: str) -> str:
-    """What every slice key of one version of an entry starts with: the key of slice
-    ``index`` is this plus ``str(index)``, as :func:`slice_key` makes it."""
+    """What every slice key of one version of an entry starts with (then the index)."""
     return f"{entry_key}{SEPARATOR}{version}{SEPARATOR}"
 
 

@@ -68,9 +68,15 @@ class MemoryStore:
         self._lru[(kind, key)] = _Entry(data, expires_at, cost)
         return True
 
-    def contains_slice(self, key: str) -> bool:
+    def _live(self, key: str) -> _Entry | None:
+        """The slice's entry if held and unexpired; nothing counted, nothing dropped."""
         entry = self._lru.get((SLICE, key))
-        return entry is not None and (entry.expires_at is None or entry.expires_at > self._time())
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= self._time()):
+            return None
+        return entry
+
+    def contains_slice(self, key: str) -> bool:
+        return self._live(key) is not None
 
     async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
         return self._get(SLICE, key)  # in memory already: nothing to prefetch
@@ -88,18 +94,13 @@ class MemoryStore:
         counted as hits as :meth:`get_slice` counts them, and the instant the first of
         them expires (inf: never); None, counted nowhere, if any is not held (the fast
         path then declines, and the normal path's reads count once)."""
-        lru = self._lru
-        now = None
         expires = math.inf
         found = []
         for key in keys:
-            entry = lru.get((SLICE, key))
+            entry = self._live(key)
             if entry is None:
                 return None
             if entry.expires_at is not None:
-                now = self._time() if now is None else now
-                if entry.expires_at <= now:
-                    return None
                 expires = min(expires, entry.expires_at)
             found.append(entry.data)
         self.hits += len(found)

@@ -123,6 +123,24 @@ def both(app: Any, url: str, *requests: bytes, head_only: bool = False) -> tuple
     return slow, (fast, fast_hits(app) - before)
 
 
+def compared(
+    app: Any, url: str, cases: list[tuple[list[bytes], bool]]
+) -> list[tuple[list[bytes], list[bytes], bool]]:
+    """Each case (pipelined requests, HEAD only) asked with the fast path off, then on:
+    every request answered by the fast path, with the same bytes and the same closing.
+    (requests, fast answers, closed after them) of each."""
+    seen = []
+    for requests, head_only in cases:
+        (slow, slow_closed), ((fast, fast_closed), answered) = both(
+            app, url, *requests, head_only=head_only
+        )
+        assert answered == len(requests), requests
+        assert [masked(r) for r in fast] == [masked(r) for r in slow], requests
+        assert fast_closed == slow_closed, requests
+        seen.append((list(requests), fast, fast_closed))
+    return seen
+
+
 def test_a_fresh_hit_is_the_same_bytes_on_both_paths(origin: Origin) -> None:
     path = "/files/4k-fast?ct=text/plain"
     with served(origin) as (url, app):
@@ -142,13 +160,7 @@ def test_a_fresh_hit_is_the_same_bytes_on_both_paths(origin: Origin) -> None:
             ([request(path, "HEAD", extra="Range: bytes=10-19\r\n")], True),
             ([request(path, extra="Range: items=0-9\r\n")], False),  # not bytes: whole
         ]
-        for requests, head_only in cases:
-            (slow, slow_closed), ((fast, fast_closed), answered) = both(
-                app, url, *requests, head_only=head_only
-            )
-            assert answered == len(requests), requests
-            assert [masked(r) for r in fast] == [masked(r) for r in slow], requests
-            assert fast_closed == slow_closed, requests
+        for requests, fast, fast_closed in compared(app, url, cases):
             ranged = b"Range: bytes" in requests[0]
             assert fast[0].startswith(b"HTTP/1.1 206" if ranged else b"HTTP/1.1 200 OK\r\n")
             assert b"\r\nx-cache: HIT\r\n" in fast[0]
@@ -186,13 +198,7 @@ def test_answers_of_several_held_slices_are_the_same_bytes_on_both_paths(
                 False,
             ),
         ]
-        for requests, head_only in cases:
-            (slow, slow_closed), ((fast, fast_closed), answered) = both(
-                app, url, *requests, head_only=head_only
-            )
-            assert answered == len(requests), requests
-            assert [masked(r) for r in fast] == [masked(r) for r in slow], requests
-            assert fast_closed == slow_closed, requests
+        compared(app, url, cases)
         (ranged,), _ = exchange(url, request(path, extra="Range: bytes=60000-70000\r\n"))
         body = ranged[ranged.index(b"\r\n\r\n") + 4 :]
         assert body == httpx.get(origin.url + path).content[60000:70001]

@@ -444,7 +444,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_deadline = None
+        self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():
             return
         self._make_scope()

@@ -16,6 +16,8 @@ import os
 import random
 import sys
 import time
+import weakref
+from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, TextIO
 
@@ -87,7 +89,12 @@ def new_request_id() -> str:
 
 
 def request_id_of(scope: Scope) -> str:
-    for name, value in scope["headers"]:
+    return request_id_from(scope["headers"])
+
+
+def request_id_from(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-Id if it is a usable one, else a new ID."""
+    for name, value in headers:
         if name == b"x-request-id":
             text: str = value.decode("latin-1")
             # Echoed into our logs and headers: keep it short and printable.
@@ -206,7 +213,8 @@ class AccessLogWriter:
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         if buffer_bytes > 0:
-            atexit.register(self.flush)
+            # Weakly: a writer of an app that is gone (tests make many) is not kept alive.
+            atexit.register(_flush_if_alive, weakref.ref(self))
 
     def write(self, line: str) -> None:
         if self.buffer_bytes <= 0:
@@ -241,6 +249,12 @@ class AccessLogWriter:
         stream = self.stream or sys.stdout
         stream.write(text)
         stream.flush()
+
+
+def _flush_if_alive(writer: weakref.ref[AccessLogWriter]) -> None:
+    alive = writer()
+    if alive is not None:
+        alive.flush()
 
 
 class AccessLogMiddleware:

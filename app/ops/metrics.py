@@ -299,9 +299,8 @@ class Metrics:
         X-Cache-Slices says, a HEAD's too) answered by the fast path (app/fasthit.py).
         Its counters are summed here and added to the exported ones at once
         (:meth:`flush`, before every scrape): a dozen locked increments per hit were a
-        third of the fast path's work. The TTFB goes to its
-        bucket as ``Histogram.observe`` puts it (the first upper bound >= it). ``hits`` is
-        updated at once."""
+        third of the fast path's work. The TTFB goes to its bucket as ``Histogram.observe``
+        puts it (the first upper bound >= it). ``hits`` is updated at once."""
         self._fast_ttfb_counts[bisect_left(self._fast_ttfb_bounds, ttfb)] += 1
         self._fast_ttfb_sum += ttfb
         self.hits += 1

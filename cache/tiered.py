@@ -209,7 +209,11 @@ class TieredStore:
             size_hint is None or size_hint * PROMOTE_OBJECT_SHARE <= l1.capacity_bytes
         ):
             data = bytes(lease.view) if lease.pinned else lease.view
-            await l1.put_slice(key, data, None, epoch=epoch)
+            try:
+                await l1.put_slice(key, data, None, epoch=epoch)
+            except BaseException:  # cancelled: nobody will receive the lease to release it
+                lease.release()
+                raise
             self.counters["l1_promotions"] += 1
         return lease
 

@@ -53,9 +53,22 @@ from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
-from cache.protocol import CacheFront, SliceData
+from cache.protocol import CacheFront, SliceData, SliceLease
 
 log = logging.getLogger("slicecache.slicer")
+
+
+def drop_lease_task(task: asyncio.Task[SliceLease | None]) -> None:
+    """Nobody will use this lease: release it, now or whenever the task has it."""
+    if not task.done():
+        task.cancel()
+        task.add_done_callback(drop_lease_task)
+        return
+    if not task.cancelled() and task.exception() is None:
+        lease = task.result()
+        if lease is not None:
+            lease.release()
+
 
 # At most this many index lookups count a range's cached slices for X-Cache-Slices.
 CACHED_SLICES_SAMPLE = 512
@@ -158,8 +171,10 @@ class SliceEngine:
         """Bytes ``first..last`` in order, as soon as they exist.
 
         Missing slices are fetched ahead of the one being sent: up to ``lookahead`` runs of
-        ``run_length`` slices. Cached slices are read only when their turn comes, so a hit
-        costs one slice of memory per response, not a window of copies. The window moves
+        ``run_length`` slices. Cached slices are read when their turn comes, the next one's
+        lease asked for while the current one is written (an L2 read then overlaps the
+        socket's drain; a lease is a view of the mapped device, not a copy), so a hit
+        costs at most two slices per response, not a window of copies. The window moves
         only as the client reads, so a slow client stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
         complete and (for a private or not yet written entry) in no store. ``store=False``:
@@ -175,6 +190,10 @@ class SliceEngine:
         fetching = False  # counted in ``self.fetching``
         lanes = 1  # one more each time the window did not cover a slice (lookahead.py)
 
+        # The store's answer for the slice after the one being sent, asked for while that
+        # one is written (an L2 read waits on a worker thread): at most one, by index.
+        leasing: dict[int, asyncio.Task[SliceLease | None]] = {}
+
         async def claim_from(index: int, most: int, urgent: bool) -> None:
             nonlocal fetching
             # A run never reaches into slices this response already holds.
@@ -182,7 +201,16 @@ class SliceEngine:
             while limit < most and index + limit < indexes.stop and index + limit not in claims:
                 limit += 1
             got = await self._claim(
-                entry_key, target, meta, index, limit, request_headers, stats, store, urgent
+                entry_key,
+                target,
+                meta,
+                index,
+                limit,
+                request_headers,
+                stats,
+                store,
+                urgent,
+                leasing.pop(index, None),
             )
             for offset, claim in enumerate(got):
                 claims[index + offset] = claim
@@ -213,6 +241,16 @@ class SliceEngine:
                 if index not in claims:  # cached when the window passed it
                     await claim_from(index, 1, True)
                 claim = claims.pop(index)
+                for stale in [i for i in leasing if i <= index]:
+                    drop_lease_task(leasing.pop(stale))
+                following = index + 1
+                if (
+                    claim.lease is not None
+                    and following < indexes.stop
+                    and following not in claims
+                    and not leasing
+                ):
+                    leasing[following] = self._lease_task(entry_key, meta, following)
                 lanes = self._lanes_after(claim, lanes, index - indexes.start >= window)
                 lo, hi = clip(index, self.slice_size, meta.size, first, last)
                 while True:
@@ -238,6 +276,8 @@ class SliceEngine:
             # Claims still held here were never read: the response ended early.
             for claim in claims.values():
                 claim.release(abandon=True)
+            for task in leasing.values():
+                drop_lease_task(task)
             if fetching:
                 self.fetching -= 1
             self.readers.ended(entry_key, version_prefix)
@@ -278,6 +318,19 @@ class SliceEngine:
             return False  # in flight: joined now, so that it keeps a reader
         return self.store is not None and self.store.contains_slice(key)
 
+    def _lease_task(
+        self, entry_key: str, meta: ObjectMeta, index: int
+    ) -> asyncio.Task[SliceLease | None]:
+        """The store's lease of slice ``index`` (None if it holds none), read in a task."""
+        assert self.store is not None
+        return asyncio.get_running_loop().create_task(
+            self.store.lease_slice(
+                keys.slice_key(entry_key, meta.version, index),
+                next_key=keys.slice_key(entry_key, meta.version, index + 1),
+                size_hint=meta.size,
+            )
+        )
+
     async def _claim(
         self,
         entry_key: str,
@@ -289,8 +342,11 @@ class SliceEngine:
         stats: SliceStats,
         store: bool,
         urgent: bool = False,
+        leasing: asyncio.Task[SliceLease | None] | None = None,
     ) -> list[SliceClaim]:
-        """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices."""
+        """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices.
+
+        ``leasing``: the store's lease of this slice asked for earlier; this call owns it."""
         key = keys.slice_key(entry_key, meta.version, index)
         fill = self.fills.get(key)
         if fill is not None and (fill.error is not None or fill.gone):
@@ -298,16 +354,21 @@ class SliceEngine:
             # cache has its bytes
             fill = None
         recent = self.recent.get(key) if fill is None else None
+        if (fill is not None or recent is not None or self.store is None) and leasing:
+            drop_lease_task(leasing)
+            leasing = None
         if recent is not None:
             stats.coalesced += 1
             self.counters.slices["coalesced"] += 1
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
-            lease = await self.store.lease_slice(
-                key,
-                next_key=keys.slice_key(entry_key, meta.version, index + 1),
-                size_hint=meta.size,
-            )
+            if leasing is None:
+                leasing = self._lease_task(entry_key, meta, index)
+            try:
+                lease = await leasing
+            except asyncio.CancelledError:  # the task is cancelled with us; it may have one
+                drop_lease_task(leasing)
+                raise
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if lease is not None:
                 if len(lease.view) == last - first + 1:

@@ -113,7 +113,13 @@ class MemoryStore:
     # ``epoch``: the front (TieredStore) checks it against its purge records right before
     # calling, with no await in between; this tier keeps no records of its own.
     async def put_slice(
-        self, key: str, data: SliceData, expires_at: float | None, *, epoch: int | None = None
+        self,
+        key: str,
+        data: SliceData,
+        expires_at: float | None,
+        *,
+        epoch: int | None = None,
+        size_hint: int | None = None,
     ) -> bool:
         return self._put(SLICE, key, data, expires_at)
 

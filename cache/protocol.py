@@ -99,13 +99,21 @@ class Store(Protocol):
         ...
 
     async def put_slice(
-        self, key: str, data: SliceData, expires_at: float | None, *, epoch: int | None = None
+        self,
+        key: str,
+        data: SliceData,
+        expires_at: float | None,
+        *,
+        epoch: int | None = None,
+        size_hint: int | None = None,
     ) -> bool:
         """Store ``data`` until ``expires_at`` (unix seconds, None = no expiry).
 
         ``epoch`` is the purge epoch (:attr:`CacheFront.epoch`) taken when the origin
         request that fetched ``data`` went out: the front discards a write that a later
         purge covers. A tier alone keeps no purge records and may ignore it.
+        ``size_hint``: the whole object's size (a front may use it to decide which tiers
+        admit the slice, as for :meth:`lease_slice`).
         Returns False when the tier declined (too large, not admitted, no space, purged).
         """
         ...

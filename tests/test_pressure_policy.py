@@ -408,7 +408,13 @@ def test_a_stuck_l2_costs_counted_drops_logged_once_per_interval(
         name = "l2"
 
         async def put_slice(
-            self, key: str, data: Any, expires_at: float | None, *, epoch: int | None = None
+            self,
+            key: str,
+            data: Any,
+            expires_at: float | None,
+            *,
+            epoch: int | None = None,
+            size_hint: int | None = None,
         ) -> bool:
             await asyncio.Event().wait()  # never returns
             return False

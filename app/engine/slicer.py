@@ -533,7 +533,7 @@ class SliceEngine:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         return FetchHold(self.budget, self.slice_size, None)
 
-    async def _keep(self, fill: SliceFill, store: bool, epoch: int) -> None:
+    async def _keep(self, fill: SliceFill, store: bool, epoch: int, object_size: int) -> None:
         """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
 
         ``epoch``: taken when the origin request that fetched it went out; the store
@@ -541,7 +541,9 @@ class SliceEngine:
         the L2 queue: this fill's next bytes wait with it (backpressure on fetch-ahead).
         """
         if store and self.store is not None:
-            await self.store.put_slice(fill.key, memoryview(fill.buffer), None, epoch=epoch)
+            await self.store.put_slice(
+                fill.key, memoryview(fill.buffer), None, epoch=epoch, size_hint=object_size
+            )
             return
         if self.purged_since(epoch, fill.key):
             return  # fetched before a purge that covers it: never kept

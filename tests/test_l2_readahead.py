@@ -1,5 +1,7 @@
 """A sequential read from L2 prefetches the next slice: the engine names it to the store
-(``get_slice(key, next_key=...)``), the store does not guess it from the key."""
+(``get_slice(key, next_key=...)``), the store does not guess it from the key. Only reads
+that go to the worker thread (a record not all in memory) prefetch: a resident record is
+checked on the loop, and the next slice's lease is asked for right after it anyway."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from bench.origin import expected_bytes
 from tests.conftest import ProxyFactory
@@ -20,7 +23,12 @@ def _l2(url: str) -> dict[str, Any]:
     return tiers
 
 
-def test_a_read_from_l2_prefetches_the_next_slice(proxy: ProxyFactory, tmp_path: Path) -> None:
+def test_a_read_from_l2_prefetches_the_next_slice(
+    proxy: ProxyFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cache.rawdisk.residency import Residency
+
+    monkeypatch.setattr(Residency, "resident", lambda *_: False)  # as if cold
     name = "256k-readahead.bin"  # four slices
     settings = {
         "slice_size": SLICE,
@@ -38,3 +46,27 @@ def test_a_read_from_l2_prefetches_the_next_slice(proxy: ProxyFactory, tmp_path:
         assert again.headers["x-cache"] == "HIT"
         # Slices 0, 1 and 2 were read from L2, each naming the next one, which is stored.
         assert _l2(url)["l2"]["prefetches_total"] == 3
+
+
+def test_resident_l2_hits_are_checked_without_the_worker_thread(
+    proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Just written, the object's records are in the page cache: each hit is verified on the
+    loop (counted), none waits on the worker thread."""
+    name = "512k-resident.bin"  # eight slices
+    settings = {
+        "slice_size": SLICE,
+        "enable_l2_cache": True,
+        "l1_cache_size_bytes": 0,
+        "raw_disk_cache": {"device_path": str(tmp_path / "l2.bin"), "total_size": 16 << 20},
+    }
+    with proxy(**settings) as url:
+        assert httpx.get(f"{url}/files/{name}", timeout=30).content == expected_bytes(name)
+        wait_for(lambda: _l2(url)["write_behind"]["queue_depth"] == 0, "write-behind drained")
+        again = httpx.get(f"{url}/files/{name}", timeout=30)
+        assert again.content == expected_bytes(name)
+        assert again.headers["x-cache"] == "HIT"
+        l2 = _l2(url)["l2"]
+        assert l2["reads_total"] == 8
+        assert l2["resident_reads_total"] == 8
+        assert l2["prefetches_total"] == 0

@@ -35,6 +35,7 @@ from cache.rawdisk.layout import (
     unpack_record_header,
 )
 from cache.rawdisk.policy import CountMinSketch
+from cache.rawdisk.residency import Residency
 
 log = logging.getLogger("slicecache.rawdisk")
 
@@ -53,6 +54,7 @@ class ReadPath:
         self._drop_if_current = drop_if_current
         self._prefetch = core.settings.enable_prefetch
         self.leases = 0  # leases not yet released (stats: ``leases``)
+        self._residency: Residency | None = None  # of the device mapping, made on first use
 
     def contains_slice(self, key: str) -> bool:
         """Whether a slice is indexed, for X-Cache (a damaged one still reads as a miss)."""
@@ -115,7 +117,12 @@ class ReadPath:
 
         try:
             read = functools.partial(self.map_record, mapped)
-            result = await self._run_read(key, read, entry, kb, next_key)
+            if self._resident(mapped, entry, kb):
+                # Nothing to read in: verified here, without the worker thread's hop.
+                self.core.stats["resident_reads_total"] += 1
+                result = self._read_here(key, read, entry, kb)
+            else:
+                result = await self._run_read(key, read, entry, kb, next_key)
             if not self._accepted(result, key, kb, index, row, entry, now_s):
                 return None
             assert isinstance(result, (bytes, memoryview))
@@ -126,6 +133,15 @@ class ReadPath:
         finally:
             if pinned:
                 unpin()
+
+    def _resident(self, mapped: mmap.mmap, entry: Entry, kb: bytes) -> bool:
+        """Is every page of ``entry``'s record in memory (so checking it here cannot wait
+        on the disk)?"""
+        residency = self._residency
+        if residency is None or residency.mapped is not mapped:
+            residency = self._residency = Residency(mapped)
+        length = RECORD_HEADER_SIZE + len(kb) + entry.stored_len
+        return residency.resident(self.core.geo.block_offset(entry.start), length)
 
     def _find(self, key: str, kind: int) -> tuple[int, Entry, int] | None:
         """The visible, current, unexpired entry of ``key`` (row, entry, now), counted."""
@@ -167,6 +183,21 @@ class ReadPath:
         ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
         try:
             return await self.core.run(read, entry, kb, ahead)
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.core.stats["read_errors_total"] += 1
+            log.warning("L2 read of %r failed: %s", key, exc)
+            return None
+
+    def _read_here(
+        self,
+        key: str,
+        read: Callable[[Entry, bytes, tuple[int, int] | None, bool], object],
+        entry: Entry,
+        kb: bytes,
+    ) -> object:
+        """``read`` of a resident record, on this thread; failures as in :meth:`_run_read`."""
+        try:
+            return read(entry, kb, None, False)
         except (OSError, RuntimeError, ValueError) as exc:
             self.core.stats["read_errors_total"] += 1
             log.warning("L2 read of %r failed: %s", key, exc)
@@ -218,9 +249,11 @@ class ReadPath:
         entry: Entry,
         kb: bytes,
         ahead: tuple[int, int] | None = None,
+        advise: bool = True,
     ) -> object:
-        """Worker thread: fault in and verify one extent through the mapping. Returns a
-        view of the payload in the mapping (or decoded bytes) or BAD."""
+        """Worker thread (or, for a resident record, the loop with ``advise=False``):
+        fault in and verify one extent through the mapping. Returns a view of the payload
+        in the mapping (or decoded bytes) or BAD."""
         core = self.core
         self._prefetch_quietly(ahead)
         klen = len(kb)
@@ -228,9 +261,10 @@ class ReadPath:
         length = RECORD_HEADER_SIZE + klen + entry.stored_len
         if offset + length > len(mapped):
             return BAD
-        aligned = offset - offset % PAGE
-        # Start reading the whole extent in at once, rather than a page fault at a time.
-        mapped.madvise(mmap.MADV_WILLNEED, aligned, offset + length - aligned)
+        if advise:
+            aligned = offset - offset % PAGE
+            # Start reading the whole extent in at once, rather than a page fault at a time.
+            mapped.madvise(mmap.MADV_WILLNEED, aligned, offset + length - aligned)
         # The checksum is also what brings every page in: the event loop later sends
         # resident pages.
         payload = self._verified_payload(memoryview(mapped)[offset : offset + length], entry, kb)

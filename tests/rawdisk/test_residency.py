@@ -1,0 +1,97 @@
+"""Resident records are verified on the event loop, cold ones in the worker thread
+(cache/rawdisk/residency.py, ReadPath.lease): both with the same checks."""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Callable
+from pathlib import Path
+
+from cache import keys
+from cache.rawdisk import RawDiskStore
+from cache.rawdisk.residency import PAGE, Residency, address_of
+from settings import RawDiskCacheSettings
+from tests.rawdisk.conftest import flip_byte, payload
+from tests.rawdisk.test_corruption import _extent_offset
+
+Make = Callable[..., RawDiskCacheSettings]
+SIZE = 300_000
+
+
+def _sparse_mapping(path: Path, pages: int) -> mmap.mmap:
+    with open(path, "wb") as f:
+        f.truncate(pages * PAGE)  # a hole: no page of it is in memory until read
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), pages * PAGE, mmap.MAP_SHARED, mmap.PROT_READ)
+
+
+def test_the_mapping_address_is_where_the_bytes_are(tmp_path: Path) -> None:
+    path = tmp_path / "d.bin"
+    path.write_bytes(b"abc" + bytes(PAGE - 3))
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), PAGE, mmap.MAP_SHARED, mmap.PROT_READ)
+    import ctypes
+
+    address = address_of(mapped)
+    assert address is not None
+    assert ctypes.string_at(address, 3) == b"abc"
+    mapped.close()
+    assert address_of(mapped) is None
+
+
+def test_a_range_is_resident_only_when_its_pages_were_read(tmp_path: Path) -> None:
+    mapped = _sparse_mapping(tmp_path / "d.bin", 1024)
+    mapped.madvise(mmap.MADV_RANDOM)  # no read-around: only what is read comes in
+    residency = Residency(mapped)
+    assert not residency.resident(0, 1024 * PAGE)
+    for page in range(100, 120):
+        assert mapped[page * PAGE] == 0  # read in
+    assert residency.resident(100 * PAGE, 20 * PAGE)
+    assert residency.resident(100 * PAGE + 5, PAGE)  # unaligned, over two read pages
+    assert not residency.resident(900 * PAGE, PAGE)
+    assert not residency.resident(110 * PAGE, 800 * PAGE)  # partly read: not resident
+    assert not residency.resident(1023 * PAGE, 2 * PAGE)  # past the end: never
+    mapped.close()
+    assert not residency.resident(100 * PAGE, PAGE)  # closed: never
+
+
+async def test_resident_records_are_checked_on_the_loop_cold_ones_in_the_thread(
+    make_settings: Make,
+) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        key = keys.slice_key("http://o:80/r.bin", "v1", 0)
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("r", 0, SIZE), None)
+        lease = await store.lease_slice(key)  # just written: in the page cache
+        assert lease is not None and bytes(lease.view) == payload("r", 0, SIZE)
+        lease.release()
+        assert store.stats()["resident_reads_total"] == 1
+        store._reads._resident = lambda *_: False  # type: ignore[method-assign]
+        lease = await store.lease_slice(key)
+        assert lease is not None and bytes(lease.view) == payload("r", 0, SIZE)
+        lease.release()
+        assert store.stats()["resident_reads_total"] == 1
+        assert store.stats()["reads_total"] == 2
+    finally:
+        await store.close()
+
+
+async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) -> None:
+    """The loop's check is the thread's: a flipped byte in a resident extent is a miss,
+    counted, and the entry is dropped."""
+    store = await RawDiskStore.open(make_settings(enable_compression=False))
+    try:
+        key = keys.slice_key("http://o:80/bad.bin", "v1", 0)
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("bad", 0, SIZE), None)
+        flip_byte(make_settings().device_path, _extent_offset(store, key) + 4096)
+        assert await store.lease_slice(key) is None
+        stats = store.stats()
+        assert stats["checksum_failures_total"] == 1
+        assert stats["resident_reads_total"] == 1
+        assert await store.lease_slice(key) is None  # dropped, not read again
+    finally:
+        await store.close()

@@ -104,3 +104,21 @@ def test_body_reads_are_handed_on_without_a_copy_up_to_the_last_byte() -> None:
     assert framing.admit(last) is last
     assert framing.done and not framing.cut
     assert framing.admit(b"x") == b"" and framing.cut
+
+
+@given(st.integers(1, 200), st.integers(0, 3000), st.booleans())
+def test_a_read_holding_head_and_body_is_passed_on_as_received(
+    split: int, extra_body: int, excess: bool
+) -> None:
+    """The first read of a slice's answer holds its head and the start of its body: it is
+    handed on as the very object received (no copy) unless it holds excess, which is cut
+    off as one slice."""
+    body = bytes(range(256)) * 20
+    head = f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    first = head + body[: min(extra_body, len(body))]
+    framing = _Framing(with_body=True)
+    assert framing.admit(first) is first
+    rest = body[len(first) - len(head) :] + (b"junk" if excess else b"")
+    got = b"".join(framing.admit(rest[i : i + split]) for i in range(0, len(rest), split))
+    assert first[len(head) :] + got == body
+    assert framing.done and framing.cut == excess

@@ -32,47 +32,68 @@ class _Framing:
         self.cut = False  # excess was dropped
 
     def admit(self, data: bytes) -> bytes:
-        """The part of ``data`` that belongs to the response; the rest is dropped."""
+        """The part of ``data`` that belongs to the response; the rest is dropped.
+
+        Only head bytes are copied (to find where a head ends across reads): a read that
+        belongs to the response whole, however many heads and body bytes it holds, is
+        passed on as received, and one with excess as one slice of it."""
         if self.off:
             return data
         if self.remaining is not None and 0 < len(data) <= self.remaining:
-            # The body's middle or its last read, the hot path of a large download: no copy.
+            # The body's middle or its last read, the hot path of a large download.
             self.remaining -= len(data)
             self.done = self.remaining == 0
             return data
         if self.done:
             self.cut = self.cut or bool(data)
             return b""
-        out = bytearray()
-        while data:
+        kept = self._belonging(data)
+        if kept == len(data):
+            return data
+        self.cut = True
+        return data[:kept]
+
+    def _belonging(self, data: bytes) -> int:
+        """How many leading bytes of ``data`` belong to the response (state advanced)."""
+        pos = 0
+        while pos < len(data):
             if self.remaining is None:
-                before = len(self.head)
-                self.head += data
-                end = self.head.find(b"\r\n\r\n")
+                end = self._head_end(data, pos)
                 if end < 0:
+                    self.head += data[pos:]
                     self.off = len(self.head) > HEAD_LIMIT
-                    return bytes(out + data)
-                used = end + 4 - before
-                out += data[:used]
-                data = data[used:]
-                head, self.head = bytes(self.head[:end]), bytearray()
+                    return len(data)
+                # The head without its blank line, which may have begun in earlier reads.
+                head = (bytes(self.head) + data[pos:end])[:-4] if self.head else data[pos : end - 4]
+                self.head = bytearray()
+                pos = end
                 if not self._start_body(head):
                     self.off = True
-                    return bytes(out + data)
+                    return len(data)
                 if self.remaining is None:
                     continue  # an interim response: the next head follows
             assert self.remaining is not None
-            take = data[: self.remaining]
-            out += take
-            data = data[len(take) :]
-            self.remaining -= len(take)
+            take = min(self.remaining, len(data) - pos)
+            pos += take
+            self.remaining -= take
             if self.remaining == 0:
                 self.done = True
-                self.cut = bool(data)
-                return bytes(out)
+                return pos
         if self.remaining == 0:
             self.done = True
-        return bytes(out)
+        return pos
+
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Where in ``data`` (from ``pos``) the head being read ends, just past its blank
+        line; -1 if not in this read. The blank line may have begun in earlier reads."""
+        if self.head:
+            # At most three of its bytes are in the head read so far.
+            tail = bytes(self.head[-3:])
+            joined = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
+            if joined >= 0:
+                return pos + joined + 4 - len(tail)
+        found = data.find(b"\r\n\r\n", pos)
+        return found + 4 if found >= 0 else -1
 
     def _start_body(self, head: bytes) -> bool:
         """Read a response head; False when its framing is not a plain Content-Length."""

@@ -120,6 +120,7 @@ class MemoryStore:
         *,
         epoch: int | None = None,
         size_hint: int | None = None,
+        compressible: bool | None = None,
     ) -> bool:
         return self._put(SLICE, key, data, expires_at)
 

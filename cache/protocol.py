@@ -106,6 +106,7 @@ class Store(Protocol):
         *,
         epoch: int | None = None,
         size_hint: int | None = None,
+        compressible: bool | None = None,
     ) -> bool:
         """Store ``data`` until ``expires_at`` (unix seconds, None = no expiry).
 
@@ -113,7 +114,8 @@ class Store(Protocol):
         request that fetched ``data`` went out: the front discards a write that a later
         purge covers. A tier alone keeps no purge records and may ignore it.
         ``size_hint``: the whole object's size (a front may use it to decide which tiers
-        admit the slice, as for :meth:`lease_slice`).
+        admit the slice, as for :meth:`lease_slice`). ``compressible=False``: the content
+        is compressed already (a tier that compresses makes no attempt); None: unknown.
         Returns False when the tier declined (too large, not admitted, no space, purged).
         """
         ...

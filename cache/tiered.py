@@ -64,6 +64,7 @@ class _Write:
     data: SliceData
     expires_at: float | None
     epoch: int
+    compressible: bool | None = None  # False: already compressed, L2 makes no attempt
 
 
 class TieredStore:
@@ -256,6 +257,7 @@ class TieredStore:
         *,
         epoch: int | None = None,
         size_hint: int | None = None,
+        compressible: bool | None = None,
     ) -> bool:
         """Store a slice fetched by an origin request that went out at purge ``epoch``
         (None: now). A purge since then that covers ``key`` makes this a no-op.
@@ -267,7 +269,7 @@ class TieredStore:
         l1_too = self.l2 is None or not self._too_big_for_l1(size_hint)
         if not l1_too:
             self.counters["l1_bypassed_large"] += 1
-        return await self._put("slice", key, data, expires_at, epoch, l1_too)
+        return await self._put("slice", key, data, expires_at, epoch, l1_too, compressible)
 
     async def put_meta(
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
@@ -285,6 +287,7 @@ class TieredStore:
         expires_at: float | None,
         epoch: int | None,
         l1_too: bool = True,
+        compressible: bool | None = None,
     ) -> bool:
         epoch = self._epoch if epoch is None else epoch
         if self.purged_since(epoch, key):
@@ -296,7 +299,8 @@ class TieredStore:
                 stored = await self.l1.put_slice(key, data, expires_at)
             else:
                 stored = await self.l1.put_meta(key, bytes(data), expires_at)
-        return await self._enqueue(_Write(kind, key, data, expires_at, epoch)) or stored
+        write = _Write(kind, key, data, expires_at, epoch, compressible)
+        return await self._enqueue(write) or stored
 
     async def _enqueue(self, write: _Write) -> bool:
         if self.l2 is None:
@@ -346,7 +350,13 @@ class TieredStore:
                     self.counters["stale_writes_discarded"] += 1
                     continue
                 if item.kind == "slice":
-                    await self.l2.put_slice(item.key, item.data, item.expires_at, epoch=item.epoch)
+                    await self.l2.put_slice(
+                        item.key,
+                        item.data,
+                        item.expires_at,
+                        epoch=item.epoch,
+                        compressible=item.compressible,
+                    )
                 else:
                     await self.l2.put_meta(
                         item.key, bytes(item.data), item.expires_at, epoch=item.epoch

@@ -231,3 +231,25 @@ def test_a_server_error_is_retryable(status: int) -> None:
     assert classify(Answer(status), 0, 0, meta(10, '"a"', None)) == Invalid(
         f"origin answered {status}", retryable=True
     )
+
+
+def test_compressed_content_is_known_from_its_headers() -> None:
+    def meta(*headers: tuple[str, str]) -> ObjectMeta:
+        return ObjectMeta(10, None, None, list(headers), 0.0, 0.0)
+
+    for already in (
+        meta(("content-type", "video/mp4")),
+        meta(("content-type", "Audio/MPEG; rate=44100")),
+        meta(("content-type", "image/jpeg")),
+        meta(("content-type", "application/zip")),
+        meta(("content-type", "text/plain"), ("content-encoding", "gzip")),
+        meta(("content-type", "font/woff2")),
+    ):
+        assert already.compressible is False, already.headers
+    for unknown in (
+        meta(("content-type", "application/octet-stream")),
+        meta(("content-type", "image/svg+xml")),
+        meta(("content-type", "text/html"), ("content-encoding", "identity")),
+        meta(),
+    ):
+        assert unknown.compressible is None, unknown.headers

@@ -70,3 +70,32 @@ def test_resident_l2_hits_are_checked_without_the_worker_thread(
         assert l2["reads_total"] == 8
         assert l2["resident_reads_total"] == 8
         assert l2["prefetches_total"] == 0
+
+
+def test_l2_makes_no_compression_attempt_on_content_compressed_already(
+    proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """With compression on, a video's slices go to L2 without a compression attempt (its
+    media type says it is compressed); an octet-stream's are sampled, and these (random
+    bytes) skipped."""
+    settings = {
+        "slice_size": SLICE,
+        "enable_l2_cache": True,
+        "l1_cache_size_bytes": 0,
+        "raw_disk_cache": {
+            "device_path": str(tmp_path / "l2.bin"),
+            "total_size": 16 << 20,
+            "enable_compression": True,
+        },
+    }
+    with proxy(**settings) as url:
+        video = httpx.get(f"{url}/files/512k-movie.bin?ct=video/mp4", timeout=30)
+        assert video.content == expected_bytes("512k-movie.bin")
+        wait_for(lambda: _l2(url)["write_behind"]["queue_depth"] == 0, "write-behind drained")
+        l2 = _l2(url)["l2"]
+        assert l2["writes_total"] >= 8  # its eight slices (and its metadata) are stored
+        assert l2["compression_skipped_total"] == 0 and l2["compressed_writes_total"] == 0
+        other = httpx.get(f"{url}/files/512k-blob.bin", timeout=30)
+        assert other.content == expected_bytes("512k-blob.bin")
+        wait_for(lambda: _l2(url)["write_behind"]["queue_depth"] == 0, "write-behind drained")
+        assert _l2(url)["l2"]["compression_skipped_total"] >= 8  # tried, not worth it

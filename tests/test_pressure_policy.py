@@ -415,6 +415,7 @@ def test_a_stuck_l2_costs_counted_drops_logged_once_per_interval(
             *,
             epoch: int | None = None,
             size_hint: int | None = None,
+            compressible: bool | None = None,
         ) -> bool:
             await asyncio.Event().wait()  # never returns
             return False

@@ -109,7 +109,7 @@ class SliceFetcher:
     # The store's purge epoch now, taken as each origin request goes out.
     store_epoch: Callable[[], int]
     # A complete slice: to the cache (fill, store?, the purge epoch of its request).
-    keep: Callable[[SliceFill, bool, int, int], Awaitable[None]]
+    keep: Callable[[SliceFill, bool, int, ObjectMeta], Awaitable[None]]
     # The origin answered a slice's Range with the whole object (the first slice's key).
     ranges_ignored: Callable[[str], None]
     # Told each request's first-byte latency and body throughput (sizes the lookahead).
@@ -194,7 +194,7 @@ class SliceFetcher:
                         view = view[room:]
                         if fill.filled == fill.length:
                             fill.finish()
-                            await self.keep(fill, store, epoch, meta.size)
+                            await self.keep(fill, store, epoch, meta)
                             current = min(current + 1, len(fills) - 1)
                     if fills[-1].done and response.status_code == 200:
                         break

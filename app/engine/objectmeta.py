@@ -63,6 +63,27 @@ def _version_of(validator: str) -> str:
     return version_tag(validator)
 
 
+# application/* media types whose format is compressed already (archives, packages, an audio
+# container): compressing their slices again only costs CPU.
+COMPRESSED_APPLICATION_TYPES = frozenset(
+    {
+        "zip",
+        "gzip",
+        "x-gzip",
+        "zstd",
+        "x-xz",
+        "x-bzip2",
+        "x-7z-compressed",
+        "vnd.rar",
+        "x-rar-compressed",
+        "java-archive",
+        "vnd.android.package-archive",
+        "x-apple-diskimage",
+        "ogg",
+    }
+)
+
+
 @dataclass(slots=True)
 class ObjectMeta:
     size: int
@@ -140,6 +161,22 @@ class ObjectMeta:
                 self.headers, self.request_time, self.response_time
             )
         return block
+
+    @property
+    def compressible(self) -> bool | None:
+        """False when the stored headers say the body is already compressed (a content
+        coding, or a media type that is compressed by its format): L2 then makes no
+        compression attempt on its slices. None: unknown, L2 tries a sample."""
+        coding = self.header("content-encoding")
+        if coding is not None and coding.strip().lower() not in ("", "identity"):
+            return False
+        media = (self.header("content-type") or "").split(";", 1)[0].strip().lower()
+        kind, _, subtype = media.partition("/")
+        if kind in ("video", "audio", "font") or (kind == "image" and "svg" not in subtype):
+            return False
+        if kind == "application" and subtype in COMPRESSED_APPLICATION_TYPES:
+            return False
+        return None
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:

@@ -533,7 +533,7 @@ class SliceEngine:
             raise httpx.PoolTimeout("no byte budget for the first slice in time") from None
         return FetchHold(self.budget, self.slice_size, None)
 
-    async def _keep(self, fill: SliceFill, store: bool, epoch: int, object_size: int) -> None:
+    async def _keep(self, fill: SliceFill, store: bool, epoch: int, meta: ObjectMeta) -> None:
         """A complete slice goes to the cache, or (shared, unstored) maybe to ``recent``.
 
         ``epoch``: taken when the origin request that fetched it went out; the store
@@ -542,7 +542,12 @@ class SliceEngine:
         """
         if store and self.store is not None:
             await self.store.put_slice(
-                fill.key, memoryview(fill.buffer), None, epoch=epoch, size_hint=object_size
+                fill.key,
+                memoryview(fill.buffer),
+                None,
+                epoch=epoch,
+                size_hint=meta.size,
+                compressible=meta.compressible,
             )
             return
         if self.purged_since(epoch, fill.key):

@@ -174,7 +174,9 @@ class SliceEngine:
         ``run_length`` slices. Cached slices are read when their turn comes, the next one's
         lease asked for while the current one is written (an L2 read then overlaps the
         socket's drain; a lease is a view of the mapped device, not a copy), so a hit
-        costs at most two slices per response, not a window of copies. The window moves
+        holds at most four extents per response (the one being written, the next, and up
+        to ``leasewriter.MAX_PENDING_LEASES`` whose bytes its socket still holds), not a
+        window of copies. The window moves
         only as the client reads, so a slow client stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
         complete and (for a private or not yet written entry) in no store. ``store=False``:

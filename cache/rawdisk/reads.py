@@ -190,8 +190,11 @@ class ReadPath:
         return SliceLease(result, unpin)
 
     def _resident(self, mapped: mmap.mmap, entry: Entry, kb: bytes) -> bool:
-        """Is every page of ``entry``'s record in memory (so checking it here cannot wait
-        on the disk)?"""
+        """May ``entry``'s record be read on the event loop: stored raw (a compressed one
+        is decoded, milliseconds for a large slice: the worker's job) and every page of it
+        in memory (checking it cannot wait on the disk)?"""
+        if entry.codec != CODEC_RAW:
+            return False
         residency = self._residency
         if residency is None or residency.mapped is not mapped:
             residency = self._residency = Residency(mapped)

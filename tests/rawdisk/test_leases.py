@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from cache import keys
 from cache.memory import MemoryStore
-from cache.protocol import SliceLease, borrowed
+from cache.protocol import NOT_NOW, SliceLease, borrowed
 from cache.rawdisk import RawDiskStore
 from cache.tiered import TieredStore
 from settings import RawDiskCacheSettings
@@ -169,10 +169,13 @@ async def test_a_compressed_entry_is_leased_as_a_private_copy(make_settings: Mak
         data = b"abcdefgh" * 50_000
         assert await store.put_slice("z", data, None, compressible=True)
         assert store.stats()["compressed_writes_total"] == 1
+        assert store.lease_now("z") is NOT_NOW  # decoding is the worker thread's job
         lease = await store.lease_slice("z")
         assert lease is not None and not lease.pinned and not borrowed(lease.view)
         assert bytes(lease.view) == data
         assert store.stats()["leases"] == 0  # nothing pinned: decoded into its own buffer
+        # Decoded in the worker thread, not on the loop, though every page is in memory.
+        assert store.stats()["resident_reads_total"] == 0
         lease.release()
     finally:
         await store.close()

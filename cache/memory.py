@@ -78,18 +78,6 @@ class MemoryStore:
     def contains_slice(self, key: str) -> bool:
         return self._live(key) is not None
 
-    def slice_now(self, key: str) -> SliceData | None:
-        """The slice if held and unexpired, counted as a hit; None counted nowhere: the
-        caller counts the miss (:meth:`count_miss`) once it knows it is one."""
-        entry = self._live(key)
-        if entry is None:
-            return None
-        self.hits += 1
-        return entry.data
-
-    def count_miss(self) -> None:
-        self.misses += 1
-
     async def get_slice(self, key: str, *, next_key: str | None = None) -> SliceData | None:
         return self._get(SLICE, key)  # in memory already: nothing to prefetch
 

@@ -64,14 +64,6 @@ class SliceLease:
         self.release()
 
 
-class NotNow:
-    """What a synchronous lookup answers when the answer would have to wait (an L2 record
-    not all in memory): ask the async way."""
-
-
-NOT_NOW = NotNow()
-
-
 def borrowed(piece: SliceData) -> TypeGuard[memoryview]:
     """Is ``piece`` a view into a store's mapping (valid only while its lease is held)?
 
@@ -182,9 +174,4 @@ class CacheFront(Store, Protocol):
 
     def contains_slice(self, key: str) -> bool:
         """Is the slice held by some tier (an index lookup: no bytes are read)?"""
-        ...
-
-    def lease_now(self, key: str, *, size_hint: int | None = None) -> SliceLease | None | NotNow:
-        """:meth:`lease_slice`'s answer now, when no tier has to wait for it (memory, or an
-        L2 record all in memory); :data:`NOT_NOW`, with nothing counted, otherwise."""
         ...

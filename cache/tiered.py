@@ -36,7 +36,7 @@ from cachetools import LRUCache
 
 from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
-from cache.protocol import NOT_NOW, NotNow, SliceData, SliceLease, Store
+from cache.protocol import SliceData, SliceLease, Store
 
 log = logging.getLogger("slicecache.cache")
 
@@ -176,41 +176,6 @@ class TieredStore:
             self.counters["l1_promotions"] += 1
         return data
 
-    def lease_now(self, key: str, *, size_hint: int | None = None) -> SliceLease | None | NotNow:
-        """:meth:`lease_slice` answered without waiting when it can be: an L1 hit, pending
-        bytes, or an L2 record all in memory that is not to be promoted. Else
-        :data:`NOT_NOW` (nothing counted): ask :meth:`lease_slice`."""
-        l1 = self.l1
-        if l1 is not None:
-            data = l1.slice_now(key)
-            if data is not None:
-                self.counters["slice_hits_l1"] += 1
-                return SliceLease.of(data)
-        if self.l2 is None:
-            return None
-        pending = self._pending.get(key)
-        if pending is not None:
-            self.counters["slice_hits_l1"] += 1
-            return SliceLease.of(pending)
-        now = getattr(self.l2, "lease_now", None)
-        if now is None or (l1 is not None and self._promotes(size_hint, l1)):
-            return NOT_NOW
-        try:
-            lease: SliceLease | None | NotNow = now(key)
-        except Exception:
-            return NOT_NOW  # the async way counts and logs the failure
-        if lease is NOT_NOW:
-            return lease
-        if l1 is not None:
-            l1.count_miss()  # as lease_slice's L1 lookup would have
-        if lease is not None:
-            self.counters["slice_hits_l2"] += 1
-        return lease
-
-    def _promotes(self, size_hint: int | None, l1: MemoryStore) -> bool:
-        """Is an L2 hit of an object this size copied into L1?"""
-        return size_hint is None or size_hint * PROMOTE_OBJECT_SHARE <= l1.capacity_bytes
-
     async def lease_slice(
         self, key: str, *, next_key: str | None = None, size_hint: int | None = None
     ) -> SliceLease | None:
@@ -242,7 +207,9 @@ class TieredStore:
             return None
         self.counters["slice_hits_l2"] += 1
         l1 = self.l1
-        if l1 is not None and self._promotes(size_hint, l1):
+        if l1 is not None and (
+            size_hint is None or size_hint * PROMOTE_OBJECT_SHARE <= l1.capacity_bytes
+        ):
             data = bytes(lease.view) if lease.pinned else lease.view
             try:
                 await l1.put_slice(key, data, None, epoch=epoch)

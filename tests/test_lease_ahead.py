@@ -17,7 +17,7 @@ from app.context import SliceStats
 from app.engine.fills import ByteBudget
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine
-from cache.protocol import NOT_NOW, NotNow, SliceLease
+from cache.protocol import SliceLease
 
 SLICE = 1024
 SLICES = 8
@@ -26,12 +26,10 @@ ENTRY = "http://o/obj"
 
 class LeasingFront:
     """A store holding every slice; each lease is counted until released. ``delay``: how
-    long a lease takes to read (an L2 read waits on a worker thread); ``now``: leases are
-    answered at once (``lease_now``: in memory), else only the async way."""
+    long a lease takes to read (an L2 read waits on a worker thread)."""
 
-    def __init__(self, delay: float = 0.0, now: bool = False) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
-        self.now = now
         self.asked: list[int] = []
         self.held = 0
         self.epoch = 0
@@ -42,19 +40,13 @@ class LeasingFront:
     def purged_since(self, epoch: int, key: str) -> bool:
         return False
 
-    def lease_now(self, key: str, *, size_hint: int | None = None) -> SliceLease | NotNow:
-        return self._lease(key) if self.now else NOT_NOW
-
     async def lease_slice(
         self, key: str, *, next_key: str | None = None, size_hint: int | None = None
     ) -> SliceLease | None:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return self._lease(key)
-
-    def _lease(self, key: str) -> SliceLease:
         index = int(key.rsplit(" ", 1)[1])
         self.asked.append(index)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.held += 1
 
         def release() -> None:
@@ -82,10 +74,9 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize("now", [False, True])
-def test_the_next_lease_is_asked_for_before_the_current_slice_is_consumed(now: bool) -> None:
+def test_the_next_lease_is_asked_for_before_the_current_slice_is_consumed() -> None:
     async def scenario() -> tuple[list[int], bytes]:
-        front = LeasingFront(now=now)
+        front = LeasingFront()
         stream = _engine(front).stream(ENTRY, "/obj", META, 0, META.size - 1, [], SliceStats())
         first = bytes(await anext(stream))
         await _settle()
@@ -105,16 +96,15 @@ def test_the_next_lease_is_asked_for_before_the_current_slice_is_consumed(now: b
     delay=st.sampled_from([0.0, 0.001]),
     cancel=st.booleans(),
     first=st.integers(min_value=0, max_value=SLICES * SLICE - 1),
-    now=st.booleans(),
 )
 def test_every_lease_is_released_however_the_response_ends(
-    keep: int, delay: float, cancel: bool, first: int, now: bool
+    keep: int, delay: float, cancel: bool, first: int
 ) -> None:
     """The response takes ``keep`` pieces of a range starting anywhere, then ends: closed
     by its consumer, or its task cancelled while it waits for a lease."""
 
     async def scenario() -> int:
-        front = LeasingFront(delay, now)
+        front = LeasingFront(delay)
         stream = _engine(front).stream(ENTRY, "/obj", META, first, META.size - 1, [], SliceStats())
 
         async def consume() -> None:

@@ -53,12 +53,12 @@ from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
-from cache.protocol import CacheFront, NotNow, SliceData, SliceLease
+from cache.protocol import CacheFront, SliceData, SliceLease
 
 log = logging.getLogger("slicecache.slicer")
 
 
-def drop_lease_task(task: asyncio.Future[SliceLease | None]) -> None:
+def drop_lease_task(task: asyncio.Task[SliceLease | None]) -> None:
     """Nobody will use this lease: release it, now or whenever the task has it."""
     if not task.done():
         task.cancel()
@@ -194,7 +194,7 @@ class SliceEngine:
 
         # The store's answer for the slice after the one being sent, asked for while that
         # one is written (an L2 read waits on a worker thread): at most one, by index.
-        leasing: dict[int, asyncio.Future[SliceLease | None]] = {}
+        leasing: dict[int, asyncio.Task[SliceLease | None]] = {}
 
         async def claim_from(index: int, most: int, urgent: bool) -> None:
             nonlocal fetching
@@ -322,20 +322,12 @@ class SliceEngine:
 
     def _lease_task(
         self, entry_key: str, meta: ObjectMeta, index: int
-    ) -> asyncio.Future[SliceLease | None]:
-        """The store's lease of slice ``index`` (None if it holds none): answered at once
-        when no tier has to wait (``lease_now``), else read in a task."""
+    ) -> asyncio.Task[SliceLease | None]:
+        """The store's lease of slice ``index`` (None if it holds none), read in a task."""
         assert self.store is not None
-        key = keys.slice_key(entry_key, meta.version, index)
-        loop = asyncio.get_running_loop()
-        now = self.store.lease_now(key, size_hint=meta.size)
-        if not isinstance(now, NotNow):
-            answered: asyncio.Future[SliceLease | None] = loop.create_future()
-            answered.set_result(now)
-            return answered
-        return loop.create_task(
+        return asyncio.get_running_loop().create_task(
             self.store.lease_slice(
-                key,
+                keys.slice_key(entry_key, meta.version, index),
                 next_key=keys.slice_key(entry_key, meta.version, index + 1),
                 size_hint=meta.size,
             )
@@ -352,7 +344,7 @@ class SliceEngine:
         stats: SliceStats,
         store: bool,
         urgent: bool = False,
-        leasing: asyncio.Future[SliceLease | None] | None = None,
+        leasing: asyncio.Task[SliceLease | None] | None = None,
     ) -> list[SliceClaim]:
         """Claim slice ``index``; a missing one starts a run of up to ``limit`` missing slices.
 
@@ -375,12 +367,6 @@ class SliceEngine:
             if leasing is None:
                 leasing = self._lease_task(entry_key, meta, index)
             try:
-                if leasing.done():
-                    # Answered at once: still let the loop turn once per slice, as a read
-                    # in a task does, or the responses whose sockets drain first take
-                    # turns among themselves (16 clients of a 1 GiB hit: fairness 0.99
-                    # with the turn, 0.45 without).
-                    await asyncio.sleep(0)
                 lease = await leasing
             except asyncio.CancelledError:  # the task is cancelled with us; it may have one
                 drop_lease_task(leasing)

@@ -23,7 +23,7 @@ import mmap
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from cache.protocol import NOT_NOW, NotNow, SliceData, SliceLease
+from cache.protocol import SliceData, SliceLease
 from cache.rawdisk import codec
 from cache.rawdisk.core import Core, now
 from cache.rawdisk.index import FLAG_BAD, Entry, Index
@@ -40,7 +40,6 @@ from cache.rawdisk.residency import Residency
 log = logging.getLogger("slicecache.rawdisk")
 
 BAD = object()  # read result: damaged record
-
 PAGE = mmap.PAGESIZE
 
 # Drop a row if it is still that generation; bumps the named counter.
@@ -88,40 +87,13 @@ class ReadPath:
         assert isinstance(result, (bytes, memoryview))
         return result
 
-    def lease_now(self, key: str, kind: int) -> SliceLease | None | NotNow:
-        """:meth:`lease` answered on this thread when every page of the record is in memory
-        (nothing can wait on the disk); :data:`NOT_NOW`, with nothing counted, when the
-        record is absent, not resident or the device is not mapped: :meth:`lease` then."""
-        mapped = self._mapping()
-        if mapped is None:
-            return NOT_NOW
-        kb = key.encode()
-        index = self.tables.index
-        row = index.find(kb, key_hash(kb))
-        if row < 0 or not index.is_visible(row):
-            return NOT_NOW
-        if not self._resident(mapped, index.entry(row), kb):
-            return NOT_NOW
-        found = self._find(key, kind)
-        if found is None:
-            return None
-        row, entry, now_s = found
-        index = self.tables.index  # replaced by a clear or a recovery: the read is void
-        unpin = self._pin(entry)
-        try:
-            self.core.stats["resident_reads_total"] += 1
-            result = self._read_here(key, functools.partial(self.map_record, mapped), entry, kb)
-            return self._as_lease(result, key, kb, index, row, entry, now_s, unpin)
-        except BaseException:
-            unpin()
-            raise
-
     async def lease(self, key: str, kind: int, next_key: str | None = None) -> SliceLease | None:
         """``key``'s bytes as a zero-copy view of the device mapping, pinned until released.
 
         Falls back to :meth:`get` (a private copy under a no-op lease) when the device is
         not mapped (O_DIRECT)."""
-        mapped = self._mapping()
+        core = self.core
+        mapped = core.device.mapping(core.geo.total_size) if not core.closed else None
         if mapped is None:
             data = await self.get(key, kind, next_key)
             return SliceLease.of(data) if data is not None else None
@@ -130,8 +102,19 @@ class ReadPath:
             return None
         row, entry, now_s = found
         kb = key.encode()
-        index = self.tables.index  # replaced by a clear or a recovery: the read is void
-        unpin = self._pin(entry)
+        tables = self.tables
+        index = tables.index
+        start = entry.start
+        tables.begin_read(start, entry.nblocks)
+        self.leases += 1
+        pinned = True
+
+        def unpin() -> None:
+            # Idempotent through SliceLease.release; the extent is allocatable again once
+            # the last reader of it is gone (Tables.end_read).
+            self.leases -= 1
+            tables.end_read(start)
+
         try:
             read = functools.partial(self.map_record, mapped)
             if self._resident(mapped, entry, kb):
@@ -140,54 +123,16 @@ class ReadPath:
                 result = self._read_here(key, read, entry, kb)
             else:
                 result = await self._run_read(key, read, entry, kb, next_key)
-            return self._as_lease(result, key, kb, index, row, entry, now_s, unpin)
-        except BaseException:
-            unpin()
-            raise
-
-    def _mapping(self) -> mmap.mmap | None:
-        core = self.core
-        return core.device.mapping(core.geo.total_size) if not core.closed else None
-
-    def _pin(self, entry: Entry) -> Callable[[], None]:
-        """Keep ``entry``'s extent from being reused until the returned call (idempotent;
-        the extent is allocatable again once the last reader of it is gone:
-        :meth:`Tables.end_read`)."""
-        tables = self.tables
-        start = entry.start
-        tables.begin_read(start, entry.nblocks)
-        self.leases += 1
-        pinned = True
-
-        def unpin() -> None:
-            nonlocal pinned
+            if not self._accepted(result, key, kb, index, row, entry, now_s):
+                return None
+            assert isinstance(result, (bytes, memoryview))
+            if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
+                return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
+            pinned = False  # the lease owns the pin from here on
+            return SliceLease(result, unpin)
+        finally:
             if pinned:
-                pinned = False
-                self.leases -= 1
-                tables.end_read(start)
-
-        return unpin
-
-    def _as_lease(
-        self,
-        result: object,
-        key: str,
-        kb: bytes,
-        index: Index,
-        row: int,
-        entry: Entry,
-        now_s: int,
-        unpin: Callable[[], None],
-    ) -> SliceLease | None:
-        """A read's result as a lease that owns the pin, or None (pin released)."""
-        if not self._accepted(result, key, kb, index, row, entry, now_s):
-            unpin()
-            return None
-        assert isinstance(result, (bytes, memoryview))
-        if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
-            unpin()
-            return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
-        return SliceLease(result, unpin)
+                unpin()
 
     def _resident(self, mapped: mmap.mmap, entry: Entry, kb: bytes) -> bool:
         """May ``entry``'s record be read on the event loop: stored raw (a compressed one

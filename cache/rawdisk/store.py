@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from cache.protocol import NotNow, SliceData, SliceLease
+from cache.protocol import SliceData, SliceLease
 from cache.rawdisk.allocator import BlockMap, fragmentation_of
 from cache.rawdisk.core import Core, now
 from cache.rawdisk.device import Device
@@ -134,11 +134,6 @@ class RawDiskStore:
         """The slice as a zero-copy view of the mapped device, its extent pinned until the
         lease is released (see reads.py); ``next_key`` as for :meth:`get_slice`."""
         return await self._reads.lease(key, KIND_SLICE, next_key)
-
-    def lease_now(self, key: str) -> SliceLease | None | NotNow:
-        """:meth:`lease_slice` without waiting, when the slice is all in memory; else
-        :data:`cache.protocol.NOT_NOW`."""
-        return self._reads.lease_now(key, KIND_SLICE)
 
     async def get_meta(self, key: str) -> bytes | None:
         data = await self._reads.get(key, KIND_META)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cache import keys
-from cache.protocol import SliceLease
 from cache.rawdisk import RawDiskStore
 from cache.rawdisk.residency import PAGE, Residency, address_of
 from settings import RawDiskCacheSettings
@@ -94,72 +93,5 @@ async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) ->
         assert stats["checksum_failures_total"] == 1
         assert stats["resident_reads_total"] == 1
         assert await store.lease_slice(key) is None  # dropped, not read again
-    finally:
-        await store.close()
-
-
-async def test_lease_now_answers_resident_records_and_counts_like_lease(
-    make_settings: Make,
-) -> None:
-    from cache.memory import MemoryStore
-    from cache.protocol import NOT_NOW
-    from cache.tiered import TieredStore
-
-    store = await RawDiskStore.open(make_settings(enable_compression=False))
-    front = TieredStore(MemoryStore(8 << 20), store)
-    try:
-        key = keys.slice_key("http://o:80/n.bin", "v1", 0)
-        absent = keys.slice_key("http://o:80/n.bin", "v1", 1)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("n", 0, SIZE), None)
-        before = store.stats()
-        assert store.lease_now(absent) is NOT_NOW  # the async way counts the miss
-        assert store.stats()["lookups_total"] == before["lookups_total"]
-        lease = store.lease_now(key)
-        assert isinstance(lease, SliceLease) and lease.pinned
-        assert bytes(lease.view) == payload("n", 0, SIZE)
-        after = store.stats()
-        assert after["lookups_total"] == before["lookups_total"] + 1
-        assert after["hits_total"] == before["hits_total"] + 1
-        assert after["resident_reads_total"] == before["resident_reads_total"] + 1
-        assert after["leases"] == 1
-        lease.release()
-        assert store.stats()["leases"] == 0
-        # Not all in memory: not answered now, nothing counted.
-        store._reads._resident = lambda *_: False  # type: ignore[method-assign]
-        assert store.lease_now(key) is NOT_NOW
-        assert store.stats()["lookups_total"] == after["lookups_total"]
-        del store._reads._resident
-        # Through the front: a big object's slice is answered now; a small one's would be
-        # promoted into L1 (a copy, awaited), so it goes the async way.
-        l1_misses = front.l1.misses  # type: ignore[union-attr]
-        got = front.lease_now(key, size_hint=1 << 30)
-        assert isinstance(got, SliceLease) and got.pinned
-        got.release()
-        assert front.counters["slice_hits_l2"] == 1
-        assert front.l1.misses == l1_misses + 1  # type: ignore[union-attr]
-        assert front.lease_now(key, size_hint=SIZE) is NOT_NOW
-        promoted = await front.lease_slice(key, size_hint=SIZE)
-        assert promoted is not None
-        promoted.release()
-        again = front.lease_now(key, size_hint=SIZE)  # now an L1 hit
-        assert isinstance(again, SliceLease) and not again.pinned
-        assert store.stats()["leases"] == 0
-    finally:
-        await front.close()
-
-
-async def test_lease_now_never_answers_with_a_damaged_record(make_settings: Make) -> None:
-    store = await RawDiskStore.open(make_settings(enable_compression=False))
-    try:
-        key = keys.slice_key("http://o:80/d.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("d", 0, SIZE), None)
-        flip_byte(make_settings().device_path, _extent_offset(store, key) + 8192)
-        assert store.lease_now(key) is None
-        stats = store.stats()
-        assert stats["checksum_failures_total"] == 1 and stats["leases"] == 0
     finally:
         await store.close()

@@ -119,7 +119,6 @@ class MemoryStore:
         expires_at: float | None,
         *,
         epoch: int | None = None,
-        size_hint: int | None = None,
         compressible: bool | None = None,
     ) -> bool:
         return self._put(SLICE, key, data, expires_at)

@@ -105,7 +105,6 @@ class Store(Protocol):
         expires_at: float | None,
         *,
         epoch: int | None = None,
-        size_hint: int | None = None,
         compressible: bool | None = None,
     ) -> bool:
         """Store ``data`` until ``expires_at`` (unix seconds, None = no expiry).
@@ -113,8 +112,7 @@ class Store(Protocol):
         ``epoch`` is the purge epoch (:attr:`CacheFront.epoch`) taken when the origin
         request that fetched ``data`` went out: the front discards a write that a later
         purge covers. A tier alone keeps no purge records and may ignore it.
-        ``size_hint``: the whole object's size (a front may use it to decide which tiers
-        admit the slice, as for :meth:`lease_slice`). ``compressible=False``: the content
+        ``compressible=False``: the content
         is compressed already (a tier that compresses makes no attempt); None: unknown.
         Returns False when the tier declined (too large, not admitted, no space, purged).
         """

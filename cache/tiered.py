@@ -99,7 +99,6 @@ class TieredStore:
             "write_behind_written": 0,
             "l2_errors": 0,
             "l1_promotions": 0,
-            "l1_bypassed_large": 0,  # fetched slices of objects larger than L1: L2 only
             "stale_writes_discarded": 0,
             "slice_hits_l1": 0,
             "slice_hits_l2": 0,
@@ -256,28 +255,16 @@ class TieredStore:
         expires_at: float | None,
         *,
         epoch: int | None = None,
-        size_hint: int | None = None,
         compressible: bool | None = None,
     ) -> bool:
         """Store a slice fetched by an origin request that went out at purge ``epoch``
-        (None: now). A purge since then that covers ``key`` makes this a no-op.
-
-        With an L2, a slice of an object larger than L1 (``size_hint``) is written to L2
-        only: such an object never fits L1 whole, and a sequential fill of it would push
-        every other object out of L1 while its own slices were evicted before a second
-        reader came (the same rule keeps its L2 hits out of L1: :data:`PROMOTE_OBJECT_SHARE`)."""
-        l1_too = self.l2 is None or not self._too_big_for_l1(size_hint)
-        if not l1_too:
-            self.counters["l1_bypassed_large"] += 1
-        return await self._put("slice", key, data, expires_at, epoch, l1_too, compressible)
+        (None: now). A purge since then that covers ``key`` makes this a no-op."""
+        return await self._put("slice", key, data, expires_at, epoch, compressible)
 
     async def put_meta(
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
     ) -> bool:
         return await self._put("meta", key, meta, expires_at, epoch)
-
-    def _too_big_for_l1(self, size_hint: int | None) -> bool:
-        return self.l1 is not None and size_hint is not None and size_hint > self.l1.capacity_bytes
 
     async def _put(
         self,
@@ -286,7 +273,6 @@ class TieredStore:
         data: SliceData,
         expires_at: float | None,
         epoch: int | None,
-        l1_too: bool = True,
         compressible: bool | None = None,
     ) -> bool:
         epoch = self._epoch if epoch is None else epoch
@@ -294,7 +280,7 @@ class TieredStore:
             self.counters["stale_writes_discarded"] += 1
             return False
         stored = False
-        if self.l1 is not None and l1_too:
+        if self.l1 is not None:
             if kind == "slice":
                 stored = await self.l1.put_slice(key, data, expires_at)
             else:

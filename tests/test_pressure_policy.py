@@ -414,7 +414,6 @@ def test_a_stuck_l2_costs_counted_drops_logged_once_per_interval(
             expires_at: float | None,
             *,
             epoch: int | None = None,
-            size_hint: int | None = None,
             compressible: bool | None = None,
         ) -> bool:
             await asyncio.Event().wait()  # never returns

@@ -548,7 +548,6 @@ class SliceEngine:
                 memoryview(fill.buffer),
                 None,
                 epoch=epoch,
-                size_hint=meta.size,
                 compressible=meta.compressible,
             )
             return

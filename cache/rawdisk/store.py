@@ -153,7 +153,6 @@ class RawDiskStore:
         compressible: bool | None = None,
         *,
         epoch: int | None = None,  # the front's purge epoch: checked by TieredStore
-        size_hint: int | None = None,  # the front's admission hint: every slice is admitted
     ) -> bool:
         """Store a slice. ``compressible=False`` says the content is already compressed."""
         return await self._writes.put(key, data, expires_at, KIND_SLICE, compressible)

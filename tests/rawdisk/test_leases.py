@@ -213,35 +213,3 @@ async def test_tiered_lease_survives_a_purge_in_flight_and_does_not_promote_big_
         assert l2.stats()["leases"] == 0
     finally:
         await front.close()
-
-
-async def test_slices_of_an_object_larger_than_l1_are_written_to_l2_only(
-    make_settings: Make,
-) -> None:
-    """A fill of an object that can never fit L1 whole goes to L2 only (counted), so it
-    does not push every other object out of L1; a smaller object still lands in both, and
-    without an L2 every object is kept in L1."""
-    l2 = await RawDiskStore.open(make_settings())
-    front = TieredStore(MemoryStore(1 << 20), l2)
-    alone = TieredStore(MemoryStore(1 << 20), None)
-    try:
-        big = keys.slice_key("http://o:80/big.bin", "v1", 0)
-        small = keys.slice_key("http://o:80/small.bin", "v1", 0)
-        for _ in range(3):  # looked up first, as misses are, so that L2 admits them
-            assert await l2.get_slice(big) is None and await l2.get_slice(small) is None
-        assert await front.put_slice(big, payload("b", 0, SIZE), None, size_hint=64 << 20)
-        assert await front.put_slice(small, payload("s", 0, SIZE), None, size_hint=1 << 20)
-        assert front.counters["l1_bypassed_large"] == 1
-        assert await front.l1.get_slice(big) is None  # type: ignore[union-attr]
-        assert await front.l1.get_slice(small) is not None  # type: ignore[union-attr]
-        await front.flush()
-        lease = await front.lease_slice(big, size_hint=64 << 20)
-        assert lease is not None and lease.pinned  # from L2
-        assert bytes(lease.view) == payload("b", 0, SIZE)
-        lease.release()
-        assert await alone.put_slice(big, payload("b", 0, SIZE), None, size_hint=64 << 20)
-        assert await alone.l1.get_slice(big) is not None  # type: ignore[union-attr]
-        assert alone.counters["l1_bypassed_large"] == 0
-    finally:
-        await front.close()
-        await alone.close()

@@ -364,13 +364,18 @@ class SliceEngine:
             self.counters.slices["coalesced"] += 1
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
-            if leasing is None:
-                leasing = self._lease_task(entry_key, meta, index)
-            try:
-                lease = await leasing
-            except asyncio.CancelledError:  # the task is cancelled with us; it may have one
-                drop_lease_task(leasing)
-                raise
+            if leasing is None:  # asked for now, in this task (no task of its own to pay)
+                lease = await self.store.lease_slice(
+                    key,
+                    next_key=keys.slice_key(entry_key, meta.version, index + 1),
+                    size_hint=meta.size,
+                )
+            else:
+                try:
+                    lease = await leasing
+                except asyncio.CancelledError:  # cancelled with us; it may have one still
+                    drop_lease_task(leasing)
+                    raise
             first, last = slice_bounds(index, self.slice_size, meta.size)
             if lease is not None:
                 if len(lease.view) == last - first + 1:

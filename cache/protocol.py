@@ -112,8 +112,8 @@ class Store(Protocol):
         ``epoch`` is the purge epoch (:attr:`CacheFront.epoch`) taken when the origin
         request that fetched ``data`` went out: the front discards a write that a later
         purge covers. A tier alone keeps no purge records and may ignore it.
-        ``compressible=False``: the content
-        is compressed already (a tier that compresses makes no attempt); None: unknown.
+        ``compressible=False``: the content is compressed already (a tier that compresses
+        makes no attempt); None: unknown.
         Returns False when the tier declined (too large, not admitted, no space, purged).
         """
         ...

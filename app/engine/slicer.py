@@ -176,8 +176,8 @@ class SliceEngine:
         socket's drain; a lease is a view of the mapped device, not a copy), so a hit
         holds at most four extents per response (the one being written, the next, and up
         to ``leasewriter.MAX_PENDING_LEASES`` whose bytes its socket still holds), not a
-        window of copies. The window moves
-        only as the client reads, so a slow client stops it.
+        window of copies. The window moves only as the client reads, so a slow client
+        stops it.
         ``first_fill`` is slice 0 as a probe fetched it: read from it even if it is already
         complete and (for a private or not yet written entry) in no store. ``store=False``:
         slices this response fetches are not written to the cache (private, too large).
@@ -193,7 +193,8 @@ class SliceEngine:
         lanes = 1  # one more each time the window did not cover a slice (lookahead.py)
 
         # The store's answer for the slice after the one being sent, asked for while that
-        # one is written (an L2 read waits on a worker thread): at most one, by index.
+        # one is written (an L2 record not in memory is read in a worker thread): at most
+        # one, by index.
         leasing: dict[int, asyncio.Task[SliceLease | None]] = {}
 
         async def claim_from(index: int, most: int, urgent: bool) -> None:

@@ -4,11 +4,12 @@ An L2 read verifies its extent's checksum over the mapping. When every page of t
 is resident, that is ~30-110 µs of xxh3 that cannot stall on the disk, and running it on
 the event loop costs far less than handing it to a worker thread: the hop (futures, a
 wake-up, the GIL passed back and forth while the loop is busy) cost more CPU than the
-checksum: 16 clients of a 1 GiB L2 hit went from ~1.7 to 2.1-2.3 GB/s and from 0.63 to
-0.43-0.47 CPU-s per GB when resident records were checked on the loop. A range with any page out of memory still goes to the worker thread,
-which reads it in, so a cold page never stalls the loop. (A page reclaimed between the
-check and the read is faulted in on the loop: the kernel reclaims mapped, just-checked
-pages last, and the cost is one read, not wrong bytes.)
+checksum. 16 clients of a 1 GiB L2 hit went from ~1.7 to 2.1-2.3 GB/s, and from 0.63 to
+0.43-0.47 CPU-s per GB, when resident records were checked on the loop. A range with any
+page out of memory still goes to the worker thread, which reads it in, so a cold page
+never stalls the loop. (A page reclaimed between the check and the read is faulted in on
+the loop: the kernel reclaims mapped, just-checked pages last, and the cost is one read,
+not wrong bytes.)
 
 The mapping's address comes from the buffer protocol (Python's mmap has no accessor);
 ``mincore`` from libc through ctypes. Where either is unavailable (not Linux, no libc),

@@ -20,6 +20,9 @@ for room (the fill that produced it waits with it: backpressure on the fetch-ahe
 on a reader of cached bytes). Only an L2 that makes no progress for
 :data:`WRITE_BEHIND_WAIT_SECONDS` costs drops: counted, logged at most once per
 :data:`DROP_LOG_INTERVAL_SECONDS`, and visible in /stats and the metrics.
+
+Length (~425 lines): reads, writes, the write-behind queue and deletes all apply the one
+purge-epoch rule above; kept in one module so that rule is read and changed in one place.
 """
 
 from __future__ import annotations
@@ -259,33 +262,25 @@ class TieredStore:
     ) -> bool:
         """Store a slice fetched by an origin request that went out at purge ``epoch``
         (None: now). A purge since then that covers ``key`` makes this a no-op."""
-        return await self._put("slice", key, data, expires_at, epoch, compressible)
+        epoch = self._epoch if epoch is None else epoch
+        return await self._put(_Write("slice", key, data, expires_at, epoch, compressible))
 
     async def put_meta(
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
     ) -> bool:
-        return await self._put("meta", key, meta, expires_at, epoch)
-
-    async def _put(
-        self,
-        kind: str,
-        key: str,
-        data: SliceData,
-        expires_at: float | None,
-        epoch: int | None,
-        compressible: bool | None = None,
-    ) -> bool:
         epoch = self._epoch if epoch is None else epoch
-        if self.purged_since(epoch, key):
+        return await self._put(_Write("meta", key, meta, expires_at, epoch))
+
+    async def _put(self, write: _Write) -> bool:
+        if self.purged_since(write.epoch, write.key):
             self.counters["stale_writes_discarded"] += 1
             return False
         stored = False
         if self.l1 is not None:
-            if kind == "slice":
-                stored = await self.l1.put_slice(key, data, expires_at)
+            if write.kind == "slice":
+                stored = await self.l1.put_slice(write.key, write.data, write.expires_at)
             else:
-                stored = await self.l1.put_meta(key, bytes(data), expires_at)
-        write = _Write(kind, key, data, expires_at, epoch, compressible)
+                stored = await self.l1.put_meta(write.key, bytes(write.data), write.expires_at)
         return await self._enqueue(write) or stored
 
     async def _enqueue(self, write: _Write) -> bool:

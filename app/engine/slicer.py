@@ -11,8 +11,9 @@ they hold :mod:`app.engine.inflight`, who reads which version :mod:`app.engine.r
 A validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
 two versions are never spliced into one response.
 
-Length (~480 lines): the window of a response (stream, claim) and the start and outcome of
-its fetch tasks share one state, the claims of a response and the fills they join; the
+Length (~580 lines): the window of a response (stream, claim, the lease asked ahead) and
+the start and outcome of its fetch tasks share one state, the claims of a response and the
+fills they join; the
 fetch, the registry of fills, the readers' bookkeeping and the window's size
 (:mod:`app.engine.lookahead`) are already split out. Lines that another branch rewrites
 (slice-key helpers) stay here until that merge.

@@ -25,8 +25,10 @@ PURGE, a revalidation or a replaced response is seen at once.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
+import traceback
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httptools
@@ -48,11 +50,14 @@ from app.ops.accesslog import (
     new_request_id,
     request_id_from,
 )
+from app.ops.ratelimit import RateLimitedLog
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 
 if TYPE_CHECKING:
     from app.main import Runtime
+
+log = logging.getLogger("slicecache.fasthit")
 
 # Request fields that do not change a hit's answer when the stored response has no Vary
 # (the normal path reads none of them on a hit; X-Request-Id only names the request).
@@ -242,6 +247,22 @@ class FastHits:
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
         self._ts_ms = 0
         self._ts_text = ""
+        # A bug here would otherwise log a traceback for every request it hits.
+        self._failures = RateLimitedLog(log, settings.warning_interval_seconds)
+
+    def failed(self, error: Exception) -> None:
+        """A call raised ``error`` (the protocol then serves the request the normal way):
+        counted, and logged at most once per WARNING_INTERVAL_SECONDS with where it was
+        raised."""
+        self.runtime.metrics.fast_path_failures.inc()
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        self._failures.warning(
+            "fast_path_failed",
+            "fast path failed; the request was served the normal way",
+            error=f"{type(error).__name__}: {error}",
+            at=where,
+        )
 
     def __call__(
         self,

@@ -426,3 +426,31 @@ def test_a_repeated_hit_is_answered_without_looking_again_until_something_change
         before = fast_hits(app)
         (after,), _ = exchange(url, request(path))
         assert b"x-cache: MISS" in after and fast_hits(app) == before
+
+
+def test_a_failing_fast_path_is_counted_logged_once_and_the_normal_path_answers(
+    origin: Origin, caplog: Any
+) -> None:
+    """A bug in the fast path costs no request: each one it fails on is served the normal
+    way and counted; the failure is logged once per interval, not once per request."""
+    import logging
+
+    path = "/files/4k-fails"
+    with served(origin) as (url, app):
+        httpx.get(url + path)
+        fast = app.state.runtime.fast_hit
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise KeyError("boom")
+
+        fast._look_up = broken
+        metrics = app.state.runtime.metrics
+        with caplog.at_level(logging.WARNING, logger="slicecache.fasthit"):
+            for _ in range(5):
+                (answer,), _ = exchange(url, request(path))
+                assert answer.startswith(b"HTTP/1.1 200") and b"x-cache: HIT" in answer
+        assert metrics.fast_path_failures._value.get() == 5
+        lines = [r for r in caplog.records if r.name == "slicecache.fasthit"]
+        assert len(lines) == 1
+        fields = lines[0].fields
+        assert fields["error"] == "KeyError: 'boom'" and "test_fasthit.py" in fields["at"]

@@ -193,6 +193,10 @@ class FastHit(Protocol):
         pending: int,
     ) -> bytes | list[Any] | None: ...
 
+    def failed(self, error: Exception) -> None:
+        """A call raised ``error``: count it and log it (rate-limited); the request is
+        then served the normal way."""
+
 
 class EdgeGuard:
     """What both edge protocols (httptools here, h11 in :mod:`app.edge.h11server`) do the
@@ -491,8 +495,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 self.server_state.default_headers,
                 self.transport.get_write_buffer_size(),
             )
-        except Exception:  # a bug there must not cost the request: the normal path serves it
-            self.logger.exception("fast path failed; serving the request the normal way")
+        except Exception as error:  # a bug there must not cost the request: the normal path
+            fast.failed(error)  # serves it
             return False
         if response is None:
             return False

@@ -234,6 +234,12 @@ class Metrics:
             "counted in slicecache_requests_total too",
             registry=r,
         )
+        self.fast_path_failures = Counter(
+            "slicecache_fast_path_failures",
+            "Requests the fast path failed on (a bug: logged, rate-limited); each was then "
+            "served the normal way",
+            registry=r,
+        )
         r.register(_RuntimeCollector(self))
         # Label children resolved once, not per request: labels() builds and looks up a
         # tuple under a lock every time. Keys are bounded (methods, status classes and

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -322,18 +323,24 @@ class SliceEngine:
             return False  # in flight: joined now, so that it keeps a reader
         return self.store is not None and self.store.contains_slice(key)
 
+    def _lease(
+        self, entry_key: str, meta: ObjectMeta, index: int
+    ) -> Coroutine[Any, Any, SliceLease | None]:
+        """The store's lease of slice ``index`` (None if it holds none), the next slice
+        named so that a tier can read it in."""
+        assert self.store is not None
+        return self.store.lease_slice(
+            keys.slice_key(entry_key, meta.version, index),
+            next_key=keys.slice_key(entry_key, meta.version, index + 1),
+            size_hint=meta.size,
+        )
+
     def _lease_task(
         self, entry_key: str, meta: ObjectMeta, index: int
     ) -> asyncio.Task[SliceLease | None]:
-        """The store's lease of slice ``index`` (None if it holds none), read in a task."""
-        assert self.store is not None
-        return asyncio.get_running_loop().create_task(
-            self.store.lease_slice(
-                keys.slice_key(entry_key, meta.version, index),
-                next_key=keys.slice_key(entry_key, meta.version, index + 1),
-                size_hint=meta.size,
-            )
-        )
+        """:meth:`_lease` in a task of its own: asked for ahead, while another slice is
+        written."""
+        return asyncio.get_running_loop().create_task(self._lease(entry_key, meta, index))
 
     async def _claim(
         self,
@@ -367,11 +374,7 @@ class SliceEngine:
             return [SliceClaim(data=memoryview(recent))]
         if fill is None and self.store is not None:
             if leasing is None:  # asked for now, in this task (no task of its own to pay)
-                lease = await self.store.lease_slice(
-                    key,
-                    next_key=keys.slice_key(entry_key, meta.version, index + 1),
-                    size_hint=meta.size,
-                )
+                lease = await self._lease(entry_key, meta, index)
             else:
                 try:
                     lease = await leasing

@@ -40,6 +40,7 @@ from cache.rawdisk.residency import Residency
 log = logging.getLogger("slicecache.rawdisk")
 
 BAD = object()  # read result: damaged record
+READ_FAILURES = (OSError, RuntimeError, ValueError)  # of a read: counted, a miss
 PAGE = mmap.PAGESIZE
 
 # Drop a row if it is still that generation; bumps the named counter.
@@ -186,9 +187,8 @@ class ReadPath:
         ahead = self._extent_to_prefetch(next_key) if self._prefetch and next_key else None
         try:
             return await self.core.run(read, entry, kb, ahead)
-        except (OSError, RuntimeError, ValueError) as exc:
-            self.core.stats["read_errors_total"] += 1
-            log.warning("L2 read of %r failed: %s", key, exc)
+        except READ_FAILURES as exc:
+            self._read_failed(key, exc)
             return None
 
     def _read_here(
@@ -201,10 +201,14 @@ class ReadPath:
         """``read`` of a resident record, on this thread; failures as in :meth:`_run_read`."""
         try:
             return read(entry, kb, None, False)
-        except (OSError, RuntimeError, ValueError) as exc:
-            self.core.stats["read_errors_total"] += 1
-            log.warning("L2 read of %r failed: %s", key, exc)
+        except READ_FAILURES as exc:
+            self._read_failed(key, exc)
             return None
+
+    def _read_failed(self, key: str, exc: Exception) -> None:
+        """An I/O failure of a read: counted, logged, and a miss."""
+        self.core.stats["read_errors_total"] += 1
+        log.warning("L2 read of %r failed: %s", key, exc)
 
     def _accepted(
         self,

@@ -56,24 +56,25 @@ def _load_mincore() -> Any:
 
 
 _MINCORE = _load_mincore()
+# The buffer protocol's two calls, typed once (they are shared by all of ctypes.pythonapi).
+_GET_BUFFER = ctypes.pythonapi.PyObject_GetBuffer
+_GET_BUFFER.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_RELEASE_BUFFER = ctypes.pythonapi.PyBuffer_Release
+_RELEASE_BUFFER.argtypes = [ctypes.POINTER(_PyBuffer)]
 
 
 def address_of(mapped: mmap.mmap) -> int | None:
     """The address where ``mapped`` starts (None if it cannot be had)."""
     view = _PyBuffer()
-    get = ctypes.pythonapi.PyObject_GetBuffer
-    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-    release = ctypes.pythonapi.PyBuffer_Release
-    release.argtypes = [ctypes.POINTER(_PyBuffer)]
     try:
-        if get(mapped, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE
+        if _GET_BUFFER(mapped, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE
             return None
     except (ValueError, TypeError, BufferError):  # closed mapping
         return None
     try:
         return view.buf or None
     finally:
-        release(ctypes.byref(view))
+        _RELEASE_BUFFER(ctypes.byref(view))
 
 
 class Residency:

@@ -33,6 +33,7 @@ from tests.conftest import Origin
 from tests.servers import run_asgi_in_thread
 from tests.test_hotpath import _meta
 from tests.test_httpcache_properties import _POLICY, _RESPONSE_HEADERS, _STATUS, T0
+from tests.waiting import wait_for
 
 TOKEN = "fast-path-token"
 
@@ -397,6 +398,14 @@ def test_a_repeated_hit_is_answered_without_looking_again_until_something_change
     path = "/files/4k-repeat"
     with served(origin, purge={"enabled": True, "auth_token": TOKEN}) as (url, app):
         httpx.get(url + path)
+        # The miss's fill leaves the engine (and its metadata is adopted) as its response
+        # ends, not before the client has the last byte: until then the fast path leaves
+        # the request to the engine, without a lookup.
+        directory = app.state.runtime.directory
+        wait_for(
+            lambda: directory.records._metas and not directory.engine.fills,
+            "the miss's fill done and its metadata adopted",
+        )
         l1 = app.state.runtime.store.l1
         reads: list[list[str]] = []
         real = l1.held_slices_now

@@ -180,9 +180,11 @@ class Settings(BaseSettings):
         default=10.0,
         ge=0,
         le=3600,
-        description="Seconds between repeated warnings of one kind (origin failures, L2 "
-        "write-behind drops, evictions under pressure): the first is logged at once, later "
-        "ones are counted into the next line; 0 = every one.",
+        description="Seconds between repeated warnings of one kind (origin failures, "
+        "evictions under pressure, fast-path failures, and the L2 tier's write-behind drops, "
+        "failed reads and writes, records that fail verification and skipped checkpoints): "
+        "the first is logged at once, later ones are counted into the next line; 0 = every "
+        "one.",
     )
     upstream_pool_size: int = Field(
         default=100, ge=1, le=10000, description="Most connections open to the origin at once."

@@ -50,9 +50,9 @@ from app.ops.accesslog import (
     new_request_id,
     request_id_from,
 )
-from app.ops.ratelimit import RateLimitedLog
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
+from cache.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from app.main import Runtime

@@ -53,10 +53,10 @@ from app.ops.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.ops.metrics import Metrics
 from app.ops.plainstart import adopt_uvicorn
 from app.ops.purge import handle_purge
-from app.ops.ratelimit import RateLimitedLog
 from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport
 from app.upstream.transport import ObservedTransport
 from cache.memory import MemoryStore
+from cache.ratelimit import RateLimitedLog
 from cache.rawdisk import RawDiskError, RawDiskStore
 from cache.tiered import TieredStore
 from settings import Settings, format_size, load_settings
@@ -357,7 +357,9 @@ async def open_l2(settings: Settings) -> RawDiskStore:
     path = settings.raw_disk_cache.device_path
     started = time.perf_counter()
     try:
-        store = await RawDiskStore.open(settings.raw_disk_cache)
+        store = await RawDiskStore.open(
+            settings.raw_disk_cache, warning_interval=settings.warning_interval_seconds
+        )
         stats = store.stats()
         took = time.perf_counter() - started
         entries, stored = int(stats.get("entries", 0)), int(stats.get("bytes", 0))
@@ -429,6 +431,7 @@ def create_app(
                 MemoryStore(settings.l1_cache_size_bytes),
                 l2,
                 queue_size=settings.write_behind_queue_size,
+                warning_interval=settings.warning_interval_seconds,
             )
             engine = SliceEngine(
                 upstream=runtime.upstream,

@@ -18,8 +18,9 @@ all of them is treated as purged, which can only skip a store, never serve purge
 L2 writes slow fills down rather than vanish: a write that finds the queue full waits
 for room (the fill that produced it waits with it: backpressure on the fetch-ahead, never
 on a reader of cached bytes). Only an L2 that makes no progress for
-:data:`WRITE_BEHIND_WAIT_SECONDS` costs drops: counted, logged at most once per
-:data:`DROP_LOG_INTERVAL_SECONDS`, and visible in /stats and the metrics.
+:data:`WRITE_BEHIND_WAIT_SECONDS` costs drops: counted here, visible in /stats and the
+metrics, and logged once per warning interval by the app's pressure watch
+(app/engine/pressure.py).
 
 Length (~425 lines): reads, writes, the write-behind queue and deletes all apply the one
 purge-epoch rule above; kept in one module so that rule is read and changed in one place.
@@ -30,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +40,7 @@ from cachetools import LRUCache
 from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
 from cache.protocol import SliceData, SliceLease, Store
+from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.cache")
 
@@ -50,7 +51,9 @@ OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) r
 # How long a write waits for room in a full write-behind queue before it is dropped. An L2
 # that drains nothing for that long is stuck: later writes drop at once until it writes.
 WRITE_BEHIND_WAIT_SECONDS = 5.0
-DROP_LOG_INTERVAL_SECONDS = 60.0
+# Seconds between two log lines of one kind of L2 failure or drop (the app passes its
+# WARNING_INTERVAL_SECONDS).
+DEFAULT_WARNING_INTERVAL = 10.0
 # An L2 hit leased by a response (zero-copy) is promoted into L1 only when its whole object
 # is at most this share of L1. Promotion is a copy per hit; the L2 lease path costs the
 # same copy's order (an xxh3 pass at ~29 GB/s and a thread hop) and no memory. Promoting
@@ -73,7 +76,13 @@ class _Write:
 class TieredStore:
     name = "tiered"
 
-    def __init__(self, l1: MemoryStore | None, l2: Store | None, queue_size: int = 64) -> None:
+    def __init__(
+        self,
+        l1: MemoryStore | None,
+        l2: Store | None,
+        queue_size: int = 64,
+        warning_interval: float = DEFAULT_WARNING_INTERVAL,
+    ) -> None:
         self.l1 = l1
         self.l2 = l2
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=max(queue_size, 1))
@@ -95,8 +104,8 @@ class TieredStore:
         # eviction) a reader in that window would otherwise go back to the origin.
         self._pending: dict[str, SliceData] = {}
         self._l2_stuck = False  # a wait for queue room timed out; cleared by the next write
-        self._drops_logged = 0
-        self._drop_logged_at = float("-inf")
+        # Failures and drops: one line per kind per interval, the rest counted into it.
+        self.warnings = RateLimitedLog(log, warning_interval)
         self.counters = {
             "write_behind_dropped": 0,
             "write_behind_written": 0,
@@ -167,7 +176,7 @@ class TieredStore:
             data = await self.l2.get_slice(key, next_key=next_key)
         except Exception:
             self.counters["l2_errors"] += 1
-            log.exception("L2 read failed; serving from the origin")
+            self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
             return None
         if data is None or self.purged_since(epoch, key):
             return None
@@ -200,7 +209,7 @@ class TieredStore:
             lease = await self.l2.lease_slice(key, next_key=next_key, size_hint=size_hint)
         except Exception:
             self.counters["l2_errors"] += 1
-            log.exception("L2 read failed; serving from the origin")
+            self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
             return None
         if lease is None:
             return None
@@ -233,7 +242,7 @@ class TieredStore:
             meta = await self.l2.get_meta(key)
         except Exception:
             self.counters["l2_errors"] += 1
-            log.exception("L2 metadata read failed")
+            self.warnings.exception("l2_meta_read_error", "L2 metadata read failed")
             return None
         if meta is None or self.purged_since(epoch, key):
             return None
@@ -308,14 +317,6 @@ class TieredStore:
 
     def _dropped(self) -> bool:
         self.counters["write_behind_dropped"] += 1
-        now = time.monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_SECONDS:
-            dropped = self.counters["write_behind_dropped"]
-            log.warning(
-                "L2 write-behind queue full: writes dropped (cached in L1 only)",
-                extra={"fields": {"dropped_since_last_log": dropped - self._drops_logged}},
-            )
-            self._drops_logged, self._drop_logged_at = dropped, now
         return False
 
     def _ensure_writer(self) -> None:
@@ -353,7 +354,9 @@ class TieredStore:
                 raise
             except Exception:
                 self.counters["l2_errors"] += 1
-                log.exception("L2 write failed; the slice stays in L1 only")
+                self.warnings.exception(
+                    "l2_write_error", "L2 write failed; the slice stays in L1 only"
+                )
             finally:
                 if item.kind == "slice" and self._pending.get(item.key) is item.data:
                     del self._pending[item.key]
@@ -381,7 +384,7 @@ class TieredStore:
                 removed += await delete(self.l2)
             except Exception:
                 self.counters["l2_errors"] += 1
-                log.exception("L2 delete failed")
+                self.warnings.exception("l2_delete_error", "L2 delete failed")
         return removed
 
     async def delete(self, object_key: str) -> int:

@@ -294,7 +294,7 @@ def test_rate_limited_log_folds_repeats_into_the_next_line(
 ) -> None:
     import logging
 
-    from app.ops.ratelimit import RateLimitedLog
+    from cache.ratelimit import RateLimitedLog
 
     now = [100.0]
     warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 10.0, clock=lambda: now[0])
@@ -307,6 +307,27 @@ def test_rate_limited_log_folds_repeats_into_the_next_line(
     assert warnings.warning("drop", "dropped")
     folded = [getattr(r, "fields", {}).get("suppressed") for r in caplog.records]
     assert folded == [None, None, 2]
+
+
+def test_rate_limited_errors_keep_their_level_and_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from cache.ratelimit import RateLimitedLog
+
+    warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 10.0, clock=lambda: 5.0)
+    caplog.set_level("WARNING", logger="slicecache.test")
+    try:
+        raise OSError(5, "Input/output error")
+    except OSError:
+        assert warnings.exception("l2_read_error", "L2 read failed")
+        assert not warnings.exception("l2_read_error", "L2 read failed")
+    assert warnings.error("l2_checkpoint_skipped", "skipped")
+    assert [(r.levelno, r.exc_info and r.exc_info[0]) for r in caplog.records] == [
+        (logging.ERROR, OSError),
+        (logging.ERROR, False),
+    ]
 
 
 def test_l2_state_is_logged_when_it_opens(
@@ -331,8 +352,8 @@ def test_write_behind_drops_are_logged_once_per_interval(
     import logging
 
     from app.engine.pressure import PressureWatch
-    from app.ops.ratelimit import RateLimitedLog
     from cache.memory import MemoryStore
+    from cache.ratelimit import RateLimitedLog
     from cache.tiered import TieredStore
 
     store = TieredStore(MemoryStore(1 << 20), None, queue_size=1)

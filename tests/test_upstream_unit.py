@@ -9,9 +9,9 @@ import pytest
 import respx
 
 from app.ops.metrics import Metrics
-from app.ops.ratelimit import RateLimitedLog
 from app.upstream.client import UpstreamClient, UpstreamTimeouts
 from app.upstream.transport import ObservedTransport
+from cache.ratelimit import RateLimitedLog
 
 ORIGIN = "http://origin.test:8081"
 

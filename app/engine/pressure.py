@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 
-from app.ops.ratelimit import RateLimitedLog
+from cache.ratelimit import RateLimitedLog
 from cache.tiered import TieredStore
 
 log = logging.getLogger("slicecache")

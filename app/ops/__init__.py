@@ -6,6 +6,7 @@
 - ``admin``       healthz, readyz, metrics and stats under the admin prefix; ``lifecycle``
                   the process state they report (starting, ready, draining).
 - ``purge``       HTTP PURGE of one object, a prefix, or everything (token auth).
-- ``metrics``     the Prometheus registry; ``accesslog`` JSON logs and the access line;
-                  ``ratelimit`` warnings folded to one line per kind per interval.
+- ``metrics``     the Prometheus registry; ``accesslog`` JSON logs and the access line.
+  Warnings folded to one line per kind per interval: ``cache.ratelimit`` (the L2 tier
+  logs through it too).
 """

@@ -24,7 +24,7 @@ import httpx
 
 from app.context import RequestLog
 from app.ops.metrics import Metrics
-from app.ops.ratelimit import RateLimitedLog
+from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.origin")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cache.ratelimit import RateLimitedLog
 from cache.rawdisk.checkpoint import HEADER_SIZE
 from cache.rawdisk.device import Device
 from cache.rawdisk.layout import Geometry, Superblock
@@ -29,7 +29,9 @@ log = logging.getLogger("slicecache.rawdisk")
 T = TypeVar("T")
 
 IO_THREADS = 4
-LOG_EVERY = 60.0  # a repeating L2 error is logged once a minute, with a count
+# A repeating L2 failure is logged once per this many seconds, with a count (the app
+# passes its WARNING_INTERVAL_SECONDS to RawDiskStore.open).
+LOG_EVERY = 60.0
 
 COUNTERS = (
     "lookups_total",
@@ -104,7 +106,10 @@ class Core:
         self.closed = False
         # A checkpoint did not fit its slot: evict until the index fits again.
         self.index_pressure = False
-        self._log_marks: dict[str, tuple[float, int]] = {}
+        # Read, write, verification and checkpoint failures: one line per kind per interval
+        # (a damaged or failing device fails every read; a line each would flood the log
+        # from the event loop).
+        self.warnings = RateLimitedLog(log, LOG_EVERY)
 
     # --- thread pool and tasks -----------------------------------------------------------
 
@@ -140,15 +145,3 @@ class Core:
         """Drop freed key bytes from the arena (caller holds the mutation lock)."""
         for _ in self.tables.index.compact_steps():
             await asyncio.sleep(0)
-
-    def log_limited(self, what: str, level: int, msg: str, *args: object) -> None:
-        """Log at most once per LOG_EVERY seconds per ``what``, with how many were held back."""
-        mono = time.monotonic()
-        last, held = self._log_marks.get(what, (-math.inf, 0))
-        if mono - last < LOG_EVERY:
-            self._log_marks[what] = (last, held + 1)
-            return
-        self._log_marks[what] = (mono, 0)
-        if held:
-            msg += f" ({held} more like this in the last {LOG_EVERY:.0f} s)"
-        log.log(level, msg, *args)

@@ -10,7 +10,6 @@ newest verified checkpoint.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from cache.rawdisk import journal
@@ -268,4 +267,4 @@ class Persistence:
 
     def _failed(self, reason: str) -> None:
         self.core.stats["checkpoint_failures_total"] += 1
-        self.core.log_limited("checkpoint", logging.ERROR, "L2 checkpoint skipped: %s", reason)
+        self.core.warnings.error("l2_checkpoint_skipped", f"L2 checkpoint skipped: {reason}")

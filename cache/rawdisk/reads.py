@@ -18,7 +18,6 @@ deleted or recycled extent is never served (its blocks stay HELD while the read 
 from __future__ import annotations
 
 import functools
-import logging
 import mmap
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -36,8 +35,6 @@ from cache.rawdisk.layout import (
 )
 from cache.rawdisk.policy import CountMinSketch
 from cache.rawdisk.residency import Residency
-
-log = logging.getLogger("slicecache.rawdisk")
 
 BAD = object()  # read result: damaged record
 READ_FAILURES = (OSError, RuntimeError, ValueError)  # of a read: counted, a miss
@@ -208,7 +205,7 @@ class ReadPath:
     def _read_failed(self, key: str, exc: Exception) -> None:
         """An I/O failure of a read: counted, logged, and a miss."""
         self.core.stats["read_errors_total"] += 1
-        log.warning("L2 read of %r failed: %s", key, exc)
+        self.core.warnings.warning("l2_read_failed", f"L2 read of {key!r} failed: {exc}")
 
     def _accepted(
         self,
@@ -229,7 +226,9 @@ class ReadPath:
         if result is BAD:
             stats["checksum_failures_total"] += 1
             stats["misses_total"] += 1
-            log.warning("L2 entry %r failed verification; dropped", key)
+            core.warnings.warning(
+                "l2_checksum_failure", f"L2 entry {key!r} failed verification; dropped"
+            )
             if index is tables.index and index.is_visible(row) and index.gen_of(row) == entry.gen:
                 index.set_flag(row, FLAG_BAD)
                 core.spawn(self._drop_if_current(row, entry.gen, None))

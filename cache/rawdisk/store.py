@@ -73,6 +73,7 @@ class RawDiskStore:
         *,
         index_capacity: int | None = None,
         read_only: bool = False,
+        warning_interval: float | None = None,
     ) -> RawDiskStore:
         """Create, format or load the device; raises :class:`RawDiskError` on any problem.
 
@@ -80,8 +81,13 @@ class RawDiskStore:
         for (default: one per 32 KiB of device); the format on disk wins when loading.
         ``read_only``: inspect the device without writing to it (the admin CLI's info and
         verify); repairs found while loading are reported, not made.
+        ``warning_interval``: seconds between two log lines of one kind of failure (failed
+        reads and writes, records that fail verification, skipped checkpoints); the ones
+        in between are counted into the next line.
         """
         store = await asyncio.to_thread(cls._open_sync, settings, index_capacity, read_only)
+        if warning_interval is not None:
+            store._core.warnings.interval = warning_interval
         store._maint.start()
         return store
 

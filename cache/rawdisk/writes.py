@@ -7,7 +7,6 @@ A put writes into blocks allocated as HELD (not yet owned), then commits the ind
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections import Counter
@@ -29,8 +28,6 @@ from cache.rawdisk.layout import (
 from cache.rawdisk.maintenance import EVICT_BATCH
 from cache.rawdisk.persistence import Persistence
 from cache.rawdisk.policy import HIGH_WATERMARK
-
-log = logging.getLogger("slicecache.rawdisk")
 
 # Puts are declined while the journal half is this full (deletes always fit).
 JOURNAL_PUT_LIMIT = 0.9
@@ -172,7 +169,7 @@ class WritePath:
                 )
             except (OSError, RuntimeError) as exc:
                 core.stats["write_errors_total"] += 1
-                log.warning("L2 write of %r failed: %s", key, exc)
+                core.warnings.warning("l2_write_failed", f"L2 write of {key!r} failed: {exc}")
                 async with core.mutate:
                     tables.map.free(start, nblocks)
                 return self._declined()

@@ -186,3 +186,32 @@ async def test_superblock_damage(make_settings: Make) -> None:
         assert list(store.keys()) == []
     finally:
         await store.close()
+
+
+async def test_a_storm_of_damaged_records_is_counted_each_and_logged_once_per_interval(
+    make_settings: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing device fails every read: each is counted, but the log gets one line per
+    interval (the first at once, naming its key), not one per read from the event loop."""
+    import logging
+
+    settings = make_settings()
+    store = await RawDiskStore.open(settings)
+    keys = [f"k {i}" for i in range(12)]
+    for key in keys:
+        assert await store.put_slice(key, payload(key, 0, 20_000), None)
+    offsets = [_extent_offset(store, key) for key in keys]
+    await store.close()
+    for offset in offsets:
+        flip_byte(settings.device_path, offset + RECORD_HEADER_SIZE + 100)
+    store = await RawDiskStore.open(settings, warning_interval=3600)
+    try:
+        with caplog.at_level(logging.WARNING, logger="slicecache.rawdisk"):
+            assert await _all_reads_are_right_or_absent(store, keys) == 0
+        assert store.stats()["checksum_failures_total"] == len(keys)
+        lines = [r for r in caplog.records if "failed verification" in r.getMessage()]
+        assert len(lines) == 1 and "'k 0'" in lines[0].getMessage()
+        # The next line (after the interval) says how many were folded into it.
+        assert store._core.warnings._folded == {"l2_checksum_failure": len(keys) - 1}
+    finally:
+        await store.close()

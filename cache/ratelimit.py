@@ -2,9 +2,10 @@
 
 The first occurrence of a kind is logged at once (an operator sees the start of a problem
 without waiting); later ones within the interval are only counted, and the next line
-says how many were folded into it. Used for origin failures, L2 write-behind drops and
-evictions under pressure; anything on a hot path that may fail thousands of times a
-second should log through this.
+says how many were folded into it. Used for origin failures, evictions under pressure,
+and the L2 tier's write-behind drops, failed reads and writes, records that fail
+verification and skipped checkpoints; anything on a hot path that may fail thousands of
+times a second should log through this. Here, below ``app``, so both layers use it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ class RateLimitedLog:
 
     def warning(self, kind: str, message: str, **fields: Any) -> bool:
         """Log ``message`` unless ``kind`` was logged less than ``interval`` ago."""
+        return self.log(logging.WARNING, kind, message, **fields)
+
+    def error(self, kind: str, message: str, **fields: Any) -> bool:
+        return self.log(logging.ERROR, kind, message, **fields)
+
+    def exception(self, kind: str, message: str, **fields: Any) -> bool:
+        """An error with the traceback of the exception being handled."""
+        return self.log(logging.ERROR, kind, message, exc_info=True, **fields)
+
+    def log(
+        self, level: int, kind: str, message: str, *, exc_info: bool = False, **fields: Any
+    ) -> bool:
         now = self.clock()
         last = self._last.get(kind)
         if last is not None and now - last < self.interval:
@@ -40,5 +53,5 @@ class RateLimitedLog:
         entry = {"event": kind, **fields}
         if folded:
             entry["suppressed"] = folded  # same kind, not logged since the previous line
-        self.logger.warning(message, extra={"fields": entry})
+        self.logger.log(level, message, exc_info=exc_info, extra={"fields": entry})
         return True

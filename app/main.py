@@ -53,6 +53,7 @@ from app.ops.lifecycle import Lifecycle, StartupError, StartupFailureReporter
 from app.ops.metrics import Metrics
 from app.ops.plainstart import adopt_uvicorn
 from app.ops.purge import handle_purge
+from app.ops.refusals import EdgeRefusalLog
 from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport
 from app.upstream.transport import ObservedTransport
 from cache.memory import MemoryStore
@@ -80,6 +81,8 @@ class Runtime:
     slice_patterns: list[re.Pattern[str]] = field(default_factory=list)
     # The protocol's synchronous answer to a plain fresh hit (app/fasthit.py), or None.
     fast_hit: FastHits | None = None
+    # Where the protocol reports the heads it refuses (counted and logged, rate-limited).
+    edge_refusals: EdgeRefusalLog | None = None
     access_log: AccessLogWriter = field(default_factory=AccessLogWriter)
 
     def sliceable(self, ctx: RequestContext) -> bool:
@@ -514,6 +517,9 @@ def create_app(
         handler=internal_error,
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")
+    runtime.edge_refusals = EdgeRefusalLog(
+        runtime.metrics.edge_refusals, settings.warning_interval_seconds
+    )
     if settings.fast_path:
         runtime.fast_hit = FastHits(runtime, settings.access_log_sample_rate, runtime.access_log)
     return app

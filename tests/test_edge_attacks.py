@@ -398,3 +398,51 @@ def test_an_origin_silent_after_an_interim_response_times_out(proxy: ProxyFactor
                 assert _statuses(received)[:1] == [504], (settings, method, received[:300])
     finally:
         origin.close()
+
+
+@pytest.mark.parametrize("protocol", ["httptools", "h11"])
+def test_every_refused_head_is_counted_and_logged_once_per_interval(
+    proxy: ProxyFactory, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal never reaches the app (no access line, no request metric): the edge
+    counts each one by status and logs one line per status per interval, with the client
+    and the cause, so a flood of bad heads is visible without a log line each."""
+    import httpx
+
+    from app.edge.h11server import H11EdgeProtocol
+    from app.edge.httpserver import HttpProtocol
+
+    kind = HttpProtocol if protocol == "httptools" else H11EdgeProtocol
+    malformed = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n"
+    too_large = b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    long_target = b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+    caplog.set_level("WARNING", logger="slicecache.edge")
+    with proxy(
+        http_protocol=kind,
+        enable_cache=False,
+        max_header_bytes=2048,
+        max_request_target_bytes=1024,
+        request_head_timeout=0.5,
+        warning_interval_seconds=3600,
+    ) as url:
+        for head, status, times in (
+            (malformed, 400, 4),
+            (too_large, 431, 3),
+            (long_target, 414, 2),
+        ):
+            for _ in range(times):
+                assert _statuses(_send_and_read_all(url, head))[:1] == [status]
+        trickled = _send_and_read_all(url, b"GET /files/1k.bin HTTP/1.1\r\nHost: t\r\n")
+        assert _statuses(trickled) == [408]
+        metrics = httpx.get(url + "/_slicecache/metrics").text
+    counted = dict(re.findall(r'slicecache_edge_refusals_total\{status="(\d+)"\} (\S+)', metrics))
+    expected = {"400": "4.0", "431": "3.0", "414": "2.0", "408": "1.0"}
+    if protocol == "h11":
+        # h11 parses a head that arrives whole, past its limit for an incomplete one: the
+        # app refuses those (414/431 with an access line and a request metric).
+        del expected["431"], expected["414"]
+    assert counted == expected
+    lines = [r for r in caplog.records if r.name == "slicecache.edge"]
+    logged = sorted(str(getattr(r, "fields", {})["status"]) for r in lines)
+    assert logged == sorted(expected), [r.getMessage() for r in lines]
+    assert all("127.0.0.1:" in r.getMessage() for r in lines)

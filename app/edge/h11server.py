@@ -36,7 +36,7 @@ from uvicorn.server import ServerState
 from app.edge.httpserver import (
     REQUEST_LINE_SLACK,
     EdgeGuard,
-    limits_of,
+    edge_of,
     oldest_waiting_for_head,
 )
 
@@ -50,7 +50,8 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.limits = limits_of(config)
+        edge = edge_of(config)
+        self.limits, self.refusals = edge.limits, edge.refusals
         # h11 raises "Receive buffer too long" once an unfinished head passes this.
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self._waiting_since = time.monotonic()

@@ -25,7 +25,9 @@ request's answer, and the requests queued behind the running one would never be 
 A refusal is written, the write side shut (FIN: the client sees the answer and can stop
 sending), and the rest of the client's input is discarded for a short linger (at most
 ``LINGER_BYTES`` or ``LINGER_SECONDS``) so that a client that is still sending reads the
-answer instead of a reset; then the connection is closed.
+answer instead of a reset; then the connection is closed. Every refusal (400, 408, 414,
+431, 503) is counted and logged, rate-limited, through the app's refusal log
+(app/ops/refusals.py): neither the access log nor the request metrics see these heads.
 - **Early hints**: uvicorn does not implement the ASGI ``http.response.early_hint``
   extension; this class does, for HTTP/1.1 clients (RFC 9110 15.2: no 1xx to an HTTP/1.0
   one), until the final response starts. A ``status`` (102 or 103) and a ``headers`` list in
@@ -40,7 +42,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~480 lines) on purpose: one protocol class whose head limits, head timer,
+One module (~670 lines) on purpose: one protocol class whose head limits, head timer,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -123,24 +125,51 @@ def limits_of(config: Config) -> EdgeLimits:
     )
 
 
+# Why each refusal is made, for its log line.
+REFUSAL_CAUSES = {
+    400: "malformed request",
+    408: "request head not complete in time",
+    414: "request target too long",
+    431: "request head too large",
+    503: "connection limit reached",
+}
+
+
+class EdgeRefusals(Protocol):
+    """Where the edge reports a head it refused before the app saw it (the app's
+    :class:`app.ops.refusals.EdgeRefusalLog`: counted by status, logged rate-limited)."""
+
+    def refused(self, status: int, cause: str, client: tuple[str, int] | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """What a protocol takes from the app it serves, once per server."""
+
+    limits: EdgeLimits
+    fast: FastHit | None
+    refusals: EdgeRefusals | None
+
+
 # Per server config (weakly: a stopped server's app is not kept alive by it).
-_EDGES: weakref.WeakKeyDictionary[Config, tuple[EdgeLimits, FastHit | None]] = (
-    weakref.WeakKeyDictionary()
-)
+_EDGES: weakref.WeakKeyDictionary[Config, Edge] = weakref.WeakKeyDictionary()
 
 
-def _edge_of(config: Config) -> tuple[EdgeLimits, FastHit | None]:
-    """The limits and the fast path of the app ``config`` serves: found once per server,
-    not per connection (walking the app's wrappers was a tenth of a new connection's CPU).
+def edge_of(config: Config) -> Edge:
+    """The limits, the fast path and the refusal log of the app ``config`` serves: found
+    once per server, not per connection (walking the app's wrappers was a tenth of a new
+    connection's CPU).
 
     app/fasthit.py answers a plain fresh hit without an ASGI cycle; not under a root path
     or uvicorn's concurrency limit (both change what the app is given)."""
     edge = _EDGES.get(config)
     if edge is None:
-        fast = getattr(runtime_of(config), "fast_hit", None)
+        runtime = runtime_of(config)
+        fast = getattr(runtime, "fast_hit", None)
         if config.root_path or config.limit_concurrency is not None:
             fast = None
-        edge = _EDGES[config] = (limits_of(config), fast)
+        refusals = getattr(runtime, "edge_refusals", None)
+        edge = _EDGES[config] = Edge(limits_of(config), fast, refusals)
     return edge
 
 
@@ -213,6 +242,8 @@ class EdgeGuard:
     transport: asyncio.Transport
     flow: Any
     limits: EdgeLimits
+    client: tuple[str, int] | None
+    refusals: EdgeRefusals | None = None
     _head_deadline: float | None = None  # loop time by which the head must be complete
     _wake: asyncio.TimerHandle | None = None
     _wake_when = 0.0
@@ -262,6 +293,15 @@ class EdgeGuard:
         self._head_timed_out()
         return self._head_deadline
 
+    def _note_refusal(self, status: int, detail: str | None = None) -> None:
+        """Every refusal is counted and logged (rate-limited): nothing the edge turns away
+        is silent, and a flood of bad heads costs one log line per interval."""
+        if self.refusals is not None:
+            cause = REFUSAL_CAUSES.get(status, "refused")
+            if detail:
+                cause = f"{cause}: {detail.strip()}"
+            self.refusals.refused(status, cause, self.client)
+
     def _swallowed(self, data: bytes) -> bool:
         """After a refusal, input is read and dropped (up to LINGER_BYTES) until close."""
         if not self._lingering:
@@ -272,6 +312,7 @@ class EdgeGuard:
         return True
 
     def _write_refusal(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
+        self._note_refusal(status, body)
         self._cancel_head_timer()
         self.transport.write(refusal(status, body))
         if not linger or not self.transport.can_write_eof():
@@ -296,7 +337,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.limits, fast = _edge_of(config)
+        edge = edge_of(config)
+        self.limits, fast, self.refusals = edge.limits, edge.fast, edge.refusals
         # Between a message's end and the next one's headers: counting head bytes.
         self._in_head = True
         self._head_bytes = 0
@@ -398,9 +440,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 status, self._refusal = self._refusal, None
                 self._refuse_head(status)
                 return
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
+            self.send_400_response("Invalid HTTP request received.")
 
     # Parser callbacks
 
@@ -593,6 +634,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             self._refuse_head(400, msg)  # earlier pipelined requests are answered first
             return
+        self._note_refusal(400, msg)
         state = self.server_state
         defaults = state.default_headers
         state.default_headers = [*defaults, (b"date", http_date_now())]

@@ -234,6 +234,14 @@ class Metrics:
             "counted in slicecache_requests_total too",
             registry=r,
         )
+        self.edge_refusals = Counter(
+            "slicecache_edge_refusals",
+            "Request heads the HTTP edge refused before the app saw them, by status: 400 "
+            "malformed, 408 head timeout, 414/431 head too large, 503 connection cap "
+            "(not in slicecache_requests_total)",
+            ["status"],
+            registry=r,
+        )
         self.fast_path_failures = Counter(
             "slicecache_fast_path_failures",
             "Requests the fast path failed on (a bug: logged, rate-limited); each was then "

@@ -446,6 +446,7 @@ def create_app(
                 slice_wait_timeout=settings.slice_wait_timeout,
                 budget=ByteBudget(settings.max_in_flight_bytes),
                 counters=runtime.metrics.counters,
+                warnings=warnings,
             )
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,

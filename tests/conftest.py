@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -66,6 +67,37 @@ def proxy(origin: Origin) -> ProxyFactory:
             yield url
 
     return start
+
+
+class ServerErrors:
+    """uvicorn's error lines for responses an app left unfinished ("ASGI callable returned
+    without completing response"): ``watch()`` once the server runs (its logging config,
+    applied as it starts, drops handlers added before), then ``server_errors()``. The test
+    origin runs in this process too and logs its deliberate faults on the same logger:
+    those are not counted."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self.caplog = caplog
+        self.logger = logging.getLogger("uvicorn.error")  # it does not propagate to root
+
+    def watch(self) -> None:
+        self.logger.addHandler(self.caplog.handler)
+
+    def __call__(self) -> list[str]:
+        return [
+            r.getMessage()
+            for r in self.caplog.records
+            if r.name == self.logger.name and r.getMessage().startswith("ASGI callable returned")
+        ]
+
+
+@pytest.fixture
+def server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[ServerErrors]:
+    errors = ServerErrors(caplog)
+    try:
+        yield errors
+    finally:
+        errors.logger.removeHandler(caplog.handler)
 
 
 def sha256(data: bytes) -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.origin import expected_sha256
-from tests.conftest import Origin, ProxyFactory
+from tests.conftest import Origin, ProxyFactory, ServerErrors
 
 
 @pytest.mark.parametrize("name", ["0.bin", "1.bin", "1m.bin", "100m.bin"])
@@ -150,15 +150,23 @@ def test_origin_timeout_is_504(proxy: ProxyFactory) -> None:
 
 
 @pytest.mark.parametrize("fault", ["reset", "short", "nolength,short"])
-def test_origin_failure_mid_body_aborts_the_client(proxy: ProxyFactory, fault: str) -> None:
-    with (
-        proxy(enable_cache=False) as url,
-        pytest.raises(httpx.TransportError),
-        httpx.stream("GET", f"{url}/files/4m.bin?fault={fault}") as response,
-    ):
-        assert response.status_code == 200
-        for _ in response.iter_raw():
-            pass
+def test_origin_failure_mid_body_aborts_the_client(
+    proxy: ProxyFactory, fault: str, server_errors: ServerErrors
+) -> None:
+    with proxy(enable_cache=False) as url:
+        server_errors.watch()
+        with (
+            pytest.raises(httpx.TransportError),
+            httpx.stream("GET", f"{url}/files/4m.bin?fault={fault}") as response,
+        ):
+            assert response.status_code == 200
+            for _ in response.iter_raw():
+                pass
+    # The origin's failure is the transport's (rate-limited) warning; the cut response is
+    # not also a server error line. (With "short" the test origin, in this process, leaves
+    # its own response incomplete on purpose and uvicorn says so on the same logger.)
+    if fault == "reset":
+        assert server_errors() == []
 
 
 def test_client_disconnect_closes_the_upstream_at_once(proxy: ProxyFactory, origin: Origin) -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from bench.origin import etag_for, expected_bytes, expected_sha256
-from tests.conftest import Origin, ProxyFactory, sha256
+from tests.conftest import Origin, ProxyFactory, ServerErrors, sha256
 from tests.servers import run_asgi_in_thread
 from tests.waiting import wait_for, wait_until_held
 
@@ -173,11 +173,16 @@ def test_concurrent_cold_clients_fetch_each_slice_once(proxy: ProxyFactory, orig
 
 
 def test_object_changed_mid_download_aborts_and_recovers(
-    proxy: ProxyFactory, origin: Origin
+    proxy: ProxyFactory,
+    origin: Origin,
+    caplog: pytest.LogCaptureFixture,
+    server_errors: ServerErrors,
 ) -> None:
     name = "4m-change.bin"
     path = f"/files/{name}"
+    caplog.set_level("INFO")
     with proxy(slice_size=SLICE, max_concurrent_subrequests=2) as url:
+        server_errors.watch()
         received = 0
         with (
             pytest.raises(httpx.TransportError),
@@ -192,6 +197,12 @@ def test_object_changed_mid_download_aborts_and_recovers(
     # The query differs from the aborted request's, so compare with the new version.
     assert fresh.status_code == 200
     assert sha256(fresh.content) == expected_sha256(name, version=2)
+    # Cut short on purpose: the change is logged (rate-limited) as an origin event; the
+    # cut response is not also a server error (uvicorn's "returned without completing").
+    assert server_errors() == []
+    messages = [r.getMessage() for r in caplog.records]
+    events = [getattr(r, "fields", {}).get("event") for r in caplog.records]
+    assert events.count("origin_object_changed") == 1, messages
 
 
 def test_a_changed_last_modified_without_etag_is_never_spliced(
@@ -445,9 +456,40 @@ def test_wrong_content_range_on_a_later_slice_aborts(proxy: ProxyFactory, origin
                 for _ in response.iter_raw():
                     pass
             slice_only = httpx.get(f"{url}{path}", headers={"Range": "bytes=70000-70009"})
+            metrics = httpx.get(f"{url}/_slicecache/metrics").text
         finally:
             origin.app.set_fault(name, "")
     assert slice_only.status_code == 502  # nothing was sent yet: a clean 502
+    # The metadata was a hit, but the answer is the origin's failure: counted as a miss.
+    assert _five_xx(metrics) == {"MISS": "1.0"}
+
+
+def _five_xx(metrics: str) -> dict[str, str]:
+    """slicecache_requests_total of GET 5xx answers, by cache label."""
+    row = r'slicecache_requests_total\{cache="(\w+)",method="GET",status_class="5xx"\} (\S+)'
+    return dict(re.findall(row, metrics))
+
+
+def test_a_hit_whose_slice_cannot_be_read_or_fetched_is_a_502_miss(origin: Origin) -> None:
+    """The index says the slice is stored (X-Cache would say HIT), the store cannot give it
+    (a damaged L2 record) and the origin fails the refetch: a clean 502, counted and logged
+    as a miss, not as a hit that answered 5xx."""
+    from tests.test_fasthit import served
+
+    name = "300000-hit-fails.bin"
+    path = f"/files/{name}"
+    with served(origin, slice_size=SLICE, max_retries=0) as (url, app):
+        assert httpx.get(f"{url}{path}", headers={"Range": "bytes=0-0"}).status_code == 206
+        engine = app.state.runtime.directory.engine
+        engine.cached_slices = lambda *args: 1  # the index's word; the bytes are not there
+        origin.app.set_fault(name, "status500")
+        try:
+            answer = httpx.get(f"{url}{path}", headers={"Range": "bytes=70000-70009"})
+            metrics = httpx.get(f"{url}/_slicecache/metrics").text
+        finally:
+            origin.app.set_fault(name, "")
+    assert answer.status_code == 502
+    assert _five_xx(metrics) == {"MISS": "1.0"}
 
 
 def test_failed_slice_after_start_aborts_never_eof(proxy: ProxyFactory, origin: Origin) -> None:

@@ -93,8 +93,8 @@ async def pass_through(
         ctx.log.aborted = "client disconnected during upload"
         return None
     except httpx.TransportError as error:
+        # Logged, rate-limited, by the origin transport; the access line has the 502/504.
         ctx.log.upstream_seconds = time.perf_counter() - started
-        log.warning("upstream failed", extra={"fields": {"error": kind(error), "path": ctx.path}})
         await reply_upstream_error(send, ctx, error)
         return None
     ctx.log.upstream_seconds = time.perf_counter() - started
@@ -143,9 +143,11 @@ async def relay_response(
                 await send_body(send, chunk)
             await send_body(send, b"", more=False)
     except httpx.TransportError as error:
-        # Never end a broken body cleanly: returning without the final message makes the
-        # server close the connection, so the client sees a truncated transfer.
+        # Never end a broken body cleanly: the connection closes without the final message,
+        # so the client sees a truncated transfer. The failure was logged (rate-limited) by
+        # the origin transport; the access line carries `aborted`.
         ctx.log.aborted = f"origin failed mid-body: {kind(error)}"
-        log.warning("origin failed mid-body", extra={"fields": {"error": kind(error)}})
+        if ctx.written_out is not None:
+            ctx.written_out.end_early()
     finally:
         await response.aclose()

@@ -8,7 +8,9 @@ while the transport still holds part of the slice: the extent could be recycled 
 client sent another object's bytes. ``scope["extensions"][WRITTEN_OUT]["watch"]`` is a
 :class:`WriteWatch`: ``buffered()`` says how many bytes written so far the transport still
 holds (the rest is in the kernel's socket buffer, a copy), ``await wait()`` returns once it
-holds none or the connection is gone, ``abort()`` drops the connection and what it holds.
+holds none or the connection is gone, ``abort()`` drops the connection and what it holds,
+``end_early()`` closes it after what was written, for a response the app cuts short on
+purpose (uvicorn would otherwise log an error line for each one it sees left incomplete).
 
 How it waits without polling: the write-buffer limits are set to 0 for the wait, so the
 transport pauses the protocol while anything is buffered and resumes it only once the
@@ -34,6 +36,8 @@ class WriteWatch(Protocol):
 
     def abort(self) -> None: ...
 
+    def end_early(self) -> None: ...
+
 
 class WrittenOut:
     """The wait for one connection (uvicorn's protocol: ``transport``, ``flow``, ``cycle``)."""
@@ -51,6 +55,17 @@ class WrittenOut:
 
     def abort(self) -> None:
         self._protocol.transport.abort()
+
+    def end_early(self) -> None:
+        """The response is cut short on purpose, its cause already counted and logged (the
+        access line's ``aborted``): the connection closes once what was written is out, so
+        the client sees a truncated transfer, without uvicorn's "returned without completing
+        response" error line. Called after the response's leases were released (their
+        bytes are out, or the connection was aborted for them)."""
+        cycle = self._protocol.cycle
+        if cycle is not None:
+            cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
+        self._protocol.transport.close()
 
     def _gone(self) -> bool:
         cycle = self._protocol.cycle

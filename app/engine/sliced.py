@@ -125,6 +125,9 @@ async def serve_sliced(
             await send_text(send, 502, "Bad Gateway: the origin object keeps changing")
             return
         except ResponseAborted:
+            # Counted and logged where it was cut (the access line's `aborted`).
+            if ctx.written_out is not None:
+                ctx.written_out.end_early()
             return
         finally:
             if opened.after is not None:
@@ -368,6 +371,9 @@ async def _write_stream(
                 extra={"fields": {"error": reason}},
             )
             if not started:
+                # Nothing of what was found in the cache went out: the answer is the
+                # origin's failure, logged and counted as every other one (not a HIT).
+                ctx.log.cache = "MISS"
                 if isinstance(error, httpx.TimeoutException):
                     await send_text(send, 504, f"Gateway Timeout: {reason}")
                 else:

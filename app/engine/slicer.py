@@ -56,6 +56,7 @@ from app.upstream.client import UpstreamClient
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData, SliceLease
+from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.slicer")
 
@@ -97,6 +98,9 @@ class SliceEngine:
     # that version: the directory forgets the object unless it already holds a newer one.
     on_object_changed: Callable[[str, str], Awaitable[object]] | None = None
     counters: EngineCounters = field(default_factory=EngineCounters)
+    # Origin events that may repeat for every reader of a busy object (its version changed
+    # under a fill): one line per kind per interval (the app passes its shared log).
+    warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, 10.0))
     # The origin's first-byte latency and per-request throughput, as slice fetches see them.
     pace: OriginPace = field(default_factory=OriginPace)
     inflight: InFlight = field(init=False)
@@ -495,7 +499,12 @@ class SliceEngine:
             for fill in fills:
                 fill.fail(error)
             entry_key = keys.split_slice_key(fills[0].key)[0]
-            log.warning("origin object changed", extra={"fields": {"key": entry_key}})
+            self.counters.error("object_changed")
+            self.warnings.warning(
+                "origin_object_changed",
+                "origin object changed under a fill: its readers are cut short",
+                key=entry_key,
+            )
             if self.on_object_changed is not None:
                 await self.on_object_changed(entry_key, meta.version)
         except asyncio.CancelledError:

@@ -51,7 +51,7 @@ OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) r
 # How long a write waits for room in a full write-behind queue before it is dropped. An L2
 # that drains nothing for that long is stuck: later writes drop at once until it writes.
 WRITE_BEHIND_WAIT_SECONDS = 5.0
-# Seconds between two log lines of one kind of L2 failure or drop (the app passes its
+# Seconds between two log lines of one kind of L2 failure (the app passes its
 # WARNING_INTERVAL_SECONDS).
 DEFAULT_WARNING_INTERVAL = 10.0
 # An L2 hit leased by a response (zero-copy) is promoted into L1 only when its whole object

@@ -446,3 +446,27 @@ def test_every_refused_head_is_counted_and_logged_once_per_interval(
     logged = sorted(str(getattr(r, "fields", {})["status"]) for r in lines)
     assert logged == sorted(expected), [r.getMessage() for r in lines]
     assert all("127.0.0.1:" in r.getMessage() for r in lines)
+
+
+def test_a_request_pipelined_behind_an_ignored_upgrade_is_answered(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 9110 7.8: the proxy answers an Upgrade request (curl --http2 sends Upgrade: h2c)
+    in HTTP/1.1 and goes on in it. A request pipelined behind it in the same read was
+    dropped (the client waited for an answer that never came); and each such request
+    logged two warnings. Now the next request is answered and the upgrade noted once per
+    interval."""
+    upgrade = (
+        b"GET /files/1k.bin?u HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    caplog.set_level("INFO", logger="slicecache.edge")
+    with proxy(enable_cache=False, warning_interval_seconds=3600) as url:
+        answer = _send_and_read_all(
+            url, upgrade * 3 + QUICK + b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+    assert _statuses(answer) == [200, 200, 200, 200, 404], answer[:300]
+    noted = [
+        r for r in caplog.records if getattr(r, "fields", {}).get("event") == "upgrade_ignored"
+    ]
+    assert len(noted) == 1 and noted[0].fields["protocol"] == "h2c"

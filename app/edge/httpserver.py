@@ -42,7 +42,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~670 lines) on purpose: one protocol class whose head limits, head timer,
+One module (~690 lines) on purpose: one protocol class whose head limits, head timer,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -140,6 +140,9 @@ class EdgeRefusals(Protocol):
     :class:`app.ops.refusals.EdgeRefusalLog`: counted by status, logged rate-limited)."""
 
     def refused(self, status: int, cause: str, client: tuple[str, int] | None) -> None: ...
+
+    def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
+        """A request asked to switch protocols; it was answered in HTTP/1.1 instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,22 +429,40 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # the exact URL and field limits still hold for it.
 
     def _feed(self, data: bytes) -> None:
+        while data:
+            data = self._feed_until_upgrade(data)
+
+    def _feed_until_upgrade(self, data: bytes) -> bytes:
+        """Parse ``data``; what follows a request whose Upgrade is ignored, else b""."""
         if self.parser is None or self._lingering:
-            return
+            return b""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+                return b""
+            # RFC 9110 7.8: a server may ignore Upgrade and go on in HTTP/1.1. The request
+            # was answered as such; a request pipelined behind it in this read is parsed
+            # too (uvicorn dropped it: the client waited for an answer that never came).
+            # uvicorn also logged two warnings per such request (curl --http2 sends
+            # Upgrade: h2c): noted once per interval instead.
+            if self.refusals is not None:
+                self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
+            offset = upgrade.args[0] if upgrade.args else len(data)
+            return data[offset:] if 0 < offset < len(data) else b""
         except httptools.HttpParserError:
             if self._refusal is not None:
                 status, self._refusal = self._refusal, None
                 self._refuse_head(status)
-                return
+                return b""
             # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
             self.send_400_response("Invalid HTTP request received.")
+        return b""
+
+    def _upgrade_asked(self) -> str:
+        upgrade = self._get_upgrade()
+        return upgrade.decode("latin-1") if upgrade else "?"
 
     # Parser callbacks
 

@@ -25,9 +25,20 @@ class EdgeRefusalLog:
         self.counter = counter
         self.warnings = RateLimitedLog(log, warning_interval)
 
+    def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
+        """Not a refusal: the request is answered in HTTP/1.1 (RFC 9110 7.8), the Upgrade
+        ignored. Noted at info level, once per interval."""
+        self.warnings.log(
+            logging.INFO,
+            "upgrade_ignored",
+            f"Upgrade to {protocol!r} ignored: answered in HTTP/1.1",
+            protocol=protocol,
+            client=_peer(client),
+        )
+
     def refused(self, status: int, cause: str, client: tuple[str, int] | None) -> None:
         self.counter.labels(str(status)).inc()
-        peer = f"{client[0]}:{client[1]}" if client else None
+        peer = _peer(client)
         self.warnings.warning(
             f"edge_refused_{status}",
             f"refused a request head from {peer or 'an unknown client'}: {status} ({cause})",
@@ -35,3 +46,7 @@ class EdgeRefusalLog:
             cause=cause,
             client=peer,
         )
+
+
+def _peer(client: tuple[str, int] | None) -> str | None:
+    return f"{client[0]}:{client[1]}" if client else None

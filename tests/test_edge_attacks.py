@@ -469,4 +469,42 @@ def test_a_request_pipelined_behind_an_ignored_upgrade_is_answered(
     noted = [
         r for r in caplog.records if getattr(r, "fields", {}).get("event") == "upgrade_ignored"
     ]
-    assert len(noted) == 1 and noted[0].fields["protocol"] == "h2c"
+    assert len(noted) == 1 and getattr(noted[0], "fields", {})["protocol"] == "h2c"
+
+
+def test_a_bad_chunk_in_a_running_requests_body_gets_400_and_frees_the_origin(
+    proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The body of the request being answered cannot be parsed: it will never complete.
+    The proxy waited for its response (as for a bad pipelined head) while the app waited
+    for the body, holding an origin connection: a few such clients held the whole pool and
+    every miss behind them hung. Now each gets a 400 at once and the origin is let go."""
+    bad = (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"ZZZ\r\nabc\r\n0\r\n\r\n"
+    )
+    caplog.set_level("WARNING")
+    with proxy(upstream_pool_size=2) as url:
+        held = []
+        try:
+            for _ in range(4):  # twice the pool, each connection left open by its client
+                sock = socket.create_connection(_address(url), timeout=20)
+                sock.sendall(bad)
+                held.append(sock)
+            for sock in held:
+                answer = sock.recv(65536)
+                assert _statuses(answer) == [400], answer[:200]
+            miss = _send_and_read_all(
+                url, b"GET /files/1k.bin?after-bad HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            )
+            assert _statuses(miss) == [200]
+            metrics = _send_and_read_all(
+                url, b"GET /_slicecache/metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            ).decode("latin-1")
+        finally:
+            for sock in held:
+                sock.close()
+    # The client's fault, not the origin's: no origin error counted or logged for it.
+    assert 'slicecache_origin_responses_total{status_class="error"}' not in metrics
+    assert not [r for r in caplog.records if "ClientGone" in r.getMessage()]
+    assert 'slicecache_edge_refusals_total{status="400"} 4.0' in metrics

@@ -652,7 +652,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._write_refusal(status, linger=linger, body=body)
 
     def send_400_response(self, msg: str) -> None:
-        if self.cycle is not None and not self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.more_body:
+                self._body_broken(cycle, msg)
+                return
             self._refuse_head(400, msg)  # earlier pipelined requests are answered first
             return
         self._note_refusal(400, msg)
@@ -663,6 +667,23 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             super().send_400_response(msg)
         finally:
             state.default_headers = defaults
+
+    def _body_broken(self, cycle: RequestResponseCycle, msg: str) -> None:
+        """The running request's own body cannot be parsed (a bad chunk): it will never
+        complete. Waiting for its response (as for a bad pipelined head) waited forever,
+        the app holding an origin connection for a body that never came; a hundred such
+        requests took the whole origin pool. The app is told the client is gone (its
+        ``receive()`` says ``http.disconnect``, so it lets go of the origin request) and
+        the client gets a 400, or, if the response had begun, a closed connection."""
+        started = cycle.response_started
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if started:
+            self._note_refusal(400, f"{msg} (in the body, after the response began)")
+            self.parser = None  # type: ignore[assignment]
+            self.transport.close()
+        else:
+            self._refuse(400, body=msg)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         allow_early_hints(cycle)

@@ -32,6 +32,7 @@ import httpx
 import yarl
 from cachetools import LRUCache
 
+from app.edge.asgi_io import ClientGone
 from app.edge.interim import interim_sink
 from app.ops.metrics import EngineCounters
 from app.upstream.framing import LengthTrustingHandler
@@ -72,11 +73,28 @@ def _httpx_errors(request: httpx.Request) -> Iterator[None]:
     except aiohttp.ClientResponseError as exc:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:
+        if _caused_by(exc, ClientGone):
+            # The request body's source, our client, went away while it was being sent:
+            # not the origin's failure (no origin error counted, no origin warning).
+            raise ClientGone() from exc
         raise httpx.TransportError(str(exc) or type(exc).__name__) from exc
     except (ValueError, TypeError, UnicodeError) as exc:
         # aiohttp refusing what it was asked to send (a header it will not serialize, a
         # value it cannot parse in the answer): the exchange failed, a 502, not a bug's 500.
         raise httpx.LocalProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is among the causes of ``exc`` (aiohttp wraps what a request body
+    raised while it was sent)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _AiohttpBody(httpx.AsyncByteStream):

@@ -682,5 +682,5 @@ def test_a_slice_answer_longer_than_asked_aborts_every_reader_without_a_tracebac
         assert not clean, "a response with bytes the origin sent past the range ended cleanly"
         assert body == overflowing.body[: len(body)]
     failures = [r for r in caplog.records if r.getMessage() == "slice fetch failed"]
-    assert failures
+    assert len(failures) == 1, "six readers of one failed fill: one line per interval"
     assert [r for r in failures if r.exc_info] == [], "an origin fault logged as a traceback"

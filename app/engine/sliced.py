@@ -30,6 +30,7 @@ from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.httpcache.conditional import evaluate_client_conditionals
 from app.httpcache.freshness import current_age
 from cache.protocol import SliceData
+from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.sliced")
 
@@ -271,7 +272,9 @@ async def _answer(
     # One stored slice is one piece, sent at once: nothing to cancel on a disconnect, so
     # no watcher task (its creation and cancellation cost a hit more than the send).
     watch = not (total_slices == 1 and cached == 1 and opened.first_fill is None)
-    await _send_stream(ctx, receive, send, status, headers, pieces, watch=watch)
+    await _send_stream(
+        ctx, receive, send, status, headers, pieces, watch=watch, warnings=engine.warnings
+    )
 
 
 async def _multipart(
@@ -314,16 +317,20 @@ async def _send_stream(
     pieces: AsyncGenerator[SliceData, None],
     *,
     watch: bool = True,
+    warnings: RateLimitedLog,
 ) -> None:
     """Headers go out with the first bytes, so a change found before then can restart.
 
     ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
+    ``warnings``: where a failed slice is logged (once per kind per interval).
     """
     # Owns the L2 leases of the slices written until the transport is done with them.
     writer = LeaseWriter(send, ctx.written_out)
     handover = LEASE_HANDOVER.set(writer)
     try:
-        await _write_stream(ctx, receive, send, status, headers, pieces, writer, watch=watch)
+        await _write_stream(
+            ctx, receive, send, status, headers, pieces, writer, watch=watch, warnings=warnings
+        )
     finally:
         LEASE_HANDOVER.reset(handover)
         writer.close()
@@ -339,6 +346,7 @@ async def _write_stream(
     writer: LeaseWriter,
     *,
     watch: bool,
+    warnings: RateLimitedLog,
 ) -> None:
     started = False
     async with contextlib.aclosing(pieces):
@@ -363,13 +371,13 @@ async def _write_stream(
             expected = isinstance(error, httpx.TransportError | SliceError)
             # A transport error was already logged, rate-limited, with the origin, request,
             # exception class and retry (app/upstream/transport.py); the access line carries
-            # `aborted`.
-            log.log(
-                logging.DEBUG if isinstance(error, httpx.TransportError) else logging.WARNING,
-                "slice fetch failed",
-                exc_info=not expected,
-                extra={"fields": {"error": reason}},
-            )
+            # `aborted`. An invalid answer (an origin 5xx, a wrong Content-Range) repeats for
+            # every reader of the object: once per interval; a bug, with its traceback.
+            if not isinstance(error, httpx.TransportError):
+                if expected:
+                    warnings.warning("slice_invalid", "slice fetch failed", error=reason)
+                else:
+                    warnings.exception("slice_fetch_bug", "slice fetch failed", error=reason)
             if not started:
                 # Nothing of what was found in the cache went out: the answer is the
                 # origin's failure, logged and counted as every other one (not a HIT).

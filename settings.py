@@ -319,7 +319,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="Seconds a client has to send a whole request head (else 408 and close).",
+        description="Seconds a client has to send a whole request head, and the longest "
+        "pause within a request body (else 408 and close).",
     )
     max_client_connections: int = Field(
         default=4096,

@@ -508,3 +508,38 @@ def test_a_bad_chunk_in_a_running_requests_body_gets_400_and_frees_the_origin(
     assert 'slicecache_origin_responses_total{status_class="error"}' not in metrics
     assert not [r for r in caplog.records if "ClientGone" in r.getMessage()]
     assert 'slicecache_edge_refusals_total{status="400"} 4.0' in metrics
+
+
+def test_a_request_body_that_stops_arriving_gets_408_and_frees_the_origin(
+    proxy: ProxyFactory,
+) -> None:
+    """A client that sends a few bytes of a body and goes quiet held its origin connection
+    for as long as it liked (no timeout on a body): a pool's worth of them stopped every
+    miss. A pause longer than REQUEST_HEAD_TIMEOUT inside a body now gets 408 (nginx's
+    client_body_timeout) and the app lets go of the origin request; a body that keeps
+    coming, however slowly, is not cut."""
+    stalled = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc"
+    with proxy(upstream_pool_size=2, request_head_timeout=1.0) as url:
+        held = []
+        try:
+            for _ in range(4):  # twice the pool
+                sock = socket.create_connection(_address(url), timeout=20)
+                sock.sendall(stalled)
+                held.append(sock)
+            for sock in held:
+                assert _statuses(sock.recv(65536)) == [408]
+            miss = _send_and_read_all(
+                url,
+                b"GET /files/1k.bin?after-stall HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            assert _statuses(miss) == [200]
+        finally:
+            for sock in held:
+                sock.close()
+        # 100 bytes, 10 at a time every 0.3 s (3 s in all, each pause under the timeout).
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+            for _ in range(10):
+                time.sleep(0.3)
+                sock.sendall(b"x" * 10)
+            assert _statuses(sock.recv(65536)) == [200]

@@ -12,7 +12,8 @@
   connection must deliver a whole request head within that time from when the server
   starts waiting for it (the connection's start, or the first byte of a later request;
   idle time between requests is uvicorn's keep-alive timeout). A partial head gets 408,
-  a silent connection is closed.
+  a silent connection is closed. The same time bounds a pause within a request body
+  (nginx's ``client_body_timeout``): 408, and the app lets go of its origin request.
 - **Connection cap** (``MAX_CLIENT_CONNECTIONS``): past it, the connection that has waited
   longest for a request head (idle keep-alive or trickling slowloris) is closed to make
   room; if every connection is busy with a response, the new one gets 503.
@@ -42,7 +43,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~690 lines) on purpose: one protocol class whose head limits, head timer,
+One module (~750 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -358,6 +359,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._fast_answered = False  # the head being completed was answered by it
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
         self._keepalive_deadline: float | None = None
+        # While a request's body is incomplete: by when its next bytes must arrive.
+        self._body_deadline: float | None = None
 
     # Connection lifecycle
 
@@ -515,8 +518,19 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             return
         self._make_scope()
         super().on_headers_complete()
+        self._arm_body_timer()  # cleared at once by on_message_complete if it has none
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._arm_body_timer()
+
+    def _arm_body_timer(self) -> None:
+        deadline = self.loop.time() + self.limits.head_timeout
+        self._body_deadline = deadline
+        self._wake_at(deadline)
 
     def on_message_complete(self) -> None:
+        self._body_deadline = None
         self._heads_completed += 1
         self._in_head = True
         self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
@@ -587,7 +601,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self.timeout_keep_alive_task = None
 
     def _deadlines_passed(self, now: float) -> float | None:
-        after = super()._deadlines_passed(now)
+        after = self._body_deadline_passed(now, super()._deadlines_passed(now))
         deadline = self._keepalive_deadline
         if deadline is None:
             return after
@@ -595,6 +609,28 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._keepalive_deadline = None
             self.timeout_keep_alive_handler()
             return after
+        return deadline if after is None else min(after, deadline)
+
+    def _body_deadline_passed(self, now: float, after: float | None) -> float | None:
+        """A request body that stops arriving for REQUEST_HEAD_TIMEOUT (nginx's
+        client_body_timeout): 408, and the app lets go of its origin request. Without it a
+        client that sent a few bytes of a body and went quiet held an origin connection
+        for as long as it liked; a pool's worth of them stopped every miss. A pause of
+        ours (the app not reading, flow control) does not count."""
+        deadline = self._body_deadline
+        if deadline is None:
+            return after
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            self._body_deadline = None
+            return after
+        if deadline <= now:
+            if self.flow.read_paused:
+                deadline = self._body_deadline = now + self.limits.head_timeout
+            else:
+                self._body_deadline = None
+                self._body_broken(cycle, "request body not received in time", status=408)
+                return after
         return deadline if after is None else min(after, deadline)
 
     def on_response_complete(self) -> None:
@@ -668,7 +704,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         finally:
             state.default_headers = defaults
 
-    def _body_broken(self, cycle: RequestResponseCycle, msg: str) -> None:
+    def _body_broken(self, cycle: RequestResponseCycle, msg: str, status: int = 400) -> None:
         """The running request's own body cannot be parsed (a bad chunk): it will never
         complete. Waiting for its response (as for a bad pipelined head) waited forever,
         the app holding an origin connection for a body that never came; a hundred such
@@ -679,11 +715,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         cycle.disconnected = True
         cycle.message_event.set()
         if started:
-            self._note_refusal(400, f"{msg} (in the body, after the response began)")
+            self._note_refusal(status, f"{msg} (in the body, after the response began)")
             self.parser = None  # type: ignore[assignment]
             self.transport.close()
         else:
-            self._refuse(400, body=msg)
+            self._refuse(status, body=msg + "\n")
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         allow_early_hints(cycle)

@@ -621,7 +621,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if deadline is None:
             return after
         cycle = self.cycle
-        if cycle is None or not cycle.more_body or self.transport.is_closing():
+        if (
+            cycle is None
+            or not cycle.more_body
+            or cycle.response_complete  # answered without its body: uvicorn closes it
+            or self.transport.is_closing()
+        ):
             self._body_deadline = None
             return after
         if deadline <= now:

@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Seconds between two lines of one kind when nobody says otherwise (the app passes its
+# WARNING_INTERVAL_SECONDS, whose default this is).
+DEFAULT_INTERVAL = 10.0
+
 
 class RateLimitedLog:
     def __init__(

@@ -40,7 +40,7 @@ from cachetools import LRUCache
 from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
 from cache.protocol import SliceData, SliceLease, Store
-from cache.ratelimit import RateLimitedLog
+from cache.ratelimit import DEFAULT_INTERVAL, RateLimitedLog
 
 log = logging.getLogger("slicecache.cache")
 
@@ -51,9 +51,6 @@ OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) r
 # How long a write waits for room in a full write-behind queue before it is dropped. An L2
 # that drains nothing for that long is stuck: later writes drop at once until it writes.
 WRITE_BEHIND_WAIT_SECONDS = 5.0
-# Seconds between two log lines of one kind of L2 failure (the app passes its
-# WARNING_INTERVAL_SECONDS).
-DEFAULT_WARNING_INTERVAL = 10.0
 # An L2 hit leased by a response (zero-copy) is promoted into L1 only when its whole object
 # is at most this share of L1. Promotion is a copy per hit; the L2 lease path costs the
 # same copy's order (an xxh3 pass at ~29 GB/s and a thread hop) and no memory. Promoting
@@ -81,7 +78,7 @@ class TieredStore:
         l1: MemoryStore | None,
         l2: Store | None,
         queue_size: int = 64,
-        warning_interval: float = DEFAULT_WARNING_INTERVAL,
+        warning_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.l1 = l1
         self.l2 = l2

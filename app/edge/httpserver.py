@@ -129,7 +129,7 @@ def limits_of(config: Config) -> EdgeLimits:
 # Why each refusal is made, for its log line.
 REFUSAL_CAUSES = {
     400: "malformed request",
-    408: "request head not complete in time",
+    408: "request not received in time",
     414: "request target too long",
     431: "request head too large",
     503: "connection limit reached",
@@ -432,36 +432,31 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # the exact URL and field limits still hold for it.
 
     def _feed(self, data: bytes) -> None:
-        while data:
-            data = self._feed_until_upgrade(data)
-
-    def _feed_until_upgrade(self, data: bytes) -> bytes:
-        """Parse ``data``; what follows a request whose Upgrade is ignored, else b""."""
-        if self.parser is None or self._lingering:
-            return b""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-                return b""
-            # RFC 9110 7.8: a server may ignore Upgrade and go on in HTTP/1.1. The request
-            # was answered as such; a request pipelined behind it in this read is parsed
-            # too (uvicorn dropped it: the client waited for an answer that never came).
-            # uvicorn also logged two warnings per such request (curl --http2 sends
-            # Upgrade: h2c): noted once per interval instead.
-            if self.refusals is not None:
-                self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
-            offset = upgrade.args[0] if upgrade.args else len(data)
-            return data[offset:] if 0 < offset < len(data) else b""
-        except httptools.HttpParserError:
-            if self._refusal is not None:
-                status, self._refusal = self._refusal, None
-                self._refuse_head(status)
-                return b""
-            # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
-            self.send_400_response("Invalid HTTP request received.")
-        return b""
+        while data and self.parser is not None and not self._lingering:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                    return
+                # RFC 9110 7.8: a server may ignore Upgrade and go on in HTTP/1.1. The
+                # request was answered as such; a request pipelined behind it in this read
+                # is parsed too (uvicorn dropped it: the client waited for an answer that
+                # never came). uvicorn also logged two warnings per such request (curl
+                # --http2 sends Upgrade: h2c): noted once per interval instead.
+                if self.refusals is not None:
+                    self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
+                offset = upgrade.args[0] if upgrade.args else len(data)
+                data = data[offset:] if 0 < offset < len(data) else b""
+            except httptools.HttpParserError:
+                if self._refusal is not None:
+                    status, self._refusal = self._refusal, None
+                    self._refuse_head(status)
+                    return
+                # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
+                self.send_400_response("Invalid HTTP request received.")
+                return
 
     def _upgrade_asked(self) -> str:
         upgrade = self._get_upgrade()
@@ -717,6 +712,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         ``receive()`` says ``http.disconnect``, so it lets go of the origin request) and
         the client gets a 400, or, if the response had begun, a closed connection."""
         started = cycle.response_started
+        # Marked gone: its sends are dropped from here. A request with a body is never
+        # answered from L2 leases (only bodiless GET/HEAD are sliced), so nothing the
+        # transport still holds refers to an extent.
         cycle.disconnected = True
         cycle.message_event.set()
         if started:

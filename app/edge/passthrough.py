@@ -6,7 +6,6 @@ requests, origins without range support. Nothing here holds a whole body.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import httpx
@@ -23,8 +22,6 @@ from app.edge.asgi_io import (
 )
 from app.edge.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
 from app.upstream.client import UpstreamClient
-
-log = logging.getLogger("slicecache.proxy")
 
 # Statuses whose responses never carry a body (RFC 9110 6.4.1).
 NO_BODY_STATUSES = frozenset({204, 304})

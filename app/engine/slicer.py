@@ -56,7 +56,7 @@ from app.upstream.client import UpstreamClient
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront, SliceData, SliceLease
-from cache.ratelimit import RateLimitedLog
+from cache.ratelimit import DEFAULT_INTERVAL, RateLimitedLog
 
 log = logging.getLogger("slicecache.slicer")
 
@@ -100,7 +100,7 @@ class SliceEngine:
     counters: EngineCounters = field(default_factory=EngineCounters)
     # Origin events that may repeat for every reader of a busy object (its version changed
     # under a fill): one line per kind per interval (the app passes its shared log).
-    warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, 10.0))
+    warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, DEFAULT_INTERVAL))
     # The origin's first-byte latency and per-request throughput, as slice fetches see them.
     pace: OriginPace = field(default_factory=OriginPace)
     inflight: InFlight = field(init=False)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cache.ratelimit import RateLimitedLog
+from cache.ratelimit import DEFAULT_INTERVAL, RateLimitedLog
 from cache.rawdisk.checkpoint import HEADER_SIZE
 from cache.rawdisk.device import Device
 from cache.rawdisk.layout import Geometry, Superblock
@@ -29,9 +29,6 @@ log = logging.getLogger("slicecache.rawdisk")
 T = TypeVar("T")
 
 IO_THREADS = 4
-# A repeating L2 failure is logged once per this many seconds, with a count (the app
-# passes its WARNING_INTERVAL_SECONDS to RawDiskStore.open).
-LOG_EVERY = 60.0
 
 COUNTERS = (
     "lookups_total",
@@ -109,7 +106,8 @@ class Core:
         # Read, write, verification and checkpoint failures: one line per kind per interval
         # (a damaged or failing device fails every read; a line each would flood the log
         # from the event loop).
-        self.warnings = RateLimitedLog(log, LOG_EVERY)
+        # (The app passes its WARNING_INTERVAL_SECONDS to RawDiskStore.open.)
+        self.warnings = RateLimitedLog(log, DEFAULT_INTERVAL)
 
     # --- thread pool and tasks -----------------------------------------------------------
 

@@ -149,7 +149,9 @@ class _HeldOrigin:
         self.meta = meta
         self.ranges: list[str] = []
 
-    async def send(self, method: str, target: str, headers: list[tuple[str, str]]) -> Any:
+    async def send(
+        self, method: str, target: str, headers: list[tuple[str, str]], direct: bool = False
+    ) -> Any:
         (spec,) = [v for k, v in headers if k == "range"]
         self.ranges.append(spec)
         first, last = (int(n) for n in spec.removeprefix("bytes=").split("-"))
@@ -236,7 +238,9 @@ class _StagedOrigin(_HeldOrigin):
     def release(self, index: int) -> None:
         self.released[index].set()
 
-    async def send(self, method: str, target: str, headers: list[tuple[str, str]]) -> Any:
+    async def send(
+        self, method: str, target: str, headers: list[tuple[str, str]], direct: bool = False
+    ) -> Any:
         response = await super().send(method, target, headers)
         first, last = (int(n) for n in self.ranges[-1].removeprefix("bytes=").split("-"))
         gate = self.released[first // SLICE]

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -26,6 +27,7 @@ from app.engine.lookahead import OriginPace
 from app.engine.objectmeta import ObjectMeta
 from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
+from app.upstream.direct import reads_into
 
 BACKOFF_BASE_SECONDS = 0.05
 BACKOFF_CAP_SECONDS = 2.0
@@ -152,59 +154,25 @@ class SliceFetcher:
                     headers = slice_request_headers(request_headers, first, last, meta.etag)
                     epoch = self.store_epoch()
                     sent = time.monotonic()
-                    response = hold.response = await self.upstream.send("GET", target, headers)
+                    response = hold.response = await self.upstream.send(
+                        "GET", target, headers, direct=True
+                    )
                     measured = self.pace is not None
                     if self.pace is not None:
                         self.pace.saw_latency(time.monotonic() - sent)
                     skip = check_slice_response(response, first, last, meta)
                     if skip or (response.status_code == 200 and not meta.whole):
                         self.ranges_ignored(fills[0].key)
-                wanted = last - first + 1  # what this answer may still give us
                 body_started = time.monotonic()
                 received = 0
-                async for chunk in response.aiter_raw():
-                    self.counters.upstream_bytes += len(chunk)
-                    received += len(chunk)
-                    view = memoryview(chunk)
-                    if skip:
-                        count = min(skip, len(view))
-                        skip -= count
-                        view = view[count:]
-                    if response.status_code == 200 and len(view) > wanted:
-                        view = view[:wanted]  # a whole body: the bytes after ours are not ours
-                    wanted -= len(view)
-                    if recheck:
-                        fill = fills[current]
-                        count = min(recheck, len(view))
-                        offset = fill.filled - recheck
-                        if memoryview(fill.buffer)[offset : offset + count] != view[:count]:
-                            raise ObjectChanged("an unvalidated object changed during a retry")
-                        recheck -= count
-                        view = view[count:]
-                    while view:
-                        fill = fills[current]
-                        room = fill.length - fill.filled
-                        if len(view) > room and current + 1 == len(fills):
-                            # An origin fault (a body longer than its Content-Range), not
-                            # ours: answered and counted as an invalid answer, no traceback.
-                            raise SliceError(
-                                f"origin sent more than bytes {first}-{last}", retryable=False
-                            )
-                        fill.append(view[:room])
-                        view = view[room:]
-                        if fill.filled == fill.length:
-                            fill.finish()
-                            await self.keep(fill, store, epoch, meta)
-                            current = min(current + 1, len(fills) - 1)
-                    if fills[-1].done and response.status_code == 200:
-                        break
-                    if received == len(chunk):
-                        # A turn for the rest of the loop after the first read: from a
-                        # fast origin the next bytes are always ready, and the whole run
-                        # would be taken in before any reader of it (a cold response's
-                        # first byte) ran. Only then: a turn after every read let the
-                        # origin connections' buffers fill while fills waited their turn.
-                        await asyncio.sleep(0)
+                if not skip and not recheck and reads_into(response.stream):
+                    received, current = await self._read_into_fills(
+                        response, fills, current, store, epoch, meta, first, last
+                    )
+                else:
+                    received, current = await self._relay_chunks(
+                        response, fills, current, store, epoch, meta, first, last, skip, recheck
+                    )
                 if measured and self.pace is not None:
                     self.pace.saw_transfer(received, time.monotonic() - body_started)
                 if not fills[-1].done:
@@ -222,3 +190,105 @@ class SliceFetcher:
                 await asyncio.sleep(random.uniform(delay / 2, delay))  # noqa: S311 - jitter
             finally:
                 await hold.close()
+
+    async def _relay_chunks(
+        self,
+        response: httpx.Response,
+        fills: list[SliceFill],
+        current: int,
+        store: bool,
+        epoch: int,
+        meta: ObjectMeta,
+        first: int,
+        last: int,
+        skip: int,
+        recheck: int,
+    ) -> tuple[int, int]:
+        """The answer's body as chunks copied into the fills (any transport; an answer
+        that ignored the Range, a retry that re-reads bytes already received). Returns
+        (bytes received, the fill being written)."""
+        wanted = last - first + 1  # what this answer may still give us
+        received = 0
+        async for chunk in response.aiter_raw():
+            self.counters.upstream_bytes += len(chunk)
+            received += len(chunk)
+            view = memoryview(chunk)
+            if skip:
+                count = min(skip, len(view))
+                skip -= count
+                view = view[count:]
+            if response.status_code == 200 and len(view) > wanted:
+                view = view[:wanted]  # a whole body: the bytes after ours are not ours
+            wanted -= len(view)
+            if recheck:
+                fill = fills[current]
+                count = min(recheck, len(view))
+                offset = fill.filled - recheck
+                if memoryview(fill.buffer)[offset : offset + count] != view[:count]:
+                    raise ObjectChanged("an unvalidated object changed during a retry")
+                recheck -= count
+                view = view[count:]
+            while view:
+                fill = fills[current]
+                room = fill.length - fill.filled
+                if len(view) > room and current + 1 == len(fills):
+                    raise _sent_more(first, last)
+                fill.append(view[:room])
+                view = view[room:]
+                if fill.filled == fill.length:
+                    fill.finish()
+                    await self.keep(fill, store, epoch, meta)
+                    current = min(current + 1, len(fills) - 1)
+            if fills[-1].done and response.status_code == 200:
+                break
+            if received == len(chunk):
+                # A turn for the rest of the loop after the first read: from a
+                # fast origin the next bytes are always ready, and the whole run
+                # would be taken in before any reader of it (a cold response's
+                # first byte) ran. Only then: a turn after every read let the
+                # origin connections' buffers fill while fills waited their turn.
+                await asyncio.sleep(0)
+        return received, current
+
+    async def _read_into_fills(
+        self,
+        response: httpx.Response,
+        fills: list[SliceFill],
+        current: int,
+        store: bool,
+        epoch: int,
+        meta: ObjectMeta,
+        first: int,
+        last: int,
+    ) -> tuple[int, int]:
+        """The answer's body read straight into the fills' buffers (one kernel copy per
+        byte, app/upstream/direct.py), each complete slice kept as it completes. Returns
+        (bytes received, the fill being written)."""
+        stream: Any = response.stream
+        received = 0
+        while not fills[-1].done:
+            fill = fills[current]
+            count = await stream.read_into(fill.room())
+            if not count:
+                return received, current  # the body ended short: the caller resumes
+            self.counters.upstream_bytes += count
+            received += count
+            complete = fill.filled + count == fill.length
+            if complete and fill is fills[-1] and response.status_code != 200:
+                # The body must end here (a 200's rest is not ours, and is not read): an
+                # origin fault fails the slice before its readers see its last bytes.
+                if await stream.read_into(memoryview(bytearray(1))):
+                    raise _sent_more(first, last)
+            fill.advance(count)
+            if not complete:
+                continue
+            fill.finish()
+            await self.keep(fill, store, epoch, meta)
+            current = min(current + 1, len(fills) - 1)
+        return received, current
+
+
+def _sent_more(first: int, last: int) -> SliceError:
+    """An origin fault (a body longer than its Content-Range), not ours: answered and
+    counted as an invalid answer, no traceback."""
+    return SliceError(f"origin sent more than bytes {first}-{last}", retryable=False)

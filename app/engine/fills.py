@@ -103,6 +103,17 @@ class SliceFill:
         self.filled = end
         self._wake()
 
+    def room(self) -> memoryview:
+        """The slice's unfilled rest, for bytes read straight into it (then :meth:`advance`)."""
+        if not self.buffer:
+            self.buffer = bytearray(self._length)
+        return memoryview(self.buffer)[self.filled :]
+
+    def advance(self, count: int) -> None:
+        """``count`` more bytes were read into :meth:`room`."""
+        self.filled += count
+        self._wake()
+
     def finish(self) -> None:
         self.done = True
         self._wake()

@@ -136,7 +136,9 @@ class Prober:
         # The purge epoch of this origin request: every write of what it brings (metadata,
         # slice 0) carries it, so a purge after this instant is never undone by them.
         epoch = engine.store_epoch()
-        response = hold.response = await engine.upstream.send("GET", request.target, headers)
+        response = hold.response = await engine.upstream.send(
+            "GET", request.target, headers, direct=True
+        )
         response_time = time.time()
         response_headers = decode_raw(response.headers.raw)
         if response.status_code == 304 and stored is not None:

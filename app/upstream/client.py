@@ -35,6 +35,7 @@ from cachetools import LRUCache
 from app.edge.asgi_io import ClientGone
 from app.edge.interim import interim_sink
 from app.ops.metrics import EngineCounters
+from app.upstream.direct import DIRECT, DirectTransport, SliceRouting, reads_into
 from app.upstream.framing import LengthTrustingHandler
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
@@ -315,16 +316,20 @@ class UpstreamClient:
         raw_path: str,
         headers: list[tuple[str, str]],
         body: AsyncIterable[bytes] | None = None,
+        *,
+        direct: bool = False,
     ) -> httpx.Response:
         """Send one request; the response body is not read yet (``aiter_raw``/``aclose``).
 
         ``body`` is iterated afresh by a retry, which continues where the last pull
-        stopped (``RequestBody`` does). Raises httpx.TransportError subclasses:
-        ConnectError, ConnectTimeout, ReadTimeout...
+        stopped (``RequestBody`` does). ``direct``: a slice request, for the client whose
+        bodies can be read into the caller's buffer (app/upstream/direct.py) when the
+        transport has it. Raises httpx.TransportError subclasses: ConnectError,
+        ConnectTimeout, ReadTimeout...
         """
         self.counters.upstream_requests += 1
         try:
-            response = await self._send_retrying(method, raw_path, headers, body)
+            response = await self._send_retrying(method, raw_path, headers, body, direct)
             if not 100 <= response.status_code <= 599:
                 # RFC 9110 15: a status is 100-599; anything else (999) is a broken origin,
                 # and uvicorn has no status line for it.
@@ -347,6 +352,7 @@ class UpstreamClient:
         raw_path: str,
         headers: list[tuple[str, str]],
         body: AsyncIterable[bytes] | None,
+        direct: bool,
     ) -> httpx.Response:
         """One retry, on a new connection, of an idempotent request whose connection failed
         before any response byte: typically a pooled connection the origin closed while
@@ -354,11 +360,11 @@ class UpstreamClient:
         body is replayed from what was kept of it (at most ``REPLAY_BYTES``)."""
         replayable = _ReplayableBody(body) if body is not None else None
         try:
-            return await self._send(method, raw_path, headers, replayable)
+            return await self._send(method, raw_path, headers, replayable, direct)
         except (httpx.ReadError, httpx.WriteError):
             if method not in IDEMPOTENT_METHODS or (replayable and not replayable.replayable):
                 raise
-        return await self._send(method, raw_path, headers, replayable)
+        return await self._send(method, raw_path, headers, replayable, direct)
 
     async def _send(
         self,
@@ -366,6 +372,7 @@ class UpstreamClient:
         raw_path: str,
         headers: list[tuple[str, str]],
         body: _ReplayableBody | None,
+        direct: bool,
     ) -> httpx.Response:
         request = httpx.Request(
             method,
@@ -374,7 +381,7 @@ class UpstreamClient:
             # encode str values as ASCII and fail on obs-text).
             headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             stream=_BodyAttempt(body) if body is not None else None,
-            extensions={"timeout": self._timeout_ext, RAW_TARGET: raw_path},
+            extensions={"timeout": self._timeout_ext, RAW_TARGET: raw_path, DIRECT: direct},
         )
         if body is None:
             request.read()
@@ -478,9 +485,25 @@ class _DeadlineBody(httpx.AsyncByteStream):
                 raise httpx.ReadTimeout("total timeout", request=self._request) from exc
             yield chunk
 
+    def reads_into(self) -> bool:
+        return reads_into(self._inner)
+
+    async def read_into(self, view: memoryview) -> int:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                count: int = await self._inner.read_into(view)  # type: ignore[attr-defined]
+                return count
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("total timeout", request=self._request) from exc
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
 def default_transport(pool_size: int, keepalive_seconds: float = 3.0) -> httpx.AsyncBaseTransport:
-    return AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds)
+    """Slice requests on the direct client, everything else on aiohttp's (each a pool of
+    ``pool_size`` connections)."""
+    return SliceRouting(
+        DirectTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
+        AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
+    )

@@ -24,6 +24,7 @@ import httpx
 
 from app.context import RequestLog
 from app.ops.metrics import Metrics
+from app.upstream.direct import reads_into
 from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.origin")
@@ -139,6 +140,17 @@ class _ObservedStream(httpx.AsyncByteStream):
         try:
             async for chunk in self.inner:
                 yield chunk
+        except httpx.HTTPError as error:
+            self.on_error(error)
+            raise
+
+    def reads_into(self) -> bool:
+        return reads_into(self.inner)
+
+    async def read_into(self, view: memoryview) -> int:
+        try:
+            count: int = await self.inner.read_into(view)  # type: ignore[attr-defined]
+            return count
         except httpx.HTTPError as error:
             self.on_error(error)
             raise

@@ -1,0 +1,537 @@
+"""The slice engine's origin client: HTTP/1.1 GETs whose bodies land in the slice buffers.
+
+Every byte of a miss crossed user space three times on the general client (uvloop's
+``bytes`` per read, aiohttp's body chunk, the copy into the slice's buffer) and each small
+exchange cost ~175 us of aiohttp. Slice requests are the simplest HTTP there is (a GET
+without a body, a Range, a Content-Length answer), so they get a client of their own: a
+pool of :class:`asyncio.BufferedProtocol` connections whose reads go straight into the
+buffer the caller hands over (:meth:`DirectBody.read_into`), one kernel copy per byte.
+
+Heads are parsed by httptools (llhttp, uvicorn's parser). Content-Length bodies are read
+into the caller's buffer; bytes after the announced body are never read as body and the
+connection is not reused (what nginx does with "upstream sent more data than
+specified"). Chunked and close-delimited bodies, rare for Range answers, are decoded
+through the same parser and copied. Interim 1xx answers go to the request's interim sink.
+Failures are httpx's exceptions, so the retries, timeouts and metrics of
+:class:`~app.upstream.client.UpstreamClient` and
+:class:`~app.upstream.transport.ObservedTransport` apply unchanged.
+
+The pool holds at most ``pool_size`` connections (its own, beside the general client's),
+reuses the most recently released first and closes one idle for ``keepalive_seconds``.
+
+Length: ~520 lines in one module on purpose: the connection's two read targets (the
+caller's buffer, its scratch), the body framings that consume them and the pool that owns
+the connections are one state machine; split, its private fields would become interfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import httpx
+
+from app.edge.interim import interim_sink
+
+SCRATCH_BYTES = 64 * 1024  # heads, and body bytes read while no buffer was handed over
+HEAD_LIMIT = SCRATCH_BYTES  # a response head larger than this is refused
+# What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
+_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NO_BODY_STATUSES = frozenset({204, 304})
+BEFORE_RESPONSE = "before a response"
+# Request extension: send this request on the direct client (set by UpstreamClient).
+DIRECT = "slicecache.direct"
+
+
+class NothingReceived(httpx.ReadError):
+    """The connection ended before any byte of a response."""
+
+
+class _Head:
+    """httptools callbacks: a response head's status and fields; bodies of decoded framings."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.body: list[bytes] = []  # decoded body pieces (chunked framing only)
+        self.message_complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.message_complete = True
+
+
+class _Connection(asyncio.BufferedProtocol):
+    """One origin connection. Reads go into the caller's buffer while it waits in
+    :meth:`read_into`, else into ``scratch`` (reading pauses when it is full)."""
+
+    def __init__(self, pool: DirectTransport, address: tuple[str, int]) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.scratch = bytearray(SCRATCH_BYTES)
+        self.start = 0  # unread bytes in scratch: [start, end)
+        self.end = 0
+        self.target: memoryview | None = None  # the caller's buffer, while it waits
+        self.into_target = False  # the last get_buffer handed out the target
+        self.got = 0  # bytes read into the target
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: Exception | None = None  # why the connection was lost, if not cleanly
+        self.paused = False
+        self.idle_timer: asyncio.TimerHandle | None = None  # set while it waits in the pool
+
+    # --- asyncio protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        target = self.target
+        if target is not None and self.got < len(target) and self.start == self.end:
+            self.into_target = True
+            return target[self.got :]
+        self.into_target = False
+        return memoryview(self.scratch)[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.idle_timer is not None:
+            # Bytes nobody asked for (no request is out): never read as the next answer.
+            self.pool.forget(self)
+            return
+        if self.into_target:
+            self.got += nbytes
+        else:
+            self.end += nbytes
+            if self.end == len(self.scratch):
+                self._pause()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: HTTP/1.1 has no half-closed use here
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error = exc
+        self.pool.forget(self)
+        self._wake()
+
+    # --- reading ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until the next read or the connection's end; ReadTimeout after ``timeout``."""
+        self._resume()
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("no bytes from the origin in time") from None
+        finally:
+            self.waiter = None
+
+    def lost(self, what: str) -> httpx.TransportError:
+        if what == BEFORE_RESPONSE:
+            return NothingReceived(f"connection lost {what}: {self.error or 'closed'}")
+        if self.error is not None:
+            return httpx.ReadError(f"connection lost {what}: {self.error}")
+        return httpx.RemoteProtocolError(f"origin closed the connection {what}")
+
+    async def read_head(self, timeout: float | None) -> tuple[httptools.HttpResponseParser, _Head]:
+        """The next response head (its bytes consumed from scratch), parsed."""
+        while True:
+            found = self.scratch.find(b"\r\n\r\n", self.start, self.end)
+            if found >= 0:
+                head_end = found + 4
+                break
+            if self.end - self.start >= HEAD_LIMIT:
+                raise httpx.RemoteProtocolError("origin response head too large")
+            if self.closed:
+                raise self.lost(BEFORE_RESPONSE if self.end == self.start else "in a head")
+            if self.end == len(self.scratch):  # make room after an earlier interim head
+                pending = self.end - self.start
+                self.scratch[:pending] = self.scratch[self.start : self.end]
+                self.start, self.end = 0, pending
+            await self._wait(timeout)
+        head = bytes(self.scratch[self.start : head_end])
+        self.start = head_end
+        self._drained()
+        fields = _Head()
+        parser = httptools.HttpResponseParser(fields)
+        try:
+            parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass  # a 101: refused by the caller
+        except httptools.HttpParserError as error:
+            raise httpx.RemoteProtocolError(f"bad origin response head: {error}") from None
+        if not fields.complete:
+            raise httpx.RemoteProtocolError("bad origin response head")
+        return parser, fields
+
+    def _drained(self) -> None:
+        if self.start == self.end:
+            self.start = self.end = 0
+            self._resume()
+
+    async def read_raw(self, view: memoryview, timeout: float | None) -> int:
+        """Up to ``len(view)`` bytes into ``view``; 0 once the connection has ended."""
+        pending = self.end - self.start
+        if pending:
+            count = min(pending, len(view))
+            view[:count] = self.scratch[self.start : self.start + count]
+            self.start += count
+            self._drained()
+            return count
+        if self.closed:
+            if self.error is not None:
+                raise self.lost("mid-body")
+            return 0
+        self.target, self.got = view, 0
+        try:
+            while not self.got and not self.closed and self.start == self.end:
+                await self._wait(timeout)
+        finally:
+            self.target = None
+        if self.got:
+            return self.got
+        return await self.read_raw(view, timeout)  # the connection ended, or scratch got it
+
+    def close(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+
+class DirectBody(httpx.AsyncByteStream):
+    """A response body read from one pooled connection; :meth:`read_into` without a copy."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        pool: DirectTransport,
+        parser: httptools.HttpResponseParser,
+        fields: _Head,
+        length: int | None,
+        decoded: bool,
+        read_timeout: float | None,
+    ) -> None:
+        self._connection = connection
+        self._pool = pool
+        self._parser = parser
+        self._fields = fields
+        self._remaining = length  # Content-Length bytes still due; None: other framing
+        self._decoded = decoded  # chunked: pieces come from the parser
+        self._timeout = read_timeout
+        self._finished = length == 0
+        self._released = False
+
+    async def read_into(self, view: memoryview) -> int:
+        """Up to ``len(view)`` body bytes into ``view``; 0 at the body's end."""
+        if self._finished or not view:
+            return 0
+        connection = self._connection
+        if self._decoded:
+            return await self._read_decoded(view)
+        if self._remaining is not None:
+            view = view[: self._remaining]
+        count = await connection.read_raw(view, self._timeout)
+        if self._remaining is None:  # close-delimited: the end of the connection ends it
+            self._finished = count == 0
+            return count
+        if count == 0:
+            raise connection.lost(f"with {self._remaining} body bytes due")
+        self._remaining -= count
+        self._finished = self._remaining == 0
+        return count
+
+    async def _read_decoded(self, view: memoryview) -> int:
+        fields, connection = self._fields, self._connection
+        while not fields.body:
+            if fields.message_complete:
+                self._finished = True
+                return 0
+            data = bytearray(SCRATCH_BYTES)
+            count = await connection.read_raw(memoryview(data), self._timeout)
+            if count == 0:
+                raise connection.lost("in a chunked body")
+            try:
+                self._parser.feed_data(bytes(data[:count]))
+            except httptools.HttpParserError as error:
+                raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
+        piece = fields.body[0]
+        count = min(len(piece), len(view))
+        view[:count] = piece[:count]
+        if count == len(piece):
+            fields.body.pop(0)
+        else:
+            fields.body[0] = piece[count:]
+        return count
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        buffer = bytearray(SCRATCH_BYTES * 4)
+        view = memoryview(buffer)
+        while True:
+            count = await self.read_into(view)
+            if not count:
+                return
+            yield bytes(view[:count])
+
+    async def aclose(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        connection = self._connection
+        # Reused only after a whole Content-Length body and nothing more: a connection
+        # abandoned mid-body, or with bytes after the body, could hand them to the next.
+        reusable = (
+            self._finished
+            and self._remaining == 0
+            and connection.start == connection.end
+            and self._parser.should_keep_alive()
+        )
+        self._pool.release(connection, reusable)
+
+
+class DirectTransport(httpx.AsyncBaseTransport):
+    """An httpx transport for body-less HTTP/1.1 requests to one ``http://`` origin."""
+
+    def __init__(self, *, pool_size: int, keepalive_seconds: float = 3.0) -> None:
+        self._pool_size = pool_size
+        self._keepalive = keepalive_seconds
+        # Idle connections by origin address, most recently released last.
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._open = 0  # connections open or being opened
+        self._slot_freed = asyncio.Event()
+        self._closed = False
+
+    # --- pool ---------------------------------------------------------------------------
+
+    def forget(self, connection: _Connection) -> None:
+        """An idle connection ended (the origin closed it, or its keep-alive time is up):
+        its slot is free."""
+        idle = self._idle.get(connection.address, [])
+        if connection in idle:
+            idle.remove(connection)
+            connection.close()
+            self._slot_ends()
+
+    def release(self, connection: _Connection, reusable: bool) -> None:
+        """The one end of a checked-out connection: back to the pool, or closed."""
+        if reusable and not connection.closed and not self._closed:
+            connection.idle_timer = asyncio.get_running_loop().call_later(
+                self._keepalive, self.forget, connection
+            )
+            self._idle.setdefault(connection.address, []).append(connection)
+            self._slot_freed.set()
+            self._slot_freed = asyncio.Event()
+        else:
+            connection.close()
+            self._slot_ends()
+
+    def _slot_ends(self) -> None:
+        self._open -= 1
+        self._slot_freed.set()
+        self._slot_freed = asyncio.Event()
+
+    async def _checkout(
+        self, host: str, port: int, timeouts: dict[str, Any], fresh: bool
+    ) -> tuple[_Connection, bool]:
+        """A connection to use: (an idle one, reused=True), or a new one (always if
+        ``fresh``)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeouts.get("pool") is None else loop.time() + timeouts["pool"]
+        while True:
+            idle = self._idle.get((host, port), [])
+            while idle and not fresh:
+                connection = idle.pop()
+                if connection.idle_timer is not None:
+                    connection.idle_timer.cancel()
+                    connection.idle_timer = None
+                if not connection.closed:
+                    return connection, True
+                self._slot_ends()
+            if self._open < self._pool_size:
+                break
+            if not idle and any(self._idle.values()):
+                # Full with idle connections to another address: close the oldest.
+                other = next(conns for conns in self._idle.values() if conns)
+                self.forget(other[0])
+                continue
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise httpx.PoolTimeout("no free origin connection in time")
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._slot_freed.wait()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free origin connection in time") from None
+        self._open += 1
+        try:
+            async with asyncio.timeout(timeouts.get("connect")):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, (host, port)), host, port
+                )
+        except TimeoutError:
+            self._slot_ends()
+            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as error:
+            self._slot_ends()
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {error}") from error
+        except BaseException:
+            self._slot_ends()
+            raise
+        return connection, False
+
+    # --- exchange -------------------------------------------------------------------------
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        target = request.extensions.get("slicecache.raw_target")
+        if not isinstance(target, str):
+            target = request.url.raw_path.decode("ascii")
+        head = bytearray(f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1"))
+        for name, value in request.headers.raw:
+            head += name + b": " + value + b"\r\n"
+        head += b"\r\n"
+        port = request.url.port or 80
+        fresh = False
+        while True:
+            connection, reused = await self._checkout(request.url.host, port, timeouts, fresh)
+            try:
+                assert connection.transport is not None
+                connection.transport.write(head)
+                return await self._answer(connection, request, timeouts.get("read"))
+            except NothingReceived:
+                self.release(connection, False)
+                if not reused or fresh:
+                    raise
+                # A pooled connection the origin closed while it was idle, just as it was
+                # reused: once more on a new one (RFC 9110 9.2.2, a GET is idempotent).
+                fresh = True
+            except BaseException:
+                self.release(connection, False)
+                raise
+
+    async def _answer(
+        self, connection: _Connection, request: httpx.Request, read_timeout: float | None
+    ) -> httpx.Response:
+        while True:
+            parser, fields = await connection.read_head(read_timeout)
+            status = parser.get_status_code()
+            if status == 101:
+                raise httpx.RemoteProtocolError("origin switched protocols unasked")
+            if not 100 <= status < 200:
+                break
+            sink = interim_sink.get()
+            if sink is not None:
+                try:
+                    await sink(status, fields.fields)
+                except Exception:  # noqa: S110 - the client left: the final answer matters
+                    pass
+        if any(_FIELD_CTL.search(value) for _, value in fields.fields):
+            raise httpx.RemoteProtocolError("origin sent a control character in a field")
+        length, decoded = _framing(request.method, status, fields.fields)
+        body = DirectBody(connection, self, parser, fields, length, decoded, read_timeout)
+        if decoded:
+            # What followed the head in its read belongs to the chunked body: the parser
+            # decodes it (and the rest, as it arrives).
+            rest = bytes(connection.scratch[connection.start : connection.end])
+            connection.start = connection.end
+            connection._drained()
+            if rest:
+                try:
+                    parser.feed_data(rest)
+                except httptools.HttpParserError as error:
+                    raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
+        return httpx.Response(
+            status_code=status,
+            headers=fields.fields,
+            stream=body,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": b""},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in list(idle):
+                self.forget(connection)
+
+
+def _framing(
+    method: str, status: int, fields: list[tuple[bytes, bytes]]
+) -> tuple[int | None, bool]:
+    """(Content-Length, chunked) of a response body (RFC 9112 6.3); (None, False): it ends
+    with the connection."""
+    if method == "HEAD" or status in _NO_BODY_STATUSES:
+        return 0, False
+    length: int | None = None
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            return None, chunked
+        if lowered == b"content-length":
+            length = int(value)  # llhttp accepted it: digits, one value
+    return length, False
+
+
+def reads_into(stream: object) -> bool:
+    """Whether a response body stream has ``read_into(view) -> int`` (bytes into the
+    caller's buffer, 0 at the end): a :class:`DirectBody`, or a wrapper that says its
+    inner stream is one."""
+    check = getattr(stream, "reads_into", None)
+    return isinstance(stream, DirectBody) or (check is not None and bool(check()))
+
+
+class SliceRouting(httpx.AsyncBaseTransport):
+    """Requests marked :data:`DIRECT` (the slice engine's GETs) without a body to an
+    ``http://`` origin go to the direct client, everything else to ``general``."""
+
+    def __init__(self, direct: DirectTransport, general: httpx.AsyncBaseTransport) -> None:
+        self.direct = direct
+        self.general = general
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if (
+            request.extensions.get(DIRECT)
+            and request.url.scheme == "http"
+            and "content-length" not in request.headers
+            and "transfer-encoding" not in request.headers
+        ):
+            return await self.direct.handle_async_request(request)
+        return await self.general.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.direct.aclose()
+        await self.general.aclose()

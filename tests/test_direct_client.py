@@ -1,0 +1,382 @@
+"""The slice engine's origin client (app/upstream/direct.py) against scripted origins on
+loopback: framings, reuse, faults, timeouts and the pool's bounds, byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.edge.interim import interim_sink
+from app.upstream.direct import DirectTransport, SliceRouting
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+PAYLOAD = bytes((i * 7 + 3) % 256 for i in range(300_000))
+TIMEOUTS = {"connect": 2.0, "read": 2.0, "pool": 2.0}
+
+
+class ScriptedOrigin:
+    """Runs ``script`` for every request head read on any connection; counts connections."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed_by_client = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                await self.script(reader, writer)
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed_by_client += 1
+        finally:
+            writer.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.close()
+
+
+def _request(url: str, target: str = "/obj", method: str = "GET") -> httpx.Request:
+    request = httpx.Request(method, url + target, headers={"range": "bytes=0-"})
+    request.extensions["timeout"] = TIMEOUTS
+    return request
+
+
+async def _read_all(response: httpx.Response, piece: int = 65536) -> bytes:
+    body = bytearray()
+    buffer = bytearray(piece)
+    while True:
+        count = await response.stream.read_into(memoryview(buffer))  # type: ignore[attr-defined]
+        if not count:
+            return bytes(body)
+        body += buffer[:count]
+
+
+def _head(status: int, *fields: str) -> bytes:
+    return (f"HTTP/1.1 {status} X\r\n" + "".join(f"{f}\r\n" for f in fields) + "\r\n").encode()
+
+
+def content_length(payload: bytes, extra: bytes = b"") -> Script:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(206, f"Content-Length: {len(payload)}") + payload + extra)
+        await writer.drain()
+
+    return script
+
+
+async def test_a_content_length_body_lands_in_the_callers_buffer_and_the_connection_is_reused() -> (
+    None
+):
+    origin = ScriptedOrigin(content_length(PAYLOAD))
+    transport = DirectTransport(pool_size=4)
+    async with origin.running() as url:
+        for _ in range(3):
+            response = await transport.handle_async_request(_request(url))
+            assert response.status_code == 206
+            assert response.headers["content-length"] == str(len(PAYLOAD))
+            assert await _read_all(response, piece=10_000) == PAYLOAD
+            await response.aclose()
+        await transport.aclose()
+    assert origin.connections == 1, "a whole Content-Length body leaves a reusable connection"
+    assert origin.requests[0].startswith(b"GET /obj HTTP/1.1\r\n")
+    assert b"\r\nrange: bytes=0-\r\n" in origin.requests[0].lower()
+
+
+async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_goes() -> None:
+    origin = ScriptedOrigin(content_length(b"abcdef", extra=b"HTTP/1.1 200 OK\r\n\r\nnope"))
+    transport = DirectTransport(pool_size=4)
+    async with origin.running() as url:
+        for _ in range(2):
+            response = await transport.handle_async_request(_request(url))
+            await asyncio.sleep(0.05)  # the excess has arrived
+            assert await _read_all(response) == b"abcdef"
+            await response.aclose()
+        await transport.aclose()
+    assert origin.connections == 2, "a connection with excess bytes was reused"
+
+
+async def test_a_body_cut_short_fails_and_its_connection_is_not_reused() -> None:
+    async def short(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(206, "Content-Length: 100") + b"x" * 40)
+        await writer.drain()
+        writer.close()
+
+    origin = ScriptedOrigin(short)
+    transport = DirectTransport(pool_size=4)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        with pytest.raises(httpx.RemoteProtocolError, match="60 body bytes due"):
+            await _read_all(response)
+        await response.aclose()
+        assert transport._open == 0
+        await transport.aclose()
+
+
+async def test_chunked_and_close_delimited_bodies_are_decoded() -> None:
+    async def chunked(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(200, "Transfer-Encoding: chunked"))
+        for start in range(0, len(PAYLOAD), 70_001):
+            piece = PAYLOAD[start : start + 70_001]
+            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def until_close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(200) + PAYLOAD)
+        await writer.drain()
+        writer.close()
+
+    transport = DirectTransport(pool_size=4)
+    for script, reused in ((chunked, True), (until_close, False)):
+        origin = ScriptedOrigin(script)
+        async with origin.running() as url:
+            for _ in range(2):
+                response = await transport.handle_async_request(_request(url))
+                assert b"".join([c async for c in response.aiter_raw()]) == PAYLOAD
+                await response.aclose()
+        # A chunked body is read to its end, but only Content-Length bodies are reused.
+        assert origin.connections == 2 or reused
+    await transport.aclose()
+
+
+async def test_a_head_request_and_a_304_have_no_body() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(304, 'ETag: "v1"') + _head(200, "Content-Length: 5"))
+        await writer.drain()
+
+    origin = ScriptedOrigin(answer)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        assert response.status_code == 304
+        assert await _read_all(response) == b""
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_interim_answers_reach_the_sink_and_the_final_one_is_returned() -> None:
+    async def early_hints(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(103, "Link: </style.css>; rel=preload"))
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(_head(206, "Content-Length: 3") + b"abc")
+        await writer.drain()
+
+    seen: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+
+    async def sink(status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        seen.append((status, fields))
+
+    origin = ScriptedOrigin(early_hints)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        token = interim_sink.set(sink)
+        try:
+            response = await transport.handle_async_request(_request(url))
+        finally:
+            interim_sink.reset(token)
+        assert response.status_code == 206
+        assert await _read_all(response) == b"abc"
+        await response.aclose()
+        await transport.aclose()
+    assert seen == [(103, [(b"Link", b"</style.css>; rel=preload")])]
+
+
+async def test_a_pooled_connection_the_origin_closed_is_replaced_without_an_error() -> None:
+    async def once(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(206, "Content-Length: 2") + b"ok")
+        await writer.drain()
+        writer.close()  # keep-alive promised (HTTP/1.1), then closed while idle
+
+    origin = ScriptedOrigin(once)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        for _ in range(3):
+            response = await transport.handle_async_request(_request(url))
+            assert await _read_all(response) == b"ok"
+            await response.aclose()
+        await transport.aclose()
+    assert origin.connections == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            b"HTTP/1.1 206 X\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
+            "control character|value char",
+        ),
+        (b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n", "switched"),
+        (b"HTTP/1.1 2x6 X\r\nContent-Length: 0\r\n\r\n", "bad origin response head"),
+        (b"HTTP/1.1 206 X\r\nContent-Length: 1, 2\r\n\r\n", "bad origin response head"),
+        (b"HTTP/1.1 206 X\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "too large"),
+    ],
+)
+async def test_a_malformed_answer_is_a_protocol_error_and_frees_its_connection(
+    answer: bytes, error: str
+) -> None:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    origin = ScriptedOrigin(script)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        with pytest.raises(httpx.RemoteProtocolError, match=error):
+            await transport.handle_async_request(_request(url))
+        assert transport._open == 0
+        await transport.aclose()
+
+
+async def test_timeouts_and_refusals_are_httpx_errors_and_the_pool_is_bounded() -> None:
+    async def silent(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+
+    origin = ScriptedOrigin(silent)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        request = _request(url)
+        request.extensions["timeout"] = {"connect": 1.0, "read": 0.1, "pool": 0.1}
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(request)
+        assert transport._open == 0
+
+    # The pool's one connection in use: the next request waits at most the pool timeout.
+    origin = ScriptedOrigin(content_length(b"held"))
+    async with origin.running() as url:
+        held = await transport.handle_async_request(_request(url))
+        request = _request(url)
+        request.extensions["timeout"] = {"connect": 1.0, "read": 1.0, "pool": 0.1}
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.handle_async_request(request)
+        waiting = asyncio.ensure_future(transport.handle_async_request(_request(url)))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        assert await _read_all(held) == b"held"
+        await held.aclose()
+        second = await waiting
+        assert await _read_all(second) == b"held"
+        await second.aclose()
+
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    with pytest.raises(httpx.ConnectError):
+        await transport.handle_async_request(_request(f"http://127.0.0.1:{port}"))
+    assert transport._open == 0  # the idle one to the other origin made room, then failed
+    await transport.aclose()
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_time() -> None:
+    origin = ScriptedOrigin(content_length(b"x"))
+    transport = DirectTransport(pool_size=2, keepalive_seconds=0.05)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        await _read_all(response)
+        await response.aclose()
+        assert transport._open == 1
+        for _ in range(100):
+            if origin.closed_by_client:
+                break
+            await asyncio.sleep(0.01)
+        assert origin.closed_by_client == 1
+        assert transport._open == 0
+        await transport.aclose()
+
+
+async def test_routing_sends_only_marked_bodiless_requests_direct() -> None:
+    seen: list[str] = []
+
+    class Recorder(httpx.AsyncBaseTransport):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(self.name)
+            return httpx.Response(204)
+
+    routing = SliceRouting(Recorder("direct"), Recorder("general"))  # type: ignore[arg-type]
+    base = "http://127.0.0.1:9"
+    marked = httpx.Request("GET", base + "/a", extensions={"slicecache.direct": True})
+    await routing.handle_async_request(marked)
+    await routing.handle_async_request(httpx.Request("GET", base + "/a"))
+    with_body = httpx.Request("PUT", base + "/a", content=b"x")
+    with_body.extensions["slicecache.direct"] = True
+    await routing.handle_async_request(with_body)
+    tls = httpx.Request("GET", "https://127.0.0.1:9/a", extensions={"slicecache.direct": True})
+    await routing.handle_async_request(tls)
+    assert seen == ["direct", "general", "general", "general"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=12),
+    reads=st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=12),
+    chunked=st.booleans(),
+)
+def test_any_split_of_an_answer_reads_back_the_same_body(
+    cuts: list[int], reads: list[int], chunked: bool
+) -> None:
+    """However the origin's writes split the head and the body, and however large the
+    caller's reads are, the body comes back byte for byte and nothing is left over."""
+    payload = PAYLOAD[:20_000]
+    if chunked:
+        wire = _head(206, "Transfer-Encoding: chunked")
+        for start in range(0, len(payload), 3001):
+            piece = payload[start : start + 3001]
+            wire += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+        wire += b"0\r\n\r\n"
+    else:
+        wire = _head(206, f"Content-Length: {len(payload)}") + payload
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        position, index = 0, 0
+        while position < len(wire):
+            step = cuts[index % len(cuts)]
+            writer.write(wire[position : position + step])
+            await writer.drain()
+            await asyncio.sleep(0)
+            position += step
+            index += 1
+
+    async def run() -> None:
+        origin = ScriptedOrigin(script)
+        transport = DirectTransport(pool_size=1)
+        async with origin.running() as url:
+            for _ in range(2):
+                response = await transport.handle_async_request(_request(url))
+                body = bytearray()
+                index = 0
+                while True:
+                    buffer = bytearray(reads[index % len(reads)])
+                    index += 1
+                    count = await response.stream.read_into(memoryview(buffer))  # type: ignore[attr-defined]
+                    if not count:
+                        break
+                    body += buffer[:count]
+                assert bytes(body) == payload
+                await response.aclose()
+            await transport.aclose()
+        assert origin.connections == (2 if chunked else 1)
+
+    asyncio.run(run())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 import pytest
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.edge.interim import interim_sink
-from app.upstream.direct import DirectTransport, SliceRouting
+from app.upstream.direct import DirectBody, DirectTransport, SliceRouting
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PAYLOAD = bytes((i * 7 + 3) % 256 for i in range(300_000))
@@ -63,10 +63,15 @@ async def _read_all(response: httpx.Response, piece: int = 65536) -> bytes:
     body = bytearray()
     buffer = bytearray(piece)
     while True:
-        count = await response.stream.read_into(memoryview(buffer))  # type: ignore[attr-defined]
+        count = await _body(response).read_into(memoryview(buffer))
         if not count:
             return bytes(body)
         body += buffer[:count]
+
+
+def _body(response: httpx.Response) -> DirectBody:
+    assert isinstance(response.stream, DirectBody)
+    return response.stream
 
 
 def _head(status: int, *fields: str) -> bytes:
@@ -181,8 +186,8 @@ async def test_interim_answers_reach_the_sink_and_the_final_one_is_returned() ->
 
     seen: list[tuple[int, list[tuple[bytes, bytes]]]] = []
 
-    async def sink(status: int, fields: list[tuple[bytes, bytes]]) -> None:
-        seen.append((status, fields))
+    async def sink(status: int, fields: Sequence[tuple[bytes, bytes]]) -> None:
+        seen.append((status, list(fields)))
 
     origin = ScriptedOrigin(early_hints)
     transport = DirectTransport(pool_size=1)
@@ -370,7 +375,7 @@ def test_any_split_of_an_answer_reads_back_the_same_body(
                 while True:
                     buffer = bytearray(reads[index % len(reads)])
                     index += 1
-                    count = await response.stream.read_into(memoryview(buffer))  # type: ignore[attr-defined]
+                    count = await _body(response).read_into(memoryview(buffer))
                     if not count:
                         break
                     body += buffer[:count]

@@ -232,6 +232,7 @@ async def test_a_pooled_connection_the_origin_closed_is_replaced_without_an_erro
         (b"HTTP/1.1 2x6 X\r\nContent-Length: 0\r\n\r\n", "bad origin response head"),
         (b"HTTP/1.1 206 X\r\nContent-Length: 1, 2\r\n\r\n", "bad origin response head"),
         (b"HTTP/1.1 206 X\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "too large"),
+        (b"HTTP/1.1 103 Early Hints\r\n\r\n" * 17, "interim answers"),
     ],
 )
 async def test_a_malformed_answer_is_a_protocol_error_and_frees_its_connection(

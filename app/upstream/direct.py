@@ -42,6 +42,7 @@ HEAD_LIMIT = SCRATCH_BYTES  # a response head larger than this is refused
 _FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUSES = frozenset({204, 304})
 BEFORE_RESPONSE = "before a response"
+MAX_INTERIM = 16  # 1xx answers before the final one; an origin looping on them is broken
 # Request extension: send this request on the direct client (set by UpstreamClient).
 DIRECT = "slicecache.direct"
 
@@ -445,7 +446,7 @@ class DirectTransport(httpx.AsyncBaseTransport):
     async def _answer(
         self, connection: _Connection, request: httpx.Request, read_timeout: float | None
     ) -> httpx.Response:
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             parser, fields = await connection.read_head(read_timeout)
             status = parser.get_status_code()
             if status == 101:
@@ -458,6 +459,8 @@ class DirectTransport(httpx.AsyncBaseTransport):
                     await sink(status, fields.fields)
                 except Exception:  # noqa: S110 - the client left: the final answer matters
                     pass
+        else:
+            raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
         if any(_FIELD_CTL.search(value) for _, value in fields.fields):
             raise httpx.RemoteProtocolError("origin sent a control character in a field")
         length, decoded = _framing(request.method, status, fields.fields)

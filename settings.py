@@ -187,7 +187,13 @@ class Settings(BaseSettings):
         "one.",
     )
     upstream_pool_size: int = Field(
-        default=100, ge=1, le=10000, description="Most connections open to the origin at once."
+        default=100,
+        ge=1,
+        le=10000,
+        description=(
+            "Most connections open to the origin at once, per origin client: slice requests"
+            " have a pool of this size, and all other requests another."
+        ),
     )
     upstream_keepalive_seconds: float = Field(
         default=3.0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from app.engine.fills import SliceBuffer
 from cache import keys
 from cache.indexed import ObjectIndexedLRU
 from cache.protocol import CacheFront
@@ -27,7 +28,7 @@ def version_slices_prefix(entry_key: str, version: str) -> str:
 @dataclass
 class Readers:
     store: CacheFront | None
-    recent: ObjectIndexedLRU[str, bytearray]
+    recent: ObjectIndexedLRU[str, SliceBuffer]
     streaming: dict[str, int] = field(default_factory=dict)
     reading: dict[str, int] = field(default_factory=dict)
     _retired: set[str] = field(default_factory=set)

@@ -42,6 +42,7 @@ from app.engine.fills import (
     BudgetWaiter,
     ByteBudget,
     FetchHold,
+    SliceBuffer,
     SliceClaim,
     SliceFill,
     SliceGone,
@@ -134,7 +135,7 @@ class SliceEngine:
         return self.inflight.fills
 
     @property
-    def recent(self) -> ObjectIndexedLRU[str, bytearray]:
+    def recent(self) -> ObjectIndexedLRU[str, SliceBuffer]:
         return self.readers.recent
 
     @property

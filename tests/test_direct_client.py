@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import socketserver
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
@@ -386,3 +390,173 @@ def test_any_split_of_an_answer_reads_back_the_same_body(
         assert origin.connections == (2 if chunked else 1)
 
     asyncio.run(run())
+
+
+def _chunked(
+    payload: bytes, size: int = 1000, lie_at: int | None = None, fields: tuple[str, ...] = ()
+) -> tuple[bytes, int]:
+    """A 206 of ``payload`` chunked in ``size`` pieces; the chunk at ``lie_at`` claims 5
+    bytes more than it has. Returns the wire bytes and where the size line after the lie
+    ends (the head's end without a lie)."""
+    wire = bytearray(_head(206, "Transfer-Encoding: chunked", *fields))
+    after_lie = len(wire)
+    for start in range(0, len(payload), size):
+        piece = payload[start : start + size]
+        claimed = len(piece) + (5 if start == lie_at else 0)
+        wire += f"{claimed:x}\r\n".encode()
+        if lie_at is not None and start == lie_at + size:
+            after_lie = len(wire)
+        wire += piece + b"\r\n"
+    wire += b"0\r\n\r\n"
+    return bytes(wire), after_lie
+
+
+async def test_a_chunked_body_ends_with_its_message_not_with_what_follows_it() -> None:
+    """A short chunked body and another response in the same write: the body is what
+    its chunks said, nothing of the next response's (helper-33's finding 1)."""
+
+    async def short_then_more(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        short = PAYLOAD[:900]
+        writer.write(
+            _head(206, "Transfer-Encoding: chunked")
+            + f"{len(short):x}\r\n".encode()
+            + short
+            + b"\r\n0\r\n\r\n"
+            + _head(200, "Content-Length: 100")
+            + b"X" * 100
+        )
+        await writer.drain()
+
+    origin = ScriptedOrigin(short_then_more)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        assert await _read_all(response, piece=4096) == PAYLOAD[:900]
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_a_chunk_longer_than_its_bytes_is_never_handed_on() -> None:
+    """A chunk size 5 bytes too large swallows the CRLF and size line after it; the parser
+    sees it only at the next size line. Bytes are handed on only once the size line after
+    their chunk parsed, so what came before the error is a true prefix (finding 2)."""
+    wire, after_lie = _chunked(PAYLOAD[:20_000], lie_at=9000)
+
+    async def lying(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(wire[:after_lie])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the reader takes what it can before the error shows
+        writer.write(wire[after_lie:])
+        await writer.drain()
+
+    origin = ScriptedOrigin(lying)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        body = bytearray()
+        buffer = bytearray(1500)
+        with pytest.raises(httpx.RemoteProtocolError, match="bad chunked body"):
+            while count := await _body(response).read_into(memoryview(buffer)):
+                body += buffer[:count]
+        assert bytes(body) == PAYLOAD[: len(body)], "bytes of a misframed chunk handed on"
+        assert len(body) <= 9000
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_trailer_fields_are_not_response_fields() -> None:
+    async def with_trailer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            _head(206, "Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"
+        )
+        await writer.drain()
+
+    origin = ScriptedOrigin(with_trailer)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        assert await _read_all(response) == b"abc"
+        assert "x-sum" not in response.headers
+        await response.aclose()
+        await transport.aclose()
+
+
+class _FaultyChunkedOrigin(socketserver.ThreadingTCPServer):
+    """Answers every Range of ``payload`` as a chunked 206 over keep-alive connections; the
+    first answer of each fault's choosing is broken the way ``fault`` says."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, payload: bytes, fault: str) -> None:
+        self.payload = payload
+        self.fault = fault
+        self.faulted = False
+        super().__init__(("127.0.0.1", 0), _FaultyChunkedHandler)
+
+
+class _FaultyChunkedHandler(socketserver.StreamRequestHandler):
+    server: _FaultyChunkedOrigin
+
+    def handle(self) -> None:
+        while True:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = self.rfile.readline()
+                if not line:
+                    return
+                head += line
+            spec = re.search(rb"(?i)\r\nrange: bytes=(\d+)-(\d+)", head)
+            assert spec is not None, head
+            first, last = int(spec[1]), int(spec[2])
+            payload = self.server.payload
+            last = min(last, len(payload) - 1)
+            fields = (
+                f"Content-Range: bytes {first}-{last}/{len(payload)}",
+                'ETag: "v1"',
+                "Cache-Control: public, max-age=600",
+            )
+            body = payload[first : last + 1]
+            fault = None if self.server.faulted else self.server.fault
+            self.server.faulted = True
+            if fault == "short-then-more":
+                short = body[:-100]
+                wire = _head(206, "Transfer-Encoding: chunked", *fields)
+                wire += f"{len(short):x}\r\n".encode() + short + b"\r\n0\r\n\r\n"
+                wire += _head(200, "Content-Length: 100") + b"X" * 100
+                self.wfile.write(wire)
+                continue
+            lie_at = (len(body) // 2000) * 1000 if fault else None
+            wire, after_lie = _chunked(body, lie_at=lie_at, fields=fields)
+            self.wfile.write(wire[:after_lie])
+            self.wfile.flush()
+            if fault:
+                time.sleep(0.2)  # the proxy reads what came before the lie shows
+            self.wfile.write(wire[after_lie:])
+
+
+@pytest.mark.parametrize("fault", ["short-then-more", "chunk-size-lie"])
+def test_a_misframed_chunked_slice_is_never_stored_or_served(
+    proxy: Callable[..., contextlib.AbstractContextManager[str]], fault: str
+) -> None:
+    """End to end (helper-33's findings 1 and 2): the slice is fetched again; the client
+    and every later hit get the object's bytes, never the next response's or a chunk's
+    framing."""
+    payload = bytes((i * 31 + 7) % 251 for i in range(4 * 65536))
+    origin = _FaultyChunkedOrigin(payload, fault)
+    thread = threading.Thread(target=origin.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{origin.server_address[1]}"
+        with proxy(upstream_address=address, slice_size=65536) as url:
+            for attempt in range(3):
+                try:
+                    got = httpx.get(f"{url}/obj.bin", timeout=30)
+                except httpx.HTTPError:
+                    assert attempt == 0, "only the first response may be cut off"
+                    continue
+                assert got.status_code == 200
+                assert got.content == payload, f"attempt {attempt}: wrong bytes"
+    finally:
+        origin.shutdown()
+        origin.server_close()

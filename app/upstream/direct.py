@@ -52,25 +52,43 @@ class NothingReceived(httpx.ReadError):
 
 
 class _Head:
-    """httptools callbacks: a response head's status and fields; bodies of decoded framings."""
+    """httptools callbacks: a response head's status and fields; a chunked body's bytes.
+
+    A chunk's bytes are handed on only once the size line after it (or the last chunk's)
+    has parsed: a chunk that claimed more bytes than it had takes in the CRLF and size
+    line after it as data, which only the next size line shows. Nothing after the end of
+    the message is body (the parser goes on reading a response that follows it)."""
 
     def __init__(self) -> None:
         self.fields: list[tuple[bytes, bytes]] = []
         self.complete = False
-        self.body: list[bytes] = []  # decoded body pieces (chunked framing only)
+        self.body: list[bytes] = []  # body pieces whose framing has been confirmed
+        self.unconfirmed: list[bytes] = []  # the current chunk's pieces
         self.message_complete = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
+        if not self.complete:  # a chunked body's trailer fields are not the head's
+            self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.complete = True
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if not self.message_complete:
+            self.unconfirmed.append(body)
+
+    def on_chunk_header(self) -> None:
+        self._confirm()
 
     def on_message_complete(self) -> None:
-        self.message_complete = True
+        if not self.message_complete:
+            self._confirm()
+            self.message_complete = True
+
+    def _confirm(self) -> None:
+        if self.unconfirmed:
+            self.body.extend(self.unconfirmed)
+            self.unconfirmed = []
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -285,10 +303,7 @@ class DirectBody(httpx.AsyncByteStream):
             count = await connection.read_raw(memoryview(data), self._timeout)
             if count == 0:
                 raise connection.lost("in a chunked body")
-            try:
-                self._parser.feed_data(bytes(data[:count]))
-            except httptools.HttpParserError as error:
-                raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
+            feed_decoded(self._parser, fields, bytes(data[:count]))
         piece = fields.body[0]
         count = min(len(piece), len(view))
         view[:count] = piece[:count]
@@ -472,10 +487,7 @@ class DirectTransport(httpx.AsyncBaseTransport):
             connection.start = connection.end
             connection._drained()
             if rest:
-                try:
-                    parser.feed_data(rest)
-                except httptools.HttpParserError as error:
-                    raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
+                feed_decoded(parser, fields, rest)
         return httpx.Response(
             status_code=status,
             headers=fields.fields,
@@ -489,6 +501,16 @@ class DirectTransport(httpx.AsyncBaseTransport):
         for idle in self._idle.values():
             for connection in list(idle):
                 self.forget(connection)
+
+
+def feed_decoded(parser: httptools.HttpResponseParser, fields: _Head, data: bytes) -> None:
+    """Chunked body bytes to the parser; a framing error is the body's (a 502 or an
+    aborted response), unless it is in what follows a complete message (not ours)."""
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError as error:
+        if not fields.message_complete:
+            raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
 
 
 def _framing(

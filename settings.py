@@ -169,7 +169,13 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=300, description="Seconds to open a connection to the origin."
     )
     read_timeout: float = Field(
-        default=30.0, gt=0, le=3600, description="Seconds the origin may stay silent mid-response."
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds the origin may stay silent mid-response; a slice request's whole"
+            " response head must arrive within it."
+        ),
     )
     total_timeout: float = Field(
         default=0.0,

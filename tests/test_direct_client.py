@@ -560,3 +560,24 @@ def test_a_misframed_chunked_slice_is_never_stored_or_served(
     finally:
         origin.shutdown()
         origin.server_close()
+
+
+async def test_a_head_dripped_slower_than_the_read_timeout_in_all_times_out() -> None:
+    """Each byte within the read timeout, the whole head not: the connection is let go
+    (helper-33's finding 3: such an origin held the pool after its clients left)."""
+
+    async def drip(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for byte in _head(206, "Content-Length: 1", "X-Pad: " + "p" * 40):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    origin = ScriptedOrigin(drip)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        request = _request(url)
+        request.extensions["timeout"] = {"connect": 1.0, "read": 0.3, "pool": 1.0}
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(request)
+        assert transport._open == 0
+        await transport.aclose()

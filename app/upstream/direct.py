@@ -163,7 +163,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.paused = False
             self.transport.resume_reading()
 
-    async def _wait(self, timeout: float | None) -> None:
+    async def _wait(self, timeout: float | None, late: str = "no bytes from the origin") -> None:
         """Until the next read or the connection's end; ReadTimeout after ``timeout``."""
         self._resume()
         self.waiter = asyncio.get_running_loop().create_future()
@@ -171,7 +171,7 @@ class _Connection(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout):
                 await self.waiter
         except TimeoutError:
-            raise httpx.ReadTimeout("no bytes from the origin in time") from None
+            raise httpx.ReadTimeout(f"{late} in time") from None
         finally:
             self.waiter = None
 
@@ -183,7 +183,12 @@ class _Connection(asyncio.BufferedProtocol):
         return httpx.RemoteProtocolError(f"origin closed the connection {what}")
 
     async def read_head(self, timeout: float | None) -> tuple[httptools.HttpResponseParser, _Head]:
-        """The next response head (its bytes consumed from scratch), parsed."""
+        """The next response head (its bytes consumed from scratch), parsed. ``timeout``
+        bounds the whole head, not each read: an origin dripping a byte at a time would
+        otherwise hold the connection for as long as it likes (a probe runs on after its
+        clients left, for the others that may join it)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             found = self.scratch.find(b"\r\n\r\n", self.start, self.end)
             if found >= 0:
@@ -197,7 +202,8 @@ class _Connection(asyncio.BufferedProtocol):
                 pending = self.end - self.start
                 self.scratch[:pending] = self.scratch[self.start : self.end]
                 self.start, self.end = 0, pending
-            await self._wait(timeout)
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            await self._wait(remaining, "no complete response head")
         head = bytes(self.scratch[self.start : head_end])
         self.start = head_end
         self._drained()

@@ -19,7 +19,7 @@ Failures are httpx's exceptions, so the retries, timeouts and metrics of
 The pool holds at most ``pool_size`` connections (its own, beside the general client's),
 reuses the most recently released first and closes one idle for ``keepalive_seconds``.
 
-Length: ~520 lines in one module on purpose: the connection's two read targets (the
+Length: ~570 lines in one module on purpose: the connection's two read targets (the
 caller's buffer, its scratch), the body framings that consume them and the pool that owns
 the connections are one state machine; split, its private fields would become interfaces.
 """
@@ -404,8 +404,8 @@ class DirectTransport(httpx.AsyncBaseTransport):
                 self._slot_ends()
             if self._open < self._pool_size:
                 break
-            if not idle and any(self._idle.values()):
-                # Full with idle connections to another address: close the oldest.
+            if (fresh or not idle) and any(self._idle.values()):
+                # Full with idle connections that will not do: close the oldest.
                 other = next(conns for conns in self._idle.values() if conns)
                 self.forget(other[0])
                 continue

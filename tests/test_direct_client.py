@@ -481,9 +481,15 @@ async def test_trailer_fields_are_not_response_fields() -> None:
         await transport.aclose()
 
 
-class _FaultyChunkedOrigin(socketserver.ThreadingTCPServer):
-    """Answers every Range of ``payload`` as a chunked 206 over keep-alive connections; the
-    first answer of each fault's choosing is broken the way ``fault`` says."""
+SLICE = 65536
+CHUNKED_FAULTS = ("short-then-more", "chunk-size-lie")  # on the first request (the probe)
+RUN_FAULTS = ("cut-mid-run", "cut-then-whole")  # on the first request for several slices
+
+
+class _FaultyOrigin(socketserver.ThreadingTCPServer):
+    """Answers every Range of ``payload`` with a 206 over keep-alive connections (chunked
+    for the chunked faults, else with a Content-Length), one answer broken as ``fault``
+    says; ``ranges`` records what was asked."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -491,12 +497,13 @@ class _FaultyChunkedOrigin(socketserver.ThreadingTCPServer):
     def __init__(self, payload: bytes, fault: str) -> None:
         self.payload = payload
         self.fault = fault
-        self.faulted = False
-        super().__init__(("127.0.0.1", 0), _FaultyChunkedHandler)
+        self.state = "armed"  # -> "cut" (a run was cut short) -> "done"
+        self.ranges: list[tuple[int, int]] = []
+        super().__init__(("127.0.0.1", 0), _FaultyHandler)
 
 
-class _FaultyChunkedHandler(socketserver.StreamRequestHandler):
-    server: _FaultyChunkedOrigin
+class _FaultyHandler(socketserver.StreamRequestHandler):
+    server: _FaultyOrigin
 
     def handle(self) -> None:
         while True:
@@ -507,48 +514,74 @@ class _FaultyChunkedHandler(socketserver.StreamRequestHandler):
                     return
                 head += line
             spec = re.search(rb"(?i)\r\nrange: bytes=(\d+)-(\d+)", head)
-            assert spec is not None, head
-            first, last = int(spec[1]), int(spec[2])
-            payload = self.server.payload
-            last = min(last, len(payload) - 1)
-            fields = (
-                f"Content-Range: bytes {first}-{last}/{len(payload)}",
-                'ETag: "v1"',
-                "Cache-Control: public, max-age=600",
-            )
-            body = payload[first : last + 1]
-            fault = None if self.server.faulted else self.server.fault
-            self.server.faulted = True
-            if fault == "short-then-more":
+            if spec is None:  # passed through whole (once the Range was seen ignored)
+                payload = self.server.payload
+                self.wfile.write(_head(200, f"Content-Length: {len(payload)}") + payload)
+                continue
+            if not self._answer(int(spec[1]), int(spec[2])):
+                return
+
+    def _answer(self, first: int, last: int) -> bool:
+        """Writes one answer; False when the connection is to be closed."""
+        server, payload = self.server, self.server.payload
+        last = min(last, len(payload) - 1)
+        server.ranges.append((first, last))
+        fields = (
+            f"Content-Range: bytes {first}-{last}/{len(payload)}",
+            'ETag: "v1"',
+            "Cache-Control: public, max-age=600",
+        )
+        body = payload[first : last + 1]
+        fault = server.fault
+        if fault in CHUNKED_FAULTS:
+            faulty = server.state == "armed"
+            server.state = "done"
+            if faulty and fault == "short-then-more":
                 short = body[:-100]
                 wire = _head(206, "Transfer-Encoding: chunked", *fields)
                 wire += f"{len(short):x}\r\n".encode() + short + b"\r\n0\r\n\r\n"
                 wire += _head(200, "Content-Length: 100") + b"X" * 100
                 self.wfile.write(wire)
-                continue
-            lie_at = (len(body) // 2000) * 1000 if fault else None
+                return True
+            lie_at = (len(body) // 2000) * 1000 if faulty else None
             wire, after_lie = _chunked(body, lie_at=lie_at, fields=fields)
             self.wfile.write(wire[:after_lie])
             self.wfile.flush()
-            if fault:
+            if faulty:
                 time.sleep(0.2)  # the proxy reads what came before the lie shows
             self.wfile.write(wire[after_lie:])
+            return True
+        if server.state == "armed" and len(body) > SLICE:
+            # The run's first slice and half the next, then the connection drops.
+            server.state = "cut"
+            self.wfile.write(_head(206, f"Content-Length: {len(body)}", *fields))
+            self.wfile.write(body[: SLICE + SLICE // 2])
+            return False
+        if server.state == "cut" and fault == "cut-then-whole":
+            # The retry is answered with the whole object, as if Range were ignored.
+            server.state = "done"
+            whole = (f"Content-Length: {len(payload)}", *fields[1:])
+            self.wfile.write(_head(200, *whole) + payload)
+            return True
+        self.wfile.write(_head(206, f"Content-Length: {len(body)}", *fields) + body)
+        return True
 
 
-@pytest.mark.parametrize("fault", ["short-then-more", "chunk-size-lie"])
-def test_a_misframed_chunked_slice_is_never_stored_or_served(
+@pytest.mark.parametrize("fault", [*CHUNKED_FAULTS, *RUN_FAULTS])
+def test_a_faulty_slice_answer_is_never_stored_or_served(
     proxy: Callable[..., contextlib.AbstractContextManager[str]], fault: str
 ) -> None:
-    """End to end (helper-33's findings 1 and 2): the slice is fetched again; the client
-    and every later hit get the object's bytes, never the next response's or a chunk's
-    framing."""
-    payload = bytes((i * 31 + 7) % 251 for i in range(4 * 65536))
-    origin = _FaultyChunkedOrigin(payload, fault)
+    """End to end, helper-33's findings 1 and 2 (a chunked slice misframed) and
+    helper-34's (a run of slices cut mid-way: the retry resumes at the slice it stopped
+    in, read into it directly or copied from an answer that ignored the Range): the
+    client and every later hit get the object's bytes."""
+    payload = bytes((i * 31 + 7) % 251 for i in range(16 * SLICE))
+    origin = _FaultyOrigin(payload, fault)
     thread = threading.Thread(target=origin.serve_forever, daemon=True)
     thread.start()
     try:
         address = f"127.0.0.1:{origin.server_address[1]}"
-        with proxy(upstream_address=address, slice_size=65536) as url:
+        with proxy(upstream_address=address, slice_size=SLICE) as url:
             for attempt in range(3):
                 try:
                     got = httpx.get(f"{url}/obj.bin", timeout=30)
@@ -557,6 +590,13 @@ def test_a_misframed_chunked_slice_is_never_stored_or_served(
                     continue
                 assert got.status_code == 200
                 assert got.content == payload, f"attempt {attempt}: wrong bytes"
+        if fault in RUN_FAULTS:
+            assert origin.state != "armed", f"no run of several slices asked: {origin.ranges}"
+            # The cut run asked again (other runs go on meanwhile): from where it stopped.
+            cut = next(i for i, (a, b) in enumerate(origin.ranges) if b - a + 1 > SLICE)
+            first, last = origin.ranges[cut]
+            retry = next(a for a, b in origin.ranges[cut + 1 :] if b == last)
+            assert retry == first + SLICE + SLICE // 2, origin.ranges
     finally:
         origin.shutdown()
         origin.server_close()

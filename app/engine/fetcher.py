@@ -133,10 +133,15 @@ class SliceFetcher:
         if epoch is None:
             epoch = self.store_epoch()
         attempt = 0
-        current = 0  # the fill being written; earlier ones are complete
         last = fills[-1].last
         pinned = meta.pins_version
         while True:
+            # The fill to write next: every one before it is complete. Taken afresh for
+            # each attempt, from the fills themselves: an attempt that failed mid-run
+            # leaves them as far as it got.
+            current = next((i for i, f in enumerate(fills) if not f.done), len(fills))
+            if current == len(fills):
+                return  # every byte arrived; what failed came after them
             fill = fills[current]
             if pinned:
                 first = fill.first + fill.filled  # resume where we stopped
@@ -166,11 +171,11 @@ class SliceFetcher:
                 body_started = time.monotonic()
                 received = 0
                 if not skip and not recheck and reads_into(response.stream):
-                    received, current = await self._read_into_fills(
+                    received = await self._read_into_fills(
                         response, fills, current, store, epoch, meta, first, last
                     )
                 else:
-                    received, current = await self._relay_chunks(
+                    received = await self._relay_chunks(
                         response, fills, current, store, epoch, meta, first, last, skip, recheck
                     )
                 if measured and self.pace is not None:
@@ -203,10 +208,10 @@ class SliceFetcher:
         last: int,
         skip: int,
         recheck: int,
-    ) -> tuple[int, int]:
-        """The answer's body as chunks copied into the fills (any transport; an answer
-        that ignored the Range, a retry that re-reads bytes already received). Returns
-        (bytes received, the fill being written)."""
+    ) -> int:
+        """The answer's body as chunks copied into the fills from ``fills[current]`` on
+        (any transport; an answer that ignored the Range, a retry that re-reads bytes
+        already received). Returns the bytes received."""
         wanted = last - first + 1  # what this answer may still give us
         received = 0
         async for chunk in response.aiter_raw():
@@ -248,7 +253,7 @@ class SliceFetcher:
                 # first byte) ran. Only then: a turn after every read let the
                 # origin connections' buffers fill while fills waited their turn.
                 await asyncio.sleep(0)
-        return received, current
+        return received
 
     async def _read_into_fills(
         self,
@@ -260,17 +265,17 @@ class SliceFetcher:
         meta: ObjectMeta,
         first: int,
         last: int,
-    ) -> tuple[int, int]:
-        """The answer's body read straight into the fills' buffers (one kernel copy per
-        byte, app/upstream/direct.py), each complete slice kept as it completes. Returns
-        (bytes received, the fill being written)."""
+    ) -> int:
+        """The answer's body read straight into the fills' buffers from ``fills[current]``
+        on (one kernel copy per byte, app/upstream/direct.py), each complete slice kept as
+        it completes. Returns the bytes received."""
         stream: Any = response.stream
         received = 0
         while not fills[-1].done:
             fill = fills[current]
             count = await stream.read_into(fill.room())
             if not count:
-                return received, current  # the body ended short: the caller resumes
+                return received  # the body ended short: the caller resumes
             self.counters.upstream_bytes += count
             received += count
             complete = fill.filled + count == fill.length
@@ -285,7 +290,7 @@ class SliceFetcher:
             fill.finish()
             await self.keep(fill, store, epoch, meta)
             current = min(current + 1, len(fills) - 1)
-        return received, current
+        return received
 
 
 def _sent_more(first: int, last: int) -> SliceError:

@@ -406,7 +406,11 @@ def create_app(
         ),
     )
     make_transport = transport_factory or (
-        lambda s: default_transport(s.upstream_pool_size, s.upstream_keepalive_seconds)
+        lambda s: default_transport(
+            s.upstream_pool_size,
+            s.upstream_keepalive_seconds,
+            RateLimitedLog(log, s.warning_interval_seconds),
+        )
     )
 
     @contextlib.asynccontextmanager

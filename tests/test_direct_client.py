@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import socketserver
 import threading
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from app.edge.interim import interim_sink
 from app.upstream.direct import DirectBody, DirectTransport, SliceRouting
+from cache.ratelimit import RateLimitedLog
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 PAYLOAD = bytes((i * 7 + 3) % 256 for i in range(300_000))
@@ -57,9 +59,9 @@ class ScriptedOrigin:
             server.close()
 
 
-def _request(url: str, target: str = "/obj", method: str = "GET") -> httpx.Request:
-    request = httpx.Request(method, url + target, headers={"range": "bytes=0-"})
-    request.extensions["timeout"] = TIMEOUTS
+def _request(url: str, read: float = 2.0, pool: float = 2.0) -> httpx.Request:
+    request = httpx.Request("GET", url + "/obj", headers={"range": "bytes=0-"})
+    request.extensions["timeout"] = {**TIMEOUTS, "read": read, "pool": pool}
     return request
 
 
@@ -108,9 +110,12 @@ async def test_a_content_length_body_lands_in_the_callers_buffer_and_the_connect
     assert b"\r\nrange: bytes=0-\r\n" in origin.requests[0].lower()
 
 
-async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_goes() -> None:
+async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_goes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     origin = ScriptedOrigin(content_length(b"abcdef", extra=b"HTTP/1.1 200 OK\r\n\r\nnope"))
-    transport = DirectTransport(pool_size=4)
+    warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 60.0)
+    transport = DirectTransport(pool_size=4, warnings=warnings)
     async with origin.running() as url:
         for _ in range(2):
             response = await transport.handle_async_request(_request(url))
@@ -119,6 +124,8 @@ async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_
             await response.aclose()
         await transport.aclose()
     assert origin.connections == 2, "a connection with excess bytes was reused"
+    said = [r.getMessage() for r in caplog.records if r.name == "slicecache.test"]
+    assert said == ["origin sent more than its Content-Length; connection dropped"], said
 
 
 async def test_a_body_cut_short_fails_and_its_connection_is_not_reused() -> None:
@@ -262,20 +269,16 @@ async def test_timeouts_and_refusals_are_httpx_errors_and_the_pool_is_bounded() 
     origin = ScriptedOrigin(silent)
     transport = DirectTransport(pool_size=1)
     async with origin.running() as url:
-        request = _request(url)
-        request.extensions["timeout"] = {"connect": 1.0, "read": 0.1, "pool": 0.1}
         with pytest.raises(httpx.ReadTimeout):
-            await transport.handle_async_request(request)
+            await transport.handle_async_request(_request(url, read=0.1, pool=0.1))
         assert transport._open == 0
 
     # The pool's one connection in use: the next request waits at most the pool timeout.
     origin = ScriptedOrigin(content_length(b"held"))
     async with origin.running() as url:
         held = await transport.handle_async_request(_request(url))
-        request = _request(url)
-        request.extensions["timeout"] = {"connect": 1.0, "read": 1.0, "pool": 0.1}
         with pytest.raises(httpx.PoolTimeout):
-            await transport.handle_async_request(request)
+            await transport.handle_async_request(_request(url, read=1.0, pool=0.1))
         waiting = asyncio.ensure_future(transport.handle_async_request(_request(url)))
         await asyncio.sleep(0.05)
         assert not waiting.done()
@@ -615,9 +618,7 @@ async def test_a_head_dripped_slower_than_the_read_timeout_in_all_times_out() ->
     origin = ScriptedOrigin(drip)
     transport = DirectTransport(pool_size=1)
     async with origin.running() as url:
-        request = _request(url)
-        request.extensions["timeout"] = {"connect": 1.0, "read": 0.3, "pool": 1.0}
         with pytest.raises(httpx.ReadTimeout):
-            await transport.handle_async_request(request)
+            await transport.handle_async_request(_request(url, read=0.3, pool=1.0))
         assert transport._open == 0
         await transport.aclose()

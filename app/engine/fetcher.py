@@ -241,9 +241,7 @@ class SliceFetcher:
                 fill.append(view[:room])
                 view = view[room:]
                 if fill.filled == fill.length:
-                    fill.finish()
-                    await self.keep(fill, store, epoch, meta)
-                    current = min(current + 1, len(fills) - 1)
+                    current = await self._completed(fills, current, store, epoch, meta)
             if fills[-1].done and response.status_code == 200:
                 break
             if received == len(chunk):
@@ -285,12 +283,19 @@ class SliceFetcher:
                 if await stream.read_into(memoryview(bytearray(1))):
                     raise _sent_more(first, last)
             fill.advance(count)
-            if not complete:
-                continue
-            fill.finish()
-            await self.keep(fill, store, epoch, meta)
-            current = min(current + 1, len(fills) - 1)
+            if complete:
+                current = await self._completed(fills, current, store, epoch, meta)
         return received
+
+    async def _completed(
+        self, fills: list[SliceFill], current: int, store: bool, epoch: int, meta: ObjectMeta
+    ) -> int:
+        """``fills[current]`` is complete: its readers told, the slice kept. Returns the
+        fill to write next."""
+        fill = fills[current]
+        fill.finish()
+        await self.keep(fill, store, epoch, meta)
+        return min(current + 1, len(fills) - 1)
 
 
 def _sent_more(first: int, last: int) -> SliceError:

@@ -114,17 +114,18 @@ class SliceFill:
         end = self.filled + len(chunk)
         if end > self._length:
             raise SliceOverflow(f"slice {self.key!r} got {end} of {self._length} bytes")
-        if not self.buffer:
-            self.buffer = slice_buffer(self._length)
-        self.buffer[self.filled : end] = chunk
+        self._allocated()[self.filled : end] = chunk
         self.filled = end
         self._wake()
 
     def room(self) -> memoryview:
         """The slice's unfilled rest, for bytes read straight into it (then :meth:`advance`)."""
+        return memoryview(self._allocated())[self.filled :]
+
+    def _allocated(self) -> SliceBuffer:
         if not self.buffer:
             self.buffer = slice_buffer(self._length)
-        return memoryview(self.buffer)[self.filled :]
+        return self.buffer
 
     def advance(self, count: int) -> None:
         """``count`` more bytes were read into :meth:`room`."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,16 +34,14 @@ from cachetools import LRUCache
 from app.edge.asgi_io import ClientGone
 from app.edge.interim import interim_sink
 from app.ops.metrics import EngineCounters
-from app.upstream.direct import DIRECT, DirectTransport, SliceRouting, reads_into
+from app.upstream.direct import DirectTransport, SliceRouting, reads_into
 from app.upstream.framing import LengthTrustingHandler
+from app.upstream.wire import DIRECT, RAW_TARGET, control_character_in
+from cache.ratelimit import RateLimitedLog
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
 # socket had, up to this much.
 READ_BUFFER_BYTES = 1024 * 1024
-# What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
-_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-# Request extension: the target (path and query) exactly as the client sent it.
-RAW_TARGET = "slicecache.raw_target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +238,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # it would leave the client on a protocol nobody speaks: a bad gateway answer.
             response.close()
             raise httpx.RemoteProtocolError("origin switched protocols unasked", request=request)
-        if any(_FIELD_CTL.search(value) for _, value in response.raw_headers):
+        if control_character_in(response.raw_headers):
             # RFC 9110 5.5: no control character but HTAB in a field value. aiohttp's
             # parser lets them through; uvicorn refuses to write them (a traceback and no
             # answer at all), and a cache must not store them: a bad gateway answer.
@@ -500,10 +497,14 @@ class _DeadlineBody(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-def default_transport(pool_size: int, keepalive_seconds: float = 3.0) -> httpx.AsyncBaseTransport:
+def default_transport(
+    pool_size: int, keepalive_seconds: float = 3.0, warnings: RateLimitedLog | None = None
+) -> httpx.AsyncBaseTransport:
     """Slice requests on the direct client, everything else on aiohttp's (each a pool of
-    ``pool_size`` connections)."""
+    ``pool_size`` connections). ``warnings``: where the direct client says what it drops."""
     return SliceRouting(
-        DirectTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
+        DirectTransport(
+            pool_size=pool_size, keepalive_seconds=keepalive_seconds, warnings=warnings
+        ),
         AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
     )

@@ -27,7 +27,6 @@ the connections are one state machine; split, its private fields would become in
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,16 +34,13 @@ import httptools
 import httpx
 
 from app.edge.interim import interim_sink
+from app.upstream.wire import DIRECT, RAW_TARGET, control_character_in
+from cache.ratelimit import RateLimitedLog
 
 SCRATCH_BYTES = 64 * 1024  # heads, and body bytes read while no buffer was handed over
 HEAD_LIMIT = SCRATCH_BYTES  # a response head larger than this is refused
-# What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
-_FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUSES = frozenset({204, 304})
-BEFORE_RESPONSE = "before a response"
 MAX_INTERIM = 16  # 1xx answers before the final one; an origin looping on them is broken
-# Request extension: send this request on the direct client (set by UpstreamClient).
-DIRECT = "slicecache.direct"
 
 
 class NothingReceived(httpx.ReadError):
@@ -127,6 +123,7 @@ class _Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.idle_timer is not None:
             # Bytes nobody asked for (no request is out): never read as the next answer.
+            self.pool.dropped("origin_unasked_bytes", "origin sent bytes on an idle connection")
             self.pool.forget(self)
             return
         if self.into_target:
@@ -176,8 +173,6 @@ class _Connection(asyncio.BufferedProtocol):
             self.waiter = None
 
     def lost(self, what: str) -> httpx.TransportError:
-        if what == BEFORE_RESPONSE:
-            return NothingReceived(f"connection lost {what}: {self.error or 'closed'}")
         if self.error is not None:
             return httpx.ReadError(f"connection lost {what}: {self.error}")
         return httpx.RemoteProtocolError(f"origin closed the connection {what}")
@@ -197,7 +192,11 @@ class _Connection(asyncio.BufferedProtocol):
             if self.end - self.start >= HEAD_LIMIT:
                 raise httpx.RemoteProtocolError("origin response head too large")
             if self.closed:
-                raise self.lost(BEFORE_RESPONSE if self.end == self.start else "in a head")
+                if self.end == self.start:
+                    raise NothingReceived(
+                        f"connection lost before a response: {self.error or 'closed'}"
+                    )
+                raise self.lost("in a head")
             if self.end == len(self.scratch):  # make room after an earlier interim head
                 pending = self.end - self.start
                 self.scratch[:pending] = self.scratch[self.start : self.end]
@@ -276,6 +275,7 @@ class DirectBody(httpx.AsyncByteStream):
         self._fields = fields
         self._remaining = length  # Content-Length bytes still due; None: other framing
         self._decoded = decoded  # chunked: pieces come from the parser
+        self._wire: bytearray | None = None  # the chunked framing's bytes, for the parser
         self._timeout = read_timeout
         self._finished = length == 0
         self._released = False
@@ -305,11 +305,12 @@ class DirectBody(httpx.AsyncByteStream):
             if fields.message_complete:
                 self._finished = True
                 return 0
-            data = bytearray(SCRATCH_BYTES)
-            count = await connection.read_raw(memoryview(data), self._timeout)
+            if self._wire is None:
+                self._wire = bytearray(SCRATCH_BYTES)
+            count = await connection.read_raw(memoryview(self._wire), self._timeout)
             if count == 0:
                 raise connection.lost("in a chunked body")
-            feed_decoded(self._parser, fields, bytes(data[:count]))
+            feed_decoded(self._parser, fields, bytes(self._wire[:count]))
         piece = fields.body[0]
         count = min(len(piece), len(view))
         view[:count] = piece[:count]
@@ -335,10 +336,13 @@ class DirectBody(httpx.AsyncByteStream):
         connection = self._connection
         # Reused only after a whole Content-Length body and nothing more: a connection
         # abandoned mid-body, or with bytes after the body, could hand them to the next.
+        excess = self._finished and connection.start != connection.end
+        if excess:
+            self._pool.dropped("origin_excess_bytes", "origin sent more than its Content-Length")
         reusable = (
             self._finished
             and self._remaining == 0
-            and connection.start == connection.end
+            and not excess
             and self._parser.should_keep_alive()
         )
         self._pool.release(connection, reusable)
@@ -347,14 +351,27 @@ class DirectBody(httpx.AsyncByteStream):
 class DirectTransport(httpx.AsyncBaseTransport):
     """An httpx transport for body-less HTTP/1.1 requests to one ``http://`` origin."""
 
-    def __init__(self, *, pool_size: int, keepalive_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        keepalive_seconds: float = 3.0,
+        warnings: RateLimitedLog | None = None,
+    ) -> None:
         self._pool_size = pool_size
+        self.warnings = warnings
         self._keepalive = keepalive_seconds
         # Idle connections by origin address, most recently released last.
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._open = 0  # connections open or being opened
         self._slot_freed = asyncio.Event()
         self._closed = False
+
+    def dropped(self, kind: str, message: str) -> None:
+        """Bytes the origin sent that no answer may use: dropped with their connection,
+        said once per interval (aiohttp's path drops them the same way)."""
+        if self.warnings is not None:
+            self.warnings.warning(kind, f"{message}; connection dropped")
 
     # --- pool ---------------------------------------------------------------------------
 
@@ -438,7 +455,7 @@ class DirectTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        target = request.extensions.get("slicecache.raw_target")
+        target = request.extensions.get(RAW_TARGET)
         if not isinstance(target, str):
             target = request.url.raw_path.decode("ascii")
         head = bytearray(f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1"))
@@ -482,7 +499,7 @@ class DirectTransport(httpx.AsyncBaseTransport):
                     pass
         else:
             raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
-        if any(_FIELD_CTL.search(value) for _, value in fields.fields):
+        if control_character_in(fields.fields):
             raise httpx.RemoteProtocolError("origin sent a control character in a field")
         length, decoded = _framing(request.method, status, fields.fields)
         body = DirectBody(connection, self, parser, fields, length, decoded, read_timeout)

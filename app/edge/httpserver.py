@@ -24,9 +24,11 @@ answers with requests by order, so written at once it would stand in for a valid
 request's answer, and the requests queued behind the running one would never be served.
 
 A refusal is written, the write side shut (FIN: the client sees the answer and can stop
-sending), and the rest of the client's input is discarded for a short linger (at most
-``LINGER_BYTES`` or ``LINGER_SECONDS``) so that a client that is still sending reads the
-answer instead of a reset; then the connection is closed. Every refusal (400, 408, 414,
+sending), and the rest of the client's input is discarded for a short linger (until the
+client closes, at most ``LINGER_SECONDS``: nginx's lingering_time) so that a client that
+is still sending reads the answer instead of a reset; then the connection is closed. A
+byte cap on the linger (1 MiB, until 2026-12-02) closed on a client still sending at full
+speed within a millisecond, and its reset could beat the answer. Every refusal (400, 408, 414,
 431, 503) is counted and logged, rate-limited, through the app's refusal log
 (app/ops/refusals.py): neither the access log nor the request metrics see these heads.
 - **Early hints**: uvicorn does not implement the ASGI ``http.response.early_hint``
@@ -66,7 +68,6 @@ from app.edge.writtenout import offer_written_out
 from app.ops.accesslog import http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
-LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
 # The request line's bytes besides the target: method, spaces, version, CRLFs.
 REQUEST_LINE_SLACK = 128
@@ -252,7 +253,6 @@ class EdgeGuard:
     _wake: asyncio.TimerHandle | None = None
     _wake_when = 0.0
     _lingering = False
-    _discarded = 0
 
     def _head_timed_out(self) -> None:
         raise NotImplementedError
@@ -307,13 +307,8 @@ class EdgeGuard:
             self.refusals.refused(status, cause, self.client)
 
     def _swallowed(self, data: bytes) -> bool:
-        """After a refusal, input is read and dropped (up to LINGER_BYTES) until close."""
-        if not self._lingering:
-            return False
-        self._discarded += len(data)
-        if self._discarded > LINGER_BYTES:
-            self.transport.close()
-        return True
+        """After a refusal, input is read and dropped until close (LINGER_SECONDS)."""
+        return self._lingering
 
     def _write_refusal(self, status: int, *, linger: bool = True, body: str | None = None) -> None:
         self._note_refusal(status, body)

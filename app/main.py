@@ -410,6 +410,7 @@ def create_app(
             s.upstream_pool_size,
             s.upstream_keepalive_seconds,
             RateLimitedLog(log, s.warning_interval_seconds),
+            runtime.metrics.counters.error,  # slicecache_errors_total{kind="origin_..."}
         )
     )
 

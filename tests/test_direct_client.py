@@ -115,7 +115,8 @@ async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_
 ) -> None:
     origin = ScriptedOrigin(content_length(b"abcdef", extra=b"HTTP/1.1 200 OK\r\n\r\nnope"))
     warnings = RateLimitedLog(logging.getLogger("slicecache.test"), 60.0)
-    transport = DirectTransport(pool_size=4, warnings=warnings)
+    counted: list[str] = []
+    transport = DirectTransport(pool_size=4, warnings=warnings, count=counted.append)
     async with origin.running() as url:
         for _ in range(2):
             response = await transport.handle_async_request(_request(url))
@@ -124,8 +125,34 @@ async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_
             await response.aclose()
         await transport.aclose()
     assert origin.connections == 2, "a connection with excess bytes was reused"
+    # Said once per interval, counted every time.
     said = [r.getMessage() for r in caplog.records if r.name == "slicecache.test"]
     assert said == ["origin sent more than its Content-Length; connection dropped"], said
+    assert counted == ["origin_excess_bytes", "origin_excess_bytes"]
+
+
+async def test_bytes_sent_on_an_idle_connection_drop_it_counted() -> None:
+    async def late(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(206, "Content-Length: 3") + b"abc")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the client has put the connection back in its pool
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnope")
+        await writer.drain()
+
+    origin = ScriptedOrigin(late)
+    counted: list[str] = []
+    transport = DirectTransport(pool_size=4, count=counted.append)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        assert await _read_all(response) == b"abc"
+        await response.aclose()
+        await asyncio.sleep(0.2)  # the unasked answer arrives while the connection idles
+        response = await transport.handle_async_request(_request(url))
+        assert await _read_all(response) == b"abc", "the unasked answer was read as this one"
+        await response.aclose()
+        await transport.aclose()
+    assert counted == ["origin_unasked_bytes"]
+    assert origin.connections == 2, "the connection that got unasked bytes was reused"
 
 
 async def test_a_body_cut_short_fails_and_its_connection_is_not_reused() -> None:

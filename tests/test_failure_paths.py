@@ -158,6 +158,9 @@ def test_a_shared_fill_that_fails_aborts_every_reader_and_caches_nothing(
                 assert error, (status, len(body))
                 assert len(body) < 1 * MiB
                 assert body == expected_bytes(name, 1, 0, len(body) - 1)
+            # Each cut is counted as the origin's (its 200 is in 2xx: it went out).
+            cut = 'slicecache_responses_incomplete_total{ended_by="origin"} 4.0'
+            wait_for(lambda: cut in httpx.get(f"{url}/_slicecache/metrics").text, cut)
             # Nothing of the failed fills was stored: with the origin healthy again, the
             # same URL comes back whole and byte-exact, its later slices fetched anew.
             origin.app.set_fault(name, "")

@@ -310,9 +310,10 @@ def test_access_log_sampling_keeps_errors_and_counts_everything() -> None:
     asyncio.run(_run(app, 200, more=True))  # ended without its last body: aborted
     written = [json.loads(line) for line in off.getvalue().splitlines()]
     assert [(e["status"], "aborted" in e) for e in written] == [(502, False), (200, True)]
-    assert 'slicecache_requests_total{cache="-",method="GET",status_class="2xx"} 51.0' in (
-        metrics.render().decode()
-    )
+    exported = metrics.render().decode()
+    assert 'slicecache_requests_total{cache="-",method="GET",status_class="2xx"} 51.0' in exported
+    # The cut-short one is in 2xx (its status went out) and counted as incomplete.
+    assert 'slicecache_responses_incomplete_total{ended_by="client"} 1.0' in exported
     every = io.StringIO()
     app = AccessLogMiddleware(lambda *_: None, metrics=Metrics(), stream=every)  # type: ignore[arg-type]
     for _ in range(20):

@@ -257,6 +257,12 @@ def _flush_if_alive(writer: weakref.ref[AccessLogWriter]) -> None:
         alive.flush()
 
 
+def _ended_by(aborted: str | None) -> str:
+    """Who cut a response short: the proxy sets ``aborted`` when the origin failed or changed
+    mid-body; otherwise (nothing set, or an upload the client gave up) the client left."""
+    return "client" if aborted is None or aborted.startswith("client") else "origin"
+
+
 class AccessLogMiddleware:
     """Writes the access line and records the per-request metrics.
 
@@ -325,7 +331,15 @@ class AccessLogMiddleware:
             duration = time.perf_counter() - started
             if self.metrics is not None:
                 ttfb = None if first_byte is None else first_byte - started
-                self.metrics.observe_request(scope["method"], status, log.cache, sent, ttfb, slices)
+                self.metrics.observe_request(
+                    scope["method"],
+                    status,
+                    log.cache,
+                    sent,
+                    ttfb,
+                    slices,
+                    None if complete else _ended_by(log.aborted),
+                )
             rate = self.sample_rate
             if rate >= 1.0 or not complete or status >= 500 or random.random() < rate:
                 stats = log.slices

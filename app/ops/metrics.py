@@ -208,6 +208,16 @@ class Metrics:
             ["method", "status_class", "cache"],
             registry=r,
         )
+        # A response cut short still counts under the status it started with (a 200 whose
+        # origin failed mid-body is in 2xx): this says how many ended early, and who ended it.
+        self.incomplete = Counter(
+            "slicecache_responses_incomplete",
+            "Responses that ended before their last byte, by who ended them: client "
+            "(disconnected) or origin (failed or changed mid-body); also counted in "
+            "slicecache_requests_total under the status they started with",
+            ["ended_by"],
+            registry=r,
+        )
         self.response_slices = Counter(
             "slicecache_response_slices",
             "Slices of sliced responses as X-Cache-Slices reports them: hit (cached when "
@@ -280,7 +290,11 @@ class Metrics:
         sent: int,
         ttfb: float | None,
         slices: tuple[int, int] | None = None,
+        ended_by: str | None = None,
     ) -> None:
+        """``ended_by``: who cut the response short ("client" or "origin"), None if whole."""
+        if ended_by is not None:
+            self.incomplete.labels(ended_by).inc()
         if ttfb is not None and cache in PROXIED:
             ttfb_child = self._ttfb_children.get(cache)
             if ttfb_child is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -498,13 +498,20 @@ class _DeadlineBody(httpx.AsyncByteStream):
 
 
 def default_transport(
-    pool_size: int, keepalive_seconds: float = 3.0, warnings: RateLimitedLog | None = None
+    pool_size: int,
+    keepalive_seconds: float = 3.0,
+    warnings: RateLimitedLog | None = None,
+    count: Callable[[str], None] | None = None,
 ) -> httpx.AsyncBaseTransport:
     """Slice requests on the direct client, everything else on aiohttp's (each a pool of
-    ``pool_size`` connections). ``warnings``: where the direct client says what it drops."""
+    ``pool_size`` connections). ``warnings`` and ``count``: where the direct client says
+    and counts (by kind) the origin bytes it drops."""
     return SliceRouting(
         DirectTransport(
-            pool_size=pool_size, keepalive_seconds=keepalive_seconds, warnings=warnings
+            pool_size=pool_size,
+            keepalive_seconds=keepalive_seconds,
+            warnings=warnings,
+            count=count,
         ),
         AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
     )

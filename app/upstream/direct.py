@@ -27,7 +27,7 @@ the connections are one state machine; split, its private fields would become in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httptools
@@ -357,9 +357,11 @@ class DirectTransport(httpx.AsyncBaseTransport):
         pool_size: int,
         keepalive_seconds: float = 3.0,
         warnings: RateLimitedLog | None = None,
+        count: Callable[[str], None] | None = None,
     ) -> None:
         self._pool_size = pool_size
         self.warnings = warnings
+        self._count = count
         self._keepalive = keepalive_seconds
         # Idle connections by origin address, most recently released last.
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
@@ -369,7 +371,10 @@ class DirectTransport(httpx.AsyncBaseTransport):
 
     def dropped(self, kind: str, message: str) -> None:
         """Bytes the origin sent that no answer may use: dropped with their connection,
-        said once per interval (aiohttp's path drops them the same way)."""
+        counted by ``kind`` and said once per interval (aiohttp's path drops them the same
+        way)."""
+        if self._count is not None:
+            self._count(kind)
         if self.warnings is not None:
             self.warnings.warning(kind, f"{message}; connection dropped")
 

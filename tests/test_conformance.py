@@ -53,6 +53,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.edge.httpserver import HttpProtocol
 from app.main import create_app
@@ -2170,6 +2171,29 @@ def test_origin_framing(suite: SuiteRunner, case: Case) -> None:
     than announced is cut to the announced length (and the connection is not reused: the
     third request, on the same origin, still gets a clean answer)."""
     suite.run(case.requests, real_pause=case.real_pause)
+
+
+def _excess_drops(suite: SuiteRunner) -> float:
+    text = suite.client.get(f"{suite.url}/_slicecache/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "slicecache_errors_total" and sample.labels == {
+                "kind": "origin_excess_bytes"
+            }:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])  # the slice client, aiohttp's pass-through
+def test_a_body_longer_than_announced_is_counted_as_a_drop(suite: SuiteRunner, method: str) -> None:
+    uuid = str(uuidlib.uuid4())
+    longer: Config = {"response_headers": [["Content-Length", "10", False]]}
+    suite.origin.configure(uuid, [longer])
+    before = _excess_drops(suite)
+    answer = suite.client.request(method, f"{suite.url}/test/{uuid}")
+    assert answer.status_code == 200
+    assert answer.content == uuid.encode()[:10]
+    assert _excess_drops(suite) == before + 1
 
 
 def test_an_unasked_101_is_a_bad_gateway_never_relayed_nor_stored(suite: SuiteRunner) -> None:

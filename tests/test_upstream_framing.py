@@ -74,9 +74,11 @@ def test_a_body_longer_than_announced_is_cut_and_the_connection_dropped() -> Non
     """Real sockets, the project's transport: the announced 10 bytes, twice, on two
     connections (the first one was not reused after its excess)."""
 
+    dropped: list[str] = []
+
     async def run() -> tuple[list[bytes], int]:
         server, port, connections = await _serve_once(HEAD + b"0123456789" + b"x" * 26)
-        transport = AiohttpTransport(pool_size=4)
+        transport = AiohttpTransport(pool_size=4, dropped=lambda kind, _: dropped.append(kind))
         bodies = []
         try:
             async with httpx.AsyncClient(transport=transport) as client:
@@ -91,6 +93,7 @@ def test_a_body_longer_than_announced_is_cut_and_the_connection_dropped() -> Non
     bodies, connections = asyncio.run(run())
     assert bodies == [b"0123456789", b"0123456789"]
     assert connections == 2
+    assert dropped == ["origin_excess_bytes", "origin_excess_bytes"]  # one per connection
 
 
 def test_body_reads_are_handed_on_without_a_copy_up_to_the_last_byte() -> None:

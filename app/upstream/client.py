@@ -158,14 +158,21 @@ class _InterimNotingResponse(aiohttp.ClientResponse):
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session; created inside a running event loop."""
 
-    def __init__(self, *, pool_size: int, keepalive_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int,
+        keepalive_seconds: float = 3.0,
+        dropped: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._connector = aiohttp.TCPConnector(
             limit=pool_size, limit_per_host=0, keepalive_timeout=keepalive_seconds
         )
         # Each connection's protocol: aiohttp's, cut at the announced Content-Length
-        # (app/upstream/framing.py). aiohttp has no public hook for it.
+        # (app/upstream/framing.py; ``dropped`` hears of each cut). aiohttp has no public
+        # hook for it.
         self._connector._factory = functools.partial(  # type: ignore[assignment]
-            LengthTrustingHandler, loop=asyncio.get_running_loop()
+            LengthTrustingHandler, loop=asyncio.get_running_loop(), dropped=dropped
         )
         self._session = aiohttp.ClientSession(
             connector=self._connector,
@@ -504,14 +511,14 @@ def default_transport(
     count: Callable[[str], None] | None = None,
 ) -> httpx.AsyncBaseTransport:
     """Slice requests on the direct client, everything else on aiohttp's (each a pool of
-    ``pool_size`` connections). ``warnings`` and ``count``: where the direct client says
-    and counts (by kind) the origin bytes it drops."""
+    ``pool_size`` connections). ``warnings`` and ``count``: where both clients say and
+    count (by kind) the origin bytes they drop."""
+    direct = DirectTransport(
+        pool_size=pool_size, keepalive_seconds=keepalive_seconds, warnings=warnings, count=count
+    )
     return SliceRouting(
-        DirectTransport(
-            pool_size=pool_size,
-            keepalive_seconds=keepalive_seconds,
-            warnings=warnings,
-            count=count,
+        direct,
+        AiohttpTransport(
+            pool_size=pool_size, keepalive_seconds=keepalive_seconds, dropped=direct.dropped
         ),
-        AiohttpTransport(pool_size=pool_size, keepalive_seconds=keepalive_seconds),
     )

@@ -371,8 +371,8 @@ class DirectTransport(httpx.AsyncBaseTransport):
 
     def dropped(self, kind: str, message: str) -> None:
         """Bytes the origin sent that no answer may use: dropped with their connection,
-        counted by ``kind`` and said once per interval (aiohttp's path drops them the same
-        way)."""
+        counted by ``kind`` and said once per interval (aiohttp's path, which drops them
+        the same way, reports here too)."""
         if self._count is not None:
             self._count(kind)
         if self.warnings is not None:

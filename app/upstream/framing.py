@@ -13,6 +13,8 @@ request. Framings it does not know (chunked, close-delimited, 101) are left to a
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.client_proto import ResponseHandler
@@ -123,9 +125,21 @@ class _Framing:
 
 
 class LengthTrustingHandler(ResponseHandler):
-    """aiohttp's connection protocol, reading no further than the announced body."""
+    """aiohttp's connection protocol, reading no further than the announced body.
+
+    ``dropped(kind, message)``: told once per connection whose excess was dropped (counted
+    and logged as the direct client's, app/upstream/direct.py)."""
 
     _framing: _Framing | None = None
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        dropped: Callable[[str, str], None] | None = None,
+    ) -> None:
+        super().__init__(loop)
+        self._dropped = dropped
+        self._cut = False
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called once per request, before its response is read.
@@ -140,5 +154,8 @@ class LengthTrustingHandler(ResponseHandler):
         kept = framing.admit(data)
         if framing.cut:
             self.force_close()  # the excess may have been anything: never reuse this
+            if not self._cut and self._dropped is not None:
+                self._dropped("origin_excess_bytes", "origin sent more than its Content-Length")
+            self._cut = True
         if kept:
             super().data_received(kept)

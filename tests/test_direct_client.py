@@ -271,6 +271,19 @@ async def test_a_pooled_connection_the_origin_closed_is_replaced_without_an_erro
         (b"HTTP/1.1 206 X\r\nContent-Length: 1, 2\r\n\r\n", "bad origin response head"),
         (b"HTTP/1.1 206 X\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", "too large"),
         (b"HTTP/1.1 103 Early Hints\r\n\r\n" * 17, "interim answers"),
+        # Transfer-Encoding over all its lines: one "chunked" or refused (helper-35: the
+        # second line was not read, the chunked framing reached the client as body).
+        *(
+            (_head(206, *codings) + b"3\r\nabc\r\n0\r\n\r\n", "other than chunked")
+            for codings in (
+                ("Transfer-Encoding: identity", "Transfer-Encoding: chunked"),
+                ("Transfer-Encoding: chunked", "Transfer-Encoding: identity"),
+                ("Transfer-Encoding: gzip, chunked",),
+                ("Transfer-Encoding: chunked, chunked",),
+                ("Transfer-Encoding: gzip",),
+                ("Transfer-Encoding: chunked ,",),  # llhttp: not chunked, read to the end
+            )
+        ),
     ],
 )
 async def test_a_malformed_answer_is_a_protocol_error_and_frees_its_connection(
@@ -286,6 +299,45 @@ async def test_a_malformed_answer_is_a_protocol_error_and_frees_its_connection(
         with pytest.raises(httpx.RemoteProtocolError, match=error):
             await transport.handle_async_request(_request(url))
         assert transport._open == 0
+        await transport.aclose()
+
+
+async def test_a_chunked_coding_is_read_whatever_its_spelling() -> None:
+    async def chunked(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_head(206, "transfer-encoding:  Chunked ") + b"3\r\nabc\r\n0\r\n\r\n")
+        await writer.drain()
+
+    origin = ScriptedOrigin(chunked)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        response = await transport.handle_async_request(_request(url))
+        assert await _read_all(response) == b"abc"
+        await response.aclose()
+        await transport.aclose()
+
+
+async def test_interim_answers_share_the_final_heads_read_timeout() -> None:
+    """Each 1xx within the read timeout, all of them not: the head times out (helper-35:
+    every interim answer started the timeout anew, 17 of them held a connection 17
+    times as long)."""
+
+    async def hints(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(8):
+            writer.write(_head(103, "Link: </a.css>"))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(_head(206, "Content-Length: 3") + b"abc")
+        await writer.drain()
+
+    origin = ScriptedOrigin(hints)
+    transport = DirectTransport(pool_size=1)
+    async with origin.running() as url:
+        with pytest.raises(httpx.ReadTimeout):
+            await transport.handle_async_request(_request(url, read=0.35, pool=1.0))
+        assert transport._open == 0
+        response = await transport.handle_async_request(_request(url, read=2.0))
+        assert await _read_all(response) == b"abc", "a slower answer within the timeout"
+        await response.aclose()
         await transport.aclose()
 
 
@@ -649,3 +701,75 @@ async def test_a_head_dripped_slower_than_the_read_timeout_in_all_times_out() ->
             await transport.handle_async_request(_request(url, read=0.3, pool=1.0))
         assert transport._open == 0
         await transport.aclose()
+
+
+class _TwoCodingsOrigin(socketserver.ThreadingTCPServer):
+    """Answers a GET's Range with a 206 and a POST with a 200, with chunked bodies whose
+    Transfer-Encoding is said on two lines (``identity``, then ``chunked``) while
+    ``broken``, on one line after."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.broken = True
+        super().__init__(("127.0.0.1", 0), _TwoCodingsHandler)
+
+
+class _TwoCodingsHandler(socketserver.StreamRequestHandler):
+    server: _TwoCodingsOrigin
+
+    def handle(self) -> None:
+        while True:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = self.rfile.readline()
+                if not line:
+                    return
+                head += line
+            length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
+            self.rfile.read(int(length[1]) if length else 0)
+            codings = ["Transfer-Encoding: chunked"]
+            if self.server.broken:
+                codings.insert(0, "Transfer-Encoding: identity")
+            payload = self.server.payload
+            spec = re.search(rb"(?i)\r\nrange: bytes=(\d+)-(\d+)", head)
+            if spec is None:
+                fields, body = [*codings], payload
+            else:
+                first, last = int(spec[1]), min(int(spec[2]), len(payload) - 1)
+                content_range = f"Content-Range: bytes {first}-{last}/{len(payload)}"
+                fields, body = [*codings, content_range], payload[first : last + 1]
+            fields += ['ETag: "v1"', "Cache-Control: public, max-age=600"]
+            chunks = b"".join(
+                f"{len(body[at : at + 5000]):x}\r\n".encode() + body[at : at + 5000] + b"\r\n"
+                for at in range(0, len(body), 5000)
+            )
+            status = 206 if spec is not None else 200
+            self.wfile.write(_head(status, *fields) + chunks + b"0\r\n\r\n")
+
+
+def test_a_transfer_encoding_on_two_lines_is_a_bad_gateway_and_never_stored(
+    proxy: Callable[..., contextlib.AbstractContextManager[str]],
+) -> None:
+    """End to end, helper-35's finding 1: both origin clients refuse it (the slice client
+    read only the first line and served and stored the chunk framing as the body)."""
+    payload = bytes((i * 13 + 5) % 253 for i in range(4 * SLICE))
+    origin = _TwoCodingsOrigin(payload)
+    thread = threading.Thread(target=origin.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{origin.server_address[1]}"
+        with proxy(upstream_address=address, slice_size=SLICE) as url:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                assert client.get("/obj.bin").status_code == 502
+                assert client.post("/form", content=b"x=1").status_code == 502
+                origin.broken = False
+                got = client.get("/obj.bin")
+                assert (got.status_code, got.content) == (200, payload)
+                posted = client.post("/form", content=b"x=1")
+                assert (posted.status_code, posted.content) == (200, payload)
+    finally:
+        origin.shutdown()
+        origin.server_close()

@@ -36,7 +36,12 @@ from app.edge.interim import interim_sink
 from app.ops.metrics import EngineCounters
 from app.upstream.direct import DirectTransport, SliceRouting, reads_into
 from app.upstream.framing import LengthTrustingHandler
-from app.upstream.wire import DIRECT, RAW_TARGET, control_character_in
+from app.upstream.wire import (
+    DIRECT,
+    RAW_TARGET,
+    control_character_in,
+    transfer_coding_refused,
+)
 from cache.ratelimit import RateLimitedLog
 
 # Big reads mean fewer Python-level chunks per GiB relayed; aiohttp hands out whatever the
@@ -252,6 +257,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response.close()
             raise httpx.RemoteProtocolError(
                 "origin sent a control character in a field", request=request
+            )
+        if transfer_coding_refused(response.raw_headers):
+            response.close()
+            raise httpx.RemoteProtocolError(
+                "origin sent a Transfer-Encoding other than chunked", request=request
             )
         return httpx.Response(
             status_code=response.status,

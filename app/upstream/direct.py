@@ -19,7 +19,7 @@ Failures are httpx's exceptions, so the retries, timeouts and metrics of
 The pool holds at most ``pool_size`` connections (its own, beside the general client's),
 reuses the most recently released first and closes one idle for ``keepalive_seconds``.
 
-Length: ~570 lines in one module on purpose: the connection's two read targets (the
+Length: ~600 lines in one module on purpose: the connection's two read targets (the
 caller's buffer, its scratch), the body framings that consume them and the pool that owns
 the connections are one state machine; split, its private fields would become interfaces.
 """
@@ -34,7 +34,12 @@ import httptools
 import httpx
 
 from app.edge.interim import interim_sink
-from app.upstream.wire import DIRECT, RAW_TARGET, control_character_in
+from app.upstream.wire import (
+    DIRECT,
+    RAW_TARGET,
+    control_character_in,
+    transfer_coding_refused,
+)
 from cache.ratelimit import RateLimitedLog
 
 SCRATCH_BYTES = 64 * 1024  # heads, and body bytes read while no buffer was handed over
@@ -177,13 +182,12 @@ class _Connection(asyncio.BufferedProtocol):
             return httpx.ReadError(f"connection lost {what}: {self.error}")
         return httpx.RemoteProtocolError(f"origin closed the connection {what}")
 
-    async def read_head(self, timeout: float | None) -> tuple[httptools.HttpResponseParser, _Head]:
-        """The next response head (its bytes consumed from scratch), parsed. ``timeout``
-        bounds the whole head, not each read: an origin dripping a byte at a time would
-        otherwise hold the connection for as long as it likes (a probe runs on after its
-        clients left, for the others that may join it)."""
+    async def read_head(self, deadline: float | None) -> tuple[httptools.HttpResponseParser, _Head]:
+        """The next response head (its bytes consumed from scratch), parsed, by ``deadline``
+        (the loop's clock), which bounds the whole head, not each read: an origin dripping
+        a byte at a time would otherwise hold the connection for as long as it likes (a
+        probe runs on after its clients left, for the others that may join it)."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
         while True:
             found = self.scratch.find(b"\r\n\r\n", self.start, self.end)
             if found >= 0:
@@ -489,8 +493,13 @@ class DirectTransport(httpx.AsyncBaseTransport):
     async def _answer(
         self, connection: _Connection, request: httpx.Request, read_timeout: float | None
     ) -> httpx.Response:
+        # One deadline for the final head and every interim one before it: an origin
+        # sending a 1xx just within each timeout would otherwise hold the connection for
+        # MAX_INTERIM + 1 of them (helper-35).
+        loop = asyncio.get_running_loop()
+        deadline = None if read_timeout is None else loop.time() + read_timeout
         for _ in range(MAX_INTERIM + 1):
-            parser, fields = await connection.read_head(read_timeout)
+            parser, fields = await connection.read_head(deadline)
             status = parser.get_status_code()
             if status == 101:
                 raise httpx.RemoteProtocolError("origin switched protocols unasked")
@@ -506,6 +515,8 @@ class DirectTransport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
         if control_character_in(fields.fields):
             raise httpx.RemoteProtocolError("origin sent a control character in a field")
+        if transfer_coding_refused(fields.fields):
+            raise httpx.RemoteProtocolError("origin sent a Transfer-Encoding other than chunked")
         length, decoded = _framing(request.method, status, fields.fields)
         body = DirectBody(connection, self, parser, fields, length, decoded, read_timeout)
         if decoded:
@@ -552,8 +563,7 @@ def _framing(
     for name, value in fields:
         lowered = name.lower()
         if lowered == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            return None, chunked
+            return None, True  # transfer_coding_refused let only one "chunked" through
         if lowered == b"content-length":
             length = int(value)  # llhttp accepted it: digits, one value
     return length, False

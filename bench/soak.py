@@ -300,10 +300,12 @@ class Soak:
             for _ in range(2):
                 await self.warm(client)
             # Warm-up under the same load, so that every pool, cache and allocator arena
-            # has reached its working size before "after warm-up" is measured.
-            # A third of the loaded time: the allocator's arenas and uvloop/aiohttp buffers
-            # plateau after ~40 s of this load (a 40 s soak settled +8 MiB, a 120 s one +9).
-            await self.loaded(max(20.0, seconds / 3))
+            # has reached its working size before "after warm-up" is measured. The plateau
+            # comes with the work done, not the time: at ~160 requests/s (2026-12-02) anon
+            # RSS rose 71 -> 85 MiB over 120 s after a 40 s warm-up (the same at 3693f72,
+            # and with MALLOC_ARENA_MAX=2: no Python object count grew), and only 84 -> 87
+            # MiB over 300 s after a 100 s one.
+            await self.loaded(max(100.0, seconds / 3))
             for name in OBJECTS:
                 self.origin.set_fault(name, "")
             await self.idle_state(client, 60)
@@ -349,7 +351,7 @@ def memory_bound() -> int:
     )
 
 
-@pytest.mark.timeout(300)  # the whole soak, warm-up and checks included, within 5 minutes
+@pytest.mark.timeout(420)  # the whole soak, warm-up and checks included, within 7 minutes
 def test_soak() -> None:
     seconds = float(os.environ.get("SOAK_SECONDS", "120"))
     random.seed(int(os.environ.get("SOAK_SEED", "11")))

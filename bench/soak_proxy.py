@@ -31,43 +31,49 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def _connector(runtime: Any) -> Any:
-    # The aiohttp connector sits under any wrapping transports (app.upstream.transport's
-    # ObservedTransport keeps the real one as ``inner``): unwrap until it shows.
+def _transports(runtime: Any) -> tuple[Any, Any]:
+    """(aiohttp's connector, the direct slice client) under the wrapping transports
+    (ObservedTransport keeps the real one as ``inner``, SliceRouting routes to ``direct``
+    and ``general``): unwrapped until they show; None for what is not there."""
     transport = getattr(runtime.upstream, "_transport", None)
     for _ in range(8):
-        if transport is None or hasattr(transport, "_connector"):
+        if transport is None or hasattr(transport, "direct") or hasattr(transport, "_connector"):
             break
         transport = getattr(transport, "inner", None)
-    return getattr(transport, "_connector", None)
+    direct = getattr(transport, "direct", None)
+    general = getattr(transport, "general", transport)
+    return getattr(general, "_connector", None), direct
 
 
-def _origin_connections_in_use(runtime: Any) -> int:
-    # aiohttp's connector: connections handed out to a request and not yet given back.
-    connector = _connector(runtime)
+def _origin_connections(runtime: Any) -> tuple[int, int]:
+    """Origin connections (handed out to a request and not yet given back, kept alive in
+    a pool for the next request) over both clients; -1 where they cannot be read."""
+    connector, direct = _transports(runtime)
     acquired = getattr(connector, "_acquired", None)
-    return len(acquired) if acquired is not None else -1
-
-
-def _origin_connections_idle(runtime: Any) -> int:
-    # Kept alive in aiohttp's pool for the next request: open sockets, not leaks.
-    connector = _connector(runtime)
     conns = getattr(connector, "_conns", None)
-    return sum(len(idle) for idle in conns.values()) if conns is not None else -1
+    if acquired is None or conns is None:
+        return -1, -1
+    in_use, idle = len(acquired), sum(len(pooled) for pooled in conns.values())
+    if direct is not None:
+        pooled = sum(len(connections) for connections in direct._idle.values())
+        in_use += direct._open - pooled  # open (or opening) and not idle in its pool
+        idle += pooled
+    return in_use, idle
 
 
 def state(runtime: Any) -> dict[str, Any]:
     engine = runtime.directory.engine if runtime.directory is not None else None
     current = asyncio.current_task()
     tasks = [task for task in asyncio.all_tasks() if task is not current]
+    in_use, idle = _origin_connections(runtime)
     return {
         "budget_in_use": engine.budget.in_use if engine is not None else 0,
         "budget_waiters": len(engine.budget._waiters) if engine is not None else 0,
         "fills": len(engine.fills) if engine is not None else 0,
         "tasks": len(tasks),
         "task_names": sorted({task.get_coro().__qualname__ for task in tasks})[:40],  # type: ignore[union-attr]
-        "origin_connections_in_use": _origin_connections_in_use(runtime),
-        "origin_connections_idle": _origin_connections_idle(runtime),
+        "origin_connections_in_use": in_use,
+        "origin_connections_idle": idle,
         "fds": len(os.listdir("/proc/self/fd")),
         "rss_anon_kib": _status_kib("RssAnon"),
         "rss_kib": _status_kib("VmRSS"),

@@ -41,6 +41,7 @@ from app.upstream.wire import (
     RAW_TARGET,
     control_character_in,
     transfer_coding_refused,
+    transfer_codings,
 )
 from cache.ratelimit import RateLimitedLog
 
@@ -258,10 +259,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError(
                 "origin sent a control character in a field", request=request
             )
-        if transfer_coding_refused(response.raw_headers):
+        if transfer_coding_refused(transfer_codings(response.raw_headers)):
             response.close()
             raise httpx.RemoteProtocolError(
-                "origin sent a Transfer-Encoding other than chunked", request=request
+                "origin sent chunked with another transfer coding", request=request
             )
         return httpx.Response(
             status_code=response.status,

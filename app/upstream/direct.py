@@ -39,6 +39,7 @@ from app.upstream.wire import (
     RAW_TARGET,
     control_character_in,
     transfer_coding_refused,
+    transfer_codings,
 )
 from cache.ratelimit import RateLimitedLog
 
@@ -127,8 +128,10 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.idle_timer is not None:
-            # Bytes nobody asked for (no request is out): never read as the next answer.
-            self.pool.dropped("origin_unasked_bytes", "origin sent bytes on an idle connection")
+            # Bytes after a complete answer that came late (no request is out): never read
+            # as the next answer. Counted as those in the same read as the answer's end:
+            # when they arrive is the network's doing, not the origin's (helper-35).
+            self.pool.dropped("origin_excess_bytes", "origin sent bytes on an idle connection")
             self.pool.forget(self)
             return
         if self.into_target:
@@ -515,9 +518,10 @@ class DirectTransport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
         if control_character_in(fields.fields):
             raise httpx.RemoteProtocolError("origin sent a control character in a field")
-        if transfer_coding_refused(fields.fields):
-            raise httpx.RemoteProtocolError("origin sent a Transfer-Encoding other than chunked")
-        length, decoded = _framing(request.method, status, fields.fields)
+        codings = transfer_codings(fields.fields)
+        if transfer_coding_refused(codings):
+            raise httpx.RemoteProtocolError("origin sent chunked with another transfer coding")
+        length, decoded = _framing(request.method, status, fields.fields, codings)
         body = DirectBody(connection, self, parser, fields, length, decoded, read_timeout)
         if decoded:
             # What followed the head in its read belongs to the chunked body: the parser
@@ -553,20 +557,18 @@ def feed_decoded(parser: httptools.HttpResponseParser, fields: _Head, data: byte
 
 
 def _framing(
-    method: str, status: int, fields: list[tuple[bytes, bytes]]
+    method: str, status: int, fields: list[tuple[bytes, bytes]], codings: list[bytes]
 ) -> tuple[int | None, bool]:
-    """(Content-Length, chunked) of a response body (RFC 9112 6.3); (None, False): it ends
-    with the connection."""
+    """(Content-Length, chunked) of a response body (RFC 9112 6.3) whose transfer
+    ``codings`` were not refused; (None, False): it ends with the connection."""
     if method == "HEAD" or status in _NO_BODY_STATUSES:
         return 0, False
-    length: int | None = None
+    if codings:  # llhttp refused a Content-Length with them
+        return None, codings == [b"chunked"]
     for name, value in fields:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            return None, True  # transfer_coding_refused let only one "chunked" through
-        if lowered == b"content-length":
-            length = int(value)  # llhttp accepted it: digits, one value
-    return length, False
+        if name.lower() == b"content-length":
+            return int(value), False  # llhttp accepted it: digits, one value
+    return None, False
 
 
 def reads_into(stream: object) -> bool:

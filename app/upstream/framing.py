@@ -152,10 +152,16 @@ class LengthTrustingHandler(ResponseHandler):
             super().data_received(data)
             return
         kept = framing.admit(data)
-        if framing.cut:
-            self.force_close()  # the excess may have been anything: never reuse this
-            if not self._cut and self._dropped is not None:
-                self._dropped("origin_excess_bytes", "origin sent more than its Content-Length")
-            self._cut = True
         if kept:
             super().data_received(kept)
+        if framing.cut and not self._cut:
+            self._cut = True
+            # The excess may have been anything: never reuse this. Closed now, not only
+            # marked: excess that came late finds the connection idle in aiohttp's pool,
+            # which looks at the mark only when a request gives the connection back
+            # (helper-35: it was reused once more). The response, complete, reads on.
+            self.force_close()
+            if self.transport is not None:
+                self.transport.close()
+            if self._dropped is not None:
+                self._dropped("origin_excess_bytes", "origin sent more than its Content-Length")

@@ -22,15 +22,22 @@ def control_character_in(fields: Iterable[tuple[bytes, bytes]]) -> bool:
     return any(_FIELD_CTL.search(value) for _, value in fields)
 
 
-def transfer_coding_refused(fields: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether a response's Transfer-Encoding, over all its field lines, is anything but
-    one ``chunked`` (what nginx accepts). Any other coding would reach the client as
-    bytes it cannot read, its field being hop-by-hop; and a client that read only the
-    first line framed ``identity`` + ``chunked`` on two lines as the connection's end
-    while the parser decoded chunks (helper-35: chunk-size lines in a cached body). Empty
-    list elements count too: llhttp reads ``chunked ,`` as not chunked."""
+def transfer_codings(fields: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """A response's transfer codings over all its Transfer-Encoding lines, in order,
+    lowercased; empty list elements kept (llhttp reads ``chunked ,`` as not chunked)."""
     codings: list[bytes] = []
     for name, value in fields:
         if name.lower() == b"transfer-encoding":
             codings.extend(part.strip().lower() for part in value.split(b","))
-    return bool(codings) and codings != [b"chunked"]
+    return codings
+
+
+def transfer_coding_refused(codings: list[bytes]) -> bool:
+    """Whether ``chunked`` comes with any other coding (over all the lines). A lone
+    ``chunked`` is decoded; codings without it delimit the body by the connection's end
+    (RFC 9112 6.3), as llhttp reads them. Anything else would reach the client as bytes
+    it cannot read (the field is hop-by-hop, the coding under the chunks stays), or is
+    not HTTP at all (``chunked`` twice, or not last). helper-35: a client that read only
+    the first line framed ``identity`` + ``chunked`` on two lines as close-delimited
+    while llhttp decoded chunks, and served and stored the chunk framing as the body."""
+    return b"chunked" in codings and codings != [b"chunked"]

@@ -441,6 +441,7 @@ def create_app(
                 queue_size=settings.write_behind_queue_size,
                 warning_interval=settings.warning_interval_seconds,
             )
+            targeted = targeted_fields(settings.targeted_cache_control)
             engine = SliceEngine(
                 upstream=runtime.upstream,
                 store=runtime.store,
@@ -452,11 +453,12 @@ def create_app(
                 budget=ByteBudget(settings.max_in_flight_bytes),
                 counters=runtime.metrics.counters,
                 warnings=warnings,
+                targeted_fields=targeted,
             )
             policy = FreshnessPolicy(
                 default_ttl=settings.cache_ttl,
                 default_stale_if_error=int(settings.stale_if_error_seconds),
-                targeted_fields=targeted_fields(settings.targeted_cache_control),
+                targeted_fields=targeted,
             )
             runtime.directory = ObjectDirectory(engine, runtime.store, policy)
             store = runtime.store

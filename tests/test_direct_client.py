@@ -10,7 +10,7 @@ import re
 import socketserver
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import httpx
 import pytest
@@ -709,22 +709,25 @@ async def test_a_head_dripped_slower_than_the_read_timeout_in_all_times_out() ->
         await transport.aclose()
 
 
-class _TwoCodingsOrigin(socketserver.ThreadingTCPServer):
-    """Answers a GET's Range with a 206 and a POST with a 200, with chunked bodies whose
-    Transfer-Encoding is said on two lines (``identity``, then ``chunked``) while
-    ``broken``, on one line after."""
+class _ScriptedRangeOrigin(socketserver.ThreadingTCPServer):
+    """Answers a GET's Range with a 206 and anything else with a 200, chunked; the
+    Transfer-Encoding said on two lines (``identity``, then ``chunked``) while
+    ``two_codings``; ``cache_control(first byte)`` says each answer's Cache-Control.
+    ``ranges``: the first byte of each Range asked."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, cache_control: Callable[[int], str]) -> None:
         self.payload = payload
-        self.broken = True
-        super().__init__(("127.0.0.1", 0), _TwoCodingsHandler)
+        self.two_codings = False
+        self.cache_control = cache_control
+        self.ranges: list[int] = []
+        super().__init__(("127.0.0.1", 0), _ScriptedRangeHandler)
 
 
-class _TwoCodingsHandler(socketserver.StreamRequestHandler):
-    server: _TwoCodingsOrigin
+class _ScriptedRangeHandler(socketserver.StreamRequestHandler):
+    server: _ScriptedRangeOrigin
 
     def handle(self) -> None:
         while True:
@@ -736,18 +739,19 @@ class _TwoCodingsHandler(socketserver.StreamRequestHandler):
                 head += line
             length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
             self.rfile.read(int(length[1]) if length else 0)
-            codings = ["Transfer-Encoding: chunked"]
-            if self.server.broken:
-                codings.insert(0, "Transfer-Encoding: identity")
-            payload = self.server.payload
+            fields = ["Transfer-Encoding: chunked"]
+            if self.server.two_codings:
+                fields.insert(0, "Transfer-Encoding: identity")
+            payload, first = self.server.payload, 0
             spec = re.search(rb"(?i)\r\nrange: bytes=(\d+)-(\d+)", head)
             if spec is None:
-                fields, body = [*codings], payload
+                body = payload
             else:
                 first, last = int(spec[1]), min(int(spec[2]), len(payload) - 1)
-                content_range = f"Content-Range: bytes {first}-{last}/{len(payload)}"
-                fields, body = [*codings, content_range], payload[first : last + 1]
-            fields += ['ETag: "v1"', "Cache-Control: public, max-age=600"]
+                self.server.ranges.append(first)
+                fields.append(f"Content-Range: bytes {first}-{last}/{len(payload)}")
+                body = payload[first : last + 1]
+            fields += ['ETag: "v1"', f"Cache-Control: {self.server.cache_control(first)}"]
             chunks = b"".join(
                 f"{len(body[at : at + 5000]):x}\r\n".encode() + body[at : at + 5000] + b"\r\n"
                 for at in range(0, len(body), 5000)
@@ -756,26 +760,60 @@ class _TwoCodingsHandler(socketserver.StreamRequestHandler):
             self.wfile.write(_head(status, *fields) + chunks + b"0\r\n\r\n")
 
 
+@contextlib.contextmanager
+def _scripted_range_origin(
+    payload: bytes, cache_control: Callable[[int], str]
+) -> Iterator[_ScriptedRangeOrigin]:
+    origin = _ScriptedRangeOrigin(payload, cache_control)
+    thread = threading.Thread(target=origin.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield origin
+    finally:
+        origin.shutdown()
+        origin.server_close()
+
+
 def test_a_transfer_encoding_on_two_lines_is_a_bad_gateway_and_never_stored(
     proxy: Callable[..., contextlib.AbstractContextManager[str]],
 ) -> None:
     """End to end, helper-35's finding 1: both origin clients refuse it (the slice client
     read only the first line and served and stored the chunk framing as the body)."""
     payload = bytes((i * 13 + 5) % 253 for i in range(4 * SLICE))
-    origin = _TwoCodingsOrigin(payload)
-    thread = threading.Thread(target=origin.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with _scripted_range_origin(payload, lambda _: "public, max-age=600") as origin:
+        origin.two_codings = True
         address = f"127.0.0.1:{origin.server_address[1]}"
         with proxy(upstream_address=address, slice_size=SLICE) as url:
             with httpx.Client(base_url=url, timeout=30) as client:
                 assert client.get("/obj.bin").status_code == 502
                 assert client.post("/form", content=b"x=1").status_code == 502
-                origin.broken = False
+                origin.two_codings = False
                 got = client.get("/obj.bin")
                 assert (got.status_code, got.content) == (200, payload)
                 posted = client.post("/form", content=b"x=1")
                 assert (posted.status_code, posted.content) == (200, payload)
-    finally:
-        origin.shutdown()
-        origin.server_close()
+
+
+@pytest.mark.parametrize("refusal", ["no-store", "private"])
+def test_a_later_slice_that_forbids_storing_is_served_not_stored(
+    proxy: Callable[..., contextlib.AbstractContextManager[str]], refusal: str
+) -> None:
+    """The first slice's answer allows storing, the later ones' do not (helper-35's
+    finding 6: only the first answer was obeyed): each slice obeys its own, as nginx's."""
+    payload = bytes((i * 17 + 3) % 241 for i in range(4 * SLICE))
+    with _scripted_range_origin(
+        payload, lambda first: "public, max-age=600" if first == 0 else refusal
+    ) as origin:
+        address = f"127.0.0.1:{origin.server_address[1]}"
+        with proxy(upstream_address=address, slice_size=SLICE) as url:
+            with httpx.Client(base_url=url, timeout=30) as client:
+                asked = []
+                for _ in range(2):
+                    origin.ranges.clear()
+                    got = client.get("/obj.bin")
+                    assert (got.status_code, got.content) == (200, payload)
+                    asked.append(sorted(origin.ranges))
+                metrics = client.get("/_slicecache/metrics").text
+        # The first slice stored, the later ones (in runs of one or more) asked again.
+        assert asked[0][0] == 0 and asked[1] and asked[1][0] == SLICE, asked
+        assert 'slicecache_errors_total{kind="slice_store_forbidden"}' in metrics

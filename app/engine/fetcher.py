@@ -25,6 +25,7 @@ from app.engine.classify import Answer, Invalid, Mismatch, Sliceable, WholeBody,
 from app.engine.fills import FetchHold, SliceFill
 from app.engine.lookahead import OriginPace
 from app.engine.objectmeta import ObjectMeta
+from app.httpcache.storable import forbids_storing
 from app.ops.metrics import EngineCounters
 from app.upstream.client import UpstreamClient
 from app.upstream.direct import reads_into
@@ -116,6 +117,8 @@ class SliceFetcher:
     ranges_ignored: Callable[[str], None]
     # Told each request's first-byte latency and body throughput (sizes the lookahead).
     pace: OriginPace | None = None
+    # The targeted Cache-Control fields this cache obeys (app/httpcache/targeted.py).
+    targeted: tuple[str, ...] = ()
 
     async def fetch(
         self,
@@ -166,6 +169,11 @@ class SliceFetcher:
                     if self.pace is not None:
                         self.pace.saw_latency(time.monotonic() - sent)
                     skip = check_slice_response(response, first, last, meta)
+                    if store and forbids_storing(response.headers.multi_items(), self.targeted):
+                        # The probe's answer allowed storing the object, this one does not
+                        # (nginx's slices each obey their own): served, not kept.
+                        store = False
+                        self.counters.error("slice_store_forbidden")
                     if skip or (response.status_code == 200 and not meta.whole):
                         self.ranges_ignored(fills[0].key)
                 body_started = time.monotonic()

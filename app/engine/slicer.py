@@ -11,7 +11,7 @@ they hold :mod:`app.engine.inflight`, who reads which version :mod:`app.engine.r
 A validator mismatch raises :class:`ObjectChanged` and drops the object's cached slices:
 two versions are never spliced into one response.
 
-Length (~580 lines): the window of a response (stream, claim, the lease asked ahead) and
+Length (~600 lines): the window of a response (stream, claim, the lease asked ahead) and
 the start and outcome of its fetch tasks share one state, the claims of a response and the
 fills they join; the
 fetch, the registry of fills, the readers' bookkeeping and the window's size
@@ -102,6 +102,8 @@ class SliceEngine:
     # Origin events that may repeat for every reader of a busy object (its version changed
     # under a fill): one line per kind per interval (the app passes its shared log).
     warnings: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(log, DEFAULT_INTERVAL))
+    # The targeted Cache-Control fields this cache obeys (app/httpcache/targeted.py).
+    targeted_fields: tuple[str, ...] = ()
     # The origin's first-byte latency and per-request throughput, as slice fetches see them.
     pace: OriginPace = field(default_factory=OriginPace)
     inflight: InFlight = field(init=False)
@@ -125,6 +127,7 @@ class SliceEngine:
             self._keep,
             self._ranges_ignored,
             self.pace,
+            self.targeted_fields,
         )
         # Responses reading slices from origin fetches now: they share the byte budget.
         self.fetching = 0

@@ -171,6 +171,14 @@ def storability(
     return Storable(store=True, reason="ok", headers_to_strip=tuple(dict.fromkeys(strip)))
 
 
+def forbids_storing(response_headers: Headers, targeted: tuple[str, ...] = ()) -> bool:
+    """Whether a response says a shared cache must not store it (``no-store``, an
+    unqualified ``private``), read as :func:`storability` reads it. For an answer that
+    only continues an object already judged storable: a later slice's own say."""
+    cc = cache_control_of(effective_headers(response_headers, targeted))
+    return bool(cc.no_store and not cc.must_understand) or bool(cc.private_all)
+
+
 def headers_for_storage(response_headers: Headers, decision: Storable) -> HeaderList:
     """The header section to store: hop-by-hop fields, fields named in Connection
     (9111 3.1, 9110 7.6.1) and ``decision.headers_to_strip`` removed; order kept."""

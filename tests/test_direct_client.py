@@ -328,7 +328,7 @@ async def test_interim_answers_share_the_final_heads_read_timeout() -> None:
     times as long)."""
 
     async def hints(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(8):
+        for _hint in range(8):
             writer.write(_head(103, "Link: </a.css>"))
             await writer.drain()
             await asyncio.sleep(0.1)

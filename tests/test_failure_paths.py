@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -192,3 +194,26 @@ def test_probe_owner_leaving_does_not_fail_the_readers_waiting_on_it(
     for answer in answers:
         assert answer.status_code == 200
         assert sha256(answer.content) == expected_sha256(name)
+
+
+def test_a_client_gone_while_its_last_bytes_are_buffered_is_counted_as_gone(
+    proxy: ProxyFactory,
+) -> None:
+    """A one-slice hit goes out in one body message; uvicorn hands it to the transport
+    without waiting, so a client that hangs up before reading it got none of it although
+    the app saw its response through. It is counted (and logged) as cut by the client."""
+    name = "8m-one-piece.bin"
+    with proxy(slice_size=8 * MiB) as url:
+        assert httpx.get(f"{url}/files/{name}", timeout=30).content == expected_bytes(name)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # 8 MiB cannot fit
+            sock.settimeout(30)
+            sock.connect((host, int(port)))
+            # X-Forwarded-For: not the fast path (tested there), the ASGI app's response.
+            head = f"GET /files/{name} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+            sock.sendall(head.encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # the body is on its way
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cut = 'slicecache_responses_incomplete_total{ended_by="client"} 1.0'
+        wait_for(lambda: cut in httpx.get(f"{url}/_slicecache/metrics").text, cut)

@@ -522,3 +522,65 @@ def test_a_millisecond_clock_is_written_as_the_rounded_float_would_be(ms: int) -
 
     assert ms_text(ms) == repr(round(ms / 1000, 3))
     assert json.loads(ms_text(ms)) == round(ms / 1000, 3)
+
+
+class _HeldWatch:
+    """A connection whose transport holds ``held`` bytes at the response's end, then is lost
+    (``lost``) or writes them out."""
+
+    def __init__(self, held: int, lost: bool) -> None:
+        self.held, self._lost, self.waited = held, lost, False
+
+    def buffered(self) -> int:
+        return self.held
+
+    async def wait(self) -> None:
+        self.waited = True
+
+    def lost(self) -> bool:
+        return self._lost
+
+    def gone(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_whole_response_whose_last_bytes_were_lost_in_the_transport_is_a_cut(
+    lost: bool,
+) -> None:
+    """uvicorn hands the last body message to the transport without waiting: the line waits
+    for it to leave, and a connection lost with it still held is a client's cut, its bytes
+    not counted as sent."""
+    from app.edge.writtenout import WRITTEN_OUT
+
+    metrics, out = Metrics(), io.StringIO()
+    watch = _HeldWatch(held=3, lost=lost)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abcdefgh"})
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/a",
+        "raw_path": b"/a",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+        "extensions": {WRITTEN_OUT: {"watch": watch}},
+    }
+    app = AccessLogMiddleware(endpoint, metrics=metrics, stream=out)
+    asyncio.run(app(scope, receive, send))
+    entry = json.loads(out.getvalue())
+    assert watch.waited
+    assert entry["bytes"] == (5 if lost else 8)
+    assert ("aborted" in entry) is lost
+    cut = 'slicecache_responses_incomplete_total{ended_by="client"} 1.0'
+    assert (cut in metrics.render().decode()) is lost

@@ -356,6 +356,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._keepalive_deadline: float | None = None
         # While a request's body is incomplete: by when its next bytes must arrive.
         self._body_deadline: float | None = None
+        # Ended by an error (reset, broken pipe): the transport discarded what it held.
+        self.lost_in_error = False
 
     # Connection lifecycle
 
@@ -366,6 +368,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._make_room()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_in_error = exc is not None
         self._stop_wake()
         self._keepalive_deadline = None
         super().connection_lost(exc)

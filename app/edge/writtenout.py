@@ -10,7 +10,10 @@ client sent another object's bytes. ``scope["extensions"][WRITTEN_OUT]["watch"]`
 holds (the rest is in the kernel's socket buffer, a copy), ``await wait()`` returns once it
 holds none or the connection is gone, ``abort()`` drops the connection and what it holds,
 ``end_early()`` closes it after what was written, for a response the app cuts short on
-purpose (uvicorn would otherwise log an error line for each one it sees left incomplete).
+purpose (uvicorn would otherwise log an error line for each one it sees left incomplete),
+``lost()`` says whether the connection ended in an error, discarding what it held, and
+``gone()`` whether the client left before the response was whole (uvicorn then drops every
+``send`` without a word).
 
 How it waits without polling: the write-buffer limits are set to 0 for the wait, so the
 transport pauses the protocol while anything is buffered and resumes it only once the
@@ -38,6 +41,10 @@ class WriteWatch(Protocol):
 
     def end_early(self) -> None: ...
 
+    def lost(self) -> bool: ...
+
+    def gone(self) -> bool: ...
+
 
 class WrittenOut:
     """The wait for one connection (uvicorn's protocol: ``transport``, ``flow``, ``cycle``)."""
@@ -48,7 +55,7 @@ class WrittenOut:
         self._protocol = protocol
 
     def buffered(self) -> int:
-        if self._gone():
+        if self.gone():
             return 0  # the transport discarded what it held
         size: int = self._protocol.transport.get_write_buffer_size()
         return size
@@ -67,14 +74,20 @@ class WrittenOut:
             cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
         self._protocol.transport.close()
 
-    def _gone(self) -> bool:
+    def lost(self) -> bool:
+        """The connection ended in an error (reset, broken pipe): what the transport held
+        then was discarded, not sent."""
+        return bool(self._protocol.lost_in_error)
+
+    def gone(self) -> bool:
+        """The client left before the response was whole: uvicorn drops its sends."""
         cycle = self._protocol.cycle
         return cycle is None or bool(cycle.disconnected)
 
     async def wait(self) -> None:
         protocol = self._protocol
         transport: asyncio.WriteTransport = protocol.transport
-        if transport.get_write_buffer_size() == 0 or self._gone():
+        if transport.get_write_buffer_size() == 0 or self.gone():
             return
         low, high = transport.get_write_buffer_limits()
         try:
@@ -82,12 +95,12 @@ class WrittenOut:
         except RuntimeError:  # closed under us: nothing more will be written
             return
         try:
-            while transport.get_write_buffer_size() and not self._gone():
+            while transport.get_write_buffer_size() and not self.gone():
                 await protocol.flow.drain()  # set on resume (buffer empty) or on loss
-                if transport.get_write_buffer_size() and not self._gone():
+                if transport.get_write_buffer_size() and not self.gone():
                     await asyncio.sleep(0.001)  # paused state out of step: look again soon
         except BaseException:
-            if transport.get_write_buffer_size() and not self._gone():
+            if transport.get_write_buffer_size() and not self.gone():
                 transport.abort()
             raise
         finally:

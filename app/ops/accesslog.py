@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.context import SCOPE_KEY, RequestLog
 from app.edge.clientaddr import CLIENT_KEY, TrustedProxies
+from app.edge.writtenout import WRITTEN_OUT, WriteWatch
 from app.ops.metrics import Metrics
 from app.upstream.transport import CURRENT_REQUEST
 
@@ -257,6 +258,21 @@ def _flush_if_alive(writer: weakref.ref[AccessLogWriter]) -> None:
         alive.flush()
 
 
+async def _unsent_at_end(watch: WriteWatch) -> int:
+    """Bytes of a whole response that never left: the last body message often sits in the
+    transport's buffer when the app is done (uvicorn writes it without waiting), and a
+    client that leaves then gets none of it while ``send`` raised nothing. Counting such a
+    response as whole hid most disconnects of responses sent in one piece (an L1 hit). So
+    the line waits until the buffer is out or the connection is lost, as nginx logs only
+    after its last write. What was held at the end is taken as unsent: a lower bound of
+    what reached the kernel, as nginx's ``$body_bytes_sent``."""
+    held: int = watch.buffered()
+    if not held:
+        return 0
+    await watch.wait()
+    return held if watch.lost() else 0
+
+
 def _ended_by(aborted: str | None) -> str:
     """Who cut a response short: the proxy sets ``aborted`` when the origin failed or changed
     mid-body; otherwise (nothing set, or an upload the client gave up) the client left."""
@@ -300,6 +316,7 @@ class AccessLogMiddleware:
         complete = False
         first_byte: float | None = None
         request_id_header = (b"x-request-id", log.request_id.encode("latin-1"))
+        watch: WriteWatch | None = scope.get("extensions", {}).get(WRITTEN_OUT, {}).get("watch")
 
         async def counting_send(message: Message) -> None:
             nonlocal status, sent, complete, first_byte, slices
@@ -318,15 +335,24 @@ class AccessLogMiddleware:
                     headers.append((b"date", http_date_now()))
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
+                await send(message)
+                if watch is not None and watch.gone():
+                    return  # dropped by uvicorn: the client had left (its send says nothing)
                 size = len(message.get("body", b""))
                 sent += size
                 complete = not message.get("more_body", False)
                 if first_byte is None and (size or complete):
                     first_byte = time.perf_counter()
+                return
             await send(message)
 
         try:
             await self.app(scope, receive, counting_send)
+            if complete and watch is not None:
+                unsent = await _unsent_at_end(watch)
+                if unsent:
+                    complete = False
+                    sent = max(0, sent - unsent)
         finally:
             duration = time.perf_counter() - started
             if self.metrics is not None:

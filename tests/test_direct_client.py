@@ -127,7 +127,7 @@ async def test_bytes_after_the_announced_body_are_never_read_and_the_connection_
     assert origin.connections == 2, "a connection with excess bytes was reused"
     # Said once per interval, counted every time.
     said = [r.getMessage() for r in caplog.records if r.name == "slicecache.test"]
-    assert said == ["origin sent more than its Content-Length; connection dropped"], said
+    assert said == ["origin sent more than its answer; connection dropped"], said
     assert counted == ["origin_excess_bytes", "origin_excess_bytes"]
 
 
@@ -288,6 +288,8 @@ async def test_a_pooled_connection_the_origin_closed_is_replaced_without_an_erro
                 ("Transfer-Encoding: gzip, chunked",),
                 ("Transfer-Encoding: chunked, chunked",),
                 ("Transfer-Encoding: chunked ,",),  # llhttp: not chunked, read to the end
+                ("Transfer-Encoding: chunked;x=1",),  # no parameters (helper-36)
+                ("Transfer-Encoding: gzip, chunked;x=1",),
             )
         ),
     ],
@@ -516,12 +518,14 @@ async def test_a_chunked_body_ends_with_its_message_not_with_what_follows_it() -
         await writer.drain()
 
     origin = ScriptedOrigin(short_then_more)
-    transport = DirectTransport(pool_size=1)
+    dropped: list[str] = []
+    transport = DirectTransport(pool_size=1, count=dropped.append)
     async with origin.running() as url:
         response = await transport.handle_async_request(_request(url))
         assert await _read_all(response, piece=4096) == PAYLOAD[:900]
         await response.aclose()
         await transport.aclose()
+    assert dropped == ["origin_excess_bytes"]  # counted, as after a Content-Length body
 
 
 async def test_a_chunk_longer_than_its_bytes_is_never_handed_on() -> None:

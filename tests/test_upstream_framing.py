@@ -1,15 +1,18 @@
-"""The origin's Content-Length is trusted: excess bytes never reach aiohttp's parser."""
+"""The origin's framing is trusted: excess bytes never reach aiohttp's parser."""
 
 from __future__ import annotations
 
 import asyncio
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.upstream.client import AiohttpTransport
+from app.upstream.client import AiohttpTransport, UpstreamClient, UpstreamTimeouts
+from app.upstream.direct import MAX_INTERIM
 from app.upstream.framing import _Framing
+from tests.test_direct_client import Script, ScriptedOrigin
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
 EARLY = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
@@ -43,14 +46,58 @@ def test_head_and_bodiless_statuses_end_at_the_head() -> None:
 
 def test_other_framings_are_left_to_aiohttp() -> None:
     for head in (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\n\r\n",  # close-delimited
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",  # close-delimited too
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
     ):
         framing = _Framing(with_body=True)
         assert framing.admit(head + b"anything") == head + b"anything"
         assert framing.off and not framing.cut
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=40), max_size=4),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.integers(1, 80), max_size=8),
+    st.binary(max_size=40),
+)
+def test_any_split_of_a_chunked_answer_keeps_exactly_the_message(
+    chunks: list[bytes], extensions: bool, trailer: bool, cuts: list[int], junk: bytes
+) -> None:
+    """helper-36: the end of a chunked answer was not followed, so a response the origin
+    wrote after it was read by aiohttp as the answer to the next request."""
+    ext = b";name=value" if extensions else b""
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(chunk), ext, chunk) for chunk in chunks)
+    message = EARLY + CHUNKED + body + b"0\r\n" + (b"X-Sum: 1\r\n" if trailer else b"") + b"\r\n"
+    stream = message + junk
+    points = sorted({min(c * 3, len(stream)) for c in cuts})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    framing = _Framing(with_body=True)
+    assert feed(framing, pieces) == message
+    assert framing.done and not framing.off
+    assert framing.cut == bool(junk)
+
+
+def test_a_head_with_a_bare_lf_is_refused() -> None:
+    for answer in (
+        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
+    ):
+        framing = _Framing(with_body=True)
+        framing.admit(answer)
+        assert framing.refused
+
+
+def test_a_chunk_size_line_python_would_read_but_http_does_not_is_not_followed() -> None:
+    for size in (b"0x5", b"+5", b"5_0", b""):
+        framing = _Framing(with_body=True)
+        framing.admit(CHUNKED + size + b"\r\nhello\r\n0\r\n\r\n")
+        assert framing.off  # the connection is not reused; aiohttp fails the answer
 
 
 async def _serve_once(answer: bytes) -> tuple[asyncio.Server, int, list[int]]:
@@ -169,3 +216,112 @@ def test_excess_that_comes_late_drops_the_idle_connection_at_once() -> None:
     assert bodies == [b"0123456789", b"0123456789"]
     assert connections == 2, "the connection that got late excess was reused"
     assert dropped == ["origin_excess_bytes", "origin_excess_bytes"]
+
+
+# --- the pass-through client against scripted origins (helper-36) --------------------------
+
+
+def _chunked_then_late(late: bytes) -> Script:
+    """A whole chunked answer; a moment later, unasked, ``late`` on the idle connection."""
+    answers = iter([b"first", b"second"])
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = next(answers)
+        writer.write(CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(late)
+        await writer.drain()
+
+    return script
+
+
+async def test_a_response_written_unasked_after_a_chunked_answer_is_never_an_answer() -> None:
+    """The origin writes a whole response on the idle connection after a chunked answer:
+    the next request, another client's, got it as its answer (response smuggling)."""
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
+    origin = ScriptedOrigin(_chunked_then_late(smuggled))
+    dropped: list[str] = []
+    transport = AiohttpTransport(pool_size=1, dropped=lambda kind, _: dropped.append(kind))
+    async with origin.running() as url, httpx.AsyncClient(transport=transport) as client:
+        first = await client.get(url + "/a")
+        await asyncio.sleep(0.5)  # the unasked response has come
+        second = await client.get(url + "/b")
+    assert (first.content, second.content) == (b"first", b"second")
+    assert origin.connections == 2  # the connection it came on was dropped
+    assert dropped == ["origin_excess_bytes"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
+    ],
+)
+async def test_a_head_with_a_bare_lf_is_a_protocol_error(answer: bytes) -> None:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    transport = AiohttpTransport(pool_size=1)
+    async with ScriptedOrigin(script).running() as url:
+        async with httpx.AsyncClient(transport=transport) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(url + "/a")
+
+
+def _interim(count: int, pause: float, final: bytes = b"") -> Script:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _hint in range(count):
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.write(final)
+        await writer.drain()
+
+    return script
+
+
+async def test_interim_answers_share_one_read_timeout_on_the_pass_through_client() -> None:
+    """A 103 every 0.2 s for 6 s, the read timeout 1 s: a read timeout, not a wait for
+    as long as the origin likes (aiohttp's timer restarted with each one)."""
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    transport = AiohttpTransport(pool_size=1)
+    async with ScriptedOrigin(_interim(30, 0.2, final)).running() as url:
+        async with httpx.AsyncClient(transport=transport, timeout=1.0) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(url + "/a")
+
+
+async def test_more_interim_answers_than_the_slice_client_takes_are_a_protocol_error() -> None:
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedOrigin(_interim(MAX_INTERIM, 0, final)).running() as url:
+        async with httpx.AsyncClient(transport=AiohttpTransport(pool_size=1)) as client:
+            assert (await client.get(url + "/a")).content == b"ok"  # as many: fine
+    async with ScriptedOrigin(_interim(MAX_INTERIM + 1, 0, final)).running() as url:
+        async with httpx.AsyncClient(transport=AiohttpTransport(pool_size=1)) as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(url + "/a")
+
+
+async def test_an_origin_that_closes_in_its_answer_is_asked_once() -> None:
+    """A 103, then the connection closes: a failed answer, not a connection failure to
+    retry; aiohttp's own retry and UpstreamClient's made four attempts."""
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    origin = ScriptedOrigin(script)
+    async with origin.running() as url:
+        upstream = UpstreamClient(
+            url, UpstreamTimeouts(connect=2, read=2, total=None), AiohttpTransport(pool_size=1)
+        )
+        try:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await upstream.send("GET", "/a", [("host", "o")])
+        finally:
+            await upstream.aclose()
+    assert len(origin.requests) == 1

@@ -34,7 +34,7 @@ from cachetools import LRUCache
 from app.edge.asgi_io import ClientGone
 from app.edge.interim import interim_sink
 from app.ops.metrics import EngineCounters
-from app.upstream.direct import DirectTransport, SliceRouting, reads_into
+from app.upstream.direct import MAX_INTERIM, DirectTransport, SliceRouting, reads_into
 from app.upstream.framing import LengthTrustingHandler
 from app.upstream.wire import (
     DIRECT,
@@ -131,7 +131,12 @@ class _AiohttpBody(httpx.AsyncByteStream):
 
 class _InterimNotingResponse(aiohttp.ClientResponse):
     """aiohttp reads and drops 1xx responses inside ``start``; this hands each one to the
-    request's interim sink (app.edge.interim) on the way, so a 103 reaches the client."""
+    request's interim sink (app.edge.interim) on the way, so a 103 reaches the client.
+
+    As on the slice client (app/upstream/direct.py): the final head and every interim one
+    before it share one READ_TIMEOUT (aiohttp's restarts on each byte: an origin dripping
+    1xx answers held a request for as long as it liked), at most ``MAX_INTERIM`` of them,
+    and an origin that closes after some of its answer is a 502, not retried (helper-36)."""
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
         sink = interim_sink.get()
@@ -139,10 +144,15 @@ class _InterimNotingResponse(aiohttp.ClientResponse):
         if protocol is None:
             return await super().start(connection)
         read = protocol.read
+        interim = 0
 
         async def read_noting_interim() -> Any:
+            nonlocal interim
             message, payload = await read()
             if 100 <= message.code < 200 and message.code != 101:
+                interim += 1
+                if interim > MAX_INTERIM:
+                    raise self._failed(f"more than {MAX_INTERIM} interim answers")
                 # aiohttp drops its read timer once a message is parsed: re-armed, the
                 # wait for the final response is bounded by READ_TIMEOUT too (an origin
                 # sending a 100 and then nothing held the request for good).
@@ -155,10 +165,24 @@ class _InterimNotingResponse(aiohttp.ClientResponse):
             return message, payload
 
         protocol.read = read_noting_interim  # type: ignore[method-assign]
+        head_timeout = asyncio.timeout(protocol.read_timeout)
         try:
-            return await super().start(connection)
+            async with head_timeout:
+                return await super().start(connection)
+        except TimeoutError as exc:
+            if head_timeout.expired():
+                raise aiohttp.SocketTimeoutError("no final response head in time") from exc
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if getattr(protocol, "answered", False):
+                raise self._failed("origin closed the connection in its answer") from exc
+            raise
         finally:
             del protocol.read
+
+    def _failed(self, reason: str) -> aiohttp.ClientResponseError:
+        """A failed answer (a 502), which neither aiohttp nor UpstreamClient retries."""
+        return aiohttp.ClientResponseError(self.request_info, (), message=reason)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -192,6 +216,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             max_field_size=16 * 1024,
             response_class=_InterimNotingResponse,
         )
+        # aiohttp retries an idempotent request once on its own when the connection fails;
+        # UpstreamClient retries once (README): two layers made four attempts.
+        self._session._retry_connection = False
         self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._pool_size = pool_size
         self._keepalive_seconds = keepalive_seconds

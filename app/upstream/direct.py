@@ -67,6 +67,10 @@ class _Head:
         self.body: list[bytes] = []  # body pieces whose framing has been confirmed
         self.unconfirmed: list[bytes] = []  # the current chunk's pieces
         self.message_complete = False
+        self.excess = False  # bytes came after the message's end
+
+    def on_message_begin(self) -> None:
+        self.excess = self.excess or self.message_complete
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.complete:  # a chunked body's trailer fields are not the head's
@@ -343,9 +347,9 @@ class DirectBody(httpx.AsyncByteStream):
         connection = self._connection
         # Reused only after a whole Content-Length body and nothing more: a connection
         # abandoned mid-body, or with bytes after the body, could hand them to the next.
-        excess = self._finished and connection.start != connection.end
+        excess = self._finished and (connection.start != connection.end or self._fields.excess)
         if excess:
-            self._pool.dropped("origin_excess_bytes", "origin sent more than its Content-Length")
+            self._pool.dropped("origin_excess_bytes", "origin sent more than its answer")
         reusable = (
             self._finished
             and self._remaining == 0
@@ -554,6 +558,7 @@ def feed_decoded(parser: httptools.HttpResponseParser, fields: _Head, data: byte
     except httptools.HttpParserError as error:
         if not fields.message_complete:
             raise httpx.RemoteProtocolError(f"bad chunked body: {error}") from None
+        fields.excess = True
 
 
 def _framing(

@@ -1,14 +1,17 @@
-"""Trust the origin's Content-Length: bytes after the announced body are dropped, and so
-is the connection (what nginx and ATS do with "upstream sent more data than specified").
+"""Trust the origin's framing: bytes after the answer are dropped, and so is the
+connection (what nginx and ATS do with "upstream sent more data than specified").
 
 aiohttp's parser reads whatever follows a complete response as the start of the next
-one; when the excess arrives in the same packet it fails the whole exchange
-(``BadStatusLine``), so a response with a correct status, headers and announced body
-became a 502. :class:`LengthTrustingHandler` cuts each read at the end of the
-Content-Length-delimited message it belongs to, so the parser never sees the excess, and
-marks the connection not reusable. HTTP/1.1 without pipelining (aiohttp sends one
-request at a time) means nothing legitimate can follow a response before the next
-request. Framings it does not know (chunked, close-delimited, 101) are left to aiohttp.
+one: excess in the same packet failed the whole exchange (``BadStatusLine``), and a
+response the origin wrote unasked on an idle connection waited in its queue as the
+answer to the next request, another client's (helper-36: response smuggling).
+:class:`LengthTrustingHandler` follows each answer's framing itself (its heads, 1xx
+included, then a Content-Length or chunked body), cuts each read where the answer ends,
+so the parser never sees the excess, and drops the connection. HTTP/1.1 without
+pipelining (aiohttp sends one request at a time) means nothing legitimate can follow a
+response before the next request. A head with a bare LF is refused (a 502): two parsers
+may frame it differently. Framings it does not follow (read until close, 101, lines
+past its limits) are left to aiohttp, on a connection that is not reused.
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
 HEAD_LIMIT = 64 * 1024  # beyond aiohttp's own header limits: leave it to aiohttp
+
+
+HEX_DIGITS = b"0123456789abcdefABCDEF"
+LINE_LIMIT = 4096  # a chunk-size or trailer line longer than this: not followed
 
 
 class _Framing:
@@ -29,19 +37,22 @@ class _Framing:
         self.with_body = with_body
         self.head = bytearray()
         self.remaining: int | None = None  # body bytes still due; None: reading a head
-        self.off = False  # unknown framing: aiohttp decides
+        self.chunked: bytes | None = None  # chunked body: its phase (CHUNK_*), else None
+        self.line = bytearray()  # a chunk-size or trailer line read so far
+        self.off = False  # framing not followed: aiohttp decides, the connection is not reused
         self.done = False  # the final response is complete: anything more is excess
         self.cut = False  # excess was dropped
+        self.refused: str | None = None  # the answer is not HTTP/1.1 we relay: why
 
     def admit(self, data: bytes) -> bytes:
         """The part of ``data`` that belongs to the response; the rest is dropped.
 
-        Only head bytes are copied (to find where a head ends across reads): a read that
-        belongs to the response whole, however many heads and body bytes it holds, is
-        passed on as received, and one with excess as one slice of it."""
+        Only head and chunk-line bytes are copied: a read that belongs to the response
+        whole, however many heads and body bytes it holds, is passed on as received, and
+        one with excess as one slice of it."""
         if self.off:
             return data
-        if self.remaining is not None and 0 < len(data) <= self.remaining:
+        if self.remaining is not None and self.chunked is None and 0 < len(data) <= self.remaining:
             # The body's middle or its last read, the hot path of a large download.
             self.remaining -= len(data)
             self.done = self.remaining == 0
@@ -50,7 +61,7 @@ class _Framing:
             self.cut = self.cut or bool(data)
             return b""
         kept = self._belonging(data)
-        if kept == len(data):
+        if kept == len(data) or self.off or self.refused:
             return data
         self.cut = True
         return data[:kept]
@@ -58,30 +69,71 @@ class _Framing:
     def _belonging(self, data: bytes) -> int:
         """How many leading bytes of ``data`` belong to the response (state advanced)."""
         pos = 0
-        while pos < len(data):
+        while pos < len(data) and not self.done:
+            if self.chunked is not None:
+                pos = self._chunk_bytes(data, pos)
+                if self.off:
+                    return len(data)
+                continue
             if self.remaining is None:
                 end = self._head_end(data, pos)
                 if end < 0:
                     self.head += data[pos:]
+                    if _bare_lf(self.head):
+                        self.refused = "origin sent a bare LF in a response head"
                     self.off = len(self.head) > HEAD_LIMIT
                     return len(data)
                 # The head without its blank line, which may have begun in earlier reads.
                 head = (bytes(self.head) + data[pos:end])[:-4] if self.head else data[pos : end - 4]
                 self.head = bytearray()
                 pos = end
+                if _bare_lf(head):
+                    self.refused = "origin sent a bare LF in a response head"
+                    return len(data)
                 if not self._start_body(head):
                     self.off = True
                     return len(data)
-                if self.remaining is None:
-                    continue  # an interim response: the next head follows
-            assert self.remaining is not None
+                continue  # an interim response's next head, a body, or done
             take = min(self.remaining, len(data) - pos)
             pos += take
             self.remaining -= take
+            self.done = self.remaining == 0
+        return pos
+
+    def _chunk_bytes(self, data: bytes, pos: int) -> int:
+        """Consume chunked-body bytes of ``data`` from ``pos`` (RFC 9112 7.1): size lines,
+        chunk data and its CRLF, the trailer section; lines end at LF (a CR before it is
+        stripped), as llhttp's lenient reading ends them. Returns the new position."""
+        phase = self.chunked
+        if phase == CHUNK_DATA:
+            assert self.remaining is not None
+            take = min(self.remaining, len(data) - pos)
+            self.remaining -= take
             if self.remaining == 0:
-                self.done = True
+                self.chunked = CHUNK_DATA_END
+            return pos + take
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            self.line += data[pos:]
+            self.off = len(self.line) > LINE_LIMIT
+            return len(data)
+        line = bytes(self.line + data[pos:newline]) if self.line else data[pos:newline]
+        self.line = bytearray()
+        line = line.removesuffix(b"\r")
+        pos = newline + 1
+        if phase == CHUNK_DATA_END:
+            if line:
+                self.off = True  # chunk data longer than its size said: aiohttp fails it
+            self.chunked = CHUNK_SIZE
+        elif phase == CHUNK_SIZE:
+            size = line.partition(b";")[0].strip()
+            if not size or size.strip(HEX_DIGITS):  # int() would take 0x, _ and signs
+                self.off = True
                 return pos
-        if self.remaining == 0:
+            self.remaining = int(size, 16)
+            self.chunked = CHUNK_DATA if self.remaining else CHUNK_TRAILER
+        elif not line:  # the blank line ending the trailer section: the message's end
+            self.chunked = None
             self.done = True
         return pos
 
@@ -98,7 +150,7 @@ class _Framing:
         return found + 4 if found >= 0 else -1
 
     def _start_body(self, head: bytes) -> bool:
-        """Read a response head; False when its framing is not a plain Content-Length."""
+        """Read a response head; False when its framing is not Content-Length or chunked."""
         lines = head.split(b"\r\n")
         try:
             status = int(lines[0].split(b" ")[1])
@@ -108,20 +160,48 @@ class _Framing:
             self.remaining = None
             return True
         lengths: set[bytes] = set()
+        codings: list[bytes] = []
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
             if name == b"transfer-encoding":
-                return False
+                codings.extend(part.strip().lower() for part in value.split(b","))
             if name == b"content-length":
                 lengths.update(part.strip() for part in value.split(b","))
-        if status == 101 or len(lengths) != 1:
+        if status == 101:
+            return False
+        if not self.with_body or status in (204, 304):
+            self.remaining = 0
+            self.done = True
+            return True
+        if codings:
+            # Another coding than one chunked: refused by the client, or read until close.
+            if codings != [b"chunked"]:
+                return False
+            self.chunked = CHUNK_SIZE
+            return True
+        if len(lengths) != 1:
             return False
         (length,) = lengths
         if not length.isdigit():
             return False
-        self.remaining = int(length) if self.with_body and status not in (204, 304) else 0
+        self.remaining = int(length)
+        self.done = self.remaining == 0
         return True
+
+
+# The phases of a chunked body.
+CHUNK_SIZE = b"size"
+CHUNK_DATA = b"data"
+CHUNK_DATA_END = b"data-end"
+CHUNK_TRAILER = b"trailer"
+
+
+def _bare_lf(head: bytes | bytearray) -> bool:
+    """Whether a head has a line ending in LF alone (RFC 9112 2.2 allows a recipient to
+    accept it; llhttp in aiohttp does, the slice client's does not, and a head framed
+    differently by two parsers is how responses get smuggled)."""
+    return head.count(b"\n") != head.count(b"\r\n")
 
 
 class LengthTrustingHandler(ResponseHandler):
@@ -140,10 +220,12 @@ class LengthTrustingHandler(ResponseHandler):
         super().__init__(loop)
         self._dropped = dropped
         self._cut = False
+        self.answered = False
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called once per request, before its response is read.
         self._framing = _Framing(with_body=not kwargs.get("skip_payload", False))
+        self.answered = False  # some of the answer came: a failure is not retried
         super().set_response_params(**kwargs)
 
     def data_received(self, data: bytes) -> None:
@@ -151,7 +233,13 @@ class LengthTrustingHandler(ResponseHandler):
         if framing is None:
             super().data_received(data)
             return
+        self.answered = True
         kept = framing.admit(data)
+        if framing.refused is not None:
+            self._refuse(framing.refused)
+            return
+        if framing.off:
+            self.force_close()  # not followed: it may not be read as the next answer
         if kept:
             super().data_received(kept)
         if framing.cut and not self._cut:
@@ -164,4 +252,11 @@ class LengthTrustingHandler(ResponseHandler):
             if self.transport is not None:
                 self.transport.close()
             if self._dropped is not None:
-                self._dropped("origin_excess_bytes", "origin sent more than its Content-Length")
+                self._dropped("origin_excess_bytes", "origin sent more than its answer")
+
+    def _refuse(self, reason: str) -> None:
+        """Fail the exchange (a 502 for the client) and drop the connection."""
+        self._framing = None
+        self.set_exception(HttpProcessingError(message=reason))
+        if self.transport is not None:
+            self.transport.close()

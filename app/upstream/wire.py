@@ -39,5 +39,8 @@ def transfer_coding_refused(codings: list[bytes]) -> bool:
     it cannot read (the field is hop-by-hop, the coding under the chunks stays), or is
     not HTTP at all (``chunked`` twice, or not last). helper-35: a client that read only
     the first line framed ``identity`` + ``chunked`` on two lines as close-delimited
-    while llhttp decoded chunks, and served and stored the chunk framing as the body."""
-    return b"chunked" in codings and codings != [b"chunked"]
+    while llhttp decoded chunks, and served and stored the chunk framing as the body.
+    ``chunked`` with parameters is refused too: it has none (RFC 9112 7.1), and llhttp
+    reads ``chunked;x=1`` as another coding, so the chunk framing was served (helper-36)."""
+    named = any(coding.partition(b";")[0].strip() == b"chunked" for coding in codings)
+    return named and codings != [b"chunked"]

@@ -6,12 +6,13 @@ import asyncio
 
 import httpx
 import pytest
+from aiohttp.client_proto import ResponseHandler
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.upstream.client import AiohttpTransport, UpstreamClient, UpstreamTimeouts
 from app.upstream.direct import MAX_INTERIM
-from app.upstream.framing import _Framing
+from app.upstream.framing import LengthTrustingHandler, _Framing
 from tests.test_direct_client import Script, ScriptedOrigin
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
@@ -83,14 +84,67 @@ def test_any_split_of_a_chunked_answer_keeps_exactly_the_message(
     assert framing.cut == bool(junk)
 
 
-def test_a_head_with_a_bare_lf_is_refused() -> None:
-    for answer in (
-        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
-    ):
-        framing = _Framing(with_body=True)
-        framing.admit(answer)
-        assert framing.refused
+# Heads two parsers read differently (helper-36, helper-37): each was a way to smuggle
+# a response to the next request on the connection.
+AMBIGUOUS_HEADS = [
+    b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",  # LF alone
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\n \r\nX: 1\r\n\r\n",  # whitespace line after the status
+    b"HTTP/1.1 103 Early Hints\r\n\t\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: \r\r\nContent-Length: 0\r\n\r\n",  # CR before CRLF
+    b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",  # a bare CR
+]
+
+
+@pytest.mark.parametrize("answer", AMBIGUOUS_HEADS)
+def test_a_head_parsers_may_read_differently_is_refused(answer: bytes) -> None:
+    framing = _Framing(with_body=True)
+    framing.admit(answer)
+    assert framing.refused
+
+
+@pytest.mark.parametrize(
+    "end", [b"0\r\nX: \r\r\n\r\n", b"0\r\nX: 1\r\n folded\r\n\r\n", b"5\r\r\nhello\r\n0\r\n\r\n"]
+)
+def test_a_chunked_body_parsers_may_end_differently_is_refused(end: bytes) -> None:
+    framing = _Framing(with_body=True)
+    framing.admit(CHUNKED + end)
+    assert framing.refused
+
+
+def test_a_connection_is_reused_only_after_an_answer_whose_end_the_framing_saw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the framing and aiohttp's parser part ways, the connection goes, whatever
+    aiohttp thinks of the answer (helper-37)."""
+    monkeypatch.setattr(ResponseHandler, "should_close", property(lambda self: False))
+    monkeypatch.setattr(ResponseHandler, "data_received", lambda self, data: None)
+    handler = LengthTrustingHandler(asyncio.new_event_loop())
+    try:
+        handler.set_response_params(read_until_eof=False)
+        handler.data_received(CHUNKED + b"5\r\nhello\r\n")
+        assert handler.should_close  # mid-body by the framing: aiohttp's word is not enough
+        handler.data_received(b"0\r\n\r\n")
+        assert not handler.should_close  # whole: reusable
+    finally:
+        handler._loop.close()
+
+
+def test_aiohttp_resuming_its_parser_is_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp resumes a parser it paused for a slow reader with ``data_received(b"")``;
+    swallowed, the bytes it held back were never parsed: a slow client's chunked body
+    stalled until READ_TIMEOUT cut it short (helper-37)."""
+    seen: list[bytes] = []
+    monkeypatch.setattr(ResponseHandler, "data_received", lambda self, data: seen.append(data))
+    handler = LengthTrustingHandler(asyncio.new_event_loop())
+    try:
+        handler.set_response_params(read_until_eof=False)
+        handler.data_received(HEAD + b"01234")
+        handler.data_received(b"")
+        assert seen == [HEAD + b"01234", b""]
+    finally:
+        handler._loop.close()
 
 
 def test_a_chunk_size_line_python_would_read_but_http_does_not_is_not_followed() -> None:
@@ -252,14 +306,8 @@ async def test_a_response_written_unasked_after_a_chunked_answer_is_never_an_ans
     assert dropped == ["origin_excess_bytes"]
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\n\r\nhello",
-    ],
-)
-async def test_a_head_with_a_bare_lf_is_a_protocol_error(answer: bytes) -> None:
+@pytest.mark.parametrize("answer", AMBIGUOUS_HEADS)
+async def test_a_head_parsers_may_read_differently_is_a_protocol_error(answer: bytes) -> None:
     async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(answer)
         await writer.drain()

@@ -505,21 +505,21 @@ class DirectTransport(httpx.AsyncBaseTransport):
         # MAX_INTERIM + 1 of them (helper-35).
         loop = asyncio.get_running_loop()
         deadline = None if read_timeout is None else loop.time() + read_timeout
-        for _ in range(MAX_INTERIM + 1):
+        for seen in range(MAX_INTERIM + 1):
             parser, fields = await connection.read_head(deadline)
             status = parser.get_status_code()
             if status == 101:
                 raise httpx.RemoteProtocolError("origin switched protocols unasked")
             if not 100 <= status < 200:
                 break
+            if seen == MAX_INTERIM:  # refused before it is relayed, as on the other client
+                raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
             sink = interim_sink.get()
             if sink is not None:
                 try:
                     await sink(status, fields.fields)
                 except Exception:  # noqa: S110 - the client left: the final answer matters
                     pass
-        else:
-            raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim answers")
         if control_character_in(fields.fields):
             raise httpx.RemoteProtocolError("origin sent a control character in a field")
         codings = transfer_codings(fields.fields)

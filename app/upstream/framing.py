@@ -72,23 +72,22 @@ class _Framing:
         while pos < len(data) and not self.done:
             if self.chunked is not None:
                 pos = self._chunk_bytes(data, pos)
-                if self.off:
+                if self.off or self.refused:
                     return len(data)
                 continue
             if self.remaining is None:
                 end = self._head_end(data, pos)
                 if end < 0:
                     self.head += data[pos:]
-                    if _bare_lf(self.head):
-                        self.refused = "origin sent a bare LF in a response head"
+                    self.refused = _head_refused(self.head)
                     self.off = len(self.head) > HEAD_LIMIT
                     return len(data)
                 # The head without its blank line, which may have begun in earlier reads.
                 head = (bytes(self.head) + data[pos:end])[:-4] if self.head else data[pos : end - 4]
                 self.head = bytearray()
                 pos = end
-                if _bare_lf(head):
-                    self.refused = "origin sent a bare LF in a response head"
+                self.refused = _head_refused(head + b"\r\n")
+                if self.refused:
                     return len(data)
                 if not self._start_body(head):
                     self.off = True
@@ -121,6 +120,10 @@ class _Framing:
         self.line = bytearray()
         line = line.removesuffix(b"\r")
         pos = newline + 1
+        if b"\r" in line or (phase == CHUNK_TRAILER and line[:1] in (b" ", b"\t")):
+            # A bare CR, or a folded trailer line: parsers part ways on where it ends.
+            self.refused = "origin sent a malformed chunked body"
+            return pos
         if phase == CHUNK_DATA_END:
             if line:
                 self.off = True  # chunk data longer than its size said: aiohttp fails it
@@ -197,11 +200,20 @@ CHUNK_DATA_END = b"data-end"
 CHUNK_TRAILER = b"trailer"
 
 
-def _bare_lf(head: bytes | bytearray) -> bool:
-    """Whether a head has a line ending in LF alone (RFC 9112 2.2 allows a recipient to
-    accept it; llhttp in aiohttp does, the slice client's does not, and a head framed
-    differently by two parsers is how responses get smuggled)."""
-    return head.count(b"\n") != head.count(b"\r\n")
+def _head_refused(head: bytes | bytearray) -> str | None:
+    """Why a head (read so far) is refused, if it is: what parsers read in different ways
+    is how responses get smuggled (helper-36, helper-37), so none of it is relayed (RFC
+    9112 2.2 and 5.2 let a recipient reject each). A line ending in LF alone (llhttp in
+    aiohttp accepts it, the slice client's does not); a CR not before LF; a line that
+    begins with whitespace (a folded field, or a whitespace line after the status line,
+    which llhttp reads as the end of the head)."""
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return "origin sent a bare LF in a response head"
+    if head.count(b"\r") - head.endswith(b"\r") != head.count(b"\r\n"):
+        return "origin sent a bare CR in a response head"
+    if b"\r\n " in head or b"\r\n\t" in head:
+        return "origin sent a folded or blank-looking line in a response head"
+    return None
 
 
 class LengthTrustingHandler(ResponseHandler):
@@ -230,7 +242,10 @@ class LengthTrustingHandler(ResponseHandler):
 
     def data_received(self, data: bytes) -> None:
         framing = self._framing
-        if framing is None:
+        if framing is None or not data:
+            # b"": aiohttp resuming its parser after a pause (base_protocol.resume_reading)
+            # to parse what it held back; swallowed, a slow client's body stalled until
+            # READ_TIMEOUT cut it short (helper-37).
             super().data_received(data)
             return
         self.answered = True
@@ -253,6 +268,14 @@ class LengthTrustingHandler(ResponseHandler):
                 self.transport.close()
             if self._dropped is not None:
                 self._dropped("origin_excess_bytes", "origin sent more than its answer")
+
+    @property
+    def should_close(self) -> bool:
+        """Reused only after an answer whose end this framing saw too: where it and
+        aiohttp's parser disagree on the end, what one of them read as the next answer
+        must not be handed to another request (helper-37: four such ways)."""
+        framing = self._framing
+        return bool(super().should_close) or (framing is not None and not framing.done)
 
     def _refuse(self, reason: str) -> None:
         """Fail the exchange (a 502 for the client) and drop the connection."""

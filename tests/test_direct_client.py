@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import re
 import socketserver
@@ -594,17 +595,25 @@ class _FaultyOrigin(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _FaultyHandler)
 
 
+def _request_head(rfile: io.BufferedIOBase) -> bytes | None:
+    """The next request head on a connection; None once the client closed it."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        line = rfile.readline()
+        if not line:
+            return None
+        head += line
+    return head
+
+
 class _FaultyHandler(socketserver.StreamRequestHandler):
     server: _FaultyOrigin
 
     def handle(self) -> None:
         while True:
-            head = b""
-            while not head.endswith(b"\r\n\r\n"):
-                line = self.rfile.readline()
-                if not line:
-                    return
-                head += line
+            head = _request_head(self.rfile)
+            if head is None:
+                return
             spec = re.search(rb"(?i)\r\nrange: bytes=(\d+)-(\d+)", head)
             if spec is None:  # passed through whole (once the Range was seen ignored)
                 payload = self.server.payload
@@ -735,12 +744,9 @@ class _ScriptedRangeHandler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         while True:
-            head = b""
-            while not head.endswith(b"\r\n\r\n"):
-                line = self.rfile.readline()
-                if not line:
-                    return
-                head += line
+            head = _request_head(self.rfile)
+            if head is None:
+                return
             length = re.search(rb"(?i)\r\ncontent-length: (\d+)", head)
             self.rfile.read(int(length[1]) if length else 0)
             fields = ["Transfer-Encoding: chunked"]

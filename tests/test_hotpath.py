@@ -274,13 +274,9 @@ def test_request_ids_are_uuid4_hex() -> None:
         assert uuid.UUID(hex=text).version == 4 and uuid.UUID(hex=text).hex == text
 
 
-async def _run(app: AccessLogMiddleware, status: int, more: bool = False) -> None:
-    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b"x", "more_body": more})
-
-    app.app = endpoint
-    scope = {
+def _get_scope(**more: Any) -> Scope:
+    """The ASGI scope of a plain ``GET /a`` from 127.0.0.1."""
+    return {
         "type": "http",
         "method": "GET",
         "path": "/a",
@@ -288,7 +284,17 @@ async def _run(app: AccessLogMiddleware, status: int, more: bool = False) -> Non
         "query_string": b"",
         "headers": [],
         "client": ("127.0.0.1", 1),
+        **more,
     }
+
+
+async def _run(app: AccessLogMiddleware, status: int, more: bool = False) -> None:
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": more})
+
+    app.app = endpoint
+    scope = _get_scope()
 
     async def receive() -> Message:
         return {"type": "http.disconnect"}
@@ -566,16 +572,7 @@ def test_a_whole_response_whose_last_bytes_were_lost_in_the_transport_is_a_cut(
     async def receive() -> Message:
         return {"type": "http.disconnect"}
 
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/a",
-        "raw_path": b"/a",
-        "query_string": b"",
-        "headers": [],
-        "client": ("127.0.0.1", 1),
-        "extensions": {WRITTEN_OUT: {"watch": watch}},
-    }
+    scope = _get_scope(extensions={WRITTEN_OUT: {"watch": watch}})
     app = AccessLogMiddleware(endpoint, metrics=metrics, stream=out)
     asyncio.run(app(scope, receive, send))
     entry = json.loads(out.getvalue())

@@ -228,45 +228,27 @@ def test_a_read_holding_head_and_body_is_passed_on_as_received(
     assert framing.done and framing.cut == excess
 
 
-def test_excess_that_comes_late_drops_the_idle_connection_at_once() -> None:
+async def test_excess_that_comes_late_drops_the_idle_connection_at_once() -> None:
     """The excess arrives after the response was read and its connection went back to
     aiohttp's pool: the next request goes out on a new connection (helper-35: the idle
     connection, only marked, was reused once more)."""
 
+    async def late(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + b"0123456789")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the client is done with the response
+        writer.write(b"late")
+        await writer.drain()
+
+    origin = ScriptedOrigin(late)
     dropped: list[str] = []
-
-    async def run() -> tuple[list[bytes], int]:
-        connections: list[int] = []
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            connections.append(1)
-            try:
-                while await reader.readuntil(b"\r\n\r\n"):
-                    writer.write(HEAD + b"0123456789")
-                    await writer.drain()
-                    await asyncio.sleep(0.05)  # the client is done with the response
-                    writer.write(b"late")
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        transport = AiohttpTransport(pool_size=4, dropped=lambda kind, _: dropped.append(kind))
-        bodies = []
-        try:
-            async with httpx.AsyncClient(transport=transport) as client:
-                for _ in range(2):
-                    response = await client.get(f"http://127.0.0.1:{port}/")
-                    bodies.append(response.content)
-                    await asyncio.sleep(0.2)  # the late bytes arrive while it idles
-                count = len(connections)
-        finally:
-            server.close()
-        return bodies, count
-
-    bodies, connections = asyncio.run(run())
+    transport = AiohttpTransport(pool_size=4, dropped=lambda kind, _: dropped.append(kind))
+    bodies = []
+    async with origin.running() as url, httpx.AsyncClient(transport=transport) as client:
+        for _ in range(2):
+            bodies.append((await client.get(url + "/")).content)
+            await asyncio.sleep(0.2)  # the late bytes arrive while it idles
+        connections = origin.connections
     assert bodies == [b"0123456789", b"0123456789"]
     assert connections == 2, "the connection that got late excess was reused"
     assert dropped == ["origin_excess_bytes", "origin_excess_bytes"]

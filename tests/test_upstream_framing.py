@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import httpx
 import pytest
@@ -94,7 +95,45 @@ AMBIGUOUS_HEADS = [
     b"HTTP/1.1 103 Early Hints\r\n\t\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nX: \r\r\nContent-Length: 0\r\n\r\n",  # CR before CRLF
     b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",  # a bare CR
+    # A 1xx with a body: llhttp gives it one (but to 100, 102, 103), the framing none, so
+    # a response hidden in that body reached the next request (helper-38).
+    b"HTTP/1.1 199 X\r\nContent-Length: 5\r\n\r\nHTTP/",
+    b"HTTP/1.1 104 X\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"abcdeHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",  # not a status line
+    b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
 ]
+
+
+def test_interim_answers_without_framing_fields_are_followed() -> None:
+    answer = b"HTTP/1.1 104 X\r\nX: 1\r\n\r\nHTTP/1.0 200\r\nContent-Length: 2\r\n\r\nok"
+    framing = _Framing(with_body=True)
+    assert framing.admit(answer + b"junk") == answer
+    assert framing.done and framing.cut and not framing.refused
+
+
+def test_a_message_aiohttp_parses_after_the_final_answer_is_dropped_with_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Wherever aiohttp's parser ends an answer before the framing does, what it parses
+    next never reaches a request: aiohttp may have pooled the connection already, as the
+    body ended in the middle of a read (helper-38)."""
+    passed: list[int] = []
+    monkeypatch.setattr(
+        ResponseHandler, "feed_data", lambda self, data, size=0: passed.append(data[0].code)
+    )
+    dropped: list[str] = []
+    handler = LengthTrustingHandler(asyncio.new_event_loop(), lambda kind, _: dropped.append(kind))
+    try:
+        handler.set_response_params(read_until_eof=False)
+        for code in (103, 200, 302):
+            handler.feed_data((types.SimpleNamespace(code=code), None))
+        assert passed == [103, 200]
+        assert handler.should_close and dropped == ["origin_excess_bytes"]
+        handler.set_response_params(read_until_eof=False)  # a request on it would start over
+        handler.feed_data((types.SimpleNamespace(code=200), None))
+        assert passed == [103, 200, 200]
+    finally:
+        handler._loop.close()
 
 
 @pytest.mark.parametrize("answer", AMBIGUOUS_HEADS)

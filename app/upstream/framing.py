@@ -17,6 +17,7 @@ past its limits) are left to aiohttp, on a connection that is not reused.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ HEAD_LIMIT = 64 * 1024  # beyond aiohttp's own header limits: leave it to aiohtt
 
 
 HEX_DIGITS = b"0123456789abcdefABCDEF"
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: [^\r\n]*)?")
+# The 1xx answers llhttp reads without a body whatever their fields say (it gives the
+# others the body their Content-Length or Transfer-Encoding announces).
+BODILESS_INTERIM = frozenset({100, 102, 103})
 LINE_LIMIT = 4096  # a chunk-size or trailer line longer than this: not followed
 
 
@@ -153,15 +158,14 @@ class _Framing:
         return found + 4 if found >= 0 else -1
 
     def _start_body(self, head: bytes) -> bool:
-        """Read a response head; False when its framing is not Content-Length or chunked."""
+        """Read a response head; False when its framing is not Content-Length or chunked
+        (``refused`` set when it is not to be relayed at all)."""
         lines = head.split(b"\r\n")
-        try:
-            status = int(lines[0].split(b" ")[1])
-        except (IndexError, ValueError):
+        status_line = STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
+            self.refused = "origin sent a malformed status line"
             return False
-        if 100 <= status < 200 and status != 101:
-            self.remaining = None
-            return True
+        status = int(status_line[1])
         lengths: set[bytes] = set()
         codings: list[bytes] = []
         for line in lines[1:]:
@@ -171,6 +175,14 @@ class _Framing:
                 codings.extend(part.strip().lower() for part in value.split(b","))
             if name == b"content-length":
                 lengths.update(part.strip() for part in value.split(b","))
+        if 100 <= status < 200 and status != 101:
+            if status not in BODILESS_INTERIM and (lengths or codings):
+                # llhttp gives such an answer the body its fields announce, this framing
+                # none (1xx have none): helper-38 smuggled a response in that body.
+                self.refused = f"origin sent a {status} with a body"
+                return False
+            self.remaining = None
+            return True
         if status == 101:
             return False
         if not self.with_body or status in (204, 304):
@@ -233,12 +245,27 @@ class LengthTrustingHandler(ResponseHandler):
         self._dropped = dropped
         self._cut = False
         self.answered = False
+        self._final = False
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called once per request, before its response is read.
         self._framing = _Framing(with_body=not kwargs.get("skip_payload", False))
         self.answered = False  # some of the answer came: a failure is not retried
+        self._final = False  # aiohttp's parser has handed over this request's final answer
         super().set_response_params(**kwargs)
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        """A parsed message on its way to the request: one after the final answer means
+        aiohttp's parser ended that answer before this framing did. aiohttp may already
+        have given the connection back to its pool (it does so as the body ends, in the
+        middle of a read), so the message is dropped and the connection closed here, or
+        the next request would read it as its answer (helper-38)."""
+        if self._final:
+            self._cut_excess()
+            return
+        code = data[0].code
+        self._final = not (100 <= code < 200 and code != 101)
+        super().feed_data(data, size)
 
     def data_received(self, data: bytes) -> None:
         framing = self._framing
@@ -257,17 +284,22 @@ class LengthTrustingHandler(ResponseHandler):
             self.force_close()  # not followed: it may not be read as the next answer
         if kept:
             super().data_received(kept)
-        if framing.cut and not self._cut:
-            self._cut = True
-            # The excess may have been anything: never reuse this. Closed now, not only
-            # marked: excess that came late finds the connection idle in aiohttp's pool,
-            # which looks at the mark only when a request gives the connection back
-            # (helper-35: it was reused once more). The response, complete, reads on.
-            self.force_close()
-            if self.transport is not None:
-                self.transport.close()
-            if self._dropped is not None:
-                self._dropped("origin_excess_bytes", "origin sent more than its answer")
+        if framing.cut:
+            self._cut_excess()
+
+    def _cut_excess(self) -> None:
+        """Bytes after the answer: never reuse this connection. Closed now, not only
+        marked: excess that came late finds the connection idle in aiohttp's pool, which
+        looks at the mark only when a request gives the connection back (helper-35: it was
+        reused once more). The response, complete, reads on. Reported once."""
+        if self._cut:
+            return
+        self._cut = True
+        self.force_close()
+        if self.transport is not None:
+            self.transport.close()
+        if self._dropped is not None:
+            self._dropped("origin_excess_bytes", "origin sent more than its answer")
 
     @property
     def should_close(self) -> bool:

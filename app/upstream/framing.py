@@ -229,7 +229,8 @@ def _head_refused(head: bytes | bytearray) -> str | None:
 
 
 class LengthTrustingHandler(ResponseHandler):
-    """aiohttp's connection protocol, reading no further than the announced body.
+    """aiohttp's connection protocol, reading no further than the answer's end, refusing
+    answers parsers may read differently, and reused only after an answer both ended.
 
     ``dropped(kind, message)``: told once per connection whose excess was dropped (counted
     and logged as the direct client's, app/upstream/direct.py)."""

@@ -9,9 +9,10 @@ answer to the next request, another client's (helper-36: response smuggling).
 included, then a Content-Length or chunked body), cuts each read where the answer ends,
 so the parser never sees the excess, and drops the connection. HTTP/1.1 without
 pipelining (aiohttp sends one request at a time) means nothing legitimate can follow a
-response before the next request. A head with a bare LF is refused (a 502): two parsers
-may frame it differently. Framings it does not follow (read until close, 101, lines
-past its limits) are left to aiohttp, on a connection that is not reused.
+response before the next request. A head or chunk line two parsers may read differently
+(bare LF or CR, folded lines, a 1xx with a body) is refused (a 502). Framings it does not
+follow (read until close, 101, lines past its limits) are left to aiohttp, on a connection
+that is not reused.
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ from typing import Any
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_exceptions import HttpProcessingError
 
+from app.upstream.wire import transfer_codings
+
 HEAD_LIMIT = 64 * 1024  # beyond aiohttp's own header limits: leave it to aiohttp
-
-
 HEX_DIGITS = b"0123456789abcdefABCDEF"
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})(?: [^\r\n]*)?")
 # The 1xx answers llhttp reads without a body whatever their fields say (it gives the
 # others the body their Content-Length or Transfer-Encoding announces).
 BODILESS_INTERIM = frozenset({100, 102, 103})
 LINE_LIMIT = 4096  # a chunk-size or trailer line longer than this: not followed
+# The phases of a chunked body.
+CHUNK_SIZE = b"size"
+CHUNK_DATA = b"data"
+CHUNK_DATA_END = b"data-end"
+CHUNK_TRAILER = b"trailer"
 
 
 class _Framing:
@@ -166,15 +172,16 @@ class _Framing:
             self.refused = "origin sent a malformed status line"
             return False
         status = int(status_line[1])
-        lengths: set[bytes] = set()
-        codings: list[bytes] = []
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"transfer-encoding":
-                codings.extend(part.strip().lower() for part in value.split(b","))
-            if name == b"content-length":
-                lengths.update(part.strip() for part in value.split(b","))
+        fields = [
+            (name.strip(), value) for name, _, value in (x.partition(b":") for x in lines[1:])
+        ]
+        codings = transfer_codings(fields)
+        lengths = {
+            part.strip()
+            for name, value in fields
+            if name.lower() == b"content-length"
+            for part in value.split(b",")
+        }
         if 100 <= status < 200 and status != 101:
             if status not in BODILESS_INTERIM and (lengths or codings):
                 # llhttp gives such an answer the body its fields announce, this framing
@@ -203,13 +210,6 @@ class _Framing:
         self.remaining = int(length)
         self.done = self.remaining == 0
         return True
-
-
-# The phases of a chunked body.
-CHUNK_SIZE = b"size"
-CHUNK_DATA = b"data"
-CHUNK_DATA_END = b"data-end"
-CHUNK_TRAILER = b"trailer"
 
 
 def _head_refused(head: bytes | bytearray) -> str | None:

@@ -386,6 +386,65 @@ def test_read_ahead_starts_after_the_first_bytes_of_a_cold_object(origin: Origin
     assert after > 1 and total == 8 * slice_size
 
 
+class _HeldBodyOrigin:
+    """An origin whose answers to Range requests send their head at once and their body
+    only once the test releases it."""
+
+    BODY = bytes(range(256)) * 1024  # 256 KiB: four 64 KiB slices
+
+    def __init__(self) -> None:
+        import threading
+
+        self.released = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        fields = dict(scope["headers"])
+        first, _, last = fields[b"range"].decode().removeprefix("bytes=").partition("-")
+        lo, hi = int(first), min(int(last), len(self.BODY) - 1)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 206,
+                "headers": [
+                    (b"etag", b'"held"'),
+                    (b"cache-control", b"max-age=60"),
+                    (b"content-range", f"bytes {lo}-{hi}/{len(self.BODY)}".encode()),
+                    (b"content-length", str(hi - lo + 1).encode()),
+                ],
+            }
+        )
+        while not self.released.is_set():
+            await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": self.BODY[lo : hi + 1]})
+
+
+@pytest.mark.parametrize("asked", [None, "bytes=100-70000"])
+def test_a_cold_miss_sends_its_head_before_the_origins_first_body_byte(
+    proxy: ProxyFactory, asked: str | None
+) -> None:
+    """The client's head leaves as the origin's head arrives, as nginx's does: it waits
+    neither for the first body bytes nor for anything the fill does with them."""
+    held = _HeldBodyOrigin()
+    headers = {"range": asked} if asked else {}
+    with (
+        run_asgi_in_thread(held) as origin_url,
+        proxy(upstream_address=origin_url, slice_size=64 * 1024) as url,
+        httpx.Client(timeout=30) as client,
+        client.stream("GET", url + "/held.bin", headers=headers) as response,
+    ):
+        # The head is here, and the origin has not sent one byte of a body yet.
+        assert not held.released.is_set()
+        assert response.headers["x-cache"].startswith("MISS")
+        held.released.set()
+        body = response.read()
+    if asked is None:
+        assert response.status_code == 200 and body == held.BODY
+    else:
+        assert response.status_code == 206 and body == held.BODY[100:70001]
+
+
 def test_conditionals_are_evaluated_whatever_the_field_name_case() -> None:
     from app.httpcache.conditional import evaluate_client_conditionals
 

@@ -272,8 +272,20 @@ async def _answer(
     # One stored slice is one piece, sent at once: nothing to cancel on a disconnect, so
     # no watcher task (its creation and cancellation cost a hit more than the send).
     watch = not (total_slices == 1 and cached == 1 and opened.first_fill is None)
+    # The first bytes are this request's own probe's, already checked: nothing found
+    # before them could restart the response, so the head goes out now, as the origin's
+    # arrives (nginx does the same), not after the fill's first read.
+    head_first = opened.first_fill is not None and spans[0][0] < engine.slice_size
     await _send_stream(
-        ctx, receive, send, status, headers, pieces, watch=watch, warnings=engine.warnings
+        ctx,
+        receive,
+        send,
+        status,
+        headers,
+        pieces,
+        watch=watch,
+        head_first=head_first,
+        warnings=engine.warnings,
     )
 
 
@@ -317,11 +329,14 @@ async def _send_stream(
     pieces: AsyncGenerator[SliceData, None],
     *,
     watch: bool = True,
+    head_first: bool = False,
     warnings: RateLimitedLog,
 ) -> None:
     """Headers go out with the first bytes, so a change found before then can restart.
 
     ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
+    ``head_first``: the headers go out at once (nothing can restart the response); a
+    failure before the first bytes then aborts it instead of answering 502/504.
     ``warnings``: where a failed slice is logged (once per kind per interval).
     """
     # Owns the L2 leases of the slices written until the transport is done with them.
@@ -329,7 +344,16 @@ async def _send_stream(
     handover = LEASE_HANDOVER.set(writer)
     try:
         await _write_stream(
-            ctx, receive, send, status, headers, pieces, writer, watch=watch, warnings=warnings
+            ctx,
+            receive,
+            send,
+            status,
+            headers,
+            pieces,
+            writer,
+            watch=watch,
+            head_first=head_first,
+            warnings=warnings,
         )
     finally:
         LEASE_HANDOVER.reset(handover)
@@ -346,12 +370,16 @@ async def _write_stream(
     writer: LeaseWriter,
     *,
     watch: bool,
+    head_first: bool,
     warnings: RateLimitedLog,
 ) -> None:
     started = False
     async with contextlib.aclosing(pieces):
         try:
             async with DisconnectWatch(receive) if watch else contextlib.nullcontext():
+                if head_first:
+                    await send_start(send, status, headers)
+                    started = True
                 async for piece in pieces:
                     if not started:
                         await send_start(send, status, headers)

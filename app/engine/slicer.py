@@ -498,6 +498,11 @@ class SliceEngine:
                 size = sum(fill.length for fill in fills)
                 await self.budget.acquire(size, urgent=urgent, on_wait=waiting)
                 hold.granted = min(size, self.budget.capacity)
+            if hold.response is not None:
+                # A probe's answer, handed over as its request wakes up: that request
+                # sends its client the head first, then this task reads the body (the
+                # bytes are in the socket already; the head is what the client waits for).
+                await asyncio.sleep(0)
             await self.fetcher.fetch(fills, target, meta, request_headers, hold, store, epoch)
         except ObjectChanged as error:
             for fill in fills:

@@ -21,6 +21,13 @@ server's default fields stay what they are (at most a second), the whole respons
 up to X-Cache-Slices. The plan is checked against the directory's current metadata on
 every hit (identity of the metadata and of its header list, the freshness policy), so a
 PURGE, a revalidation or a replaced response is seen at once.
+
+An answer is counted and logged (:meth:`FastHits.settle`) once the protocol has written
+it and the transport holds none of it, or as a client's cut if the connection is lost
+while it still held some: the normal path's rule (app/ops/accesslog.py).
+
+Length (~600 lines): the declines, the plan and the answer must be read together to see
+that the fast path answers exactly what the normal path would.
 """
 
 from __future__ import annotations
@@ -116,6 +123,11 @@ class _Answer(NamedTuple):
     slices: int  # how many (X-Cache-Slices)
     length: int  # Content-Length
     dated: bool  # the stored fields have a Date
+
+
+# One answer as it is counted and logged once its bytes are out (FastHits.settle): the
+# answer, method, route, request ID, client, when its head completed, and its TTFB.
+Answered = tuple[_Answer, str, "_Route", str, "tuple[str, int] | None", float, float]
 
 
 class _Plan:
@@ -247,6 +259,8 @@ class FastHits:
         self._routes: dict[tuple[bytes, bytes], _Route] = {}
         self._ts_ms = 0
         self._ts_text = ""
+        # The last answer made, taken by the protocol that writes it (see settle).
+        self.answered: Answered | None = None
         # A bug here would otherwise log a traceback for every request it hits.
         self._failures = RateLimitedLog(log, settings.warning_interval_seconds)
 
@@ -467,8 +481,8 @@ class FastHits:
         started: float,
     ) -> bytes | list[Any]:
         """The response's bytes, with what the access-log middleware adds (X-Request-Id,
-        a Date if none) as uvicorn writes the head; counted and logged as the normal path
-        counts and logs it."""
+        a Date if none) as uvicorn writes the head. What to count and log for it is left in
+        ``answered`` for :meth:`settle`."""
         parts = answer.head
         parts.append(
             b"x-request-id: %s\r\n%s%s\r\n"
@@ -484,19 +498,40 @@ class FastHits:
             response = b"".join(parts + body)  # one write of a small answer
         else:
             response = [b"".join(parts), *body]  # written as they are: no copy
+        now = time.perf_counter()
+        self.answered = (answer, method, route, request_id, client, started, now - started)
+        return response
 
+    def settle(self, answered: Answered, unsent: int = 0) -> None:
+        """Count and log an answer, as the normal path counts and logs it, once its bytes
+        have left user space (``unsent`` 0), or once its connection was lost with
+        ``unsent`` bytes of it still in the transport: a client's cut, those bytes not
+        counted as sent (as app/ops/accesslog.py does for the normal path)."""
+        answer, method, route, request_id, client, started, ttfb = answered
         head = method == "HEAD"
-        sent = 0 if head else answer.length
-        duration = time.perf_counter() - started
+        sent = 0 if head else max(0, answer.length - unsent)
+        metrics = self.runtime.metrics
         # X-Cache-Slices counts a HEAD's slices too.
-        self.runtime.metrics.observe_fast_hit(method, sent, duration, answer.slices)
+        metrics.observe_fast_hit(method, sent, ttfb, answer.slices)
+        whole = not unsent
+        if not whole:
+            metrics.incomplete.labels("client").inc()
         rate = self.sample_rate
-        if rate >= 1.0 or random.random() < rate:
+        if rate >= 1.0 or not whole or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
             peer = client[0] if client else "-"
-            key = (method, answer.status, sent, answer.slices, peer)
-            line = route.log_parts.get(key)
-            if line is None:
+            slices = None if head else (answer.slices, 0, 0)
+            if whole:
+                key = (method, answer.status, sent, answer.slices, peer)
+                line = route.log_parts.get(key)
+                if line is None:
+                    line = access_line_parts(
+                        route.log_heads[method], answer.status, sent, 0.0, "HIT", peer, slices, None
+                    )
+                    if len(route.log_parts) >= LOG_PARTS_KEPT:
+                        route.log_parts.clear()
+                    route.log_parts[key] = line
+            else:
                 line = access_line_parts(
                     route.log_heads[method],
                     answer.status,
@@ -504,18 +539,16 @@ class FastHits:
                     0.0,
                     "HIT",
                     peer,
-                    None if head else (answer.slices, 0, 0),
-                    None,
+                    slices,
+                    "client disconnected",
                 )
-                if len(route.log_parts) >= LOG_PARTS_KEPT:
-                    route.log_parts.clear()
-                route.log_parts[key] = line
             # The clock to the millisecond, its text made once per millisecond.
             ms = (time.time_ns() + 500_000) // 1_000_000
             if ms != self._ts_ms:
                 self._ts_ms, self._ts_text = ms, ms_text(ms)
+            # Until the bytes were out, as nginx's $request_time (the write included).
+            duration = time.perf_counter() - started
             self.writer.write(line_of(line, self._ts_text, "%.3f" % (duration * 1000), request_id))
-        return response
 
     def _route(self, host: bytes, url: bytes) -> _Route | None:
         """The object key, raw path and query of a proxied target, as the normal path

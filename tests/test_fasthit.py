@@ -13,6 +13,7 @@ import io
 import json
 import re
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from app.edge.httpserver import HttpProtocol
 from app.httpcache.freshness import FreshnessPolicy, Outcome, decide_prepared, fresh_ttl
 from app.main import create_app
+from bench.origin import expected_bytes
 from cache import keys
 from cache.memory import SLICE
 from settings import Settings
@@ -293,6 +295,71 @@ def test_the_access_line_and_metrics_are_the_same_on_both_paths(origin: Origin) 
     assert 'slicecache_response_slices_total{result="hit"} 4.0' in metrics
     assert "slicecache_fast_path_hits_total 2.0" in metrics
     assert "slicecache_l1_hits_total" in metrics
+
+
+def _lines_for(stream: io.StringIO, rid: str) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for line in stream.getvalue().splitlines()
+        if f'"request_id":"{rid}"' in line
+    ]
+
+
+def test_a_fast_answer_is_logged_once_its_bytes_are_out_or_as_cut(origin: Origin) -> None:
+    """A large fast answer goes to the transport at once, and a client that does not read
+    it has little of it. Its line and metrics wait, as the normal path's do, until the
+    transport holds none of it (logged whole, after its last byte) or the connection is
+    lost with some still held (a client's cut, those bytes not counted as sent). After the
+    wait the connection takes fast answers again."""
+    size = 16 * 1024 * 1024  # one slice (the most a fast answer is), more than sockets hold
+    name = "16m-fast-settle.bin"
+    path = "/files/" + name
+    stream = io.StringIO()
+    real_stdout, sys.stdout = sys.stdout, stream
+    try:
+        with served(origin, slice_size=size, access_log_buffer_bytes=0) as (url, app):
+            assert len(httpx.get(url + path, timeout=30).content) == size
+
+            def answered_fast() -> bool:  # once every slice is in L1
+                before = fast_hits(app)
+                exchange(url, request(path, rid="warm"))
+                return fast_hits(app) > before
+
+            wait_for(answered_fast, "a fast hit of the whole object")
+
+            # A slow reader: nothing logged while the transport holds its answer.
+            with socket.create_connection(_address(url), timeout=30) as sock:
+                # Small: the kernel takes a few MiB of the answer, the transport the rest.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                sock.sendall(request(path, rid="slow"))
+                buffer = bytearray(sock.recv(4096))
+                assert buffer.startswith(b"HTTP/1.1 200")
+                assert _lines_for(stream, "slow") == []
+                whole = _read_response(sock, buffer, head_only=False)
+                assert whole.endswith(expected_bytes(name))
+                wait_for(lambda: _lines_for(stream, "slow") != [], "the slow answer's line")
+                hits = fast_hits(app)
+                # The same connection, again: a fast answer (its limits are back).
+                sock.sendall(request(path, rid="again", extra="Range: bytes=0-9\r\n"))
+                again = _read_response(sock, buffer, head_only=False)
+                assert again.startswith(b"HTTP/1.1 206") and fast_hits(app) == hits + 1
+
+            # A client that leaves with most of its answer unread.
+            with socket.create_connection(_address(url), timeout=30) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(request(path, rid="cut"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            wait_for(lambda: _lines_for(stream, "cut") != [], "the cut answer's line")
+            metrics = httpx.get(url + "/_slicecache/metrics").text
+    finally:
+        sys.stdout = real_stdout
+    (slow,) = _lines_for(stream, "slow")
+    assert slow["bytes"] == size and "aborted" not in slow
+    (cut,) = _lines_for(stream, "cut")
+    assert cut["aborted"] == "client disconnected" and 0 <= cut["bytes"] < size
+    assert cut["status"] == 200 and cut["cache"] == "HIT"
+    assert 'slicecache_responses_incomplete_total{ended_by="client"} 1.0' in metrics
 
 
 def test_what_the_fast_path_declines_goes_the_normal_way(origin: Origin) -> None:

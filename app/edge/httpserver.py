@@ -45,7 +45,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~750 lines) on purpose: one protocol class whose head limits, head and body timers,
+One module (~810 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -231,6 +231,13 @@ class FastHit(Protocol):
         """A call raised ``error``: count it and log it (rate-limited); the request is
         then served the normal way."""
 
+    # The last answer made by a call, for settle.
+    answered: Any
+
+    def settle(self, answered: Any, unsent: int = 0) -> None:
+        """Count and log an answer written: its bytes are out (``unsent`` 0), or its
+        connection was lost with ``unsent`` of them still held."""
+
 
 class EdgeGuard:
     """What both edge protocols (httptools here, h11 in :mod:`app.edge.h11server`) do the
@@ -352,6 +359,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._pending_body: str | None = None
         self._fast_hit: FastHit | None = fast
         self._fast_answered = False  # the head being completed was answered by it
+        # A fast answer the transport still holds part of, and how much it held after the
+        # write: counted and logged once the transport is empty, or as cut if the
+        # connection is lost first. The write-buffer limits it found, meanwhile set to 0.
+        self._unsettled: tuple[Any, int] | None = None
+        self._limits_before: tuple[int, int] | None = None
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
         self._keepalive_deadline: float | None = None
         # While a request's body is incomplete: by when its next bytes must arrive.
@@ -369,6 +381,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost_in_error = exc is not None
+        if self._unsettled is not None:
+            # Ended in an error, the transport discarded what it held: those bytes never
+            # reached the client (a clean close sends them first).
+            self._settle_fast(self._unsettled[1] if exc is not None else 0)
         self._stop_wake()
         self._keepalive_deadline = None
         super().connection_lost(exc)
@@ -554,6 +570,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if parser.should_upgrade():
             return False
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        transport = self.transport
+        held_before = transport.get_write_buffer_size()
         try:
             response = fast(
                 parser.get_method().decode("ascii"),
@@ -562,18 +580,24 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 self.client,
                 keep_alive,
                 self.server_state.default_headers,
-                self.transport.get_write_buffer_size(),
+                held_before,
             )
         except Exception as error:  # a bug there must not cost the request: the normal path
             fast.failed(error)  # serves it
             return False
         if response is None:
             return False
+        answered = fast.answered
         self._fast_answered = True
         if isinstance(response, bytes):
-            self.transport.write(response)
+            transport.write(response)
         else:
-            self.transport.writelines(response)  # the head, then views of stored slices
+            transport.writelines(response)  # the head, then views of stored slices
+        held = transport.get_write_buffer_size()
+        if held > held_before:
+            self._settle_when_written(answered, held)
+        else:
+            self._settle_now(answered, 0)
         # What uvicorn does when a response completes (RequestResponseCycle.send, then
         # on_response_complete): close unless kept alive, count it, arm the keep-alive timer
         # (here a deadline on the connection's one timer: see EdgeGuard).
@@ -585,6 +609,41 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._keepalive_deadline = deadline
             self._wake_at(deadline)
         return True
+
+    def _settle_when_written(self, answered: Any, held: int) -> None:
+        """A fast answer's last bytes are still in the transport (a large answer, a slow
+        reader): it is counted and logged once they are out (resume_writing) or the
+        connection is lost. Meanwhile the write-buffer limits are 0, so the transport
+        resumes the protocol only once it holds nothing; paused, the connection takes no
+        other fast answer, and a normal response's sends wait for the resume."""
+        self._unsettled = (answered, held)
+        transport = self.transport
+        if transport.is_closing():
+            return  # closed after it (Connection: close): connection_lost settles it
+        self._limits_before = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0, low=0)
+
+    def _settle_fast(self, unsent: int) -> None:
+        unsettled, self._unsettled = self._unsettled, None
+        limits, self._limits_before = self._limits_before, None
+        if limits is not None and not self.transport.is_closing():
+            low, high = limits
+            self.transport.set_write_buffer_limits(high=high, low=low)
+        if unsettled is not None:
+            self._settle_now(unsettled[0], unsent)
+
+    def _settle_now(self, answered: Any, unsent: int) -> None:
+        fast = self._fast_hit
+        assert fast is not None
+        try:
+            fast.settle(answered, unsent)
+        except Exception as error:  # counted and logged; the answer went out
+            fast.failed(error)
+
+    def resume_writing(self) -> None:
+        if self._unsettled is not None and not self.transport.get_write_buffer_size():
+            self._settle_fast(0)
+        super().resume_writing()
 
     def _unset_keepalive_if_required(self) -> None:
         self._keepalive_deadline = None

@@ -502,11 +502,13 @@ class FastHits:
         self.answered = (answer, method, route, request_id, client, started, now - started)
         return response
 
-    def settle(self, answered: Answered, unsent: int = 0) -> None:
+    def settle(self, answered: Answered, unsent: int = 0, later: bool = False) -> None:
         """Count and log an answer, as the normal path counts and logs it, once its bytes
         have left user space (``unsent`` 0), or once its connection was lost with
         ``unsent`` bytes of it still in the transport: a client's cut, those bytes not
-        counted as sent (as app/ops/accesslog.py does for the normal path)."""
+        counted as sent (as app/ops/accesslog.py does for the normal path). ``later``:
+        not as it was written, but when the transport let go of it (its duration ends
+        now, as nginx's $request_time ends with the last write)."""
         answer, method, route, request_id, client, started, ttfb = answered
         head = method == "HEAD"
         sent = 0 if head else max(0, answer.length - unsent)
@@ -546,8 +548,7 @@ class FastHits:
             ms = (time.time_ns() + 500_000) // 1_000_000
             if ms != self._ts_ms:
                 self._ts_ms, self._ts_text = ms, ms_text(ms)
-            # Until the bytes were out, as nginx's $request_time (the write included).
-            duration = time.perf_counter() - started
+            duration = time.perf_counter() - started if later else ttfb
             self.writer.write(line_of(line, self._ts_text, "%.3f" % (duration * 1000), request_id))
 
     def _route(self, host: bytes, url: bytes) -> _Route | None:

@@ -234,7 +234,7 @@ class FastHit(Protocol):
     # The last answer made by a call, for settle.
     answered: Any
 
-    def settle(self, answered: Any, unsent: int = 0) -> None:
+    def settle(self, answered: Any, unsent: int = 0, later: bool = False) -> None:
         """Count and log an answer written: its bytes are out (``unsent`` 0), or its
         connection was lost with ``unsent`` of them still held."""
 
@@ -597,7 +597,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if held > held_before:
             self._settle_when_written(answered, held)
         else:
-            self._settle_now(answered, 0)
+            try:
+                fast.settle(answered)
+            except Exception as error:  # counted and logged; the answer went out
+                fast.failed(error)
         # What uvicorn does when a response completes (RequestResponseCycle.send, then
         # on_response_complete): close unless kept alive, count it, arm the keep-alive timer
         # (here a deadline on the connection's one timer: see EdgeGuard).
@@ -629,16 +632,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if limits is not None and not self.transport.is_closing():
             low, high = limits
             self.transport.set_write_buffer_limits(high=high, low=low)
-        if unsettled is not None:
-            self._settle_now(unsettled[0], unsent)
-
-    def _settle_now(self, answered: Any, unsent: int) -> None:
         fast = self._fast_hit
-        assert fast is not None
-        try:
-            fast.settle(answered, unsent)
-        except Exception as error:  # counted and logged; the answer went out
-            fast.failed(error)
+        if unsettled is not None and fast is not None:
+            try:
+                fast.settle(unsettled[0], unsent, later=True)
+            except Exception as error:  # counted and logged; the answer went out
+                fast.failed(error)
 
     def resume_writing(self) -> None:
         if self._unsettled is not None and not self.transport.get_write_buffer_size():

@@ -3,7 +3,7 @@
 One set of checks serves the probe (nothing pinned yet) and the slice fetches (the
 object's size and validator pinned): a Content-Range whose span is not the asked one, a
 validator other than the pinned one, a Content-Length that is not the span's length are
-never accepted; weak and absent validators behave as before the checks were shared.
+never accepted; a weak pinned ETag is compared weakly (another opaque tag is a change).
 """
 
 from __future__ import annotations
@@ -98,25 +98,49 @@ def test_a_slice_answer_is_accepted_only_for_the_asked_span_of_the_pinned_versio
     assert answer.content_length in (None, str(last - first + 1))
     if etag is not None and not etag.startswith("W/"):
         assert answer.etag == etag, "never another strong validator"
-    elif last_modified is not None:
-        assert answer.last_modified == last_modified, "never another Last-Modified"
+    else:
+        if etag is not None and answer.etag is not None:
+            assert _opaque(answer.etag) == _opaque(etag), "never another entity tag"
+        if last_modified is not None:
+            assert answer.last_modified == last_modified, "never another Last-Modified"
+
+
+def _opaque(etag: str) -> str:
+    return etag.removeprefix("W/")
 
 
 @given(st.data(), sizes, st.sampled_from(['W/"a"', None]))
 def test_a_weak_or_absent_pinned_validator_checks_only_the_bytes(
     data: st.DataObject, size: int, etag: str | None
 ) -> None:
-    """As before: a weak ETag pins nothing, so the answer's validators are not compared
-    (a retry of an unpinned slice re-reads and compares its bytes instead)."""
+    """A weak ETag pins nothing (a retry of an unpinned slice re-reads and compares its
+    bytes instead): an answer without an ETag, or with one that matches it by weak
+    comparison, is taken; another opaque tag says the representation changed."""
     first, last = data.draw(asked_spans(size))
+    answer_etag = data.draw(etags)
     answer = Answer(
         206,
         f"bytes {first}-{last}/{size}",
         str(last - first + 1),
-        data.draw(etags),
+        answer_etag,
         data.draw(dates),
     )
-    assert classify(answer, first, last, meta(size, etag, None)) == Sliceable(size)
+    verdict = classify(answer, first, last, meta(size, etag, None))
+    if etag is None or answer_etag is None or _opaque(answer_etag) == _opaque(etag):
+        assert verdict == Sliceable(size)
+    else:
+        assert isinstance(verdict, Mismatch)
+
+
+@given(sizes, st.sampled_from(['W/"b"', '"b"']))
+def test_another_etag_under_the_same_last_modified_is_a_changed_object(
+    size: int, answer_etag: str
+) -> None:
+    """An object pinned by its Last-Modified (its ETag weak) whose content changed at the
+    same size and Last-Modified, with a new ETag: never spliced (helper-40)."""
+    pinned = meta(size, 'W/"a"', OLD_DATE)
+    answer = Answer(206, f"bytes 0-{size - 1}/{size}", str(size), answer_etag, OLD_DATE)
+    assert isinstance(classify(answer, 0, size - 1, pinned), Mismatch)
 
 
 @given(st.data(), sizes, etags, dates)

@@ -198,12 +198,24 @@ def _check_partial(answer: Answer, first: int, last: int, pinned: ObjectMeta | N
 
 
 def _validator_changed(answer: Answer, pinned: ObjectMeta) -> Mismatch | None:
-    if pinned.etag and not pinned.etag.startswith("W/"):
-        if answer.etag != pinned.etag:
-            return Mismatch(f"ETag {answer.etag!r} is not {pinned.etag!r}")
-    elif pinned.last_modified and answer.last_modified != pinned.last_modified:
+    etag = pinned.etag
+    if etag and not etag.startswith("W/"):
+        if answer.etag != etag:
+            return Mismatch(f"ETag {answer.etag!r} is not {etag!r}")
+        return None
+    if etag and answer.etag and _opaque(answer.etag) != _opaque(etag):
+        # A weak ETag does not pin the bytes (Last-Modified does, here), but another one
+        # says the representation changed: the same size and Last-Modified would splice
+        # two versions otherwise (RFC 9110 8.8.3.2, weak comparison).
+        return Mismatch(f"ETag {answer.etag!r} is not {etag!r}")
+    if pinned.last_modified and answer.last_modified != pinned.last_modified:
         return Mismatch("Last-Modified changed")
     return None
+
+
+def _opaque(etag: str) -> str:
+    """The opaque tag of an entity tag, as weak comparison sees it."""
+    return etag.strip().removeprefix("W/")
 
 
 def _check_whole(answer: Answer, first: int, pinned: ObjectMeta) -> Verdict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import socket
 import time
 
 import httpx
@@ -512,6 +513,31 @@ def test_failed_slice_after_start_aborts_never_eof(proxy: ProxyFactory, origin: 
             origin.app.set_fault(name, "")
     # Slice 0 came from the cache; the failure after it is a reset, not a clean short body.
     assert 0 < received < 1024 * 1024
+
+
+def test_a_cut_response_with_a_request_pipelined_behind_it_is_no_server_error(
+    proxy: ProxyFactory, server_errors: ServerErrors
+) -> None:
+    """A cold miss whose origin fails mid-body is cut short on purpose: its connection
+    closes, the request pipelined behind it is never answered there, and the cut is the
+    access line's ``aborted``, not uvicorn's "returned without completing response" error
+    line (the mark that silences it went to the pipelined request's cycle: helper-40)."""
+    target = "/files/256k-pipelined-cut.bin?fault=reset"
+    with proxy(slice_size=SLICE, max_retries=0) as url:
+        server_errors.watch()
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /files/4k-behind.bin HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+            )
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"HTTP/1.1" not in body
+    assert len(body) < 256 * 1024
+    assert server_errors() == []
 
 
 def test_object_larger_than_the_cache_is_streamed_not_stored(

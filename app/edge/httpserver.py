@@ -782,7 +782,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         allow_early_hints(cycle)
-        offer_written_out(self, cycle.scope)
+        offer_written_out(self, cycle)
         super()._start_asgi_task(cycle, app)
 
 

@@ -47,12 +47,15 @@ class WriteWatch(Protocol):
 
 
 class WrittenOut:
-    """The wait for one connection (uvicorn's protocol: ``transport``, ``flow``, ``cycle``)."""
+    """The wait for one request on its connection (uvicorn's protocol: ``transport``,
+    ``flow``; the request's own cycle: the protocol's ``cycle`` is the newest request's,
+    a pipelined one's while this one still runs)."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_cycle")
 
-    def __init__(self, protocol: Any) -> None:
+    def __init__(self, protocol: Any, cycle: Any) -> None:
         self._protocol = protocol
+        self._cycle = cycle
 
     def buffered(self) -> int:
         if self.gone():
@@ -69,9 +72,7 @@ class WrittenOut:
         the client sees a truncated transfer, without uvicorn's "returned without completing
         response" error line. Called after the response's leases were released (their
         bytes are out, or the connection was aborted for them)."""
-        cycle = self._protocol.cycle
-        if cycle is not None:
-            cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
+        self._cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
         self._protocol.transport.close()
 
     def lost(self) -> bool:
@@ -81,8 +82,7 @@ class WrittenOut:
 
     def gone(self) -> bool:
         """The client left before the response was whole: uvicorn drops its sends."""
-        cycle = self._protocol.cycle
-        return cycle is None or bool(cycle.disconnected)
+        return bool(self._cycle.disconnected)
 
     async def wait(self) -> None:
         protocol = self._protocol
@@ -109,6 +109,7 @@ class WrittenOut:
                     transport.set_write_buffer_limits(high=high, low=low)
 
 
-def offer_written_out(protocol: Any, scope: Any) -> None:
-    """Offer the extension to the request of ``scope`` on ``protocol``'s connection."""
-    scope.setdefault("extensions", {})[WRITTEN_OUT] = {"watch": WrittenOut(protocol)}
+def offer_written_out(protocol: Any, cycle: Any) -> None:
+    """Offer the extension to the request of ``cycle`` on ``protocol``'s connection."""
+    watch = WrittenOut(protocol, cycle)
+    cycle.scope.setdefault("extensions", {})[WRITTEN_OUT] = {"watch": watch}

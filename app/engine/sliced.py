@@ -272,9 +272,12 @@ async def _answer(
     # One stored slice is one piece, sent at once: nothing to cancel on a disconnect, so
     # no watcher task (its creation and cancellation cost a hit more than the send).
     watch = not (total_slices == 1 and cached == 1 and opened.first_fill is None)
-    # The first bytes are this request's own probe's, already checked: nothing found
-    # before them could restart the response, so the head goes out now, as the origin's
-    # arrives (nginx does the same), not after the fill's first read.
+    # The first bytes are slice 0's, whose answer the probe already checked: the head
+    # goes out now, as the origin's arrives (as nginx's does), not after the fill's first
+    # read. The price, paid only when the origin fails before those bytes: a failure then
+    # (a reset, a stall, and even a retry that finds the object changed, which used to
+    # restart the response on the new version) cuts the response short, detectably,
+    # instead of answering 502/504 or restarting (helper-40).
     head_first = opened.first_fill is not None and spans[0][0] < engine.slice_size
     await _send_stream(
         ctx,
@@ -335,8 +338,9 @@ async def _send_stream(
     """Headers go out with the first bytes, so a change found before then can restart.
 
     ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
-    ``head_first``: the headers go out at once (nothing can restart the response); a
-    failure before the first bytes then aborts it instead of answering 502/504.
+    ``head_first``: the headers go out at once; a failure before the first bytes (an
+    object change found by a retry included) then aborts the response instead of
+    answering 502/504 or restarting it.
     ``warnings``: where a failed slice is logged (once per kind per interval).
     """
     # Owns the L2 leases of the slices written until the transport is done with them.

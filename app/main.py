@@ -33,6 +33,7 @@ from app.edge.clientaddr import TrustedProxies
 from app.edge.headers import Headers, parse_host
 from app.edge.interim import relay_interim_to
 from app.edge.passthrough import pass_through
+from app.edge.writtenout import WriteWatch
 from app.engine.fills import ByteBudget
 from app.engine.objects import ObjectDirectory
 from app.engine.pressure import PressureWatch
@@ -44,6 +45,7 @@ from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
 from app.httpcache.targeted import targeted_fields
 from app.ops import admin
 from app.ops.accesslog import (
+    SHUTDOWN_CUT,
     AccessLogMiddleware,
     AccessLogWriter,
     configure_logging,
@@ -241,6 +243,11 @@ class ProxyEndpoint:
                 )
                 if answer is not None and ctx.method not in SAFE_METHODS:
                     await runtime.invalidate_after(ctx, answer)
+        except asyncio.CancelledError as cancel:
+            watch = ctx.written_out
+            if watch is None or not _cancelled_by_shutdown(cancel, runtime.lifecycle):
+                raise
+            await _end_for_shutdown(ctx, send, watch)
         finally:
             runtime.lifecycle.request_finished()
 
@@ -305,6 +312,26 @@ class RawPathRouting:
         if scope["type"] == "http" and raw_path:
             scope = {**scope, "path": raw_path.decode("latin-1")}
         await self.app(scope, receive, send)
+
+
+# What uvicorn cancels the tasks still running with once the shutdown grace is over.
+SHUTDOWN_CANCEL = "timeout graceful shutdown exceeded"
+
+
+def _cancelled_by_shutdown(cancel: asyncio.CancelledError, lifecycle: Lifecycle) -> bool:
+    return lifecycle.draining or any(SHUTDOWN_CANCEL in str(arg) for arg in cancel.args)
+
+
+async def _end_for_shutdown(ctx: RequestContext, send: Send, watch: WriteWatch) -> None:
+    """A response still running when the shutdown grace ended (uvicorn cancels it): a 503
+    if nothing of it was sent, else it is cut short, its access line saying so, instead of
+    uvicorn's traceback and 500 for each one. Its resources were released on the way out
+    (every owner's ``finally`` ran)."""
+    if not watch.started():
+        await send_text(send, 503, "Service Unavailable: shutting down", [("connection", "close")])
+        return
+    ctx.log.aborted = SHUTDOWN_CUT
+    watch.end_early()
 
 
 class SlicecacheApp(Starlette):

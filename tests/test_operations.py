@@ -668,6 +668,51 @@ def test_sigterm_drains_finishes_streams_and_keeps_l2(origin: Origin, tmp_path: 
     assert origin.requests_for(f"/files/{name}") == []
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_responses_still_running_when_the_grace_ends_are_a_503_or_cut_not_errors(
+    origin: Origin,
+) -> None:
+    """uvicorn cancels what still runs when the shutdown grace is over. A response whose
+    head was not sent gets a 503 and one whose head was sent is cut (the client sees a
+    short body on a closed connection); neither is uvicorn's traceback and 500
+    (helper-40)."""
+    token = "grace-ends"
+    waiting = f"/files/256k-grace-cold.bin?hold={token}"  # the probe is held: no head yet
+    # Slice 0 comes, the next one's answer never does: the head went out.
+    stalled = f"/files/256k-grace-stalled.bin?fault=hang&fault_from={SLICE}"
+    settings = {"drain_seconds": "0", "shutdown_grace_seconds": "0.5", "slice_size": str(SLICE)}
+    try:
+        with proxy_process(origin, **settings) as (process, url):
+            host, port = url.removeprefix("http://").split(":")
+            socks = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
+            for sock, target in zip(socks, (waiting, stalled), strict=True):
+                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            wait_for(lambda: origin.app.holding.get(token, 0) >= 1, "the cold probe is held")
+            first = socks[1].recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            process.send_signal(signal.SIGTERM)
+            answers = [_read_until_closed(sock) for sock in socks]
+            answers[1] = first + answers[1]
+            for sock in socks:
+                sock.close()
+            assert process.wait(30) == 0
+            assert process.stderr is not None
+            errors = process.stderr.read()
+    finally:
+        origin.app.release(token)
+    assert answers[0].startswith(b"HTTP/1.1 503")
+    head, _, body = answers[1].partition(b"\r\n\r\n")
+    assert b"content-length: 262144" in head.lower() and len(body) < 256 * 1024
+    assert "Exception in ASGI application" not in errors
+    assert "ASGI callable returned" not in errors
+
+
 def test_every_origin_request_is_counted_once(proxy: ProxyFactory) -> None:
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))

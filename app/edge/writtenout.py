@@ -13,7 +13,7 @@ holds none or the connection is gone, ``abort()`` drops the connection and what 
 purpose (uvicorn would otherwise log an error line for each one it sees left incomplete),
 ``lost()`` says whether the connection ended in an error, discarding what it held, and
 ``gone()`` whether the client left before the response was whole (uvicorn then drops every
-``send`` without a word).
+``send`` without a word), and ``started()`` whether its head was sent.
 
 How it waits without polling: the write-buffer limits are set to 0 for the wait, so the
 transport pauses the protocol while anything is buffered and resumes it only once the
@@ -44,6 +44,8 @@ class WriteWatch(Protocol):
     def lost(self) -> bool: ...
 
     def gone(self) -> bool: ...
+
+    def started(self) -> bool: ...
 
 
 class WrittenOut:
@@ -83,6 +85,10 @@ class WrittenOut:
     def gone(self) -> bool:
         """The client left before the response was whole: uvicorn drops its sends."""
         return bool(self._cycle.disconnected)
+
+    def started(self) -> bool:
+        """The response's head was sent."""
+        return bool(self._cycle.response_started)
 
     async def wait(self) -> None:
         protocol = self._protocol

@@ -273,10 +273,16 @@ async def _unsent_at_end(watch: WriteWatch) -> int:
     return held if watch.lost() else 0
 
 
+SHUTDOWN_CUT = "shutdown: the grace period ended first"
+
+
 def _ended_by(aborted: str | None) -> str:
     """Who cut a response short: the proxy sets ``aborted`` when the origin failed or changed
-    mid-body; otherwise (nothing set, or an upload the client gave up) the client left."""
-    return "client" if aborted is None or aborted.startswith("client") else "origin"
+    mid-body, or when the server stopped (SHUTDOWN_CUT); otherwise (nothing set, or an
+    upload the client gave up) the client left."""
+    if aborted is None or aborted.startswith("client"):
+        return "client"
+    return "server" if aborted == SHUTDOWN_CUT else "origin"
 
 
 class AccessLogMiddleware:

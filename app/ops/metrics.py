@@ -213,8 +213,9 @@ class Metrics:
         self.incomplete = Counter(
             "slicecache_responses_incomplete",
             "Responses that ended before their last byte, by who ended them: client "
-            "(disconnected) or origin (failed or changed mid-body); also counted in "
-            "slicecache_requests_total under the status they started with",
+            "(disconnected), origin (failed or changed mid-body) or server (still running "
+            "when the shutdown grace ended); also counted in slicecache_requests_total "
+            "under the status they started with",
             ["ended_by"],
             registry=r,
         )
@@ -292,7 +293,8 @@ class Metrics:
         slices: tuple[int, int] | None = None,
         ended_by: str | None = None,
     ) -> None:
-        """``ended_by``: who cut the response short ("client" or "origin"), None if whole."""
+        """``ended_by``: who cut the response short ("client", "origin" or "server"), None
+        if whole."""
         if ended_by is not None:
             self.incomplete.labels(ended_by).inc()
         if ttfb is not None and cache in PROXIED:

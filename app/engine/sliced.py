@@ -272,12 +272,8 @@ async def _answer(
     # One stored slice is one piece, sent at once: nothing to cancel on a disconnect, so
     # no watcher task (its creation and cancellation cost a hit more than the send).
     watch = not (total_slices == 1 and cached == 1 and opened.first_fill is None)
-    # The first bytes are slice 0's, whose answer the probe already checked: the head
-    # goes out now, as the origin's arrives (as nginx's does), not after the fill's first
-    # read. The price, paid only when the origin fails before those bytes: a failure then
-    # (a reset, a stall, and even a retry that finds the object changed, which used to
-    # restart the response on the new version) cuts the response short, detectably,
-    # instead of answering 502/504 or restarting (helper-40).
+    # The first bytes are slice 0's, whose answer the probe checked: the head goes out
+    # as the origin's arrives, as nginx's does (the price: see _send_stream's head_first).
     head_first = opened.first_fill is not None and spans[0][0] < engine.slice_size
     await _send_stream(
         ctx,
@@ -338,9 +334,9 @@ async def _send_stream(
     """Headers go out with the first bytes, so a change found before then can restart.
 
     ``watch``: cancel the response when the client disconnects (see DisconnectWatch).
-    ``head_first``: the headers go out at once; a failure before the first bytes (an
-    object change found by a retry included) then aborts the response instead of
-    answering 502/504 or restarting it.
+    ``head_first``: the headers go out at once; a failure before the first bytes (a
+    reset, a stall, an object change found by a retry) then cuts the response short,
+    detectably, instead of answering 502/504 or restarting it (helper-40).
     ``warnings``: where a failed slice is logged (once per kind per interval).
     """
     # Owns the L2 leases of the slices written until the transport is done with them.

@@ -26,7 +26,7 @@ An answer is counted and logged (:meth:`FastHits.settle`) once the protocol has 
 it and the transport holds none of it, or as a client's cut if the connection is lost
 while it still held some: the normal path's rule (app/ops/accesslog.py).
 
-Length (~600 lines): the declines, the plan and the answer must be read together to see
+Length (~620 lines): the declines, the plan and the answer must be read together to see
 that the fast path answers exactly what the normal path would.
 """
 
@@ -47,6 +47,7 @@ from app.engine.slices import slice_bounds
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, PreparedFreshness, fresh_ttl
 from app.ops.accesslog import (
+    SHUTDOWN_CUT,
     AccessLineParts,
     AccessLogWriter,
     access_line_head,
@@ -261,6 +262,8 @@ class FastHits:
         self._ts_text = ""
         # The last answer made, taken by the protocol that writes it (see settle).
         self.answered: Answered | None = None
+        # Protocols whose transport still holds part of a fast answer (not yet settled).
+        self.unsettled: set[Any] = set()
         # A bug here would otherwise log a traceback for every request it hits.
         self._failures = RateLimitedLog(log, settings.warning_interval_seconds)
 
@@ -502,13 +505,22 @@ class FastHits:
         self.answered = (answer, method, route, request_id, client, started, now - started)
         return response
 
-    def settle(self, answered: Answered, unsent: int = 0, later: bool = False) -> None:
+    def cut_unsettled(self) -> None:
+        """At the end of a shutdown: the fast answers transports still hold are cut short
+        by the server (their connections go with the process)."""
+        for protocol in list(self.unsettled):
+            protocol.cut_at_shutdown()
+
+    def settle(
+        self, answered: Answered, unsent: int = 0, later: bool = False, by_server: bool = False
+    ) -> None:
         """Count and log an answer, as the normal path counts and logs it, once its bytes
         have left user space (``unsent`` 0), or once its connection was lost with
         ``unsent`` bytes of it still in the transport: a client's cut, those bytes not
         counted as sent (as app/ops/accesslog.py does for the normal path). ``later``:
         not as it was written, but when the transport let go of it (its duration ends
-        now, as nginx's $request_time ends with the last write)."""
+        now, as nginx's $request_time ends with the last write). ``by_server``: cut by
+        the shutdown, not the client."""
         answer, method, route, request_id, client, started, ttfb = answered
         head = method == "HEAD"
         sent = 0 if head else max(0, answer.length - unsent)
@@ -517,7 +529,7 @@ class FastHits:
         metrics.observe_fast_hit(method, sent, ttfb, answer.slices)
         whole = not unsent
         if not whole:
-            metrics.incomplete.labels("client").inc()
+            metrics.incomplete.labels("server" if by_server else "client").inc()
         rate = self.sample_rate
         if rate >= 1.0 or not whole or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
@@ -542,7 +554,7 @@ class FastHits:
                     "HIT",
                     peer,
                     slices,
-                    "client disconnected",
+                    SHUTDOWN_CUT if by_server else "client disconnected",
                 )
             # The clock to the millisecond, its text made once per millisecond.
             ms = (time.time_ns() + 500_000) // 1_000_000

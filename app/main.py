@@ -512,6 +512,8 @@ def create_app(
             if runtime.store is not None:
                 await runtime.store.close()
             await runtime.upstream.aclose()
+            if runtime.fast_hit is not None:
+                runtime.fast_hit.cut_unsettled()  # fast answers still in transports
             runtime.access_log.flush()
 
     runtime.metrics.add_source("slicecache", "slicecache engine and tiers", runtime.figures)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import hypothesis
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,12 +44,27 @@ TOKEN = "fast-path-token"
 
 
 @contextmanager
-def served(origin: Origin, **overrides: Any) -> Iterator[tuple[str, Any]]:
+def served(
+    origin: Origin, timeout_keep_alive: int = 5, **overrides: Any
+) -> Iterator[tuple[str, Any]]:
     """A proxy as tests/conftest.py's factory starts it, with its app at hand."""
     overrides.setdefault("upstream_address", origin.url)
     app = create_app(Settings(**overrides), configure_logs=False)
-    with run_asgi_in_thread(app, proxy_headers=False, date_header=False, http=HttpProtocol) as url:
+    with run_asgi_in_thread(
+        app,
+        proxy_headers=False,
+        date_header=False,
+        http=HttpProtocol,
+        timeout_keep_alive=timeout_keep_alive,
+    ) as url:
         yield url, app
+
+
+def _answered_fast(app: Any, url: str, path: str) -> bool:
+    """Asked once more: did the fast path answer (once every slice is in L1)?"""
+    before = fast_hits(app)
+    exchange(url, request(path, rid="warm"))
+    return fast_hits(app) > before
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -319,13 +337,7 @@ def test_a_fast_answer_is_logged_once_its_bytes_are_out_or_as_cut(origin: Origin
     try:
         with served(origin, slice_size=size, access_log_buffer_bytes=0) as (url, app):
             assert len(httpx.get(url + path, timeout=30).content) == size
-
-            def answered_fast() -> bool:  # once every slice is in L1
-                before = fast_hits(app)
-                exchange(url, request(path, rid="warm"))
-                return fast_hits(app) > before
-
-            wait_for(answered_fast, "a fast hit of the whole object")
+            wait_for(lambda: _answered_fast(app, url, path), "a fast hit of the whole object")
 
             # A slow reader: nothing logged while the transport holds its answer.
             with socket.create_connection(_address(url), timeout=30) as sock:
@@ -360,6 +372,60 @@ def test_a_fast_answer_is_logged_once_its_bytes_are_out_or_as_cut(origin: Origin
     assert cut["aborted"] == "client disconnected" and 0 <= cut["bytes"] < size
     assert cut["status"] == 200 and cut["cache"] == "HIT"
     assert 'slicecache_responses_incomplete_total{ended_by="client"} 1.0' in metrics
+
+
+def test_requests_behind_a_buffered_fast_answer_end_quietly_when_the_client_leaves(
+    origin: Origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two requests pipelined behind a large fast answer that the transport still holds:
+    the first goes the normal way and waits for the transport, the second waits behind it.
+    A client that resets then ends both without a write to the closed transport (uvicorn
+    marked only the newest request as disconnected: the other woke up, wrote, and logged
+    an "Exception in ASGI application" and a 502 (helper-41))."""
+    size = 16 * 1024 * 1024
+    path = "/files/16m-fast-pipelined.bin"
+    logger = logging.getLogger("uvicorn.error")
+    with served(origin, slice_size=size) as (url, app):
+        logger.addHandler(caplog.handler)
+        try:
+            httpx.get(url + path, timeout=30)
+            wait_for(lambda: _answered_fast(app, url, path), "a fast hit of the whole object")
+            with socket.create_connection(_address(url), timeout=30) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(
+                    request(path, rid="big")
+                    + request("/files/4k-behind.bin", rid="normal", extra="X-Forwarded-For: 1\r\n")
+                    + request("/files/4k-behind.bin", rid="last")
+                )
+                assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            idle = "slicecache_active_requests 0.0"
+            wait_for(lambda: idle in httpx.get(url + "/_slicecache/metrics").text, idle)
+        finally:
+            logger.removeHandler(caplog.handler)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+def test_a_connection_is_kept_alive_from_when_its_fast_answer_is_out(origin: Origin) -> None:
+    """The keep-alive time counts from the answer's last byte, as after a normal response:
+    a client that reads a large fast answer for longer than it reuses the connection."""
+    size = 16 * 1024 * 1024
+    name = "16m-fast-keepalive.bin"
+    path = "/files/" + name
+    with served(origin, slice_size=size, timeout_keep_alive=1) as (url, app):
+        httpx.get(url + path, timeout=30)
+        wait_for(lambda: _answered_fast(app, url, path), "a fast hit of the whole object")
+        with socket.create_connection(_address(url), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(request(path, rid="slow"))
+            buffer = bytearray()
+            while len(buffer) < size // 2:
+                buffer += sock.recv(1024 * 1024)
+            time.sleep(1.5)  # longer than the keep-alive time, with the answer still out
+            assert _read_response(sock, buffer, head_only=False).endswith(expected_bytes(name))
+            sock.sendall(request(path, rid="again", extra="Range: bytes=0-9\r\n"))
+            assert _read_response(sock, bytearray(), head_only=False).startswith(b"HTTP/1.1 206")
 
 
 def test_what_the_fast_path_declines_goes_the_normal_way(origin: Origin) -> None:

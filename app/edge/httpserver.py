@@ -45,7 +45,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~810 lines) on purpose: one protocol class whose head limits, head and body timers,
+One module (~840 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -231,10 +231,13 @@ class FastHit(Protocol):
         """A call raised ``error``: count it and log it (rate-limited); the request is
         then served the normal way."""
 
-    # The last answer made by a call, for settle.
+    # The last answer made by a call, for settle; the protocols holding one unsettled.
     answered: Any
+    unsettled: set[Any]
 
-    def settle(self, answered: Any, unsent: int = 0, later: bool = False) -> None:
+    def settle(
+        self, answered: Any, unsent: int = 0, later: bool = False, by_server: bool = False
+    ) -> None:
         """Count and log an answer written: its bytes are out (``unsent`` 0), or its
         connection was lost with ``unsent`` of them still held."""
 
@@ -364,6 +367,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         # connection is lost first. The write-buffer limits it found, meanwhile set to 0.
         self._unsettled: tuple[Any, int] | None = None
         self._limits_before: tuple[int, int] | None = None
+        # The request whose ASGI task runs now: uvicorn's ``cycle`` is the newest one.
+        self._running: RequestResponseCycle | None = None
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
         self._keepalive_deadline: float | None = None
         # While a request's body is incomplete: by when its next bytes must arrive.
@@ -383,10 +388,19 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self.lost_in_error = exc is not None
         if self._unsettled is not None:
             # Ended in an error, the transport discarded what it held: those bytes never
-            # reached the client (a clean close sends them first).
+            # reached the client (a clean close sends them first). What it held after the
+            # write is taken as unsent: a lower bound of what reached the kernel, as the
+            # normal path counts (uvloop's transport says 0 by now).
             self._settle_fast(self._unsettled[1] if exc is not None else 0)
         self._stop_wake()
         self._keepalive_deadline = None
+        # uvicorn marks only the newest request's cycle as disconnected: a request still
+        # running before it (pipelined requests) would wake from its wait to write and
+        # write to the closed transport (helper-41).
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
 
     def eof_received(self) -> None:
@@ -402,7 +416,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._refuse(503, linger=False)
 
     def _waiting_for_head(self) -> bool:
-        busy = self.cycle is not None and not self.cycle.response_complete
+        busy = (
+            self.cycle is not None and not self.cycle.response_complete
+        ) or self._unsettled is not None  # a fast answer still being written
         return self._in_head and not busy and not self.transport.is_closing()
 
     # Input
@@ -607,11 +623,14 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if not keep_alive:
             self.transport.close()
         self.server_state.total_requests += 1
-        if not self.transport.is_closing():
-            deadline = self.loop.time() + self.timeout_keep_alive
-            self._keepalive_deadline = deadline
-            self._wake_at(deadline)
+        if not self.transport.is_closing() and self._unsettled is None:
+            self._arm_keepalive()  # else once the answer is out (resume_writing)
         return True
+
+    def _arm_keepalive(self) -> None:
+        deadline = self.loop.time() + self.timeout_keep_alive
+        self._keepalive_deadline = deadline
+        self._wake_at(deadline)
 
     def _settle_when_written(self, answered: Any, held: int) -> None:
         """A fast answer's last bytes are still in the transport (a large answer, a slow
@@ -620,13 +639,16 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         resumes the protocol only once it holds nothing; paused, the connection takes no
         other fast answer, and a normal response's sends wait for the resume."""
         self._unsettled = (answered, held)
+        fast = self._fast_hit
+        assert fast is not None
+        fast.unsettled.add(self)
         transport = self.transport
         if transport.is_closing():
             return  # closed after it (Connection: close): connection_lost settles it
         self._limits_before = transport.get_write_buffer_limits()
         transport.set_write_buffer_limits(high=0, low=0)
 
-    def _settle_fast(self, unsent: int) -> None:
+    def _settle_fast(self, unsent: int, by_server: bool = False) -> None:
         unsettled, self._unsettled = self._unsettled, None
         limits, self._limits_before = self._limits_before, None
         if limits is not None and not self.transport.is_closing():
@@ -634,14 +656,25 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self.transport.set_write_buffer_limits(high=high, low=low)
         fast = self._fast_hit
         if unsettled is not None and fast is not None:
+            fast.unsettled.discard(self)
             try:
-                fast.settle(unsettled[0], unsent, later=True)
+                fast.settle(unsettled[0], unsent, later=True, by_server=by_server)
             except Exception as error:  # counted and logged; the answer went out
                 fast.failed(error)
+
+    def cut_at_shutdown(self) -> None:
+        """The server stops with this connection's fast answer still in its transport."""
+        if self._unsettled is not None:
+            self._settle_fast(self._unsettled[1], by_server=True)
 
     def resume_writing(self) -> None:
         if self._unsettled is not None and not self.transport.get_write_buffer_size():
             self._settle_fast(0)
+            # Kept alive from now, as after any response (nothing else runs or waits).
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and not self.pipeline and self._head_deadline is None:
+                if not self.transport.is_closing():
+                    self._arm_keepalive()
         super().resume_writing()
 
     def _unset_keepalive_if_required(self) -> None:
@@ -783,6 +816,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         allow_early_hints(cycle)
         offer_written_out(self, cycle)
+        self._running = cycle
         super()._start_asgi_task(cycle, app)
 
 

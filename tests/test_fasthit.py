@@ -428,6 +428,31 @@ def test_a_connection_is_kept_alive_from_when_its_fast_answer_is_out(origin: Ori
             assert _read_response(sock, bytearray(), head_only=False).startswith(b"HTTP/1.1 206")
 
 
+def test_a_client_that_half_closes_after_its_requests_gets_every_answer(
+    origin: Origin,
+) -> None:
+    """Pipelined requests, then shutdown(SHUT_WR): each is answered whole, then the
+    connection closes. The transport used to close at the EOF: the answers after the
+    first were dropped, and logged as sent (helper-41, helper-42)."""
+    name = "1m-half-closed.bin"
+    path = "/files/" + name
+    with served(origin) as (url, _app):
+        httpx.get(url + path, timeout=30)
+        with socket.create_connection(_address(url), timeout=30) as sock:
+            normal = "X-Forwarded-For: 10.0.0.1\r\n"  # the ASGI path, not the fast one
+            sock.sendall(
+                request(path, rid="a", extra=normal)
+                + request(path, rid="b", extra=normal)
+                + request(path, rid="c")
+            )
+            sock.shutdown(socket.SHUT_WR)
+            buffer = bytearray()
+            answers = [_read_response(sock, buffer, head_only=False) for _ in range(3)]
+            assert sock.recv(65536) == b"" and not buffer  # then closed, nothing more
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(expected_bytes(name))
+
+
 def test_what_the_fast_path_declines_goes_the_normal_way(origin: Origin) -> None:
     path = "/files/4k-decline"
     with served(origin, purge={"enabled": True, "auth_token": TOKEN}) as (url, app):

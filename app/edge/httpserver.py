@@ -369,6 +369,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._limits_before: tuple[int, int] | None = None
         # The request whose ASGI task runs now: uvicorn's ``cycle`` is the newest one.
         self._running: RequestResponseCycle | None = None
+        # The client sent EOF with answers still to send: close once they are out.
+        self._half_closed = False
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
         self._keepalive_deadline: float | None = None
         # While a request's body is incomplete: by when its next bytes must arrive.
@@ -403,9 +405,24 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 cycle.message_event.set()
         super().connection_lost(exc)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
         if self._lingering:
             self.transport.close()  # the client is done sending too
+            return None
+        running = self.cycle is not None and not self.cycle.response_complete
+        if running or self.pipeline or self._unsettled is not None:
+            # The client half-closed after its requests: they are answered, then the
+            # connection closes (_close_if_half_closed). uvicorn let the transport close
+            # at once, and the answers still to come were dropped while logged as sent.
+            self._half_closed = True
+            return True
+        return None
+
+    def _close_if_half_closed(self) -> None:
+        running = self.cycle is not None and not self.cycle.response_complete
+        if self._half_closed and not (running or self.pipeline or self._unsettled is not None):
+            if not self.transport.is_closing():
+                self.transport.close()
 
     def _make_room(self) -> None:
         """Over the cap: drop the connection waiting longest for a head, else refuse this one."""
@@ -675,6 +692,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             if idle and not self.pipeline and self._head_deadline is None:
                 if not self.transport.is_closing():
                     self._arm_keepalive()
+            self._close_if_half_closed()
         super().resume_writing()
 
     def _unset_keepalive_if_required(self) -> None:
@@ -725,6 +743,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._pending_refusal is None:
             super().on_response_complete()
+            self._close_if_half_closed()
             return
         if self.pipeline:
             # Requests parsed before the refused head are still queued: serve them first.

@@ -534,28 +534,19 @@ class FastHits:
         if rate >= 1.0 or not whole or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
             peer = client[0] if client else "-"
-            slices = None if head else (answer.slices, 0, 0)
-            if whole:
-                key = (method, answer.status, sent, answer.slices, peer)
-                line = route.log_parts.get(key)
-                if line is None:
-                    line = access_line_parts(
-                        route.log_heads[method], answer.status, sent, 0.0, "HIT", peer, slices, None
-                    )
+            # A whole answer's line is kept per route; a cut one (rare) is made each time.
+            key = (method, answer.status, sent, answer.slices, peer)
+            line = route.log_parts.get(key) if whole else None
+            if line is None:
+                aborted = None if whole else SHUTDOWN_CUT if by_server else "client disconnected"
+                slices = None if head else (answer.slices, 0, 0)
+                line = access_line_parts(
+                    route.log_heads[method], answer.status, sent, 0.0, "HIT", peer, slices, aborted
+                )
+                if whole:
                     if len(route.log_parts) >= LOG_PARTS_KEPT:
                         route.log_parts.clear()
                     route.log_parts[key] = line
-            else:
-                line = access_line_parts(
-                    route.log_heads[method],
-                    answer.status,
-                    sent,
-                    0.0,
-                    "HIT",
-                    peer,
-                    slices,
-                    SHUTDOWN_CUT if by_server else "client disconnected",
-                )
             # The clock to the millisecond, its text made once per millisecond.
             ms = (time.time_ns() + 500_000) // 1_000_000
             if ms != self._ts_ms:

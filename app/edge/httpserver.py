@@ -409,8 +409,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if self._lingering:
             self.transport.close()  # the client is done sending too
             return None
-        running = self.cycle is not None and not self.cycle.response_complete
-        if running or self.pipeline or self._unsettled is not None:
+        if self._answers_due():
             # The client half-closed after its requests: they are answered, then the
             # connection closes (_close_if_half_closed). uvicorn let the transport close
             # at once, and the answers still to come were dropped while logged as sent.
@@ -419,10 +418,14 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         return None
 
     def _close_if_half_closed(self) -> None:
+        if self._half_closed and not self._answers_due() and not self.transport.is_closing():
+            self.transport.close()
+
+    def _answers_due(self) -> bool:
+        """A response runs, requests wait behind it, or a fast answer is still being
+        written."""
         running = self.cycle is not None and not self.cycle.response_complete
-        if self._half_closed and not (running or self.pipeline or self._unsettled is not None):
-            if not self.transport.is_closing():
-                self.transport.close()
+        return running or bool(self.pipeline) or self._unsettled is not None
 
     def _make_room(self) -> None:
         """Over the cap: drop the connection waiting longest for a head, else refuse this one."""
@@ -433,10 +436,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._refuse(503, linger=False)
 
     def _waiting_for_head(self) -> bool:
-        busy = (
-            self.cycle is not None and not self.cycle.response_complete
-        ) or self._unsettled is not None  # a fast answer still being written
-        return self._in_head and not busy and not self.transport.is_closing()
+        return self._in_head and not self._answers_due() and not self.transport.is_closing()
 
     # Input
 
@@ -688,10 +688,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if self._unsettled is not None and not self.transport.get_write_buffer_size():
             self._settle_fast(0)
             # Kept alive from now, as after any response (nothing else runs or waits).
-            idle = self.cycle is None or self.cycle.response_complete
-            if idle and not self.pipeline and self._head_deadline is None:
-                if not self.transport.is_closing():
-                    self._arm_keepalive()
+            idle = not self._answers_due() and self._head_deadline is None
+            if idle and not self.transport.is_closing():
+                self._arm_keepalive()
             self._close_if_half_closed()
         super().resume_writing()
 

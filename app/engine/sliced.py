@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 
 import httpx
 from starlette.types import Receive, Send
@@ -339,81 +339,60 @@ async def _send_stream(
     detectably, instead of answering 502/504 or restarting it (helper-40).
     ``warnings``: where a failed slice is logged (once per kind per interval).
     """
-    # Owns the L2 leases of the slices written until the transport is done with them.
+    started = False
+    with _lease_writer(send, ctx) as writer:
+        async with contextlib.aclosing(pieces):
+            try:
+                async with DisconnectWatch(receive) if watch else contextlib.nullcontext():
+                    if head_first:
+                        await send_start(send, status, headers)
+                        started = True
+                    async for piece in pieces:
+                        if not started:
+                            await send_start(send, status, headers)
+                            started = True
+                        await writer.write(piece)
+                    if not started:
+                        await send_start(send, status, headers)
+                    await writer.finish()
+                    await send_body(send, b"", more=False)
+            except ObjectChanged:
+                if not started:
+                    raise
+                ctx.log.aborted = "origin object changed mid-response"
+                raise ResponseAborted() from None
+            except Exception as error:
+                reason = kind(error) if isinstance(error, httpx.TransportError) else str(error)
+                expected = isinstance(error, httpx.TransportError | SliceError)
+                # A transport error was already logged, rate-limited, with the origin, request,
+                # exception class and retry (app/upstream/transport.py); the access line carries
+                # `aborted`. An invalid answer (an origin 5xx, a wrong Content-Range) repeats for
+                # every reader of the object: once per interval; a bug, with its traceback.
+                if not isinstance(error, httpx.TransportError):
+                    if expected:
+                        warnings.warning("slice_invalid", "slice fetch failed", error=reason)
+                    else:
+                        warnings.exception("slice_fetch_bug", "slice fetch failed", error=reason)
+                if not started:
+                    # Nothing of what was found in the cache went out: the answer is the
+                    # origin's failure, logged and counted as every other one (not a HIT).
+                    ctx.log.cache = "MISS"
+                    if isinstance(error, httpx.TimeoutException):
+                        await send_text(send, 504, f"Gateway Timeout: {reason}")
+                    else:
+                        await send_text(send, 502, f"Bad Gateway: {reason}")
+                    return
+                ctx.log.aborted = f"slice fetch failed mid-response: {reason}"
+                raise ResponseAborted() from None
+
+
+@contextlib.contextmanager
+def _lease_writer(send: Send, ctx: RequestContext) -> Iterator[LeaseWriter]:
+    """Owns the L2 leases of the slices written until the transport is done with them."""
     writer = LeaseWriter(send, ctx.written_out)
     handover = LEASE_HANDOVER.set(writer)
     try:
-        await _write_stream(
-            ctx,
-            receive,
-            send,
-            status,
-            headers,
-            pieces,
-            writer,
-            watch=watch,
-            head_first=head_first,
-            warnings=warnings,
-        )
+        yield writer
     finally:
         LEASE_HANDOVER.reset(handover)
         writer.close()
-
-
-async def _write_stream(
-    ctx: RequestContext,
-    receive: Receive,
-    send: Send,
-    status: int,
-    headers: Headers,
-    pieces: AsyncGenerator[SliceData, None],
-    writer: LeaseWriter,
-    *,
-    watch: bool,
-    head_first: bool,
-    warnings: RateLimitedLog,
-) -> None:
-    started = False
-    async with contextlib.aclosing(pieces):
-        try:
-            async with DisconnectWatch(receive) if watch else contextlib.nullcontext():
-                if head_first:
-                    await send_start(send, status, headers)
-                    started = True
-                async for piece in pieces:
-                    if not started:
-                        await send_start(send, status, headers)
-                        started = True
-                    await writer.write(piece)
-                if not started:
-                    await send_start(send, status, headers)
-                await writer.finish()
-                await send_body(send, b"", more=False)
-        except ObjectChanged:
-            if not started:
-                raise
-            ctx.log.aborted = "origin object changed mid-response"
-            raise ResponseAborted() from None
-        except Exception as error:
-            reason = kind(error) if isinstance(error, httpx.TransportError) else str(error)
-            expected = isinstance(error, httpx.TransportError | SliceError)
-            # A transport error was already logged, rate-limited, with the origin, request,
-            # exception class and retry (app/upstream/transport.py); the access line carries
-            # `aborted`. An invalid answer (an origin 5xx, a wrong Content-Range) repeats for
-            # every reader of the object: once per interval; a bug, with its traceback.
-            if not isinstance(error, httpx.TransportError):
-                if expected:
-                    warnings.warning("slice_invalid", "slice fetch failed", error=reason)
-                else:
-                    warnings.exception("slice_fetch_bug", "slice fetch failed", error=reason)
-            if not started:
-                # Nothing of what was found in the cache went out: the answer is the
-                # origin's failure, logged and counted as every other one (not a HIT).
-                ctx.log.cache = "MISS"
-                if isinstance(error, httpx.TimeoutException):
-                    await send_text(send, 504, f"Gateway Timeout: {reason}")
-                else:
-                    await send_text(send, 502, f"Bad Gateway: {reason}")
-                return
-            ctx.log.aborted = f"slice fetch failed mid-response: {reason}"
-            raise ResponseAborted() from None

@@ -87,7 +87,10 @@ class RawDiskCacheSettings(BaseModel):
         description="Allocation unit in bytes: a power of two from 512 B to 1 MiB.",
     )
     use_direct_io: bool = Field(
-        default=False, description="Open the device with O_DIRECT (page cache bypassed)."
+        default=False,
+        description="Write extents with O_DIRECT: no CPU copy into the page cache (the miss "
+        "path's largest cost), but the first read of an extent after its write comes from "
+        "the disk; reads still use the page cache.",
     )
     enable_compression: bool = Field(
         default=False, description="zstd-compress slices when it saves at least ~10 %."

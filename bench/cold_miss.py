@@ -26,6 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=None, help="object size (overrides --quick)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a slicecache setting for this run, as the SLICECACHE_ variable without its "
+        "prefix, lower case (e.g. raw_disk_cache__use_direct_io=true); repeatable",
+    )
+    parser.add_argument(
+        "--prefill-mib",
+        type=int,
+        default=0,
+        help="fetch an object this large through each peer first, as the full run does "
+        "(its 1 GiB L2 object) before the cold one: the page cache then has to grow into "
+        "memory the machine has not touched yet",
+    )
     args = parser.parse_args(argv)
     cfg = Config.make(args.quick)
     if args.mib:
@@ -33,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path("/tmp/slicecache-cold-miss")
     shutil.rmtree(out, ignore_errors=True)
     bench = Bench(cfg, out, ("peers",), ())
+    bench.peer_settings = dict(item.split("=", 1) for item in args.set)
     bench.raw.mkdir(parents=True, exist_ok=True)
     bench.origin = h.start_origin(bench.logs)
     medians: dict[str, dict[str, float]] = {}
@@ -42,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 if server is None:
                     print(json.dumps({"peer": which, "skipped": why}), flush=True)
                     continue
+                if args.prefill_mib:
+                    h.fetch_sync(server.url + bench.name(args.prefill_mib), max_time=600)
                 rows: list[dict[str, Any]] = []
                 for _ in range(args.rounds):
                     row = bench._peer_cold_big(server)

@@ -129,6 +129,8 @@ class Bench:
         self.targets = targets
         self.tag = uuid.uuid4().hex[:6]  # unique file names: every "cold" fetch really is
         self.counter = 0
+        # Settings of the slicecache peer on top of its defaults (bench.cold_miss --set).
+        self.peer_settings: dict[str, Any] = {}
         self.results: dict[str, Any] = {"notes": [], "errors": {}}
         self.tmp = Path(tempfile.mkdtemp(prefix="slicecache-bench-"))
         self.origin: Server | None = None
@@ -743,7 +745,10 @@ class Bench:
             # the big object, so objects above the 100 MiB L1 are served from L2.
             l2 = max(1024 * MiB, 4 * big)
             with self.l2_slicecache(
-                "slicecache-peers", log_level="info", raw_disk_cache__total_size=l2
+                "slicecache-peers",
+                log_level="info",
+                raw_disk_cache__total_size=l2,
+                **self.peer_settings,
             ) as (server, status):
                 yield server, "" if status == "active" else f"L2 {status}"
 

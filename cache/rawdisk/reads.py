@@ -89,7 +89,7 @@ class ReadPath:
         """``key``'s bytes as a zero-copy view of the device mapping, pinned until released.
 
         Falls back to :meth:`get` (a private copy under a no-op lease) when the device is
-        not mapped (O_DIRECT)."""
+        not mapped (closed)."""
         core = self.core
         mapped = core.device.mapping(core.geo.total_size) if not core.closed else None
         if mapped is None:

@@ -21,9 +21,10 @@ Metadata (superblock, checkpoints, journal) and the fallback path use ``os.pread
 With ``use_direct_io`` extents are written through a second descriptor
 opened with ``O_DIRECT``: the device reads the bytes from a page-aligned staging buffer
 (one per writer thread, reused), instead of the CPU copying them into fresh page-cache
-pages. That copy was most of the miss path's CPU: ~0.2 s/GB on bare metal and 2-3 s/GB on
-this VM, whose never-touched pages each cost a host fault (``copy_folio_from_iter_atomic``
-was 53 % of a cold 100 MiB's samples under ``perf``). It also kept a second copy in RAM of
+pages. That copy is a pass over every byte, and on this VM, when the page cache grows
+into memory the guest has not touched yet, each new page also costs a host fault: it was
+then most of the miss path's CPU (``copy_folio_from_iter_atomic``, 53 % of a cold
+100 MiB's samples under ``perf``). It also kept a second copy in RAM of
 bytes L1 already holds. Reads still go through the shared mapping: a direct write
 invalidates the extent's clean cached pages (mapped ones included: the kernel unmaps them
 first), an extent being written has no lease and so no reader, and every read verifies the

@@ -337,6 +337,14 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a whole request head, and the longest "
         "pause within a request body (else 408 and close).",
     )
+    send_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a client may take none of a response's bytes while the proxy "
+        "waits to write more (nginx's send_timeout); then the connection is closed, "
+        "counted in slicecache_client_send_timeouts_total and logged.",
+    )
     max_client_connections: int = Field(
         default=4096,
         ge=1,

@@ -512,7 +512,12 @@ class FastHits:
             protocol.cut_at_shutdown()
 
     def settle(
-        self, answered: Answered, unsent: int = 0, later: bool = False, by_server: bool = False
+        self,
+        answered: Answered,
+        unsent: int = 0,
+        later: bool = False,
+        by_server: bool = False,
+        reason: str | None = None,
     ) -> None:
         """Count and log an answer, as the normal path counts and logs it, once its bytes
         have left user space (``unsent`` 0), or once its connection was lost with
@@ -520,7 +525,7 @@ class FastHits:
         counted as sent (as app/ops/accesslog.py does for the normal path). ``later``:
         not as it was written, but when the transport let go of it (its duration ends
         now, as nginx's $request_time ends with the last write). ``by_server``: cut by
-        the shutdown, not the client."""
+        the shutdown, not the client; ``reason``: why it was cut, for the access line."""
         answer, method, route, request_id, client, started, ttfb = answered
         head = method == "HEAD"
         sent = 0 if head else max(0, answer.length - unsent)
@@ -538,7 +543,8 @@ class FastHits:
             key = (method, answer.status, sent, answer.slices, peer)
             line = route.log_parts.get(key) if whole else None
             if line is None:
-                aborted = None if whole else SHUTDOWN_CUT if by_server else "client disconnected"
+                cut_by = SHUTDOWN_CUT if by_server else reason or "client disconnected"
+                aborted = None if whole else cut_by
                 slices = None if head else (answer.slices, 0, 0)
                 line = access_line_parts(
                     route.log_heads[method], answer.status, sent, 0.0, "HIT", peer, slices, aborted

@@ -555,7 +555,9 @@ def create_app(
     )
     app.admin_prefix = settings.admin_prefix.encode("latin-1")
     runtime.edge_refusals = EdgeRefusalLog(
-        runtime.metrics.edge_refusals, settings.warning_interval_seconds
+        runtime.metrics.edge_refusals,
+        runtime.metrics.send_timeouts,
+        settings.warning_interval_seconds,
     )
     if settings.fast_path:
         runtime.fast_hit = FastHits(runtime, settings.access_log_sample_rate, runtime.access_log)

@@ -53,6 +53,12 @@ same connection state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import socket
+import struct
+import sys
+import termios
 import time
 import weakref
 from dataclasses import dataclass
@@ -63,9 +69,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from app.context import SCOPE_KEY
 from app.edge.interim import EARLY_HINT
 from app.edge.writtenout import offer_written_out
-from app.ops.accesslog import http_date_now
+from app.ops.accesslog import SEND_TIMEOUT_CUT, http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
 LINGER_SECONDS = 2.0
@@ -94,6 +101,7 @@ class EdgeLimits:
     max_header_bytes: int = 65536
     head_timeout: float = 30.0
     max_connections: int = 4096
+    send_timeout: float = 60.0
 
     @property
     def max_head_bytes(self) -> int:
@@ -124,6 +132,7 @@ def limits_of(config: Config) -> EdgeLimits:
         max_header_bytes=settings.max_header_bytes,
         head_timeout=settings.request_head_timeout,
         max_connections=settings.max_client_connections,
+        send_timeout=settings.send_timeout,
     )
 
 
@@ -145,6 +154,9 @@ class EdgeRefusals(Protocol):
 
     def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
         """A request asked to switch protocols; it was answered in HTTP/1.1 instead."""
+
+    def send_timed_out(self, client: tuple[str, int] | None, held: int) -> None:
+        """A client took none of its response for the send timeout; it was closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +248,12 @@ class FastHit(Protocol):
     unsettled: set[Any]
 
     def settle(
-        self, answered: Any, unsent: int = 0, later: bool = False, by_server: bool = False
+        self,
+        answered: Any,
+        unsent: int = 0,
+        later: bool = False,
+        by_server: bool = False,
+        reason: str | None = None,
     ) -> None:
         """Count and log an answer written: its bytes are out (``unsent`` 0), or its
         connection was lost with ``unsent`` of them still held."""
@@ -244,13 +261,14 @@ class FastHit(Protocol):
 
 class EdgeGuard:
     """What both edge protocols (httptools here, h11 in :mod:`app.edge.h11server`) do the
-    same way: the head timer, and the refusal followed by a linger. The protocol provides
-    ``loop``, ``transport``, ``flow``, ``limits`` and ``_head_timed_out``.
+    same way: the head timer, the send timeout, and the refusal followed by a linger. The
+    protocol provides ``loop``, ``transport``, ``flow``, ``limits`` and ``_head_timed_out``.
 
-    The head timer is a deadline, not a timer per request: arming and cancelling it are
-    attribute writes, and one loop timer per connection (``_wake``) fires at the earliest
-    deadline it was asked for, acts on what has passed and sleeps until the next one. A
-    timer made and cancelled for every request was a tenth of a cache hit's CPU.
+    The head timer and the send timeout are deadlines, not timers per request: arming and
+    cancelling one are attribute writes, and one loop timer per connection (``_wake``)
+    fires at the earliest deadline it was asked for, acts on what has passed and sleeps
+    until the next one. A timer made and cancelled for every request was a tenth of a
+    cache hit's CPU.
     """
 
     loop: asyncio.AbstractEventLoop
@@ -260,6 +278,11 @@ class EdgeGuard:
     client: tuple[str, int] | None
     refusals: EdgeRefusals | None = None
     _head_deadline: float | None = None  # loop time by which the head must be complete
+    # While writing is paused: by when the client must have taken some of what it holds,
+    # and how much the transport held when that deadline was set.
+    _send_deadline: float | None = None
+    _send_held = 0
+    send_expired = False  # closed by the send timeout
     _wake: asyncio.TimerHandle | None = None
     _wake_when = 0.0
     _lingering = False
@@ -288,6 +311,7 @@ class EdgeGuard:
     def _stop_wake(self) -> None:
         """The connection is gone: its timer goes too (it holds the protocol)."""
         self._head_deadline = None
+        self._send_deadline = None
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
@@ -300,12 +324,80 @@ class EdgeGuard:
 
     def _deadlines_passed(self, now: float) -> float | None:
         """Act on the deadlines past at ``now``; the next deadline still set, if any."""
+        after = self._send_deadline_passed(now)
         deadline = self._head_deadline
+        if deadline is not None and deadline <= now:
+            self._head_deadline = None
+            self._head_timed_out()
+            deadline = self._head_deadline
+        if deadline is None:
+            return after
+        return deadline if after is None else min(after, deadline)
+
+    # nginx's send_timeout: while the transport holds more than its high-water mark, the
+    # client must take some of it within SEND_TIMEOUT, else the connection is closed.
+    # Without it a client that asked for a large answer and never read held its
+    # connection (a slot under MAX_CLIENT_CONNECTIONS, a slice lease, a fill reader) for
+    # as long as it liked (helper-42). Progress is what the transport let go of, so a slow
+    # but steady reader is never cut, however long its response takes.
+
+    def pause_writing(self) -> None:
+        self._arm_send_deadline(self.loop.time())
+        super().pause_writing()  # type: ignore[misc]  # the uvicorn protocol's
+
+    def resume_writing(self) -> None:
+        self._send_deadline = None
+        super().resume_writing()  # type: ignore[misc]
+
+    def _arm_send_deadline(self, now: float) -> None:
+        deadline = now + self.limits.send_timeout
+        self._send_deadline = deadline
+        self._send_held = self._held_for_client()
+        self._wake_at(deadline)
+
+    def _held_for_client(self) -> int:
+        """Bytes written and not yet taken by the client: the transport's buffer plus the
+        kernel's send queue (SIOCOUTQ). The transport's alone moves only when the kernel
+        wakes it, after the client has drained a good part of the socket buffers (MiBs):
+        a client reading 128 KiB/s could look stuck for longer than the timeout."""
+        held = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
+                held += int.from_bytes(queued, sys.byteorder, signed=True)
+            except (OSError, ValueError, AttributeError):
+                pass  # the transport's buffer alone: the coarser measure
+        return held
+
+    def _send_deadline_passed(self, now: float) -> float | None:
+        deadline = self._send_deadline
         if deadline is None or deadline > now:
             return deadline
-        self._head_deadline = None
-        self._head_timed_out()
-        return self._head_deadline
+        if not self.transport.get_write_buffer_size() or self.transport.is_closing():
+            self._send_deadline = None
+            return None
+        held = self._held_for_client()
+        if held < self._send_held:  # the client took some: a new period starts
+            self._arm_send_deadline(now)
+            return self._send_deadline
+        self._send_deadline = None
+        self.send_expired = True
+        if self.refusals is not None:
+            self.refusals.send_timed_out(self.client, held)
+        self._cut_for_send_timeout()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # A reset, not a close: the kernel would otherwise keep the orphaned socket and
+            # its MiBs of queued bytes, trickling them to a client that does not read
+            # (nginx's reset_timedout_connection).
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
+        return None
+
+    def _cut_for_send_timeout(self) -> None:
+        """Before the abort: say in the running response's access line why it was cut."""
 
     def _note_refusal(self, status: int, detail: str | None = None) -> None:
         """Every refusal is counted and logged (rate-limited): nothing the edge turns away
@@ -387,13 +479,17 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._make_room()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost_in_error = exc is not None
+        # The send timeout aborts: what the transport held was discarded, as in an error.
+        self.lost_in_error = exc is not None or self.send_expired
         if self._unsettled is not None:
             # Ended in an error, the transport discarded what it held: those bytes never
             # reached the client (a clean close sends them first). What it held after the
             # write is taken as unsent: a lower bound of what reached the kernel, as the
             # normal path counts (uvloop's transport says 0 by now).
-            self._settle_fast(self._unsettled[1] if exc is not None else 0)
+            self._settle_fast(
+                self._unsettled[1] if self.lost_in_error else 0,
+                reason=SEND_TIMEOUT_CUT if self.send_expired else None,
+            )
         self._stop_wake()
         self._keepalive_deadline = None
         # uvicorn marks only the newest request's cycle as disconnected: a request still
@@ -665,7 +761,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._limits_before = transport.get_write_buffer_limits()
         transport.set_write_buffer_limits(high=0, low=0)
 
-    def _settle_fast(self, unsent: int, by_server: bool = False) -> None:
+    def _cut_for_send_timeout(self) -> None:
+        cycle = self._running
+        log: Any = None if cycle is None else cycle.scope.get(SCOPE_KEY)
+        if log is not None and log.aborted is None:
+            log.aborted = SEND_TIMEOUT_CUT
+
+    def _settle_fast(self, unsent: int, by_server: bool = False, reason: str | None = None) -> None:
         unsettled, self._unsettled = self._unsettled, None
         limits, self._limits_before = self._limits_before, None
         if limits is not None and not self.transport.is_closing():
@@ -675,7 +777,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if unsettled is not None and fast is not None:
             fast.unsettled.discard(self)
             try:
-                fast.settle(unsettled[0], unsent, later=True, by_server=by_server)
+                fast.settle(unsettled[0], unsent, later=True, by_server=by_server, reason=reason)
             except Exception as error:  # counted and logged; the answer went out
                 fast.failed(error)
 

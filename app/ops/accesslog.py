@@ -274,6 +274,8 @@ async def _unsent_at_end(watch: WriteWatch) -> int:
 
 
 SHUTDOWN_CUT = "shutdown: the grace period ended first"
+# Starts with "client": the client stopped reading, so it counts as a cut by the client.
+SEND_TIMEOUT_CUT = "client took no bytes for the send timeout"
 
 
 def _ended_by(aborted: str | None) -> str:

@@ -253,6 +253,12 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.send_timeouts = Counter(
+            "slicecache_client_send_timeouts",
+            "Connections closed because the client took none of a response's bytes for "
+            "SEND_TIMEOUT seconds (its response is counted as cut by the client)",
+            registry=r,
+        )
         self.fast_path_failures = Counter(
             "slicecache_fast_path_failures",
             "Requests the fast path failed on (a bug: logged, rate-limited); each was then "

@@ -7,6 +7,9 @@ is counted in ``slicecache_edge_refusals_total{status}`` and logged through a
 :class:`RateLimitedLog` (one line per status per ``WARNING_INTERVAL_SECONDS``, with the
 client and the cause; the rest folded into the next line): a flood of bad heads is
 visible without costing a log line each.
+
+A client that stops taking a response's bytes (nginx's ``send_timeout``) is not a refused
+head but is reported here too: ``slicecache_client_send_timeouts_total`` and a line.
 """
 
 from __future__ import annotations
@@ -21,9 +24,22 @@ log = logging.getLogger("slicecache.edge")
 
 
 class EdgeRefusalLog:
-    def __init__(self, counter: Counter, warning_interval: float) -> None:
+    def __init__(self, counter: Counter, send_timeouts: Counter, warning_interval: float) -> None:
         self.counter = counter
+        self.send_timeouts = send_timeouts
         self.warnings = RateLimitedLog(log, warning_interval)
+
+    def send_timed_out(self, client: tuple[str, int] | None, held: int) -> None:
+        """A client took none of its response for SEND_TIMEOUT: its connection was closed."""
+        self.send_timeouts.inc()
+        peer = _peer(client)
+        self.warnings.warning(
+            "edge_send_timeout",
+            f"closed the connection of {peer or 'an unknown client'}: it took none of its "
+            f"response for the send timeout ({held} bytes waiting)",
+            client=peer,
+            held=held,
+        )
 
     def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
         """Not a refusal: the request is answered in HTTP/1.1 (RFC 9110 7.8), the Upgrade

@@ -1,0 +1,90 @@
+"""nginx's send_timeout: a client that takes none of its response for SEND_TIMEOUT seconds
+is closed, counted and logged; a client that reads slowly but steadily is never cut.
+
+Before, a client that asked for a large answer and never read it held its connection, and
+what the response held with it, for as long as it liked (helper-42): three of them filled
+a MAX_CLIENT_CONNECTIONS of 3. Both answer paths: the protocol's fast path and the ASGI
+path (``fast_path=False``)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+import time
+
+import httpx
+import pytest
+
+from app.ops.accesslog import SEND_TIMEOUT_CUT
+from bench.origin import expected_bytes
+from tests.conftest import Origin
+from tests.test_fasthit import _address, _lines_for, _read_response, fast_hits, request, served
+from tests.waiting import wait_for
+
+SIZE = 16 * 1024 * 1024  # one slice, far more than the sockets on both sides hold
+SEND_TIMEOUT = 1.0
+
+
+def _drained_to_close(sock: socket.socket) -> int:
+    """Read until the server closes (EOF or reset); the bytes read."""
+    got = 0
+    sock.settimeout(30)
+    try:
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+    except ConnectionResetError:
+        pass
+    return got
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "asgi-path"])
+def test_a_client_that_takes_nothing_is_closed_and_a_slow_one_is_not(
+    origin: Origin, fast_path: bool
+) -> None:
+    name = f"16m-send-timeout-{fast_path}.bin"
+    path = "/files/" + name
+    stream = io.StringIO()
+    real_stdout, sys.stdout = sys.stdout, stream
+    try:
+        with served(
+            origin,
+            slice_size=SIZE,
+            access_log_buffer_bytes=0,
+            send_timeout=SEND_TIMEOUT,
+            fast_path=fast_path,
+        ) as (url, app):
+            assert len(httpx.get(url + path, timeout=30).content) == SIZE  # cached now
+            hits_before = fast_hits(app)
+
+            # A client that reads slowly, for several send timeouts, then the rest.
+            with socket.create_connection(_address(url), timeout=30) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                sock.sendall(request(path, rid="slow"))
+                buffer = bytearray()
+                reading_until = time.monotonic() + 4 * SEND_TIMEOUT
+                while time.monotonic() < reading_until:
+                    buffer += sock.recv(32 * 1024)
+                    time.sleep(SEND_TIMEOUT / 4)
+                whole = _read_response(sock, buffer, head_only=False)
+                assert whole.startswith(b"HTTP/1.1 200")
+                assert whole.endswith(expected_bytes(name))
+
+            # A client that takes the head and nothing more.
+            with socket.create_connection(_address(url), timeout=30) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(request(path, rid="stuck"))
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                wait_for(lambda: _lines_for(stream, "stuck") != [], "the stuck answer's line")
+                assert _drained_to_close(sock) < SIZE  # closed, short of the body
+            answered_fast = fast_hits(app) - hits_before
+            metrics = httpx.get(url + "/_slicecache/metrics").text
+    finally:
+        sys.stdout = real_stdout
+    assert answered_fast == (2 if fast_path else 0)
+    (slow,) = _lines_for(stream, "slow")
+    assert slow["bytes"] == SIZE and "aborted" not in slow
+    (stuck,) = _lines_for(stream, "stuck")
+    assert stuck["aborted"] == SEND_TIMEOUT_CUT and stuck["bytes"] < SIZE
+    assert "slicecache_client_send_timeouts_total 1.0" in metrics
+    assert 'slicecache_responses_incomplete_total{ended_by="client"} 1.0' in metrics

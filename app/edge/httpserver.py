@@ -45,7 +45,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~840 lines) on purpose: one protocol class whose head limits, head and body timers,
+One module (~880 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -53,12 +53,6 @@ same connection state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import socket
-import struct
-import sys
-import termios
 import time
 import weakref
 from dataclasses import dataclass
@@ -71,6 +65,7 @@ from uvicorn.server import ServerState
 
 from app.context import SCOPE_KEY
 from app.edge.interim import EARLY_HINT
+from app.edge.sendtimeout import SendTimeout
 from app.edge.writtenout import offer_written_out
 from app.ops.accesslog import SEND_TIMEOUT_CUT, http_date_now
 
@@ -259,7 +254,7 @@ class FastHit(Protocol):
         connection was lost with ``unsent`` of them still held."""
 
 
-class EdgeGuard:
+class EdgeGuard(SendTimeout):
     """What both edge protocols (httptools here, h11 in :mod:`app.edge.h11server`) do the
     same way: the head timer, the send timeout, and the refusal followed by a linger. The
     protocol provides ``loop``, ``transport``, ``flow``, ``limits`` and ``_head_timed_out``.
@@ -278,11 +273,6 @@ class EdgeGuard:
     client: tuple[str, int] | None
     refusals: EdgeRefusals | None = None
     _head_deadline: float | None = None  # loop time by which the head must be complete
-    # While writing is paused: by when the client must have taken some of what it holds,
-    # and how much the transport held when that deadline was set.
-    _send_deadline: float | None = None
-    _send_held = 0
-    send_expired = False  # closed by the send timeout
     _wake: asyncio.TimerHandle | None = None
     _wake_when = 0.0
     _lingering = False
@@ -333,71 +323,6 @@ class EdgeGuard:
         if deadline is None:
             return after
         return deadline if after is None else min(after, deadline)
-
-    # nginx's send_timeout: while the transport holds more than its high-water mark, the
-    # client must take some of it within SEND_TIMEOUT, else the connection is closed.
-    # Without it a client that asked for a large answer and never read held its
-    # connection (a slot under MAX_CLIENT_CONNECTIONS, a slice lease, a fill reader) for
-    # as long as it liked (helper-42). Progress is what the transport let go of, so a slow
-    # but steady reader is never cut, however long its response takes.
-
-    def pause_writing(self) -> None:
-        self._arm_send_deadline(self.loop.time())
-        super().pause_writing()  # type: ignore[misc]  # the uvicorn protocol's
-
-    def resume_writing(self) -> None:
-        self._send_deadline = None
-        super().resume_writing()  # type: ignore[misc]
-
-    def _arm_send_deadline(self, now: float) -> None:
-        deadline = now + self.limits.send_timeout
-        self._send_deadline = deadline
-        self._send_held = self._held_for_client()
-        self._wake_at(deadline)
-
-    def _held_for_client(self) -> int:
-        """Bytes written and not yet taken by the client: the transport's buffer plus the
-        kernel's send queue (SIOCOUTQ). The transport's alone moves only when the kernel
-        wakes it, after the client has drained a good part of the socket buffers (MiBs):
-        a client reading 128 KiB/s could look stuck for longer than the timeout."""
-        held = self.transport.get_write_buffer_size()
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
-                held += int.from_bytes(queued, sys.byteorder, signed=True)
-            except (OSError, ValueError, AttributeError):
-                pass  # the transport's buffer alone: the coarser measure
-        return held
-
-    def _send_deadline_passed(self, now: float) -> float | None:
-        deadline = self._send_deadline
-        if deadline is None or deadline > now:
-            return deadline
-        if not self.transport.get_write_buffer_size() or self.transport.is_closing():
-            self._send_deadline = None
-            return None
-        held = self._held_for_client()
-        if held < self._send_held:  # the client took some: a new period starts
-            self._arm_send_deadline(now)
-            return self._send_deadline
-        self._send_deadline = None
-        self.send_expired = True
-        if self.refusals is not None:
-            self.refusals.send_timed_out(self.client, held)
-        self._cut_for_send_timeout()
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            # A reset, not a close: the kernel would otherwise keep the orphaned socket and
-            # its MiBs of queued bytes, trickling them to a client that does not read
-            # (nginx's reset_timedout_connection).
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
-        return None
-
-    def _cut_for_send_timeout(self) -> None:
-        """Before the abort: say in the running response's access line why it was cut."""
 
     def _note_refusal(self, status: int, detail: str | None = None) -> None:
         """Every refusal is counted and logged (rate-limited): nothing the edge turns away

@@ -1,5 +1,6 @@
 """nginx's send_timeout: a client that takes none of its response for SEND_TIMEOUT seconds
-is closed, counted and logged; a client that reads slowly but steadily is never cut.
+is reset, counted and logged; a client that reads slowly but steadily is not cut (a small
+receive buffer here: a large one announces no window until 1/16 of it is free).
 
 Before, a client that asked for a large answer and never read it held its connection, and
 what the response held with it, for as long as it liked (helper-42): three of them filled
@@ -12,6 +13,7 @@ import io
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -36,6 +38,10 @@ def _drained_to_close(sock: socket.socket) -> int:
     except ConnectionResetError:
         pass
     return got
+
+
+def _logged(stream: io.StringIO, rid: str) -> Callable[[], bool]:
+    return lambda: _lines_for(stream, rid) != []
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "asgi-path"])
@@ -70,21 +76,58 @@ def test_a_client_that_takes_nothing_is_closed_and_a_slow_one_is_not(
                 assert whole.startswith(b"HTTP/1.1 200")
                 assert whole.endswith(expected_bytes(name))
 
-            # A client that takes the head and nothing more.
-            with socket.create_connection(_address(url), timeout=30) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                sock.sendall(request(path, rid="stuck"))
-                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-                wait_for(lambda: _lines_for(stream, "stuck") != [], "the stuck answer's line")
-                assert _drained_to_close(sock) < SIZE  # closed, short of the body
+            # Clients that take the head and nothing more; the second asked for the
+            # connection to close after the answer (the transport is closing meanwhile).
+            for rid, extra in (("stuck", ""), ("stuck-close", "Connection: close\r\n")):
+                with socket.create_connection(_address(url), timeout=30) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.sendall(request(path, rid=rid, extra=extra))
+                    assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+                    wait_for(_logged(stream, rid), f"{rid}'s line")
+                    assert _drained_to_close(sock) < SIZE  # closed, short of the body
             answered_fast = fast_hits(app) - hits_before
             metrics = httpx.get(url + "/_slicecache/metrics").text
     finally:
         sys.stdout = real_stdout
-    assert answered_fast == (2 if fast_path else 0)
+    assert answered_fast == (3 if fast_path else 0)
     (slow,) = _lines_for(stream, "slow")
     assert slow["bytes"] == SIZE and "aborted" not in slow
-    (stuck,) = _lines_for(stream, "stuck")
-    assert stuck["aborted"] == SEND_TIMEOUT_CUT and stuck["bytes"] < SIZE
-    assert "slicecache_client_send_timeouts_total 1.0" in metrics
-    assert 'slicecache_responses_incomplete_total{ended_by="client"} 1.0' in metrics
+    for rid in ("stuck", "stuck-close"):
+        (stuck,) = _lines_for(stream, rid)
+        assert stuck["aborted"] == SEND_TIMEOUT_CUT and stuck["bytes"] < SIZE
+    assert "slicecache_client_send_timeouts_total 2.0" in metrics
+    assert 'slicecache_responses_incomplete_total{ended_by="client"} 2.0' in metrics
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "asgi-path"])
+def test_a_client_that_leaves_right_after_its_request_is_not_logged_as_served(
+    origin: Origin, fast_path: bool
+) -> None:
+    """The client sends its request and closes at once (its kernel resets the connection
+    when the answer arrives). The answer, handed to the transport in one piece, was logged
+    as whole on the ASGI path when the reset came before the access log looked at the
+    transport (helper-44): it must be a cut, its held bytes not counted."""
+    name = f"16m-leaves-{fast_path}.bin"
+    path = "/files/" + name
+    stream = io.StringIO()
+    real_stdout, sys.stdout = sys.stdout, stream
+    try:
+        with served(origin, slice_size=SIZE, access_log_buffer_bytes=0, fast_path=fast_path) as (
+            url,
+            _app,
+        ):
+            assert len(httpx.get(url + path, timeout=30).content) == SIZE  # cached now
+            for attempt in range(3):
+                with socket.create_connection(_address(url), timeout=30) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    sock.sendall(request(path, rid=f"leaves-{attempt}"))
+            for attempt in range(3):
+                rid = f"leaves-{attempt}"
+                wait_for(_logged(stream, rid), f"{rid}'s line")
+            metrics = httpx.get(url + "/_slicecache/metrics").text
+    finally:
+        sys.stdout = real_stdout
+    for attempt in range(3):
+        (line,) = _lines_for(stream, f"leaves-{attempt}")
+        assert line["bytes"] < SIZE and line["aborted"] == "client disconnected", repr(line)
+    assert 'slicecache_responses_incomplete_total{ended_by="client"} 3.0' in metrics

@@ -309,7 +309,10 @@ class EdgeGuard(SendTimeout):
     def _woken(self) -> None:
         self._wake = None
         after = self._deadlines_passed(self.loop.time())
-        if after is not None and not self.transport.is_closing():
+        # A closing transport may still wait on its client: the send timeout runs on.
+        if after is not None and (
+            not self.transport.is_closing() or self._send_deadline is not None
+        ):
             self._wake_at(after)
 
     def _deadlines_passed(self, now: float) -> float | None:

@@ -38,9 +38,12 @@ class SendTimeout:
     # client must take some of it within SEND_TIMEOUT, else the connection is closed.
     # Without it a client that asked for a large answer and never read held its
     # connection (a slot under MAX_CLIENT_CONNECTIONS, a slice lease, a fill reader) for
-    # as long as it liked (helper-42). Progress is what the client took (the transport's
-    # buffer and the kernel's send queue shrank), so a slow but steady reader is never
-    # cut, however long its response takes.
+    # as long as it liked (helper-42). Progress is what the client's kernel took (the
+    # transport's buffer and the kernel's send queue shrank), however long the response
+    # takes. A reader slow enough is still cut, as by nginx: a receiver announces no
+    # window until it has freed 1/16 of its buffer (Linux's __tcp_select_window), so with
+    # a 6 MiB receive buffer and the default 60 s a reader below ~6 KiB/s looks stuck
+    # (helper-44).
 
     def pause_writing(self) -> None:
         self._arm_send_deadline(self.loop.time())
@@ -75,7 +78,10 @@ class SendTimeout:
         deadline = self._send_deadline
         if deadline is None or deadline > now:
             return deadline
-        if not self.transport.get_write_buffer_size() or self.transport.is_closing():
+        # A closing transport still counts: it holds what a `Connection: close` answer
+        # left behind until the client takes it (helper-44: four such fast answers to
+        # clients that never read filled a connection cap of 4 for good).
+        if not self.transport.get_write_buffer_size():
             self._send_deadline = None
             return None
         held = self._held_for_client()

@@ -45,6 +45,8 @@ class WriteWatch(Protocol):
 
     def gone(self) -> bool: ...
 
+    def refused(self) -> bool: ...
+
     def started(self) -> bool: ...
 
 
@@ -85,6 +87,14 @@ class WrittenOut:
     def gone(self) -> bool:
         """The client left before the response was whole: uvicorn drops its sends."""
         return bool(self._cycle.disconnected)
+
+    def refused(self) -> bool:
+        """Right after a write: the transport holds nothing and is closing. Either a clean
+        close that flushed it, or a write that failed at once (EPIPE: the client had reset)
+        and was discarded; ``lost()`` tells them apart once ``connection_lost``, which
+        that failure schedules, has run."""
+        transport = self._protocol.transport
+        return bool(transport.is_closing() and not transport.get_write_buffer_size())
 
     def started(self) -> bool:
         """The response's head was sent."""

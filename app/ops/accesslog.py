@@ -258,17 +258,26 @@ def _flush_if_alive(writer: weakref.ref[AccessLogWriter]) -> None:
         alive.flush()
 
 
-async def _unsent_at_end(watch: WriteWatch) -> int:
+async def _unsent_at_end(watch: WriteWatch, held: int, refused: int) -> int:
     """Bytes of a whole response that never left: the last body message often sits in the
     transport's buffer when the app is done (uvicorn writes it without waiting), and a
     client that leaves then gets none of it while ``send`` raised nothing. Counting such a
     response as whole hid most disconnects of responses sent in one piece (an L1 hit). So
     the line waits until the buffer is out or the connection is lost, as nginx logs only
-    after its last write. What was held at the end is taken as unsent: a lower bound of
-    what reached the kernel, as nginx's ``$body_bytes_sent``."""
-    held: int = watch.buffered()
+    after its last write. ``held``: what the transport held right after the last body
+    message was handed to it, taken as unsent if the connection was lost in an error
+    before it was out: a lower bound of what reached the kernel, as nginx's
+    ``$body_bytes_sent``. Taken then, not now: a reset that came in the meantime has
+    emptied the buffer. ``refused``: body bytes handed to a transport that right after
+    held nothing and was closing (:meth:`WriteWatch.refused`), unsent if that was a failed
+    write (helper-44: a client that sent its request and closed at once, so that its
+    kernel reset the connection at the answer's first bytes, got its 16 MiB answer logged
+    as whole)."""
     if not held:
-        return 0
+        if not refused:
+            return 0
+        await asyncio.sleep(0)  # the connection_lost a failed write scheduled runs first
+        return refused if watch.lost() else 0
     await watch.wait()
     return held if watch.lost() else 0
 
@@ -322,12 +331,14 @@ class AccessLogMiddleware:
         status = 0
         sent = 0
         complete = False
+        held_at_end = 0  # what the transport held right after the last body message
+        refused = 0  # body bytes possibly discarded by a write that failed at once
         first_byte: float | None = None
         request_id_header = (b"x-request-id", log.request_id.encode("latin-1"))
         watch: WriteWatch | None = scope.get("extensions", {}).get(WRITTEN_OUT, {}).get("watch")
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, sent, complete, first_byte, slices
+            nonlocal status, sent, complete, first_byte, slices, held_at_end, refused
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", []), request_id_header]
@@ -349,6 +360,11 @@ class AccessLogMiddleware:
                 size = len(message.get("body", b""))
                 sent += size
                 complete = not message.get("more_body", False)
+                if watch is not None:
+                    if size and watch.refused():
+                        refused += size
+                    if complete:
+                        held_at_end = watch.buffered()
                 if first_byte is None and (size or complete):
                     first_byte = time.perf_counter()
                 return
@@ -357,7 +373,7 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, counting_send)
             if complete and watch is not None:
-                unsent = await _unsent_at_end(watch)
+                unsent = await _unsent_at_end(watch, held_at_end, refused)
                 if unsent:
                     complete = False
                     sent = max(0, sent - unsent)

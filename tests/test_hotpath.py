@@ -608,6 +608,9 @@ class _HeldWatch:
     def gone(self) -> bool:
         return False
 
+    def refused(self) -> bool:
+        return False  # the writes were taken: the bytes sit in the transport
+
 
 @pytest.mark.parametrize("lost", [True, False])
 def test_a_whole_response_whose_last_bytes_were_lost_in_the_transport_is_a_cut(

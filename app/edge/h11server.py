@@ -17,6 +17,11 @@ class:
   head makes room, else the newcomer gets 503.
 - Every refusal carries ``Date`` (the app writes Date, so uvicorn's own is off) and is
   followed by a short linger, so a client still sending reads the answer.
+- **Send timeout** (``SEND_TIMEOUT``, :mod:`app.edge.sendtimeout`), the written-out watch
+  the access log and the L2 lease writer use (:mod:`app.edge.writtenout`), and a
+  half-close that still gets its answer: as the httptools class does (helper-45 found all
+  three missing here: cuts logged as whole responses, a half-closed client's answer
+  truncated).
 
 h11 parses the next pipelined head only after the running response ends, so a refusal
 never overtakes an earlier request's answer.
@@ -33,12 +38,15 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from app.context import SCOPE_KEY
 from app.edge.httpserver import (
     REQUEST_LINE_SLACK,
     EdgeGuard,
     edge_of,
     oldest_waiting_for_head,
 )
+from app.edge.writtenout import offer_written_out
+from app.ops.accesslog import SEND_TIMEOUT_CUT
 
 
 class H11EdgeProtocol(EdgeGuard, H11Protocol):
@@ -55,6 +63,10 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         # h11 raises "Receive buffer too long" once an unfinished head passes this.
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self._waiting_since = time.monotonic()
+        # Ended by an error (reset, broken pipe) or the send timeout's abort: the transport
+        # discarded what it held (read by the written-out watch).
+        self.lost_in_error = False
+        self._half_closed = False  # EOF came with an answer due: close once it is out
 
     # Connection lifecycle
 
@@ -69,12 +81,37 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
                 self._refuse(503, linger=False)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_in_error = exc is not None or self.send_expired
         self._stop_wake()
         super().connection_lost(exc)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio allows True
         if self._lingering:
             self.transport.close()
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # Half-closed after its request: answered, then closed (on_response_complete).
+            self._half_closed = True
+            return True
+        return None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        done = self.cycle is None or self.cycle.response_complete  # no pipelined one began
+        if self._half_closed and done and not self.transport.is_closing():
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:
+            offer_written_out(self, cycle)  # before its task runs: it reads the scope first
+
+    def _cut_for_send_timeout(self) -> None:
+        log: Any = None if self.cycle is None else self.cycle.scope.get(SCOPE_KEY)
+        if log is not None and log.aborted is None:
+            log.aborted = SEND_TIMEOUT_CUT
 
     def _in_head(self) -> bool:
         """No request of this cycle parsed yet (h11 waits for one)."""

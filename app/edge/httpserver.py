@@ -71,6 +71,8 @@ from app.ops.accesslog import SEND_TIMEOUT_CUT, http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
 LINGER_SECONDS = 2.0
+# A fast answer's ``unsent`` when its write failed at once: all of it.
+REFUSED_UNSENT = 1 << 62
 # The request line's bytes besides the target: method, spaces, version, CRLFs.
 REQUEST_LINE_SLACK = 128
 # Per field: ": " and CRLF, and whitespace around the value that the parser trims.
@@ -653,6 +655,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         held = transport.get_write_buffer_size()
         if held > held_before:
             self._settle_when_written(answered, held)
+        elif transport.is_closing():
+            # The write failed at once (the client had reset): the transport discarded
+            # the answer and closes. A cut, none of it sent (helper-45: logged as whole).
+            try:
+                fast.settle(answered, REFUSED_UNSENT, later=True)
+            except Exception as error:  # counted and logged
+                fast.failed(error)
         else:
             try:
                 fast.settle(answered)

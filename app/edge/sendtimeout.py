@@ -29,6 +29,7 @@ class SendTimeout:
     # for it, and how much was held (transport and kernel) when that deadline was set.
     _send_deadline: float | None = None
     _send_held = 0
+    _send_progress = False  # the transport resumed writing since the deadline was set
     send_expired = False  # closed by the send timeout
 
     def _wake_at(self, when: float) -> None:
@@ -45,18 +46,24 @@ class SendTimeout:
     # a 6 MiB receive buffer and the default 60 s a reader below ~6 KiB/s looks stuck
     # (helper-44).
 
+    # A large response pauses and resumes the transport about once per slice written, so
+    # both stay an attribute write: the deadline, once armed, runs on until it passes, and
+    # only then are the held bytes measured (a resume since then was progress).
+
     def pause_writing(self) -> None:
-        self._arm_send_deadline(self.loop.time())
+        if self._send_deadline is None:
+            self._arm_send_deadline(self.loop.time())
         super().pause_writing()  # type: ignore[misc]  # the uvicorn protocol's
 
     def resume_writing(self) -> None:
-        self._send_deadline = None
+        self._send_progress = True
         super().resume_writing()  # type: ignore[misc]
 
     def _arm_send_deadline(self, now: float) -> None:
         deadline = now + self.limits.send_timeout
         self._send_deadline = deadline
         self._send_held = self._held_for_client()
+        self._send_progress = False
         self._wake_at(deadline)
 
     def _held_for_client(self) -> int:
@@ -85,7 +92,7 @@ class SendTimeout:
             self._send_deadline = None
             return None
         held = self._held_for_client()
-        if held < self._send_held:  # the client took some: a new period starts
+        if self._send_progress or held < self._send_held:  # it took some: a new period
             self._arm_send_deadline(now)
             return self._send_deadline
         self._send_deadline = None

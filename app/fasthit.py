@@ -47,11 +47,12 @@ from app.engine.slices import slice_bounds
 from app.httpcache.cache_status import CacheStatus, append_cache_status
 from app.httpcache.freshness import FreshnessPolicy, PreparedFreshness, fresh_ttl
 from app.ops.accesslog import (
-    SHUTDOWN_CUT,
+    CLIENT_CUT,
     AccessLineParts,
     AccessLogWriter,
     access_line_head,
     access_line_parts,
+    ended_by,
     http_date_now,
     line_of,
     ms_text,
@@ -516,16 +517,16 @@ class FastHits:
         answered: Answered,
         unsent: int = 0,
         later: bool = False,
-        by_server: bool = False,
-        reason: str | None = None,
+        cut: str = CLIENT_CUT,
     ) -> None:
         """Count and log an answer, as the normal path counts and logs it, once its bytes
         have left user space (``unsent`` 0), or once its connection was lost with
         ``unsent`` bytes of it still in the transport: a client's cut, those bytes not
         counted as sent (as app/ops/accesslog.py does for the normal path). ``later``:
         not as it was written, but when the transport let go of it (its duration ends
-        now, as nginx's $request_time ends with the last write). ``by_server``: cut by
-        the shutdown, not the client; ``reason``: why it was cut, for the access line."""
+        now, as nginx's $request_time ends with the last write). ``cut``: why it was cut
+        short, the access line's ``aborted``, whose cause labels the metric (as on the
+        normal path: :func:`app.ops.accesslog.ended_by`)."""
         answer, method, route, request_id, client, started, ttfb = answered
         head = method == "HEAD"
         sent = 0 if head else max(0, answer.length - unsent)
@@ -534,7 +535,7 @@ class FastHits:
         metrics.observe_fast_hit(method, sent, ttfb, answer.slices)
         whole = not unsent
         if not whole:
-            metrics.incomplete.labels("server" if by_server else "client").inc()
+            metrics.incomplete.labels(ended_by(cut)).inc()
         rate = self.sample_rate
         if rate >= 1.0 or not whole or random.random() < rate:
             # The client is the TCP peer: a request with X-Forwarded-For is declined above.
@@ -543,8 +544,7 @@ class FastHits:
             key = (method, answer.status, sent, answer.slices, peer)
             line = route.log_parts.get(key) if whole else None
             if line is None:
-                cut_by = SHUTDOWN_CUT if by_server else reason or "client disconnected"
-                aborted = None if whole else cut_by
+                aborted = None if whole else cut
                 slices = None if head else (answer.slices, 0, 0)
                 line = access_line_parts(
                     route.log_heads[method], answer.status, sent, 0.0, "HIT", peer, slices, aborted

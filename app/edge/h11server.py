@@ -38,7 +38,6 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from app.context import SCOPE_KEY
 from app.edge.httpserver import (
     REQUEST_LINE_SLACK,
     EdgeGuard,
@@ -46,7 +45,6 @@ from app.edge.httpserver import (
     oldest_waiting_for_head,
 )
 from app.edge.writtenout import offer_written_out
-from app.ops.accesslog import SEND_TIMEOUT_CUT
 
 
 class H11EdgeProtocol(EdgeGuard, H11Protocol):
@@ -107,11 +105,6 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:
             offer_written_out(self, cycle)  # before its task runs: it reads the scope first
-
-    def _cut_for_send_timeout(self) -> None:
-        log: Any = None if self.cycle is None else self.cycle.scope.get(SCOPE_KEY)
-        if log is not None and log.aborted is None:
-            log.aborted = SEND_TIMEOUT_CUT
 
     def _in_head(self) -> bool:
         """No request of this cycle parsed yet (h11 waits for one)."""

@@ -63,11 +63,10 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from app.context import SCOPE_KEY
 from app.edge.interim import EARLY_HINT
 from app.edge.sendtimeout import SendTimeout
 from app.edge.writtenout import offer_written_out
-from app.ops.accesslog import SEND_TIMEOUT_CUT, http_date_now
+from app.ops.accesslog import CLIENT_CUT, SEND_TIMEOUT_CUT, SHUTDOWN_CUT, http_date_now
 
 # After a refusal, how much more input is read (and dropped) before the connection closes.
 LINGER_SECONDS = 2.0
@@ -249,11 +248,10 @@ class FastHit(Protocol):
         answered: Any,
         unsent: int = 0,
         later: bool = False,
-        by_server: bool = False,
-        reason: str | None = None,
+        cut: str = CLIENT_CUT,
     ) -> None:
         """Count and log an answer written: its bytes are out (``unsent`` 0), or its
-        connection was lost with ``unsent`` of them still held."""
+        connection was lost with ``unsent`` of them still held (``cut``: why)."""
 
 
 class EdgeGuard(SendTimeout):
@@ -418,7 +416,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # normal path counts (uvloop's transport says 0 by now).
             self._settle_fast(
                 self._unsettled[1] if self.lost_in_error else 0,
-                reason=SEND_TIMEOUT_CUT if self.send_expired else None,
+                cut=SEND_TIMEOUT_CUT if self.send_expired else CLIENT_CUT,
             )
         self._stop_wake()
         self._keepalive_deadline = None
@@ -658,15 +656,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         elif transport.is_closing():
             # The write failed at once (the client had reset): the transport discarded
             # the answer and closes. A cut, none of it sent (helper-45: logged as whole).
-            try:
-                fast.settle(answered, REFUSED_UNSENT, later=True)
-            except Exception as error:  # counted and logged
-                fast.failed(error)
+            self._settle(answered, REFUSED_UNSENT, later=True)
         else:
-            try:
-                fast.settle(answered)
-            except Exception as error:  # counted and logged; the answer went out
-                fast.failed(error)
+            self._settle(answered)
         # What uvicorn does when a response completes (RequestResponseCycle.send, then
         # on_response_complete): close unless kept alive, count it, arm the keep-alive timer
         # (here a deadline on the connection's one timer: see EdgeGuard).
@@ -698,13 +690,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._limits_before = transport.get_write_buffer_limits()
         transport.set_write_buffer_limits(high=0, low=0)
 
-    def _cut_for_send_timeout(self) -> None:
-        cycle = self._running
-        log: Any = None if cycle is None else cycle.scope.get(SCOPE_KEY)
-        if log is not None and log.aborted is None:
-            log.aborted = SEND_TIMEOUT_CUT
+    def _writing_cycle(self) -> RequestResponseCycle | None:
+        return self._running  # uvicorn's ``cycle`` is the newest pipelined request
 
-    def _settle_fast(self, unsent: int, by_server: bool = False, reason: str | None = None) -> None:
+    def _settle_fast(self, unsent: int, cut: str = CLIENT_CUT) -> None:
         unsettled, self._unsettled = self._unsettled, None
         limits, self._limits_before = self._limits_before, None
         if limits is not None and not self.transport.is_closing():
@@ -713,15 +702,22 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         fast = self._fast_hit
         if unsettled is not None and fast is not None:
             fast.unsettled.discard(self)
-            try:
-                fast.settle(unsettled[0], unsent, later=True, by_server=by_server, reason=reason)
-            except Exception as error:  # counted and logged; the answer went out
-                fast.failed(error)
+            self._settle(unsettled[0], unsent, later=True, cut=cut)
+
+    def _settle(self, answered: Any, unsent: int = 0, **how: Any) -> None:
+        """Count and log a fast answer (FastHit.settle); a failure there is counted and
+        logged, never raised: the answer is written already."""
+        fast = self._fast_hit
+        assert fast is not None
+        try:
+            fast.settle(answered, unsent, **how)
+        except Exception as error:
+            fast.failed(error)
 
     def cut_at_shutdown(self) -> None:
         """The server stops with this connection's fast answer still in its transport."""
         if self._unsettled is not None:
-            self._settle_fast(self._unsettled[1], by_server=True)
+            self._settle_fast(self._unsettled[1], cut=SHUTDOWN_CUT)
 
     def resume_writing(self) -> None:
         if self._unsettled is not None and not self.transport.get_write_buffer_size():

@@ -3,8 +3,8 @@ for SEND_TIMEOUT seconds while the proxy waits to write more is reset, counted a
 
 A mixin of :class:`app.edge.httpserver.EdgeGuard` (so of the httptools and the h11
 protocol): it needs the protocol's ``loop``, ``transport``, ``limits`` (``send_timeout``),
-``refusals``, ``client`` and the guard's one connection timer (``_wake_at``), whose
-``_deadlines_passed`` calls :meth:`SendTimeout._send_deadline_passed`.
+``refusals``, ``client``, ``cycle`` and the guard's one connection timer (``_wake_at``),
+whose ``_deadlines_passed`` calls :meth:`SendTimeout._send_deadline_passed`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import struct
 import sys
 import termios
 from typing import Any
+
+from app.context import SCOPE_KEY
+from app.ops.accesslog import SEND_TIMEOUT_CUT
 
 
 class SendTimeout:
@@ -111,4 +114,13 @@ class SendTimeout:
         return None
 
     def _cut_for_send_timeout(self) -> None:
-        """Before the abort: say in the running response's access line why it was cut."""
+        """Before the abort: say in the writing response's access line why it was cut."""
+        cycle = self._writing_cycle()
+        log: Any = None if cycle is None else cycle.scope.get(SCOPE_KEY)
+        if log is not None and log.aborted is None:
+            log.aborted = SEND_TIMEOUT_CUT
+
+    def _writing_cycle(self) -> Any:
+        """The request whose response is being written: uvicorn's ``cycle`` (the newest;
+        a protocol that runs pipelined requests says which one runs)."""
+        return getattr(self, "cycle", None)

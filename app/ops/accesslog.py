@@ -282,12 +282,13 @@ async def _unsent_at_end(watch: WriteWatch, held: int, refused: int) -> int:
     return held if watch.lost() else 0
 
 
+CLIENT_CUT = "client disconnected"  # the access line's ``aborted`` when nothing else is said
 SHUTDOWN_CUT = "shutdown: the grace period ended first"
 # Starts with "client": the client stopped reading, so it counts as a cut by the client.
 SEND_TIMEOUT_CUT = "client took no bytes for the send timeout"
 
 
-def _ended_by(aborted: str | None) -> str:
+def ended_by(aborted: str | None) -> str:
     """Who cut a response short: the proxy sets ``aborted`` when the origin failed or changed
     mid-body, or when the server stopped (SHUTDOWN_CUT); otherwise (nothing set, or an
     upload the client gave up) the client left."""
@@ -388,7 +389,7 @@ class AccessLogMiddleware:
                     sent,
                     ttfb,
                     slices,
-                    None if complete else _ended_by(log.aborted),
+                    None if complete else ended_by(log.aborted),
                 )
             rate = self.sample_rate
             if rate >= 1.0 or not complete or status >= 500 or random.random() < rate:
@@ -406,6 +407,6 @@ class AccessLogMiddleware:
                     log.request_id,
                     client or "-",
                     None if stats is None else (stats.hit, stats.miss, stats.coalesced),
-                    None if complete else (log.aborted or "client disconnected"),
+                    None if complete else (log.aborted or CLIENT_CUT),
                 )
                 self.writer.write(line)

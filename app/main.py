@@ -28,8 +28,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.context import RequestContext
-from app.edge.asgi_io import send_text
+from app.edge.asgi_io import send_body, send_start, send_text
 from app.edge.clientaddr import TrustedProxies
+from app.edge.finalrecipient import final_answer
 from app.edge.headers import Headers, parse_host
 from app.edge.interim import relay_interim_to
 from app.edge.passthrough import pass_through
@@ -214,6 +215,14 @@ class ProxyEndpoint:
             # or ambiguously framed body): answer, then close.
             await send_text(send, *refusal, [("connection", "close")])
             return
+        final = final_answer(scope)  # may decrement Max-Forwards in scope for forwarding
+        if final is not None:
+            length = ("content-length", str(len(final.body)))
+            await send_start(
+                send, final.status, [length, ("cache-control", "no-store")] + final.headers
+            )
+            await send_body(send, final.body, more=False)
+            return
         ctx = RequestContext.from_scope(scope)
         relay_interim_to(scope, send)  # the origin's 103s go to this client (app.edge.interim)
         runtime.lifecycle.request_started()
@@ -341,8 +350,9 @@ class SlicecacheApp(Starlette):
     catch-all route, exception middleware and router only cost it microseconds per
     request). A request whose raw path cannot reach an admin route goes straight to
     ``proxy``: the same access log, 500 handler and endpoint the stack would run, in the
-    same order. The admin prefix, a path without a leading "/" and a server that gives
-    no ``raw_path`` take the whole stack, as before.
+    same order, and so does the asterisk-form target ``*`` (app/edge/finalrecipient.py).
+    The admin prefix, another path without a leading "/" and a server that gives no
+    ``raw_path`` take the whole stack, as before.
     """
 
     proxy: ASGIApp | None = None
@@ -352,7 +362,9 @@ class SlicecacheApp(Starlette):
         proxy = self.proxy
         if proxy is not None and scope["type"] == "http":
             raw_path = scope.get("raw_path")
-            if raw_path and raw_path[:1] == b"/" and not raw_path.startswith(self.admin_prefix):
+            if raw_path == b"*" or (
+                raw_path and raw_path[:1] == b"/" and not raw_path.startswith(self.admin_prefix)
+            ):
                 scope["app"] = self
                 await proxy(scope, receive, send)
                 return

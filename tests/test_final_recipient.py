@@ -7,10 +7,12 @@ import socket
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.edge.finalrecipient import MAX_FORWARDS_CAP, final_answer
+from app.edge.h11server import H11EdgeProtocol
 from tests.conftest import Origin, ProxyFactory
 
 
@@ -112,12 +114,24 @@ def test_a_bad_max_forwards_is_a_400(proxy: ProxyFactory, origin: Origin) -> Non
     assert origin.requests_for("/echo/bad") == []
 
 
-def test_asterisk_form(proxy: ProxyFactory) -> None:
-    with proxy() as url:
+@pytest.mark.parametrize("h11", [False, True], ids=["httptools", "h11"])
+def test_asterisk_form_and_max_forwards_zero_on_both_protocols(
+    proxy: ProxyFactory, h11: bool
+) -> None:
+    edge = {"http_protocol": H11EdgeProtocol} if h11 else {}
+    with proxy(**edge) as url:
         options = _raw(url, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         get = _raw(url, b"GET * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        # Two on one connection: the first answer keeps it open for the second.
+        trace = _raw(
+            url,
+            b"TRACE /t HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n"
+            b"OPTIONS /t HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        )
     assert options.startswith(b"HTTP/1.1 200 ") and b"content-length: 0\r\n" in options
     assert get.startswith(b"HTTP/1.1 400 ")
+    assert trace.startswith(b"HTTP/1.1 200 ") and trace.count(b"HTTP/1.1 200 ") == 2
+    assert b"content-type: message/http\r\n" in trace
 
 
 def test_an_answer_here_to_a_request_with_a_body_closes_the_connection(

@@ -261,11 +261,16 @@ class ProxyEndpoint:
             runtime.lifecycle.request_finished()
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
-        """A short 4xx for what must not be forwarded: a bad Host, oversized heads.
+        """A short 4xx for what must not be forwarded: a bad Host, oversized heads (or a 505
+        for an HTTP version that is not 1.x).
 
         The protocol (``app/edge/httpserver.py``) refuses oversized heads as they arrive; this
         is the same rule for any other server the app runs under.
         """
+        if scope.get("http_version", "1.1") not in ("1.1", "1.0"):
+            # RFC 9110 15.6.6 (h11 reads HTTP/2.0 in a request line; httptools' edge
+            # refuses it before the app runs).
+            return 505, "HTTP Version Not Supported"
         hosts = [value for name, value in scope["headers"] if name == b"host"]
         if len(hosts) > 1:
             return 400, "Bad Request: more than one Host field"  # RFC 9112 3.2

@@ -559,3 +559,68 @@ def test_a_head_the_server_has_not_read_yet_is_not_timed_out(proxy: ProxyFactory
             sock.sendall(b"st: t\r\n\r\n")
             statuses = _answers(sock, 3, time.monotonic() + 30)
     assert statuses == [200, 200, 200]
+
+
+def test_chunked_trailers_never_join_the_request_head(edge: ProxyFactory) -> None:
+    """RFC 9110 6.5.1: trailer fields are not header fields. uvicorn's httptools protocol
+    appended them to the scope's headers: a forged Authorization, X-Request-Id or Range
+    reached the origin and the cache's own decisions (helper-47 finding 1)."""
+    with edge(enable_cache=False) as url:
+        answer = _exchange(
+            url,
+            b"POST /echo/trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\nAuthorization: Bearer z\r\n"
+            b"X-Request-Id: forged\r\nRange: bytes=0-1\r\n\r\n",
+        )
+    assert _status(answer) == 200
+    echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
+    names = {name.lower(): value for name, value in echoed["headers"]}
+    assert "authorization" not in names and "range" not in names
+    assert names["x-request-id"] != "forged"
+
+
+def test_an_http10_client_never_gets_100_continue(edge: ProxyFactory) -> None:
+    """RFC 9110 10.1.1 and 15.2: an HTTP/1.0 request's 100-continue is ignored and no 1xx
+    goes to an HTTP/1.0 client (helper-47 finding 2)."""
+    with edge(enable_cache=False) as url:
+        answer = _exchange(
+            url,
+            b"POST /echo/expect HTTP/1.0\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\nhello",
+        )
+    assert _status(answer) == 200 and b"100 Continue" not in answer
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /echo/v HTTP/2.0\r\nHost: x\r\n\r\n", b"GET /echo/v\r\n\r\n"],
+    ids=["http2.0", "http0.9"],
+)
+def test_a_version_other_than_http1_is_505(
+    edge: functools.partial[Any], origin: Origin, request_line: bytes
+) -> None:
+    """RFC 9110 15.6.6: the parser reads HTTP/2.0 (and a 0.9 line without a head) as a
+    request; it was proxied and cached (helper-47 finding 3)."""
+    with edge() as url:
+        answer = _exchange(url, request_line)
+    h11_09 = edge.keywords["http_protocol"] is H11EdgeProtocol and b"HTTP/" not in request_line
+    # h11 cannot parse a 0.9 request line at all: a malformed request.
+    assert _status(answer) == (400 if h11_09 else 505)
+    assert origin.requests_for("/echo/v") == []
+
+
+def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:
+    """RFC 9110 9.1: a method the proxy cannot forward is not implemented; the parser
+    knows a fixed list (helper-47 finding 4: every unknown method got 400)."""
+    with edge(enable_cache=False) as url:
+        unknown = _exchange(url, b"FOO /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        garbage = _exchange(url, b"G\x01T /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        known = _exchange(url, b"PROPFIND /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert _status(garbage) == 400
+    assert _status(known) == 200
+    if edge.keywords["http_protocol"] is H11EdgeProtocol:
+        # h11 parses any token as a method: it is forwarded, as nginx forwards it (the
+        # origin here, uvicorn with httptools, refuses it in turn).
+        assert b"via: 1.1 slicecache" in unknown.lower()
+    else:
+        assert _status(unknown) == 501

@@ -53,6 +53,7 @@ same connection state.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ REFUSED_UNSENT = 1 << 62
 REQUEST_LINE_SLACK = 128
 # Per field: ": " and CRLF, and whitespace around the value that the parser trims.
 FIELD_OVERHEAD = 4
+# RFC 9110 5.6.2: what a method is made of.
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Most fields in a head (else 431), Apache's LimitRequestFields and HAProxy's maxhdr. Each
 # field is a Python callback on the event loop: 64 KiB of tiny fields ("A:" lines) cost
 # ~15 ms of CPU per head, 35 times one 64 KiB value, so the byte limit alone let one
@@ -87,7 +90,9 @@ REASONS = {
     408: "Request Timeout",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
+    501: "Not Implemented",
     503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -138,7 +143,9 @@ REFUSAL_CAUSES = {
     408: "request not received in time",
     414: "request target too long",
     431: "request head too large",
+    501: "unknown method",
     503: "connection limit reached",
+    505: "HTTP version other than 1.0 and 1.1",
 }
 
 
@@ -520,6 +527,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                     self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
                 offset = upgrade.args[0] if upgrade.args else len(data)
                 data = data[offset:] if 0 < offset < len(data) else b""
+            except httptools.HttpParserInvalidMethodError:
+                # RFC 9110 9.1: a method not implemented is a 501; a method that is not
+                # even a token (or a stray binary protocol) is a malformed request. The
+                # parser knows a fixed list: an unknown token cannot be forwarded.
+                method = data.lstrip(b"\r\n").partition(b" ")[0]
+                self._refuse_head(501 if TOKEN.fullmatch(method) else 400)
+                return
             except httptools.HttpParserError:
                 if self._refusal is not None:
                     status, self._refusal = self._refusal, None
@@ -563,6 +577,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            # A chunked body's trailer fields: never merged into the head (RFC 9110 6.5.1;
+            # uvicorn appended them to the scope's headers, where whatever read the fields
+            # after the body saw a forged Authorization, Range or X-Request-Id). Dropped,
+            # as nginx does: nothing here uses them.
+            return
         self._field_bytes += len(name) + len(value) + FIELD_OVERHEAD
         self._field_count += 1
         if (
@@ -578,6 +598,16 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        version = self.parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":
+                # RFC 9110 15.6.6: HTTP/2.0 in an HTTP/1 request line (the parser reads
+                # any major version), or an HTTP/0.9 request line, which has no head.
+                self._refusal = 505
+                raise _Refused
+            # RFC 9110 10.1.1 and 15.2: an HTTP/1.0 client's 100-continue is ignored, and
+            # it never gets a 1xx.
+            self.expect_100_continue = False
         self._in_head = False
         self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():

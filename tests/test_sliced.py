@@ -84,12 +84,25 @@ def test_whole_objects_of_boundary_sizes(proxy: ProxyFactory, name: str) -> None
     assert warm.headers["x-cache"] == "HIT"
 
 
-def test_multi_range_is_multipart_with_origin_bytes(proxy: ProxyFactory) -> None:
-    name = "300000-multi.bin"
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("0-9,70000-70009,299990-", [(0, 9), (70000, 70009), (299990, 299999)]),
+        # RFC 9110 14.6: in the order asked, a coalesced part where its first range was.
+        # Cold, the probe's slice 0 is read last here; warm, from the cache.
+        ("299990-,70000-70009,0-9,70005-70020", [(299990, 299999), (70000, 70020), (0, 9)]),
+    ],
+    ids=["ascending", "as-asked"],
+)
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_multi_range_is_multipart_with_origin_bytes(
+    proxy: ProxyFactory, spec: str, expected: list[tuple[int, int]], warm: bool
+) -> None:
+    name = f"300000-multi-{len(spec)}-{warm}.bin"
     with proxy(slice_size=SLICE) as url:
-        response = httpx.get(
-            f"{url}/files/{name}", headers={"Range": "bytes=0-9,70000-70009,299990-"}
-        )
+        if warm:
+            assert httpx.get(f"{url}/files/{name}").status_code == 200
+        response = httpx.get(f"{url}/files/{name}", headers={"Range": f"bytes={spec}"})
     assert response.status_code == 206
     content_type = response.headers["content-type"]
     assert content_type.startswith("multipart/byteranges; boundary=")
@@ -102,7 +115,22 @@ def test_multi_range_is_multipart_with_origin_bytes(proxy: ProxyFactory) -> None
         first, last = map(int, re.search(rb"bytes (\d+)-(\d+)/300000", head).groups())  # type: ignore[union-attr]
         got.append((first, last))
         assert body[:-2] == expected_bytes(name, 1, first, last)
-    assert got == [(0, 9), (70000, 70009), (299990, 299999)]
+    assert got == expected
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_two_range_fields_are_ignored(proxy: ProxyFactory, warm: bool) -> None:
+    """Range is not a list field: two of them are invalid, and an invalid Range is
+    ignored (RFC 9110 5.3, 14.2); the first one was served (helper-47 finding 5)."""
+    name = f"300000-two-ranges-{warm}.bin"
+    with proxy(slice_size=SLICE) as url:
+        if warm:
+            assert httpx.get(f"{url}/files/{name}").status_code == 200
+        response = httpx.get(
+            f"{url}/files/{name}", headers=[("Range", "bytes=0-9"), ("Range", "bytes=20-29")]
+        )
+    assert response.status_code == 200
+    assert sha256(response.content) == expected_sha256(name)
 
 
 def test_unsatisfiable_and_invalid_ranges(proxy: ProxyFactory) -> None:

@@ -5,9 +5,10 @@ The decision for a request is a :class:`RangeDecision`:
 * ``FULL``: serve 200 with the whole representation. The header was absent, syntactically
   invalid, used a unit other than ``bytes``, or asked for more than ``max_ranges`` ranges.
   RFC 9110 14.2 lets a server ignore any Range header, so FULL is always a safe answer.
-* ``PARTIAL``: serve 206 with ``ranges`` (clamped, sorted ascending, overlapping or nearby
-  ranges coalesced). One range -> single-part 206 with ``Content-Range``; several ->
-  ``multipart/byteranges`` built with the ``multipart_*`` helpers below.
+* ``PARTIAL``: serve 206 with ``ranges`` (clamped, overlapping or nearby ranges
+  coalesced, in the order asked: a coalesced part where the first of its ranges was).
+  One range -> single-part 206 with ``Content-Range``; several -> ``multipart/byteranges``
+  built with the ``multipart_*`` helpers below.
 * ``UNSATISFIABLE``: serve 416 with ``Content-Range: bytes */size``.
 
 Multipart body layout (the same framing nginx emits; RFC 2046 section 5.1.1)::
@@ -83,7 +84,7 @@ class RangeOutcome(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class RangeDecision:
     outcome: RangeOutcome
-    # Empty unless PARTIAL; sorted ascending and merged, i.e. exactly the parts to serve.
+    # Empty unless PARTIAL; merged, in the order asked: exactly the parts to serve.
     ranges: tuple[ByteRange, ...] = ()
 
 
@@ -171,18 +172,24 @@ def parse_range_header(
 
 
 def _coalesce(ranges: list[ByteRange], gap: int) -> tuple[ByteRange, ...]:
-    ranges.sort(key=lambda r: r.first)
-    merged: list[ByteRange] = []
-    current = ranges[0]
-    for r in ranges[1:]:
+    """Overlapping or nearby ranges merged; the parts in the order they were asked, a
+    merged part where the first of its ranges was (RFC 9110 14.6: a server SHOULD send the
+    parts in the order of the range-specs, but for those it coalesced)."""
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i].first)
+    merged: list[tuple[int, ByteRange]] = []  # (where it was first asked, the part)
+    asked, current = order[0], ranges[order[0]]
+    for i in order[1:]:
+        r = ranges[i]
         if r.first <= current.last + 1 + gap:
             if r.last > current.last:
                 current = ByteRange(current.first, r.last)
+            asked = min(asked, i)
         else:
-            merged.append(current)
-            current = r
-    merged.append(current)
-    return tuple(merged)
+            merged.append((asked, current))
+            asked, current = i, r
+    merged.append((asked, current))
+    merged.sort(key=lambda pair: pair[0])
+    return tuple(part for _, part in merged)
 
 
 # --- If-Range (RFC 9110 13.1.5) -------------------------------------------------------

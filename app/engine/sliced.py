@@ -14,7 +14,7 @@ from starlette.types import Receive, Send
 from app.context import RequestContext, SliceStats
 from app.edge import ranges
 from app.edge.asgi_io import DisconnectWatch, send_body, send_start, send_text
-from app.edge.headers import Headers, shared_fill_headers, with_via
+from app.edge.headers import Headers, get_all, shared_fill_headers, with_via
 from app.edge.passthrough import (
     kind,
     origin_request_headers,
@@ -190,7 +190,10 @@ async def _answer(
         await send_text(send, 412, "Precondition Failed")
         return
 
-    range_header = ctx.header("range") if meta.status == 200 else None
+    # Range is no list: two Range fields make it invalid, and it is ignored (RFC 9110 5.3,
+    # 14.2; the fast path leaves such a request to this one).
+    range_fields = get_all(ctx.headers, "range") if meta.status == 200 else []
+    range_header = range_fields[0] if len(range_fields) == 1 else None
     if range_header is not None and not ranges.if_range_allows(
         ctx.header("if-range"), meta.etag, meta.last_modified, meta.header("date")
     ):

@@ -624,3 +624,34 @@ def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partia
         assert b"via: 1.1 slicecache" in unknown.lower()
     else:
         assert _status(unknown) == 501
+
+
+def test_a_body_cut_by_the_clients_close_lets_go_of_the_origin(
+    edge: ProxyFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client that sends part of its body and half-closes will never send the rest: the
+    origin request is abandoned at once (nginx: "client prematurely closed connection").
+    It was held until the origin's read timeout (helper-47 finding 5), here 60 s, longer
+    than this client or the wait for the access line below."""
+    with edge(enable_cache=False, read_timeout=60.0, access_log_buffer_bytes=0) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /echo/cut-body HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+            )
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer == b"" or _status(answer) == 400
+        out = ""
+
+        def access_lines() -> list[dict[str, Any]]:
+            nonlocal out
+            out += capsys.readouterr().out
+            return [json.loads(line) for line in out.splitlines() if "/echo/cut-body" in line]
+
+        # The request has ended: its origin request was let go.
+        (line,) = wait_for(access_lines, "the cut request's access line")
+        assert line["aborted"] == "client disconnected during upload"
+        # The server is fine for others.
+        assert _status(_exchange(url, b"GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n")) == 200

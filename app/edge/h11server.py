@@ -87,6 +87,8 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         if self._lingering:
             self.transport.close()
             return None
+        if self.conn.their_state is h11.SEND_BODY:
+            return None  # its body can never be whole: closed, as the httptools protocol does
         if self.cycle is not None and not self.cycle.response_complete:
             # Half-closed after its request: answered, then closed (on_response_complete).
             self._half_closed = True

@@ -440,6 +440,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if self._lingering:
             self.transport.close()  # the client is done sending too
             return None
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not self.pipeline:
+            # Half-closed before its request's body was whole: that request can never be
+            # answered. Closed, so its app is told the client left and lets go of the
+            # origin request (helper-47: held until the origin's read timeout), as nginx
+            # closes on "client prematurely closed connection".
+            return None
         if self._answers_due():
             # The client half-closed after its requests: they are answered, then the
             # connection closes (_close_if_half_closed). uvicorn let the transport close

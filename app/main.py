@@ -221,7 +221,8 @@ class ProxyEndpoint:
             await send_start(
                 send, final.status, [length, ("cache-control", "no-store")] + final.headers
             )
-            await send_body(send, final.body, more=False)
+            head = scope["method"] == "HEAD"  # a HEAD * gets the 400's head alone
+            await send_body(send, b"" if head else final.body, more=False)
             return
         ctx = RequestContext.from_scope(scope)
         relay_interim_to(scope, send)  # the origin's 103s go to this client (app.edge.interim)

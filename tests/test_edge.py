@@ -20,6 +20,7 @@ import pytest
 
 from app.edge.h11server import H11EdgeProtocol
 from app.edge.httpserver import HttpProtocol
+from bench.origin import expected_bytes
 from tests.conftest import Origin, ProxyFactory
 from tests.test_operations import proxy_process
 from tests.waiting import wait_for
@@ -655,3 +656,96 @@ def test_a_body_cut_by_the_clients_close_lets_go_of_the_origin(
         assert line["aborted"] == "client disconnected during upload"
         # The server is fine for others.
         assert _status(_exchange(url, b"GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything until the server closes (a socket timeout fails the test)."""
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_a_queued_request_cut_by_a_half_close_is_dropped_after_the_answer_before_it(
+    edge: ProxyFactory,
+) -> None:
+    """A POST pipelined behind a streaming GET, its body short, then the client's half-close:
+    the GET's answer arrives whole and the connection closes. The POST used to be run after
+    it, waiting for the body timeout or the origin's read timeout (helper-48 finding 1),
+    both longer here than the client's wait."""
+    name = "2m-pipe-cut.bin"
+    with edge(read_timeout=60.0, request_head_timeout=60.0) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(
+                f"GET /files/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                + b"POST /echo/queued HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nxxxxxxxxxx"
+            )
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)  # the GET is still being written when the EOF arrives
+            answer = _read_to_close(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert _status(head) == 200
+    assert body == expected_bytes(name)  # whole, and nothing after it
+
+
+def test_a_trailer_section_over_the_limits_is_431(edge: ProxyFactory) -> None:
+    """Trailer fields share the head's limits (helper-48 finding 2: unlimited on httptools,
+    a 414 on h11, its first line taken for a request target); the request behind it on
+    the connection is not answered."""
+    with edge(enable_cache=False) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /echo/trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+                b"GET /echo/after HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            answer = _read_to_close(sock)
+        assert _status(answer) == 431 and answer.count(b"HTTP/1.1 ") == 1
+        assert _status(_exchange(url, b"GET /echo/fine HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
+
+
+def test_a_non_token_method_pipelined_after_a_request_is_400(edge: ProxyFactory) -> None:
+    """The method of a request that began in an earlier message's read was taken from that
+    message: a non-token method got 501 (helper-48 finding 3)."""
+    with edge(enable_cache=False) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"GET /echo/first HTTP/1.1\r\nHost: x\r\n\r\nG@T / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            answer = _read_to_close(sock)
+    statuses = [int(answer[i + 9 : i + 12]) for i in _starts(answer, b"HTTP/1.1 ")]
+    assert statuses == [200, 400]
+
+
+def _starts(data: bytes, needle: bytes) -> list[int]:
+    """Offsets of the status lines (the echo body is JSON: no status line in it)."""
+    found, at = [], data.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
+
+
+def test_head_with_the_asterisk_target_gets_a_head_alone(
+    edge: ProxyFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its access line counts no body bytes (helper-48: the 400's text was counted)."""
+    with edge(access_log_buffer_bytes=0) as url:
+        answer = _exchange(url, b"HEAD * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert _status(head) == 400 and body == b""
+        out = ""
+
+        def access_lines() -> list[dict[str, Any]]:
+            nonlocal out
+            out += capsys.readouterr().out
+            return [json.loads(line) for line in out.splitlines() if '"method":"HEAD"' in line]
+
+        (line,) = wait_for(access_lines, "the HEAD's access line")
+    assert line["status"] == 400 and line["bytes"] == 0

@@ -68,7 +68,11 @@ def _answered_here(scope: Scope) -> FinalAnswer:
         target += b"?" + scope["query_string"]
     version = scope.get("http_version", "1.1")
     lines = [b"TRACE " + target + b" HTTP/" + version.encode("ascii")]
-    lines += [name + b": " + value for name, value in scope["headers"] if name not in SENSITIVE]
+    lines += [
+        name + b": " + value.strip(b" \t")  # httptools keeps a value's trailing whitespace
+        for name, value in scope["headers"]
+        if name not in SENSITIVE
+    ]
     body = b"\r\n".join(lines) + b"\r\n\r\n"
     return FinalAnswer(200, body, [("content-type", "message/http"), *_closing(scope)])
 

@@ -107,6 +107,10 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         cycle = self.cycle
         if cycle is not None and cycle is not before:
             offer_written_out(self, cycle)  # before its task runs: it reads the scope first
+        if self._half_closed and self.conn.their_state is h11.SEND_BODY:
+            # A request pipelined before the half-close, its body short of whole: no more
+            # bytes come (helper-48: its origin request was held until the read timeout).
+            self.transport.close()
 
     def _in_head(self) -> bool:
         """No request of this cycle parsed yet (h11 waits for one)."""
@@ -131,7 +135,19 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """h11 found the head malformed, or too long to keep reading: refuse it."""
         pending, _ = self.conn.trailing_data
-        if len(pending) > self.limits.max_head_bytes:
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            # In a body: a bad chunk, or a trailer section past h11's limit (helper-48: it
+            # was taken for a head, its first line for a request target: a 414). Its app
+            # is told the client left; an answer already begun is cut, not appended to.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+            too_large = len(pending) > self.limits.max_head_bytes
+            self._refuse(431 if too_large else 400, body=None if too_large else msg + "\n")
+        elif len(pending) > self.limits.max_head_bytes:
             line_end = pending.find(b"\n")
             line_limit = self.limits.max_target_bytes + REQUEST_LINE_SLACK
             too_long_target = line_end < 0 or line_end > line_limit

@@ -441,12 +441,15 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self.transport.close()  # the client is done sending too
             return None
         cycle = self.cycle
-        if cycle is not None and cycle.more_body and not self.pipeline:
+        if cycle is not None and cycle.more_body:
             # Half-closed before its request's body was whole: that request can never be
-            # answered. Closed, so its app is told the client left and lets go of the
-            # origin request (helper-47: held until the origin's read timeout), as nginx
-            # closes on "client prematurely closed connection".
-            return None
+            # answered (nginx: "client prematurely closed connection"). Running, the
+            # connection closes, so its app is told the client left and lets go of the
+            # origin request (helper-47: held until the origin's read timeout).
+            if not self._drop_queued(cycle):
+                return None
+            # Queued behind answers still due (helper-48): it never runs; they go out,
+            # then the connection closes.
         if self._answers_due():
             # The client half-closed after its requests: they are answered, then the
             # connection closes (_close_if_half_closed). uvicorn let the transport close
@@ -462,7 +465,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def _answers_due(self) -> bool:
         """A response runs, requests wait behind it, or a fast answer is still being
         written."""
-        running = self.cycle is not None and not self.cycle.response_complete
+        # The running request, not uvicorn's ``cycle`` (the newest parsed, which may be one
+        # dropped unrun: _drop_queued).
+        running = self._running is not None and not self._running.response_complete
         return running or bool(self.pipeline) or self._unsettled is not None
 
     def _make_room(self) -> None:
@@ -518,6 +523,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def _feed(self, data: bytes) -> None:
         while data and self.parser is not None and not self._lingering:
+            completed = self._heads_completed
             try:
                 self.parser.feed_data(data)
                 return
@@ -537,14 +543,20 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             except httptools.HttpParserInvalidMethodError:
                 # RFC 9110 9.1: a method not implemented is a 501; a method that is not
                 # even a token (or a stray binary protocol) is a malformed request. The
-                # parser knows a fixed list: an unknown token cannot be forwarded.
+                # parser knows a fixed list: an unknown token cannot be forwarded. Where
+                # the request began is known only if it began this read (helper-48: a
+                # request before it in the same read was taken for it); else a 400.
                 method = data.lstrip(b"\r\n").partition(b" ")[0]
-                self._refuse_head(501 if TOKEN.fullmatch(method) else 400)
+                unknown = self._heads_completed == completed and TOKEN.fullmatch(method)
+                self._refuse_head(501 if unknown else 400)
                 return
             except httptools.HttpParserError:
                 if self._refusal is not None:
                     status, self._refusal = self._refusal, None
-                    self._refuse_head(status)
+                    if self._in_head:
+                        self._refuse_head(status)
+                    else:  # the trailer section of a chunked body, over the head's limits
+                        self._body_refused(status, "trailer section too large")
                     return
                 # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
                 self.send_400_response("Invalid HTTP request received.")
@@ -584,12 +596,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            # A chunked body's trailer fields: never merged into the head (RFC 9110 6.5.1;
-            # uvicorn appended them to the scope's headers, where whatever read the fields
-            # after the body saw a forged Authorization, Range or X-Request-Id). Dropped,
-            # as nginx does: nothing here uses them.
-            return
+        # A chunked body's trailer fields count too: the head and trailer sections of a
+        # message share the limits (helper-48: unlimited, each field a Python call).
         self._field_bytes += len(name) + len(value) + FIELD_OVERHEAD
         self._field_count += 1
         if (
@@ -598,6 +606,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         ):
             self._refusal = 431
             raise _Refused
+        if not self._in_head:
+            # Trailer fields are never merged into the head (RFC 9110 6.5.1; uvicorn
+            # appended them to the scope's headers, where whatever read the fields after
+            # the body saw a forged Authorization, Range or X-Request-Id). Dropped, as
+            # nginx does: nothing here uses them.
+            return
         # uvicorn's on_header, without a call of it.
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
@@ -870,7 +884,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             if cycle.more_body:
-                self._body_broken(cycle, msg)
+                self._body_refused(400, msg)
                 return
             self._refuse_head(400, msg)  # earlier pipelined requests are answered first
             return
@@ -882,6 +896,27 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             super().send_400_response(msg)
         finally:
             state.default_headers = defaults
+
+    def _drop_queued(self, cycle: RequestResponseCycle) -> bool:
+        """Take ``cycle`` out of the queue of pipelined requests if it waits there (it was
+        the last one parsed): it never runs, and it is marked gone. False if it runs."""
+        if not self.pipeline or self.pipeline[0][0] is not cycle:
+            return False
+        self.pipeline.popleft()  # uvicorn queues on the left and runs from the right
+        cycle.disconnected = True
+        return True
+
+    def _body_refused(self, status: int, msg: str) -> None:
+        """The last request's body cannot be read on (a bad chunk, a trailer section over
+        the limits): it never completes. Queued behind answers still due, it never runs:
+        they go out first, then the refusal (helper-48: it was written at once, into the
+        middle of the running answer). Running, see :meth:`_body_broken`."""
+        cycle = self.cycle
+        assert cycle is not None
+        if self._drop_queued(cycle):
+            self._refuse_head(status, msg + "\n")
+        else:
+            self._body_broken(cycle, msg, status)
 
     def _body_broken(self, cycle: RequestResponseCycle, msg: str, status: int = 400) -> None:
         """The running request's own body cannot be parsed (a bad chunk): it will never

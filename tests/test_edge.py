@@ -749,3 +749,26 @@ def test_head_with_the_asterisk_target_gets_a_head_alone(
 
         (line,) = wait_for(access_lines, "the HEAD's access line")
     assert line["status"] == 400 and line["bytes"] == 0
+
+
+def test_a_bad_body_of_a_queued_request_is_refused_after_the_answer_before_it(
+    edge: ProxyFactory,
+) -> None:
+    """A bad chunk in a POST pipelined behind a streaming GET: the GET's answer arrives
+    whole, then the 400. The refusal was written at once, into the GET's body."""
+    name = "2m-pipe-bad-chunk.bin"
+    with edge() as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(
+                f"GET /files/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                + b"POST /echo/bad-chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"\r\nzz\r\nabc\r\n"
+            )
+            time.sleep(0.2)  # the GET is still being written when the chunk is parsed
+            answer = _read_to_close(sock)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert _status(head) == 200
+    size = len(expected_bytes(name))
+    assert rest[:size] == expected_bytes(name)
+    assert _status(rest[size:]) == 400

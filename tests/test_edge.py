@@ -14,6 +14,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -627,6 +628,21 @@ def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partia
         assert _status(unknown) == 501
 
 
+def _access_lines(
+    capsys: pytest.CaptureFixture[str], needle: str
+) -> Callable[[], list[dict[str, Any]]]:
+    """A poll for the access lines (written at once: ``access_log_buffer_bytes=0``) that
+    contain ``needle``, over all the output captured since the first call."""
+    out = ""
+
+    def lines() -> list[dict[str, Any]]:
+        nonlocal out
+        out += capsys.readouterr().out
+        return [json.loads(line) for line in out.splitlines() if needle in line]
+
+    return lines
+
+
 def test_a_body_cut_by_the_clients_close_lets_go_of_the_origin(
     edge: ProxyFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -644,15 +660,8 @@ def test_a_body_cut_by_the_clients_close_lets_go_of_the_origin(
             while chunk := sock.recv(65536):
                 answer += chunk
         assert answer == b"" or _status(answer) == 400
-        out = ""
-
-        def access_lines() -> list[dict[str, Any]]:
-            nonlocal out
-            out += capsys.readouterr().out
-            return [json.loads(line) for line in out.splitlines() if "/echo/cut-body" in line]
-
         # The request has ended: its origin request was let go.
-        (line,) = wait_for(access_lines, "the cut request's access line")
+        (line,) = wait_for(_access_lines(capsys, "/echo/cut-body"), "the cut request's line")
         assert line["aborted"] == "client disconnected during upload"
         # The server is fine for others.
         assert _status(_exchange(url, b"GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n")) == 200
@@ -740,14 +749,7 @@ def test_head_with_the_asterisk_target_gets_a_head_alone(
         answer = _exchange(url, b"HEAD * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         head, _, body = answer.partition(b"\r\n\r\n")
         assert _status(head) == 400 and body == b""
-        out = ""
-
-        def access_lines() -> list[dict[str, Any]]:
-            nonlocal out
-            out += capsys.readouterr().out
-            return [json.loads(line) for line in out.splitlines() if '"method":"HEAD"' in line]
-
-        (line,) = wait_for(access_lines, "the HEAD's access line")
+        (line,) = wait_for(_access_lines(capsys, '"method":"HEAD"'), "the HEAD's access line")
     assert line["status"] == 400 and line["bytes"] == 0
 
 

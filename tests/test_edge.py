@@ -774,3 +774,77 @@ def test_a_bad_body_of_a_queued_request_is_refused_after_the_answer_before_it(
     size = len(expected_bytes(name))
     assert rest[:size] == expected_bytes(name)
     assert _status(rest[size:]) == 400
+
+
+def test_a_queued_requests_body_timeout_follows_the_answer_before_it(
+    edge: functools.partial[Any],
+) -> None:
+    """A request pipelined behind a slow one, its body stalled: the slow one's answer
+    arrives whole, then the 408. The 408 was written at the body timeout, before the
+    answer, which was lost (helper-49 finding 1). h11 has no body timer: there the
+    queued request waits its turn, and the client's half-close ends it."""
+    with edge(enable_cache=False, request_head_timeout=0.5) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /echo/slow?latency_ms=1500 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                b"\r\nabcPOST /echo/stalled HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123"
+            )
+            if edge.keywords["http_protocol"] is H11EdgeProtocol:
+                time.sleep(2.0)
+                sock.shutdown(socket.SHUT_WR)
+            answer = _read_to_close(sock)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert _status(head) == 200
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert json.loads(rest[:length])["path"] == "/echo/slow"
+    after = rest[length:]
+    assert after == b"" or _status(after) == 408
+
+
+def test_a_half_close_after_a_queued_bad_chunk_keeps_the_answers_before_it(
+    edge: ProxyFactory,
+) -> None:
+    """The bad chunk's request was dropped for its refusal; the half-close then closed
+    the connection at once, and the answer before it was lost (helper-49 finding 2)."""
+    with edge(enable_cache=False) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /echo/first?latency_ms=300 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
+                b"\r\nabcPOST /echo/bad HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nabc\r\nZZ\r\n"
+            )
+            sock.shutdown(socket.SHUT_WR)
+            answer = _read_to_close(sock)
+    statuses = [int(answer[i + 9 : i + 12]) for i in _starts(answer, b"HTTP/1.1 ")]
+    assert statuses == [200, 400]
+    assert b'"path":"/echo/first"' in answer
+
+
+def test_an_answer_before_the_body_is_whole_ends_the_connection(edge: ProxyFactory) -> None:
+    """A 405 to an upload, and the client trickles the rest of its 100 MB: the connection
+    closes after the answer instead of staying open past every timer and the connection
+    cap's eviction (helper-49 finding 3)."""
+    with edge(request_head_timeout=30, keep_alive_seconds=30) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /files/4k-upload.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n"
+                b"\r\nabc"
+            )
+            answer = b""
+            for _ in range(200):  # 10 s of trickling at most, well below both timers
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    break
+                ready, _, _ = select.select([sock], [], [], 0.05)
+                if ready:
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        break
+                    if not chunk:
+                        break
+                    answer += chunk
+            else:
+                raise AssertionError("the connection stayed open while the body trickled")
+    assert _status(answer) == 405

@@ -351,13 +351,32 @@ class EdgeGuard(SendTimeout):
         self._note_refusal(status, body)
         self._cancel_head_timer()
         self.transport.write(refusal(status, body))
-        if not linger or not self.transport.can_write_eof():
+        if not linger:
+            self.transport.close()
+            return
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close once what was written is out, reading and dropping the client's input
+        meanwhile (LINGER_SECONDS): closed at once with input unread, the kernel would
+        reset the connection and the client could lose the answer (nginx's lingering
+        close)."""
+        if not self.transport.can_write_eof():
             self.transport.close()
             return
         self.transport.write_eof()
         self._lingering = True
         self.flow.resume_reading()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _answered_before_its_body(self) -> None:
+        """A request answered before its body was whole (a 405 to an upload, an origin's
+        early answer): the rest of the body is not waited for (helper-49: a client
+        trickling it held the connection for good, past every timer and the connection
+        cap's eviction). The connection closes, lingering, as nginx's does after
+        discarding a body for at most lingering_time."""
+        if not self.transport.is_closing() and not self._lingering:
+            self._close_lingering()
 
 
 class _Refused(Exception):
@@ -441,15 +460,17 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self.transport.close()  # the client is done sending too
             return None
         cycle = self.cycle
-        if cycle is not None and cycle.more_body:
+        if cycle is not None and cycle.more_body and not cycle.disconnected:
             # Half-closed before its request's body was whole: that request can never be
             # answered (nginx: "client prematurely closed connection"). Running, the
             # connection closes, so its app is told the client left and lets go of the
             # origin request (helper-47: held until the origin's read timeout).
-            if not self._drop_queued(cycle):
+            if cycle is self._running:
                 return None
             # Queued behind answers still due (helper-48): it never runs; they go out,
-            # then the connection closes.
+            # then the connection closes. (One already dropped for a refusal is marked
+            # gone: its refusal follows those answers; helper-49.)
+            self._drop_queued(cycle)
         if self._answers_due():
             # The client half-closed after its requests: they are answered, then the
             # connection closes (_close_if_half_closed). uvicorn let the transport close
@@ -811,7 +832,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if (
             cycle is None
             or not cycle.more_body
-            or cycle.response_complete  # answered without its body: uvicorn closes it
+            or cycle.response_complete  # answered before its body: the connection closes
+            or cycle.disconnected  # dropped unrun, or its client left
             or self.transport.is_closing()
         ):
             self._body_deadline = None
@@ -821,13 +843,18 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 deadline = self._body_deadline = now + self.limits.head_timeout
             else:
                 self._body_deadline = None
-                self._body_broken(cycle, "request body not received in time", status=408)
+                # A queued request's 408 follows the answers before it (helper-49: it was
+                # written into the running one).
+                self._body_refused(408, "request body not received in time")
                 return after
         return deadline if after is None else min(after, deadline)
 
     def on_response_complete(self) -> None:
         if self._pending_refusal is None:
             super().on_response_complete()
+            running = self._running
+            if running is not None and running.more_body and not running.disconnected:
+                self._answered_before_its_body()
             self._close_if_half_closed()
             return
         if self.pipeline:
@@ -913,10 +940,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         middle of the running answer). Running, see :meth:`_body_broken`."""
         cycle = self.cycle
         assert cycle is not None
-        if self._drop_queued(cycle):
-            self._refuse_head(status, msg + "\n")
-        else:
+        if cycle is self._running:
             self._body_broken(cycle, msg, status)
+            return
+        self._drop_queued(cycle)  # unless it was dropped already (a half-close, a refusal)
+        if self._pending_refusal is None:
+            self._refuse_head(status, msg + "\n")
 
     def _body_broken(self, cycle: RequestResponseCycle, msg: str, status: int = 400) -> None:
         """The running request's own body cannot be parsed (a bad chunk): it will never

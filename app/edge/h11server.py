@@ -97,8 +97,6 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.SEND_BODY:
-            self._answered_before_its_body()
         done = self.cycle is None or self.cycle.response_complete  # no pipelined one began
         if self._half_closed and done and not self.transport.is_closing():
             self.transport.close()

@@ -351,32 +351,13 @@ class EdgeGuard(SendTimeout):
         self._note_refusal(status, body)
         self._cancel_head_timer()
         self.transport.write(refusal(status, body))
-        if not linger:
-            self.transport.close()
-            return
-        self._close_lingering()
-
-    def _close_lingering(self) -> None:
-        """Close once what was written is out, reading and dropping the client's input
-        meanwhile (LINGER_SECONDS): closed at once with input unread, the kernel would
-        reset the connection and the client could lose the answer (nginx's lingering
-        close)."""
-        if not self.transport.can_write_eof():
+        if not linger or not self.transport.can_write_eof():
             self.transport.close()
             return
         self.transport.write_eof()
         self._lingering = True
         self.flow.resume_reading()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
-
-    def _answered_before_its_body(self) -> None:
-        """A request answered before its body was whole (a 405 to an upload, an origin's
-        early answer): the rest of the body is not waited for (helper-49: a client
-        trickling it held the connection for good, past every timer and the connection
-        cap's eviction). The connection closes, lingering, as nginx's does after
-        discarding a body for at most lingering_time."""
-        if not self.transport.is_closing() and not self._lingering:
-            self._close_lingering()
 
 
 class _Refused(Exception):
@@ -832,7 +813,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if (
             cycle is None
             or not cycle.more_body
-            or cycle.response_complete  # answered before its body: the connection closes
+            or cycle.response_complete  # answered before its body: the rest is dropped
             or cycle.disconnected  # dropped unrun, or its client left
             or self.transport.is_closing()
         ):
@@ -852,9 +833,6 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._pending_refusal is None:
             super().on_response_complete()
-            running = self._running
-            if running is not None and running.more_body and not running.disconnected:
-                self._answered_before_its_body()
             self._close_if_half_closed()
             return
         if self.pipeline:

@@ -842,3 +842,87 @@ def test_a_queued_upload_still_arriving_is_answered_after_the_one_before_it(
     statuses = [int(answer[i + 9 : i + 12]) for i in _starts(answer, b"HTTP/1.1 ")]
     assert statuses == [200, 200, 200]
     assert b'"body_length":200000' in answer
+
+
+def _trickle_until_closed(
+    sock: socket.socket, read: int, within: float, pause: float = 0.0
+) -> bytes:
+    """Send a body byte whenever the socket takes one and read up to ``read`` bytes per
+    turn (then sleep ``pause``), until the server closes; AssertionError if it is still
+    open after ``within`` seconds (a bound on the wait, far above what the test needs,
+    not a measured time)."""
+    sock.setblocking(False)
+    answer = b""
+    give_up = time.monotonic() + within
+    while time.monotonic() < give_up:
+        try:
+            sock.send(b"x")
+        except BlockingIOError:
+            pass  # the server is not reading: fine, it is answering
+        except OSError:
+            pass  # it has shut its reading side: read on to its close
+        ready, _, _ = select.select([sock], [], [], 0.01)
+        if not ready:
+            continue
+        try:
+            chunk = sock.recv(read)
+        except BlockingIOError:
+            continue
+        except ConnectionResetError:
+            raise AssertionError(f"reset after {len(answer)} bytes") from None
+        if not chunk:
+            return answer
+        answer += chunk
+        time.sleep(pause)
+    raise AssertionError("the connection stayed open while the body trickled")
+
+
+def test_an_answer_before_the_body_is_whole_bounds_the_rest(edge: ProxyFactory) -> None:
+    """A 405 to a 100 MB upload that the client trickles: the rest is read and dropped
+    for REQUEST_HEAD_TIMEOUT at most, then the connection closes, the answer whole. It
+    stayed open past every timer and the connection cap's eviction (helper-49 finding 3)."""
+    with edge(request_head_timeout=1.0, keep_alive_seconds=30) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /files/4k-upload.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n"
+                b"\r\nabc"
+            )
+            answer = _trickle_until_closed(sock, 65536, within=15)
+    assert _status(answer) == 405
+    assert answer.endswith(b"\r\n\r\nGET or HEAD\n")
+
+
+def test_a_large_early_answer_to_a_client_still_sending_arrives_whole(
+    edge: ProxyFactory,
+) -> None:
+    """The bound above waits until the answer is out: a slow reader still uploading gets
+    every byte, then the close (helper-50: a reset cut it at 7.1 of 8 MiB)."""
+    name = "8m-early-big.bin"
+    with edge(request_head_timeout=1.0, keep_alive_seconds=30) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                f"GET /files/{name} HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n"
+                "\r\nabc".encode()
+            )
+            # ~1.6 MB/s: the socket buffers still hold MiBs of it well after the bound.
+            answer = _trickle_until_closed(sock, 16384, within=90, pause=0.01)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert _status(head) == 200
+    assert body == expected_bytes(name)
+
+
+def test_an_early_answer_whose_body_then_ends_keeps_the_connection(edge: ProxyFactory) -> None:
+    """The common case: the rest of the body arrives in time, and the connection serves
+    the next request."""
+    with edge(request_head_timeout=5.0) as url:
+        with socket.create_connection(_address(url), timeout=20) as sock:
+            sock.sendall(
+                b"POST /files/4k-upload.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n"
+            )
+            time.sleep(0.3)  # answered meanwhile
+            sock.sendall(b"y" * 300_000 + b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(1.5)  # past the keep-alive of nothing: the connection is still in use
+            sock.sendall(b"GET /echo/last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            answer = _read_to_close(sock)
+    statuses = [int(answer[i + 9 : i + 12]) for i in _starts(answer, b"HTTP/1.1 ")]
+    assert statuses == [405, 200, 200]

@@ -97,6 +97,8 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._discarding():
+            self._answered_before_its_body()
         done = self.cycle is None or self.cycle.response_complete  # no pipelined one began
         if self._half_closed and done and not self.transport.is_closing():
             self.transport.close()
@@ -111,6 +113,10 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
             # A request pipelined before the half-close, its body short of whole: no more
             # bytes come (helper-48: its origin request was held until the read timeout).
             self.transport.close()
+
+    def _discarding(self) -> bool:
+        # Answered, the client still sending that request's body (h11 drops it).
+        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.SEND_BODY
 
     def _in_head(self) -> bool:
         """No request of this cycle parsed yet (h11 waits for one)."""

@@ -280,12 +280,48 @@ class EdgeGuard(SendTimeout):
     client: tuple[str, int] | None
     refusals: EdgeRefusals | None = None
     _head_deadline: float | None = None  # loop time by which the head must be complete
+    # After an answer that came before its request's body was whole: by when the rest of
+    # that body must have been read (and dropped).
+    _discard_deadline: float | None = None
     _wake: asyncio.TimerHandle | None = None
     _wake_when = 0.0
     _lingering = False
 
     def _head_timed_out(self) -> None:
         raise NotImplementedError
+
+    def _discarding(self) -> bool:
+        """The answered request's body is still being read and dropped (no later request
+        has begun): the protocol knows."""
+        raise NotImplementedError
+
+    def _answered_before_its_body(self) -> None:
+        """A request was answered before its body was whole (a 405 to an upload, an
+        origin's early answer). The rest is read and dropped, and the connection is reused
+        once it ends; but not for longer than REQUEST_HEAD_TIMEOUT (nginx's lingering_time):
+        a client trickling it kept the connection past every timer and the connection
+        cap's eviction (helper-49)."""
+        self._discard_deadline = deadline = self.loop.time() + self.limits.head_timeout
+        self._wake_at(deadline)
+
+    def _discard_deadline_passed(self, now: float, after: float | None) -> float | None:
+        deadline = self._discard_deadline
+        if deadline is None:
+            return after
+        if not self._discarding() or self.transport.is_closing():
+            self._discard_deadline = None
+            return after
+        if deadline > now:
+            return deadline if after is None else min(after, deadline)
+        if self._held_for_client():
+            # The answer is still on its way (a slow reader): closing now would reset the
+            # connection and lose its tail (helper-50). Once it is out; the send timeout
+            # cuts a reader that takes nothing.
+            deadline = self._discard_deadline = now + 1.0
+            return deadline if after is None else min(after, deadline)
+        self._discard_deadline = None
+        self._close_lingering()
+        return after
 
     def _arm_head_timer(self) -> None:
         deadline = self.loop.time() + self.limits.head_timeout
@@ -309,6 +345,7 @@ class EdgeGuard(SendTimeout):
         """The connection is gone: its timer goes too (it holds the protocol)."""
         self._head_deadline = None
         self._send_deadline = None
+        self._discard_deadline = None
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
@@ -324,7 +361,7 @@ class EdgeGuard(SendTimeout):
 
     def _deadlines_passed(self, now: float) -> float | None:
         """Act on the deadlines past at ``now``; the next deadline still set, if any."""
-        after = self._send_deadline_passed(now)
+        after = self._discard_deadline_passed(now, self._send_deadline_passed(now))
         deadline = self._head_deadline
         if deadline is not None and deadline <= now:
             self._head_deadline = None
@@ -351,7 +388,16 @@ class EdgeGuard(SendTimeout):
         self._note_refusal(status, body)
         self._cancel_head_timer()
         self.transport.write(refusal(status, body))
-        if not linger or not self.transport.can_write_eof():
+        if not linger:
+            self.transport.close()
+            return
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after what was written, reading and dropping the client's input for
+        LINGER_SECONDS: closed with input unread, the kernel would reset the connection and
+        the client could lose the answer (nginx's lingering close)."""
+        if not self.transport.can_write_eof():
             self.transport.close()
             return
         self.transport.write_eof()
@@ -396,6 +442,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._limits_before: tuple[int, int] | None = None
         # The request whose ASGI task runs now: uvicorn's ``cycle`` is the newest one.
         self._running: RequestResponseCycle | None = None
+        self._discard_cycle: RequestResponseCycle | None = None  # answered before its body
         # The client sent EOF with answers still to send: close once they are out.
         self._half_closed = False
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
@@ -832,7 +879,14 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if self._pending_refusal is None:
+            # Whether its own body is whole, before uvicorn starts a queued request (which
+            # would then be the newest: helper-50).
+            finished = self._running
+            early = finished is not None and finished is self.cycle and not self._in_head
             super().on_response_complete()
+            if early and not finished.disconnected:  # type: ignore[union-attr]
+                self._discard_cycle = finished
+                self._answered_before_its_body()
             self._close_if_half_closed()
             return
         if self.pipeline:
@@ -847,6 +901,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._refuse(status, body=body)
 
     # Timers
+
+    def _discarding(self) -> bool:
+        # Still in the answered request's body: the parser has not ended that message
+        # (uvicorn leaves more_body set after an early answer) and no later one began.
+        cycle = self._discard_cycle
+        return cycle is not None and not self._in_head and self.cycle is cycle
 
     def _head_timed_out(self) -> None:
         if self.transport.is_closing() or not self._in_head:

@@ -45,7 +45,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~880 lines) on purpose: one protocol class whose head limits, head and body timers,
+One module (~1,030 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """

@@ -273,11 +273,9 @@ class EdgeGuard(SendTimeout):
     cache hit's CPU.
     """
 
-    loop: asyncio.AbstractEventLoop
-    transport: asyncio.Transport
+    # loop, transport and client are declared by SendTimeout; these narrow or add.
     flow: Any
     limits: EdgeLimits
-    client: tuple[str, int] | None
     refusals: EdgeRefusals | None = None
     _head_deadline: float | None = None  # loop time by which the head must be complete
     # After an answer that came before its request's body was whole: by when the rest of
@@ -320,6 +318,9 @@ class EdgeGuard(SendTimeout):
             deadline = self._discard_deadline = now + 1.0
             return deadline if after is None else min(after, deadline)
         self._discard_deadline = None
+        # Counted and logged with the refusals, as the body timer's 408 is; the answer
+        # has gone out whole, so no status is written.
+        self._note_refusal(408, "the rest of a body after an early answer")
         self._close_lingering()
         return after
 
@@ -443,6 +444,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         # The request whose ASGI task runs now: uvicorn's ``cycle`` is the newest one.
         self._running: RequestResponseCycle | None = None
         self._discard_cycle: RequestResponseCycle | None = None  # answered before its body
+        self._http10 = False  # the head being answered is HTTP/1.0 (on_headers_complete)
         # The client sent EOF with answers still to send: close once they are out.
         self._half_closed = False
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
@@ -668,6 +670,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._http10 = False
         version = self.parser.get_http_version()
         if version != "1.1":
             if version != "1.0":
@@ -678,6 +681,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # RFC 9110 10.1.1 and 15.2: an HTTP/1.0 client's 100-continue is ignored, and
             # it never gets a 1xx.
             self.expect_100_continue = False
+            self._http10 = True
         self._in_head = False
         self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():
@@ -726,7 +730,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         parser = self.parser
         if parser.should_upgrade():
             return False
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        keep_alive = not self._http10 and parser.should_keep_alive()
         transport = self.transport
         held_before = transport.get_write_buffer_size()
         try:

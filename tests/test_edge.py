@@ -14,6 +14,7 @@ import socket
 import socketserver
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -595,8 +596,12 @@ def test_an_http10_client_never_gets_100_continue(edge: ProxyFactory) -> None:
 
 @pytest.mark.parametrize(
     "request_line",
-    [b"GET /echo/v HTTP/2.0\r\nHost: x\r\n\r\n", b"GET /echo/v\r\n\r\n"],
-    ids=["http2.0", "http0.9"],
+    [
+        b"GET /echo/v HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /echo/v HTTP/3.0\r\nHost: x\r\n\r\n",
+        b"GET /echo/v\r\n\r\n",
+    ],
+    ids=["http2.0", "http3.0", "http0.9"],
 )
 def test_a_version_other_than_http1_is_505(
     edge: functools.partial[Any], origin: Origin, request_line: bytes
@@ -609,6 +614,24 @@ def test_a_version_other_than_http1_is_505(
     # h11 cannot parse a 0.9 request line at all: a malformed request.
     assert _status(answer) == (400 if h11_09 else 505)
     assert origin.requests_for("/echo/v") == []
+
+
+def test_a_higher_http1_minor_version_is_answered_as_http11(
+    edge: functools.partial[Any], origin: Origin
+) -> None:
+    """RFC 9112 2.3: HTTP/1.2 is processed as HTTP/1.1 (kept alive, Host required), as
+    nginx does; httptools refused it as malformed (400) and h11's edge with a 505."""
+    path = f"/echo/v12-{uuid.uuid4().hex}".encode()
+    with edge() as url, socket.create_connection(_address(url), timeout=10) as sock:
+        sock.sendall(
+            b"GET %s HTTP/1.2\r\nHost: x\r\n\r\nGET %sb HTTP/1.9\r\nHost: x\r\n\r\n" % (path, path)
+        )
+        statuses = _answers(sock, 2, time.monotonic() + 10)
+        no_host = _exchange(url, b"GET /echo/v12c HTTP/1.2\r\n\r\n")
+    assert statuses == [200, 200]  # in HTTP/1.1 answers (_status), the connection kept
+    assert len(origin.requests_for(path.decode())) == 1
+    assert len(origin.requests_for(path.decode() + "b")) == 1
+    assert _status(no_host) == 400
 
 
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:

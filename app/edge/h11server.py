@@ -42,6 +42,7 @@ from app.edge.httpserver import (
     REQUEST_LINE_SLACK,
     EdgeGuard,
     edge_of,
+    http1_version,
     oldest_waiting_for_head,
 )
 from app.edge.writtenout import offer_written_out
@@ -108,6 +109,8 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         super().handle_events()
         cycle = self.cycle
         if cycle is not None and cycle is not before:
+            scope: Any = cycle.scope
+            scope["http_version"] = http1_version(scope["http_version"])  # as on httptools
             offer_written_out(self, cycle)  # before its task runs: it reads the scope first
         if self._half_closed and self.conn.their_state is h11.SEND_BODY:
             # A request pipelined before the half-close, its body short of whole: no more

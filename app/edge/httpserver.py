@@ -411,6 +411,17 @@ class _Refused(Exception):
     """Raised from a parser callback to stop the parser at once."""
 
 
+def http1_version(version: str) -> str:
+    """The version a request is answered as: RFC 9112 2.3, a higher minor version of
+    HTTP/1 (``HTTP/1.2``) is processed as HTTP/1.1, the highest this server implements, as
+    nginx does. Any other version stands (1.0 and 1.1 as they are; another major version,
+    or 0.9, is refused with a 505)."""
+    major, _, minor = version.partition(".")
+    if major == "1" and minor.isdigit() and int(minor) > 1:
+        return "1.1"
+    return version
+
+
 class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def __init__(
         self,
@@ -420,6 +431,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        # llhttp refuses a version other than 0.9, 1.0, 1.1 and 2.0 as malformed (400):
+        # read them all, and answer as on_headers_complete says (RFC 9112 2.3).
+        self.parser.set_dangerous_leniencies(lenient_version=True)
         edge = edge_of(config)
         self.limits, fast, self.refusals = edge.limits, edge.fast, edge.refusals
         # Between a message's end and the next one's headers: counting head bytes.
@@ -671,7 +685,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._http10 = False
-        version = self.parser.get_http_version()
+        version = http1_version(self.parser.get_http_version())
         if version != "1.1":
             if version != "1.0":
                 # RFC 9110 15.6.6: HTTP/2.0 in an HTTP/1 request line (the parser reads
@@ -1010,6 +1024,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             self._refuse(status, body=msg + "\n")
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn's scope has the version read, HTTP/1.2 too (see on_headers_complete).
+        cycle.scope["http_version"] = http1_version(cycle.scope["http_version"])
         allow_early_hints(cycle)
         offer_written_out(self, cycle)
         self._running = cycle

@@ -34,6 +34,7 @@ from app.edge.finalrecipient import final_answer
 from app.edge.headers import Headers, parse_host
 from app.edge.interim import relay_interim_to
 from app.edge.passthrough import pass_through
+from app.edge.target import absolute_target
 from app.edge.writtenout import WriteWatch
 from app.engine.fills import ByteBudget
 from app.engine.objects import ObjectDirectory
@@ -272,6 +273,11 @@ class ProxyEndpoint:
             # RFC 9110 15.6.6 (h11 reads HTTP/2.0 in a request line; httptools' edge
             # refuses it before the app runs).
             return 505, "HTTP Version Not Supported"
+        raw_path = (scope.get("raw_path") or b"")[len(scope.get("root_path", "")) :]
+        if raw_path[:1] != b"/" and absolute_target(raw_path) is not None:
+            # The edges make an absolute-form target the origin form (app/edge/target.py)
+            # unless it names a user: RFC 9110 4.2.4.
+            return 400, "Bad Request: userinfo in the request target"
         hosts = [value for name, value in scope["headers"] if name == b"host"]
         if len(hosts) > 1:
             return 400, "Bad Request: more than one Host field"  # RFC 9112 3.2
@@ -356,7 +362,8 @@ class SlicecacheApp(Starlette):
     catch-all route, exception middleware and router only cost it microseconds per
     request). A request whose raw path cannot reach an admin route goes straight to
     ``proxy``: the same access log, 500 handler and endpoint the stack would run, in the
-    same order, and so does the asterisk-form target ``*`` (app/edge/finalrecipient.py).
+    same order, and so does the asterisk-form target ``*`` (app/edge/finalrecipient.py)
+    and an absolute-form one the edge left as it was (``proxy`` refuses it: userinfo).
     The admin prefix, another path without a leading "/" and a server that gives no
     ``raw_path`` take the whole stack, as before.
     """
@@ -368,8 +375,12 @@ class SlicecacheApp(Starlette):
         proxy = self.proxy
         if proxy is not None and scope["type"] == "http":
             raw_path = scope.get("raw_path")
-            if raw_path == b"*" or (
-                raw_path and raw_path[:1] == b"/" and not raw_path.startswith(self.admin_prefix)
+            if (
+                raw_path == b"*"
+                or (
+                    raw_path and raw_path[:1] == b"/" and not raw_path.startswith(self.admin_prefix)
+                )
+                or (raw_path and absolute_target(raw_path) is not None)  # refused: userinfo
             ):
                 scope["app"] = self
                 await proxy(scope, receive, send)

@@ -634,6 +634,37 @@ def test_a_higher_http1_minor_version_is_answered_as_http11(
     assert _status(no_host) == 400
 
 
+def test_an_absolute_form_target_is_the_origin_form_for_its_host(
+    edge: functools.partial[Any], origin: Origin
+) -> None:
+    """RFC 9112 3.2.2: a server MUST accept the absolute form and ignore the Host field for
+    it; h11's edge routed ``http://host/path`` nowhere (404). Its host is what the proxy
+    keys and forwards when it preserves Host; an empty path is "/"; userinfo is refused
+    (RFC 9110 4.2.4)."""
+    path = f"/echo/abs-{uuid.uuid4().hex}"
+    with edge(enable_cache=False, preserve_host=True) as url:
+        answer = _exchange(
+            url,
+            b"GET http://Other.example:8080%s?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            % path.encode(),
+        )
+        root = _exchange(url, b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        userinfo = _exchange(
+            url, b"GET http://u:p@x/echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        no_host = _exchange(url, b"GET http://x/echo/a HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert _status(answer) == 200
+    echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert (echoed["path"], echoed["query"]) == (path, "q=1")
+    assert {name.lower(): value for name, value in echoed["headers"]}["host"] == (
+        "Other.example:8080"
+    )
+    assert _status(root) == 404  # the origin's answer for "/"
+    assert origin.requests_for("/")
+    assert _status(userinfo) == 400 and origin.requests_for("/echo/a") == []
+    assert _status(no_host) == 400  # HTTP/1.1 still needs its Host field (RFC 9112 3.2)
+
+
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:
     """RFC 9110 9.1: a method the proxy cannot forward is not implemented; the parser
     knows a fixed list (helper-47 finding 4: every unknown method got 400)."""

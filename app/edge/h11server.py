@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import h11
 from uvicorn.config import Config
@@ -45,7 +46,27 @@ from app.edge.httpserver import (
     http1_version,
     oldest_waiting_for_head,
 )
+from app.edge.target import absolute_target, with_authority
 from app.edge.writtenout import offer_written_out
+
+
+def as_origin_form(scope: Any, root_path: str) -> None:
+    """uvicorn's h11 scope of an absolute-form target made as httptools' edge makes it
+    (app/edge/target.py): h11 leaves the scheme and authority in the path, which routed
+    nowhere (404). One with userinfo is left as it is: the app refuses it (400)."""
+    raw_target = scope["raw_path"][len(root_path) :]
+    if raw_target[:1] == b"/":
+        return  # the origin form: nearly every request
+    if scope["query_string"]:
+        raw_target += b"?" + scope["query_string"]
+    absolute = absolute_target(raw_target)
+    if absolute is None or absolute.userinfo:
+        return
+    raw_path, _, query = absolute.origin_form.partition(b"?")
+    scope["path"] = root_path + unquote(raw_path.decode("ascii"))  # as uvicorn makes it
+    scope["raw_path"] = root_path.encode("ascii") + raw_path
+    scope["query_string"] = query
+    scope["headers"] = with_authority(scope["headers"], absolute.authority)
 
 
 class H11EdgeProtocol(EdgeGuard, H11Protocol):
@@ -111,6 +132,7 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         if cycle is not None and cycle is not before:
             scope: Any = cycle.scope
             scope["http_version"] = http1_version(scope["http_version"])  # as on httptools
+            as_origin_form(scope, self.root_path)
             offer_written_out(self, cycle)  # before its task runs: it reads the scope first
         if self._half_closed and self.conn.their_state is h11.SEND_BODY:
             # A request pipelined before the half-close, its body short of whole: no more

@@ -66,6 +66,7 @@ from uvicorn.server import ServerState
 
 from app.edge.interim import EARLY_HINT
 from app.edge.sendtimeout import SendTimeout
+from app.edge.target import absolute_target, with_authority
 from app.edge.writtenout import offer_written_out
 from app.ops.accesslog import CLIENT_CUT, SEND_TIMEOUT_CUT, SHUTDOWN_CUT, http_date_now
 
@@ -696,6 +697,13 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # it never gets a 1xx.
             self.expect_100_continue = False
             self._http10 = True
+        absolute = absolute_target(self.url) if self.url[:1] != b"/" else None
+        if absolute is not None:
+            if absolute.userinfo:
+                self._refusal = 400
+                raise _Refused
+            self.url = absolute.origin_form
+            self.headers = with_authority(self.headers, absolute.authority)
         self._in_head = False
         self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():

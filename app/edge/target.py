@@ -1,0 +1,52 @@
+"""A request target in absolute form, as the origin form the app routes (RFC 9112 3.2.2).
+
+A client talking to a proxy sends ``GET http://host/path HTTP/1.1``, and a server MUST
+accept that form. The request is then for the target's host, whatever its Host field
+says, and the path of ``http://host`` is ``/`` (3.2.1). Userinfo (``http://user:pw@host/``)
+is never sent by a conforming client; a recipient SHOULD treat it as an error (RFC 9110
+4.2.4), so it is refused with a 400.
+
+httptools' edge rewrites the target before uvicorn reads it, h11's rewrites the scope
+uvicorn made from it (app/edge/httpserver.py, app/edge/h11server.py); both with
+:func:`absolute_target`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import httptools
+
+
+class AbsoluteTarget(NamedTuple):
+    origin_form: bytes  # the path ("/" when it has none) and the query, without a fragment
+    authority: bytes  # host[:port], an IPv6 literal in brackets
+    userinfo: bool  # it names a user: refused
+
+
+def absolute_target(target: bytes) -> AbsoluteTarget | None:
+    """``target`` taken apart if it is in absolute form; None for any other form (origin
+    form, ``*``, authority form) or a target that is not a URL at all."""
+    if target[:1] in (b"/", b"*") or b"://" not in target:
+        return None
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if not url.schema or not url.host:
+        return None
+    host = b"[" + url.host + b"]" if b":" in url.host else url.host
+    authority = host if url.port is None else b"%s:%d" % (host, url.port)
+    origin_form = url.path or b"/"
+    if url.query is not None:
+        origin_form += b"?" + url.query
+    return AbsoluteTarget(origin_form, authority, url.userinfo is not None)
+
+
+def with_authority(
+    headers: list[tuple[bytes, bytes]], authority: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The request's Host field(s) given the target's authority: a server MUST ignore the
+    Host it received for an absolute-form target. Their number stays, so a request with
+    none or two is still refused as the Host rules say (RFC 9112 3.2)."""
+    return [(name, authority if name == b"host" else value) for name, value in headers]

@@ -1,0 +1,51 @@
+"""The absolute-form request target taken apart (app/edge/target.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.edge.target import absolute_target, with_authority
+
+hosts = st.from_regex(r"[a-z0-9]([a-z0-9\-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}", fullmatch=True)
+ports = st.none() | st.integers(min_value=0, max_value=65535)
+paths = st.from_regex(r"(/[A-Za-z0-9\-._~%!$&'()*+,;=:@]{0,12}){0,4}", fullmatch=True)
+queries = st.none() | st.from_regex(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]{0,20}", fullmatch=True)
+
+
+@given(st.sampled_from(["http", "https", "HTTP"]), hosts, ports, paths, queries)
+def test_an_absolute_target_is_its_authority_and_origin_form(
+    scheme: str, host: str, port: int | None, path: str, query: str | None
+) -> None:
+    authority = host if port is None else f"{host}:{port}"
+    target = f"{scheme}://{authority}{path}" + ("" if query is None else f"?{query}")
+    absolute = absolute_target(target.encode())
+    assert absolute is not None
+    assert absolute.authority == authority.encode()
+    # An empty query is none, as uvicorn reads "/a?" in the origin form.
+    expected = (path or "/") + (f"?{query}" if query else "")
+    assert absolute.origin_form == expected.encode()
+    assert not absolute.userinfo
+
+
+def test_other_forms_and_non_urls_are_not_absolute() -> None:
+    for target in [b"/a/b?c", b"*", b"example.com:443", b"//x/a", b"http:///a", b"http://x:99999/"]:
+        assert absolute_target(target) is None
+
+
+def test_userinfo_an_ipv6_literal_and_a_fragment() -> None:
+    user = absolute_target(b"http://u:p@x/a")
+    assert user is not None and user.userinfo
+    literal = absolute_target(b"http://[::1]:8080/a?b=1#frag")
+    assert literal is not None
+    assert (literal.authority, literal.origin_form) == (b"[::1]:8080", b"/a?b=1")
+
+
+def test_every_host_field_takes_the_authority_and_their_number_stays() -> None:
+    headers = [(b"host", b"a"), (b"accept", b"*/*"), (b"host", b"b")]
+    assert with_authority(headers, b"x:1") == [
+        (b"host", b"x:1"),
+        (b"accept", b"*/*"),
+        (b"host", b"x:1"),
+    ]
+    assert with_authority([(b"accept", b"*/*")], b"x") == [(b"accept", b"*/*")]

@@ -586,6 +586,7 @@ def create_app(
     runtime.edge_refusals = EdgeRefusalLog(
         runtime.metrics.edge_refusals,
         runtime.metrics.send_timeouts,
+        runtime.metrics.edge_ignored,
         settings.warning_interval_seconds,
     )
     if settings.fast_path:

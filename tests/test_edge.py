@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from app.edge.h11server import H11EdgeProtocol
@@ -567,7 +568,8 @@ def test_a_head_the_server_has_not_read_yet_is_not_timed_out(proxy: ProxyFactory
 def test_chunked_trailers_never_join_the_request_head(edge: ProxyFactory) -> None:
     """RFC 9110 6.5.1: trailer fields are not header fields. uvicorn's httptools protocol
     appended them to the scope's headers: a forged Authorization, X-Request-Id or Range
-    reached the origin and the cache's own decisions (helper-47 finding 1)."""
+    reached the origin and the cache's own decisions (helper-47 finding 1). Each request
+    whose trailer fields were dropped is counted."""
     with edge(enable_cache=False) as url:
         answer = _exchange(
             url,
@@ -575,6 +577,8 @@ def test_chunked_trailers_never_join_the_request_head(edge: ProxyFactory) -> Non
             b"Connection: close\r\n\r\n3\r\nabc\r\n0\r\nAuthorization: Bearer z\r\n"
             b"X-Request-Id: forged\r\nRange: bytes=0-1\r\n\r\n",
         )
+        metrics = httpx.get(url + "/_slicecache/metrics").text
+    assert 'slicecache_edge_ignored_total{what="trailer"} 1.0' in metrics
     assert _status(answer) == 200
     echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
     names = {name.lower(): value for name, value in echoed["headers"]}

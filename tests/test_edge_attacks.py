@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from tests.conftest import Origin, ProxyFactory
@@ -407,7 +408,6 @@ def test_every_refused_head_is_counted_and_logged_once_per_interval(
     """A refusal never reaches the app (no access line, no request metric): the edge
     counts each one by status and logs one line per status per interval, with the client
     and the cause, so a flood of bad heads is visible without a log line each."""
-    import httpx
 
     from app.edge.h11server import H11EdgeProtocol
     from app.edge.httpserver import HttpProtocol
@@ -465,7 +465,9 @@ def test_a_request_pipelined_behind_an_ignored_upgrade_is_answered(
         answer = _send_and_read_all(
             url, upgrade * 3 + QUICK + b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         )
+        metrics = httpx.get(url + "/_slicecache/metrics").text
     assert _statuses(answer) == [200, 200, 200, 200, 404], answer[:300]
+    assert 'slicecache_edge_ignored_total{what="upgrade"} 3.0' in metrics
     noted = [
         r for r in caplog.records if getattr(r, "fields", {}).get("event") == "upgrade_ignored"
     ]

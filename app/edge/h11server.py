@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
 from urllib.parse import unquote
 
@@ -69,6 +70,23 @@ def as_origin_form(scope: Any, root_path: str) -> None:
     scope["headers"] = with_authority(scope["headers"], absolute.authority)
 
 
+class _Connection(h11.Connection):
+    """h11's server side, telling the edge when a request had trailer fields: uvicorn
+    drops them (as httptools' edge does, RFC 9110 6.5.1), and a drop is counted."""
+
+    def __init__(self, protocol: H11EdgeProtocol, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self._protocol = weakref.ref(protocol)  # not a cycle: freed with its connection
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            protocol = self._protocol()
+            if protocol is not None and protocol.refusals is not None:
+                protocol.refusals.trailer_dropped(protocol.client)
+        return event
+
+
 class H11EdgeProtocol(EdgeGuard, H11Protocol):
     def __init__(
         self,
@@ -81,7 +99,7 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         edge = edge_of(config)
         self.limits, self.refusals = edge.limits, edge.refusals
         # h11 raises "Receive buffer too long" once an unfinished head passes this.
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        self.conn = _Connection(self, max_incomplete_event_size=self.limits.max_head_bytes)
         self._waiting_since = time.monotonic()
         # Ended by an error (reset, broken pipe) or the send timeout's abort: the transport
         # discarded what it held (read by the written-out watch).

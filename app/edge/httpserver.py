@@ -159,6 +159,9 @@ class EdgeRefusals(Protocol):
     def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
         """A request asked to switch protocols; it was answered in HTTP/1.1 instead."""
 
+    def trailer_dropped(self, client: tuple[str, int] | None) -> None:
+        """A chunked request's trailer fields were dropped (RFC 9110 6.5.1)."""
+
     def send_timed_out(self, client: tuple[str, int] | None, held: int) -> None:
         """A client took none of its response for the send timeout; it was closed."""
 
@@ -460,6 +463,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._running: RequestResponseCycle | None = None
         self._discard_cycle: RequestResponseCycle | None = None  # answered before its body
         self._http10 = False  # the head being answered is HTTP/1.0 (on_headers_complete)
+        self._trailer_dropped = False  # the message being read had trailer fields
         # The client sent EOF with answers still to send: close once they are out.
         self._half_closed = False
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
@@ -676,7 +680,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # Trailer fields are never merged into the head (RFC 9110 6.5.1; uvicorn
             # appended them to the scope's headers, where whatever read the fields after
             # the body saw a forged Authorization, Range or X-Request-Id). Dropped, as
-            # nginx does: nothing here uses them.
+            # nginx does: nothing here uses them. Counted once per request.
+            if not self._trailer_dropped and self.refusals is not None:
+                self.refusals.trailer_dropped(self.client)
+            self._trailer_dropped = True
             return
         # uvicorn's on_header, without a call of it.
         name = name.lower()
@@ -725,6 +732,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._body_deadline = None
         self._heads_completed += 1
         self._in_head = True
+        self._trailer_dropped = False
         self._head_bytes = self._url_bytes = self._field_bytes = self._field_count = 0
         if self._fast_answered:
             self._fast_answered = False  # no cycle was made for it

@@ -253,6 +253,13 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.edge_ignored = Counter(
+            "slicecache_edge_ignored",
+            "Requests the HTTP edge answered with part of them ignored: 'upgrade' (an Upgrade "
+            "answered in HTTP/1.1), 'trailer' (a chunked body's trailer fields, dropped)",
+            ["what"],
+            registry=r,
+        )
         self.send_timeouts = Counter(
             "slicecache_client_send_timeouts",
             "Connections closed because the client took none of a response's bytes for "

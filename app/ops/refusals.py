@@ -24,9 +24,12 @@ log = logging.getLogger("slicecache.edge")
 
 
 class EdgeRefusalLog:
-    def __init__(self, counter: Counter, send_timeouts: Counter, warning_interval: float) -> None:
+    def __init__(
+        self, counter: Counter, send_timeouts: Counter, ignored: Counter, warning_interval: float
+    ) -> None:
         self.counter = counter
         self.send_timeouts = send_timeouts
+        self.ignored = ignored
         self.warnings = RateLimitedLog(log, warning_interval)
 
     def send_timed_out(self, client: tuple[str, int] | None, held: int) -> None:
@@ -43,13 +46,27 @@ class EdgeRefusalLog:
 
     def upgrade_ignored(self, protocol: str, client: tuple[str, int] | None) -> None:
         """Not a refusal: the request is answered in HTTP/1.1 (RFC 9110 7.8), the Upgrade
-        ignored. Noted at info level, once per interval."""
+        ignored. Counted, and noted at info level once per interval."""
+        self.ignored.labels("upgrade").inc()
         self.warnings.log(
             logging.INFO,
             "upgrade_ignored",
             f"Upgrade to {protocol!r} ignored: answered in HTTP/1.1",
             protocol=protocol,
             client=_peer(client),
+        )
+
+    def trailer_dropped(self, client: tuple[str, int] | None) -> None:
+        """Not a refusal: a chunked request's trailer fields were dropped, never merged into
+        its head (RFC 9110 6.5.1), and the request answered. Counted, and noted at info
+        level once per interval."""
+        self.ignored.labels("trailer").inc()
+        peer = _peer(client)
+        self.warnings.log(
+            logging.INFO,
+            "trailer_dropped",
+            f"dropped the trailer fields of a request from {peer or 'an unknown client'}",
+            client=peer,
         )
 
     def refused(self, status: int, cause: str, client: tuple[str, int] | None) -> None:

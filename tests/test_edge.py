@@ -739,7 +739,7 @@ def _read_to_close(sock: socket.socket) -> bytes:
 
 
 def test_a_queued_request_cut_by_a_half_close_is_dropped_after_the_answer_before_it(
-    edge: ProxyFactory,
+    edge: functools.partial[Any],
 ) -> None:
     """A POST pipelined behind a streaming GET, its body short, then the client's half-close:
     the GET's answer arrives whole and the connection closes. The POST used to be run after
@@ -756,9 +756,15 @@ def test_a_queued_request_cut_by_a_half_close_is_dropped_after_the_answer_before
             sock.shutdown(socket.SHUT_WR)
             time.sleep(0.2)  # the GET is still being written when the EOF arrives
             answer = _read_to_close(sock)
+        metrics = httpx.get(url + "/_slicecache/metrics").text
     head, _, body = answer.partition(b"\r\n\r\n")
     assert _status(head) == 200
     assert body == expected_bytes(name)  # whole, and nothing after it
+    if edge.keywords["http_protocol"] is not H11EdgeProtocol:
+        # Never run, it has no access line: counted as nginx's 400 for a client that
+        # closed early. (h11 reads no request behind a running one: the POST runs, and
+        # its access line says the client left.)
+        assert 'slicecache_edge_refusals_total{status="400"} 1.0' in metrics
 
 
 def test_a_trailer_section_over_the_limits_is_431(edge: ProxyFactory) -> None:

@@ -518,8 +518,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 return None
             # Queued behind answers still due (helper-48): it never runs; they go out,
             # then the connection closes. (One already dropped for a refusal is marked
-            # gone: its refusal follows those answers; helper-49.)
-            self._drop_queued(cycle)
+            # gone: its refusal follows those answers; helper-49.) Counted and logged as
+            # nginx's 400 "client prematurely closed connection": it gets no access line.
+            if self._drop_queued(cycle) and self.refusals is not None:
+                cause = "the client closed its side before the request's body was whole"
+                self.refusals.refused(400, cause, self.client)
         if self._answers_due():
             # The client half-closed after its requests: they are answered, then the
             # connection closes (_close_if_half_closed). uvicorn let the transport close

@@ -273,11 +273,20 @@ class ProxyEndpoint:
             # RFC 9110 15.6.6 (h11 reads HTTP/2.0 in a request line; httptools' edge
             # refuses it before the app runs).
             return 505, "HTTP Version Not Supported"
+        settings = self.runtime.settings
         raw_path = (scope.get("raw_path") or b"")[len(scope.get("root_path", "")) :]
-        if raw_path[:1] != b"/" and absolute_target(raw_path) is not None:
+        if raw_path[:1] != b"/" and raw_path != b"*":
             # The edges make an absolute-form target the origin form (app/edge/target.py)
-            # unless it names a user: RFC 9110 4.2.4.
-            return 400, "Bad Request: userinfo in the request target"
+            # unless it names a user (RFC 9110 4.2.4) or is over the limit; any other form
+            # (authority form, a bare name) is not a request this proxy can route.
+            if len(raw_path) + len(scope.get("query_string", b"")) > (
+                settings.max_request_target_bytes
+            ):
+                return 414, "URI Too Long"
+            absolute = absolute_target(raw_path)
+            if absolute is not None and absolute.userinfo:
+                return 400, "Bad Request: userinfo in the request target"
+            return 400, "Bad Request: request target not in origin or absolute form"
         hosts = [value for name, value in scope["headers"] if name == b"host"]
         if len(hosts) > 1:
             return 400, "Bad Request: more than one Host field"  # RFC 9112 3.2
@@ -306,7 +315,6 @@ class ProxyEndpoint:
             # RFC 9112 6.1: the parser decodes chunked only; forwarded without the other
             # codings' names, a gzip-coded body would reach the origin as a plain one.
             return 501, "Not Implemented: transfer coding other than chunked"
-        settings = self.runtime.settings
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
         if target > settings.max_request_target_bytes:
             return 414, "URI Too Long"
@@ -362,10 +370,10 @@ class SlicecacheApp(Starlette):
     catch-all route, exception middleware and router only cost it microseconds per
     request). A request whose raw path cannot reach an admin route goes straight to
     ``proxy``: the same access log, 500 handler and endpoint the stack would run, in the
-    same order, and so does the asterisk-form target ``*`` (app/edge/finalrecipient.py)
-    and an absolute-form one the edge left as it was (``proxy`` refuses it: userinfo).
-    The admin prefix, another path without a leading "/" and a server that gives no
-    ``raw_path`` take the whole stack, as before.
+    same order, and so does a target in another form: the asterisk form ``*``
+    (app/edge/finalrecipient.py), or one the edge could not make the origin form, which
+    ``proxy`` refuses (400, or 414 when too long). The admin prefix and a server that
+    gives no ``raw_path`` take the whole stack, as before.
     """
 
     proxy: ASGIApp | None = None
@@ -375,13 +383,7 @@ class SlicecacheApp(Starlette):
         proxy = self.proxy
         if proxy is not None and scope["type"] == "http":
             raw_path = scope.get("raw_path")
-            if (
-                raw_path == b"*"
-                or (
-                    raw_path and raw_path[:1] == b"/" and not raw_path.startswith(self.admin_prefix)
-                )
-                or (raw_path and absolute_target(raw_path) is not None)  # refused: userinfo
-            ):
+            if raw_path and not raw_path.startswith(self.admin_prefix):
                 scope["app"] = self
                 await proxy(scope, receive, send)
                 return

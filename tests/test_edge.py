@@ -657,6 +657,24 @@ def test_an_absolute_form_target_is_the_origin_form_for_its_host(
             url, b"GET http://u:p@x/echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         no_host = _exchange(url, b"GET http://x/echo/a HTTP/1.1\r\nConnection: close\r\n\r\n")
+        http10 = _exchange(url, b"GET http://b.example/echo/h10 HTTP/1.0\r\n\r\n")
+        empty_user = _exchange(
+            url, b"GET http://@x/echo/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        long = _exchange(
+            url,
+            b"GET http://%s/echo/long HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            % (b"h" * 9000),
+        )
+        authority_form = _exchange(
+            url, b"GET x.example:80 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    # An HTTP/1.0 request needs no Host: the target's is the one keyed and forwarded.
+    echoed10 = json.loads(http10.partition(b"\r\n\r\n")[2])
+    assert {name.lower(): value for name, value in echoed10["headers"]}["host"] == "b.example"
+    assert _status(empty_user) == 400
+    assert _status(long) == 414  # the whole target counts, as in the origin form
+    assert _status(authority_form) == 400
     assert _status(answer) == 200
     echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert (echoed["path"], echoed["query"]) == (path, "q=1")
@@ -667,6 +685,50 @@ def test_an_absolute_form_target_is_the_origin_form_for_its_host(
     assert origin.requests_for("/")
     assert _status(userinfo) == 400 and origin.requests_for("/echo/a") == []
     assert _status(no_host) == 400  # HTTP/1.1 still needs its Host field (RFC 9112 3.2)
+
+
+def test_a_body_after_an_ignored_upgrade_is_never_a_request(
+    edge: functools.partial[Any], origin: Origin
+) -> None:
+    """httptools ends a message that asks for an Upgrade at its head, and the edge, which
+    ignores the Upgrade, parsed the body as the next request (helper-54: a request
+    smuggled past a front proxy that forwards the body as opaque bytes). Such a request is
+    refused there; h11 reads the body as a body. Without a body the request is answered."""
+    smuggled = f"/echo/smuggled-{uuid.uuid4().hex}".encode()
+    inner = b"GET %s HTTP/1.1\r\nHost: inner.example\r\n\r\n" % smuggled
+    with edge(enable_cache=False) as url:
+        answer = _exchange(
+            url,
+            b"POST /echo/outer HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\nConnection: Upgrade\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(inner), inner),
+            timeout=20,
+        )
+        with socket.create_connection(_address(url), timeout=10) as sock:
+            sock.sendall(
+                b"GET /echo/up HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\nConnection: Upgrade\r\n"
+                b"Content-Length: 0\r\n\r\nGET /echo/next HTTP/1.1\r\nHost: h\r\n\r\n"
+            )
+            bodiless = _answers(sock, 2, time.monotonic() + 10)
+    assert origin.requests_for(smuggled.decode()) == []
+    assert answer.count(b"HTTP/1.1 ") == 1
+    if edge.keywords["http_protocol"] is H11EdgeProtocol:
+        assert _status(answer) == 200
+        assert json.loads(answer.partition(b"\r\n\r\n")[2])["body_length"] == len(inner)
+    else:
+        assert _status(answer) == 400
+    assert bodiless == [200, 200]
+
+
+def test_an_ignored_upgrade_is_counted_on_both_edges(edge: ProxyFactory) -> None:
+    """h11's edge logged uvicorn's two warnings for each (helper-54), uncounted."""
+    with edge(enable_cache=False) as url:
+        answer = _exchange(
+            url,
+            b"GET /echo/u HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        metrics = httpx.get(url + "/_slicecache/metrics").text
+    assert _status(answer) == 200
+    assert 'slicecache_edge_ignored_total{what="upgrade"} 1.0' in metrics
 
 
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:

@@ -43,9 +43,21 @@ def test_userinfo_an_ipv6_literal_and_a_fragment() -> None:
 
 def test_every_host_field_takes_the_authority_and_their_number_stays() -> None:
     headers = [(b"host", b"a"), (b"accept", b"*/*"), (b"host", b"b")]
-    assert with_authority(headers, b"x:1") == [
-        (b"host", b"x:1"),
+    expected = [(b"host", b"x:1"), (b"accept", b"*/*"), (b"host", b"x:1")]
+    assert with_authority(headers, b"x:1", http10=False) == expected
+    assert with_authority(headers, b"x:1", http10=True) == expected
+    # HTTP/1.1 without Host stays without (a 400); HTTP/1.0 gets the target's.
+    assert with_authority([(b"accept", b"*/*")], b"x", http10=False) == [(b"accept", b"*/*")]
+    assert with_authority([(b"accept", b"*/*")], b"x", http10=True) == [
         (b"accept", b"*/*"),
-        (b"host", b"x:1"),
+        (b"host", b"x"),
     ]
-    assert with_authority([(b"accept", b"*/*")], b"x") == [(b"accept", b"*/*")]
+
+
+def test_an_empty_userinfo_is_userinfo() -> None:
+    for target in [b"http://@x/a", b"http://u@x", b"http://u:p@x:80/?q"]:
+        absolute = absolute_target(target)
+        assert absolute is not None and absolute.userinfo, target
+    for target in [b"http://x/a@b?c=@", b"http://x?q=@", b"http://x/#@"]:
+        plain = absolute_target(target)  # an "@" in the path, query or fragment is not
+        assert plain is not None and not plain.userinfo, target

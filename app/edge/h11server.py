@@ -51,15 +51,18 @@ from app.edge.target import absolute_target, with_authority
 from app.edge.writtenout import offer_written_out
 
 
-def as_origin_form(scope: Any, root_path: str) -> None:
+def as_origin_form(scope: Any, root_path: str, max_target_bytes: int) -> None:
     """uvicorn's h11 scope of an absolute-form target made as httptools' edge makes it
     (app/edge/target.py): h11 leaves the scheme and authority in the path, which routed
-    nowhere (404). One with userinfo is left as it is: the app refuses it (400)."""
+    nowhere (404). One with userinfo, over the target limit (counted whole, as httptools'
+    edge counts it) or not a URL is left as it is: the app refuses it (400, 414)."""
     raw_target = scope["raw_path"][len(root_path) :]
     if raw_target[:1] == b"/":
         return  # the origin form: nearly every request
     if scope["query_string"]:
         raw_target += b"?" + scope["query_string"]
+    if len(raw_target) > max_target_bytes:
+        return
     absolute = absolute_target(raw_target)
     if absolute is None or absolute.userinfo:
         return
@@ -67,7 +70,8 @@ def as_origin_form(scope: Any, root_path: str) -> None:
     scope["path"] = root_path + unquote(raw_path.decode("ascii"))  # as uvicorn makes it
     scope["raw_path"] = root_path.encode("ascii") + raw_path
     scope["query_string"] = query
-    scope["headers"] = with_authority(scope["headers"], absolute.authority)
+    http10 = scope["http_version"] == "1.0"
+    scope["headers"] = with_authority(scope["headers"], absolute.authority, http10)
 
 
 class _Connection(h11.Connection):
@@ -150,12 +154,20 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         if cycle is not None and cycle is not before:
             scope: Any = cycle.scope
             scope["http_version"] = http1_version(scope["http_version"])  # as on httptools
-            as_origin_form(scope, self.root_path)
+            as_origin_form(scope, self.root_path, self.limits.max_target_bytes)
             offer_written_out(self, cycle)  # before its task runs: it reads the scope first
         if self._half_closed and self.conn.their_state is h11.SEND_BODY:
             # A request pipelined before the half-close, its body short of whole: no more
             # bytes come (helper-48: its origin request was held until the read timeout).
             self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # An Upgrade is answered in HTTP/1.1 (RFC 9110 7.8): counted and noted once per
+        # interval, as on httptools' edge; uvicorn logged two warnings for each.
+        if self.refusals is not None:
+            upgrade = self._get_upgrade()
+            protocol = upgrade.decode("latin-1") if upgrade else "?"
+            self.refusals.upgrade_ignored(protocol, self.client)
 
     def _discarding(self) -> bool:
         # Answered, the client still sending that request's body (h11 drops it).

@@ -426,6 +426,15 @@ def http1_version(version: str) -> str:
     return version
 
 
+def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The head frames a body: chunked, or a Content-Length other than 0 (the parser has
+    checked that it is one number)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+            return True
+    return False
+
+
 class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def __init__(
         self,
@@ -607,8 +616,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 # RFC 9110 7.8: a server may ignore Upgrade and go on in HTTP/1.1. The
                 # request was answered as such; a request pipelined behind it in this read
                 # is parsed too (uvicorn dropped it: the client waited for an answer that
-                # never came). uvicorn also logged two warnings per such request (curl
-                # --http2 sends Upgrade: h2c): noted once per interval instead.
+                # never came). It had no body: one with a body was refused at its head.
+                # uvicorn also logged two warnings per such request (curl --http2 sends
+                # Upgrade: h2c): noted once per interval instead.
                 if self.refusals is not None:
                     self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
                 offset = upgrade.args[0] if upgrade.args else len(data)
@@ -707,13 +717,19 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # it never gets a 1xx.
             self.expect_100_continue = False
             self._http10 = True
+        if self.parser.should_upgrade() and declares_body(self.headers):
+            # httptools ends a message that asks for an Upgrade at its head (what follows is
+            # taken for the new protocol), and the Upgrade is ignored here: its body would
+            # be parsed as the next request (helper-54: a request smuggled in a body).
+            self._refusal = 400
+            raise _Refused
         absolute = absolute_target(self.url) if self.url[:1] != b"/" else None
         if absolute is not None:
             if absolute.userinfo:
                 self._refusal = 400
                 raise _Refused
             self.url = absolute.origin_form
-            self.headers = with_authority(self.headers, absolute.authority)
+            self.headers = with_authority(self.headers, absolute.authority, self._http10)
         self._in_head = False
         self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():

@@ -13,6 +13,7 @@ uvicorn made from it (app/edge/httpserver.py, app/edge/h11server.py); both with
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import httptools
@@ -40,13 +41,19 @@ def absolute_target(target: bytes) -> AbsoluteTarget | None:
     origin_form = url.path or b"/"
     if url.query is not None:
         origin_form += b"?" + url.query
-    return AbsoluteTarget(origin_form, authority, url.userinfo is not None)
+    # An "@" in the authority is userinfo, an empty one too (httptools reports none).
+    authority_text = re.split(rb"[/?#]", target.partition(b"://")[2], maxsplit=1)[0]
+    userinfo = url.userinfo is not None or b"@" in authority_text
+    return AbsoluteTarget(origin_form, authority, userinfo)
 
 
 def with_authority(
-    headers: list[tuple[bytes, bytes]], authority: bytes
+    headers: list[tuple[bytes, bytes]], authority: bytes, http10: bool
 ) -> list[tuple[bytes, bytes]]:
     """The request's Host field(s) given the target's authority: a server MUST ignore the
     Host it received for an absolute-form target. Their number stays, so a request with
-    none or two is still refused as the Host rules say (RFC 9112 3.2)."""
+    two is still refused, and an HTTP/1.1 one with none (RFC 9112 3.2); an HTTP/1.0 one
+    with none gets one (helper-54: it was keyed and forwarded as the default host's)."""
+    if http10 and not any(name == b"host" for name, _ in headers):
+        return [*headers, (b"host", authority)]
     return [(name, authority if name == b"host" else value) for name, value in headers]

@@ -274,7 +274,9 @@ class ProxyEndpoint:
             # refuses it before the app runs).
             return 505, "HTTP Version Not Supported"
         settings = self.runtime.settings
-        raw_path = (scope.get("raw_path") or b"")[len(scope.get("root_path", "")) :]
+        # (A server that gives no raw_path gives a path in the origin form.)
+        raw_path = scope.get("raw_path")
+        raw_path = b"/" if raw_path is None else raw_path[len(scope.get("root_path", "")) :]
         if raw_path[:1] != b"/" and raw_path != b"*":
             # The edges make an absolute-form target the origin form (app/edge/target.py)
             # unless it names a user (RFC 9110 4.2.4) or is over the limit; any other form

@@ -473,6 +473,10 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._discard_cycle: RequestResponseCycle | None = None  # answered before its body
         self._http10 = False  # the head being answered is HTTP/1.0 (on_headers_complete)
         self._trailer_dropped = False  # the message being read had trailer fields
+        # A head that asked for an Upgrade and has a body, to be parsed again without it
+        # (on_headers_complete, _feed); and whether the head being parsed is that again.
+        self._head_again: bytes | None = None
+        self._reparsing = False
         # The client sent EOF with answers still to send: close once they are out.
         self._half_closed = False
         # After a fast answer, uvicorn's keep-alive timeout as a deadline (see EdgeGuard).
@@ -623,6 +627,16 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                     self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
                 offset = upgrade.args[0] if upgrade.args else len(data)
                 data = data[offset:] if 0 < offset < len(data) else b""
+                head, self._head_again = self._head_again, None
+                if head is not None:
+                    # A head with a body, parsed again without its Upgrade by a new parser
+                    # (this one ended the message): the body follows it as a body.
+                    self.parser = httptools.HttpRequestParser(self)
+                    self.parser.set_dangerous_leniencies(
+                        lenient_data_after_close=True, lenient_version=True
+                    )
+                    self._reparsing = True
+                    data = head + data
             except httptools.HttpParserInvalidMethodError:
                 # RFC 9110 9.1: a method not implemented is a 501; a method that is not
                 # even a token (or a stray binary protocol) is a malformed request. The
@@ -644,6 +658,22 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 # Counted and logged, rate-limited, with the refusal (uvicorn logs each one).
                 self.send_400_response("Invalid HTTP request received.")
                 return
+
+    def _head_without_upgrade(self) -> bytes:
+        """The head just parsed, as received but for the Upgrade field and the "upgrade"
+        token of Connection (the parser has checked every byte of it already)."""
+        version = self.parser.get_http_version().encode("ascii")
+        lines = [self.parser.get_method() + b" " + self.url + b" HTTP/" + version + b"\r\n"]
+        for name, value in self.headers:
+            if name == b"upgrade":
+                continue
+            if name == b"connection":
+                tokens = [t for t in value.split(b",") if t.strip().lower() != b"upgrade"]
+                if not any(t.strip() for t in tokens):
+                    continue
+                value = b",".join(tokens)
+            lines.append(name + b": " + value + b"\r\n")
+        return b"".join(lines) + b"\r\n"
 
     def _upgrade_asked(self) -> str:
         upgrade = self._get_upgrade()
@@ -720,9 +750,16 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if self.parser.should_upgrade() and declares_body(self.headers):
             # httptools ends a message that asks for an Upgrade at its head (what follows is
             # taken for the new protocol), and the Upgrade is ignored here: its body would
-            # be parsed as the next request (helper-54: a request smuggled in a body).
-            self._refusal = 400
-            raise _Refused
+            # be parsed as the next request (helper-54: a request smuggled in a body). The
+            # head is parsed again without the Upgrade (_feed), so the body is read as
+            # one (curl --http2 -d sends a POST so). CONNECT is an upgrade whatever its
+            # fields say: refused, as is anything the second parse still reads as one.
+            if self._reparsing or self.parser.get_method() == b"CONNECT":
+                self._refusal = 400
+                raise _Refused
+            self._head_again = self._head_without_upgrade()
+            return  # no request yet: the message ends here, unanswered
+        self._reparsing = False
         absolute = absolute_target(self.url) if self.url[:1] != b"/" else None
         if absolute is not None:
             if absolute.userinfo:
@@ -748,6 +785,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._wake_at(deadline)
 
     def on_message_complete(self) -> None:
+        if self._head_again is not None:
+            # The end of a head asking for an Upgrade, to be parsed again (above): still in
+            # that head, its URL and fields to be counted again.
+            self._url_bytes = self._field_bytes = self._field_count = 0
+            return
         self._body_deadline = None
         self._heads_completed += 1
         self._in_head = True

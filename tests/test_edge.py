@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import select
 import signal
 import socket
@@ -748,6 +749,29 @@ def test_an_ignored_upgrade_is_counted_on_both_edges(edge: ProxyFactory) -> None
         metrics = httpx.get(url + "/_slicecache/metrics").text
     assert _status(answer) == 200
     assert 'slicecache_edge_ignored_total{what="upgrade"} 1.0' in metrics
+
+
+def test_the_whole_target_counts_towards_its_limit(
+    edge: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The query's "?" too (helper-55: h11's edge let an 8193-byte target through). And a
+    malformed request is logged once, by the edge (h11's uvicorn warned for each too)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate to root
+    with edge(enable_cache=False, max_request_target_bytes=8192) as url:
+        at_limit = b"/echo/q?" + b"b" * (8192 - 8)
+        over = at_limit + b"b"
+        answers = [
+            _exchange(url, b"GET %s HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % t)
+            for t in (at_limit, over, b"http://h.test" + over[:-13])
+        ]
+        uvicorn_log.addHandler(caplog.handler)
+        try:
+            malformed = _exchange(url, b"GET / HTTP/1.1\r\nHost: a\r\nBad Field\r\n\r\n")
+        finally:
+            uvicorn_log.removeHandler(caplog.handler)
+    assert [_status(answer) for answer in answers] == [200, 414, 414]
+    assert _status(malformed) == 400
+    assert not [r for r in caplog.records if r.getMessage() == "Invalid HTTP request received."]
 
 
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:

@@ -30,6 +30,7 @@ never overtakes an earlier request's answer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import weakref
 from typing import Any
@@ -74,6 +75,17 @@ def as_origin_form(scope: Any, root_path: str, max_target_bytes: int) -> None:
     scope["headers"] = with_authority(scope["headers"], absolute.authority, http10)
 
 
+class _EdgeLogsRefusals(logging.Filter):
+    """uvicorn's h11 protocol logs a warning for every malformed request, unlimited; the
+    edge refuses it and logs that, rate-limited (send_400_response): the warning goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid HTTP request received."
+
+
+_EDGE_LOGS_REFUSALS = _EdgeLogsRefusals()
+
+
 class _Connection(h11.Connection):
     """h11's server side, telling the edge when a request had trailer fields: uvicorn
     drops them (as httptools' edge does, RFC 9110 6.5.1), and a drop is counted."""
@@ -104,6 +116,7 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
         self.limits, self.refusals = edge.limits, edge.refusals
         # h11 raises "Receive buffer too long" once an unfinished head passes this.
         self.conn = _Connection(self, max_incomplete_event_size=self.limits.max_head_bytes)
+        self.logger.addFilter(_EDGE_LOGS_REFUSALS)  # once: a logger keeps a filter once
         self._waiting_since = time.monotonic()
         # Ended by an error (reset, broken pipe) or the send timeout's abort: the transport
         # discarded what it held (read by the written-out watch).

@@ -736,8 +736,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._http10 = False
-        version = http1_version(self.parser.get_http_version())
-        if version != "1.1":
+        version = self.parser.get_http_version()
+        if version != "1.1" and http1_version(version) != "1.1":
             if version != "1.0":
                 # RFC 9110 15.6.6: HTTP/2.0 in an HTTP/1 request line (the parser reads
                 # any major version), or an HTTP/0.9 request line, which has no head.

@@ -774,6 +774,23 @@ def test_the_whole_target_counts_towards_its_limit(
     assert not [r for r in caplog.records if r.getMessage() == "Invalid HTTP request received."]
 
 
+@pytest.mark.parametrize("coding", [b"identity", b"gzip", b"chunked, gzip"])
+def test_a_final_coding_other_than_chunked_is_400_before_any_request(
+    edge: ProxyFactory, coding: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RFC 9112 6.3: no knowable length, so 400 and close. httptools failed it only after
+    its head had become a request: that request's 501 was logged while the client got
+    the parser's 400 (helper-56)."""
+    with edge(enable_cache=False, access_log_buffer_bytes=0) as url:
+        answer = _exchange(
+            url,
+            b"POST /echo/te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n\r\n" % coding,
+        )
+        time.sleep(0.2)
+    assert _status(answer) == 400 and answer.count(b"HTTP/1.1 ") == 1
+    assert '"path":"/echo/te"' not in capsys.readouterr().out  # no access line
+
+
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:
     """RFC 9110 9.1: a method the proxy cannot forward is not implemented; the parser
     knows a fixed list (helper-47 finding 4: every unknown method got 400)."""

@@ -435,6 +435,15 @@ def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
+def chunked_last(headers: list[tuple[bytes, bytes]]) -> bool:
+    """No Transfer-Encoding, or one whose final coding is chunked (its fields are one
+    list, in order)."""
+    codings = [value for name, value in headers if name == b"transfer-encoding"]
+    if not codings:
+        return True
+    return b",".join(codings).rsplit(b",", 1)[-1].strip(b" \t").lower() == b"chunked"
+
+
 class HttpProtocol(EdgeGuard, HttpToolsProtocol):
     def __init__(
         self,
@@ -771,6 +780,14 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         self._cancel_head_timer()
         if self._fast_hit is not None and self._answer_fast():
             return
+        if not chunked_last(self.headers):
+            # RFC 9112 6.3: a request whose final transfer coding is not chunked has no
+            # knowable length: 400, then close. The parser fails it right after this
+            # callback; refused here, before a request is made of it (helper-56: the
+            # app's 501 was logged while the client got the parser's 400).
+            self._in_head = True  # the head's refusal (_feed), not the body's
+            self._refusal = 400
+            raise _Refused
         self._make_scope()
         super().on_headers_complete()
         self._arm_body_timer()  # cleared at once by on_message_complete if it has none

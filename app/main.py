@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds a fresh app (tests use it); the module attribute ``app`` is
 built on first access from the environment, so importing this module never reads it.
 
-One module (~510 lines) on purpose: the composition root (settings to runtime, dispatch,
+One module (~620 lines) on purpose: the composition root (settings to runtime, dispatch,
 lifespan); each part is small and used only here.
 """
 

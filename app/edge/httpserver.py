@@ -36,6 +36,12 @@ speed within a millisecond, and its reset could beat the answer. Every refusal (
   one), until the final response starts. A ``status`` (102 or 103) and a ``headers`` list in
   the message (app.edge.interim) are written as is, else a 103 with one Link field per ``links``.
 
+- **Request line and framing**: HTTP/1.x above 1.1 is answered as 1.1, another version
+  gets 505; an absolute-form target becomes the origin form for its host (app/edge/target.py);
+  a final transfer coding other than chunked is 400 at the head; an Upgrade is ignored, and
+  a head that asks for one with a body is parsed again without it, since llhttp ends such
+  a message at its head and the body would be read as the next request.
+
 - **Fast path** (``SLICECACHE_FAST_PATH``): a completed bodiless head on an otherwise idle
   connection is first offered to the app's ``fast_hit`` (app/fasthit.py); a plain fresh
   hit comes back as the whole response, written at once, and no ASGI cycle is made for
@@ -45,7 +51,7 @@ The app writes Date (the origin's on relayed and cached responses), so uvicorn's
 header is off; its 400 for a malformed request would then go out without one, which RFC
 9110 6.6.1 does not allow.
 
-One module (~1,030 lines) on purpose: one protocol class whose head limits, head and body timers,
+One module (~1,150 lines) on purpose: one protocol class whose head limits, head and body timers,
 connection cap, refusals and fast-hit hook all act in the same parser callbacks on the
 same connection state.
 """
@@ -629,9 +635,9 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 # RFC 9110 7.8: a server may ignore Upgrade and go on in HTTP/1.1. The
                 # request was answered as such; a request pipelined behind it in this read
                 # is parsed too (uvicorn dropped it: the client waited for an answer that
-                # never came). It had no body: one with a body was refused at its head.
-                # uvicorn also logged two warnings per such request (curl --http2 sends
-                # Upgrade: h2c): noted once per interval instead.
+                # never came); one with a body is parsed again, below. uvicorn also logged
+                # two warnings per such request (curl --http2 sends Upgrade: h2c): noted
+                # once per interval instead.
                 if self.refusals is not None:
                     self.refusals.upgrade_ignored(self._upgrade_asked(), self.client)
                 offset = upgrade.args[0] if upgrade.args else len(data)

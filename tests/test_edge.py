@@ -670,12 +670,16 @@ def test_an_absolute_form_target_is_the_origin_form_for_its_host(
         authority_form = _exchange(
             url, b"GET x.example:80 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
+        server_options = _exchange(  # RFC 9112 3.2.4: OPTIONS * (answered here)
+            url, b"OPTIONS http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
     # An HTTP/1.0 request needs no Host: the target's is the one keyed and forwarded.
     echoed10 = json.loads(http10.partition(b"\r\n\r\n")[2])
     assert {name.lower(): value for name, value in echoed10["headers"]}["host"] == "b.example"
     assert _status(empty_user) == 400
     assert _status(long) == 414  # the whole target counts, as in the origin form
     assert _status(authority_form) == 400
+    assert _status(server_options) == 200 and origin.requests_for("*") == []
     assert _status(answer) == 200
     echoed = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert (echoed["path"], echoed["query"]) == (path, "q=1")

@@ -61,3 +61,15 @@ def test_an_empty_userinfo_is_userinfo() -> None:
     for target in [b"http://x/a@b?c=@", b"http://x?q=@", b"http://x/#@"]:
         plain = absolute_target(target)  # an "@" in the path, query or fragment is not
         assert plain is not None and not plain.userinfo, target
+
+
+def test_an_options_of_a_bare_authority_is_options_asterisk() -> None:
+    """RFC 9112 3.2.4: OPTIONS http://host (no path, no query) is served as OPTIONS *."""
+    bare = absolute_target(b"http://x:8080")
+    assert bare is not None and bare.bare
+    assert bare.for_method(b"OPTIONS") == b"*"
+    assert bare.for_method(b"GET") == b"/"
+    for target in [b"http://x/", b"http://x?q=1", b"http://x/a"]:
+        absolute = absolute_target(target)
+        assert absolute is not None and not absolute.bare
+        assert absolute.for_method(b"OPTIONS") == absolute.origin_form

@@ -67,7 +67,7 @@ def as_origin_form(scope: Any, root_path: str, max_target_bytes: int) -> None:
     absolute = absolute_target(raw_target)
     if absolute is None or absolute.userinfo:
         return
-    raw_path, _, query = absolute.origin_form.partition(b"?")
+    raw_path, _, query = absolute.for_method(scope["method"].encode("ascii")).partition(b"?")
     scope["path"] = root_path + unquote(raw_path.decode("ascii"))  # as uvicorn makes it
     scope["raw_path"] = root_path.encode("ascii") + raw_path
     scope["query_string"] = query

@@ -780,7 +780,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             if absolute.userinfo:
                 self._refusal = 400
                 raise _Refused
-            self.url = absolute.origin_form
+            self.url = absolute.for_method(self.parser.get_method())
             self.headers = with_authority(self.headers, absolute.authority, self._http10)
         self._in_head = False
         self._cancel_head_timer()

@@ -23,6 +23,12 @@ class AbsoluteTarget(NamedTuple):
     origin_form: bytes  # the path ("/" when it has none) and the query, without a fragment
     authority: bytes  # host[:port], an IPv6 literal in brackets
     userinfo: bool  # it names a user: refused
+    bare: bool  # neither path nor query: an OPTIONS of it is OPTIONS * (RFC 9112 3.2.4)
+
+    def for_method(self, method: bytes) -> bytes:
+        """The target the request is served with: ``*`` for an OPTIONS of a bare authority
+        (``OPTIONS http://host HTTP/1.1`` asks about the server, as ``OPTIONS *`` does)."""
+        return b"*" if self.bare and method == b"OPTIONS" else self.origin_form
 
 
 def absolute_target(target: bytes) -> AbsoluteTarget | None:
@@ -39,12 +45,12 @@ def absolute_target(target: bytes) -> AbsoluteTarget | None:
     host = b"[" + url.host + b"]" if b":" in url.host else url.host
     authority = host if url.port is None else b"%s:%d" % (host, url.port)
     origin_form = url.path or b"/"
-    if url.query is not None:
+    if url.query:
         origin_form += b"?" + url.query
     # An "@" in the authority is userinfo, an empty one too (httptools reports none).
     authority_text = re.split(rb"[/?#]", target.partition(b"://")[2], maxsplit=1)[0]
     userinfo = url.userinfo is not None or b"@" in authority_text
-    return AbsoluteTarget(origin_form, authority, userinfo)
+    return AbsoluteTarget(origin_form, authority, userinfo, not url.path and not url.query)
 
 
 def with_authority(

@@ -146,3 +146,29 @@ def test_an_answer_here_to_a_request_with_a_body_closes_the_connection(
         )
     assert out.startswith(b"HTTP/1.1 200 ") and b"connection: close\r\n" in out
     assert out.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "GET", "DELETE"])
+def test_the_asterisk_is_seen_under_a_root_path(method: str) -> None:
+    """uvicorn prefixes the root path to raw_path: under ``--root-path /p`` the target
+    ``*`` arrives as ``/p*`` and was forwarded (a GET of it even stored; helper-57)."""
+    scope = _scope(method, [(b"host", b"o")], raw_path=b"/p*")
+    scope["root_path"] = "/p"
+    answer = final_answer(scope)
+    assert answer is not None
+    assert answer.status == (200 if method == "OPTIONS" else 400)
+    # A path that merely starts like the root path is not the asterisk.
+    other = _scope(method, [(b"host", b"o")], raw_path=b"/q*")
+    other["root_path"] = "/p"
+    assert final_answer(other) is None
+
+
+def test_a_trace_answered_here_leaves_out_common_credential_fields() -> None:
+    scope = _scope(
+        "TRACE",
+        [(b"max-forwards", b"0"), (b"x-api-key", b"k"), (b"x-auth-token", b"t"), (b"a", b"b")],
+    )
+    answer = final_answer(scope)
+    assert answer is not None and answer.status == 200
+    assert b"x-api-key" not in answer.body and b"x-auth-token" not in answer.body
+    assert b"a: b" in answer.body

@@ -19,7 +19,9 @@ from starlette.types import Scope
 # value"); longer digit strings are not parsed at all (int() refuses > 4300 digits).
 MAX_FORWARDS_CAP = 255
 # Fields left out of a reflected TRACE (RFC 9110 9.3.8: "likely to contain sensitive data").
-SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie"})
+SENSITIVE = frozenset(
+    {b"authorization", b"proxy-authorization", b"cookie", b"x-api-key", b"x-auth-token"}
+)
 
 
 class FinalAnswer(NamedTuple):
@@ -35,7 +37,7 @@ def final_answer(scope: Scope) -> FinalAnswer | None:
     whatever reads the request's fields later forwards the new value).
     """
     method = scope["method"]
-    asterisk = scope.get("raw_path") == b"*"
+    asterisk = request_target(scope) == b"*"
     if asterisk and method != "OPTIONS":
         return _bad("the target * is for OPTIONS only", scope)
     if method not in ("OPTIONS", "TRACE"):
@@ -57,6 +59,16 @@ def final_answer(scope: Scope) -> FinalAnswer | None:
         (name, forwarded if name == b"max-forwards" else value) for name, value in scope["headers"]
     ]
     return None
+
+
+def request_target(scope: Scope) -> bytes | None:
+    """The target's path as the client sent it: uvicorn prefixes the root path (helper-57:
+    under ``--root-path /p``, ``OPTIONS *`` came as ``/p*`` and went to the origin)."""
+    raw_path: bytes | None = scope.get("raw_path")
+    if raw_path is None:
+        return None
+    root = scope.get("root_path", "").encode("latin-1")
+    return raw_path[len(root) :] if root and raw_path.startswith(root) else raw_path
 
 
 def _answered_here(scope: Scope) -> FinalAnswer:

@@ -34,7 +34,7 @@ from app.edge.finalrecipient import final_answer
 from app.edge.headers import Headers, parse_host
 from app.edge.interim import relay_interim_to
 from app.edge.passthrough import pass_through
-from app.edge.target import absolute_target
+from app.edge.target import absolute_target, request_target
 from app.edge.writtenout import WriteWatch
 from app.engine.fills import ByteBudget
 from app.engine.objects import ObjectDirectory
@@ -275,14 +275,13 @@ class ProxyEndpoint:
             return 505, "HTTP Version Not Supported"
         settings = self.runtime.settings
         # (A server that gives no raw_path gives a path in the origin form.)
-        raw_path = scope.get("raw_path")
-        raw_path = b"/" if raw_path is None else raw_path[len(scope.get("root_path", "")) :]
+        raw_path = request_target(scope) or b"/"
+        if target_bytes(raw_path, scope) > settings.max_request_target_bytes:
+            return 414, "URI Too Long"
         if raw_path[:1] != b"/" and raw_path != b"*":
             # The edges make an absolute-form target the origin form (app/edge/target.py)
             # unless it names a user (RFC 9110 4.2.4) or is over the limit; any other form
             # (authority form, a bare name) is not a request this proxy can route.
-            if target_bytes(raw_path, scope) > settings.max_request_target_bytes:
-                return 414, "URI Too Long"
             absolute = absolute_target(raw_path)
             if absolute is not None and absolute.userinfo:
                 return 400, "Bad Request: userinfo in the request target"
@@ -311,12 +310,14 @@ class ProxyEndpoint:
             # frames by chunked and keeps the Content-Length, which would be forwarded
             # beside the de-chunked body.
             return 400, "Bad Request: both Transfer-Encoding and Content-Length"
+        if codings and codings[-1] != b"chunked":
+            # RFC 9112 6.3: no knowable length; a MUST 400 and close (httptools' edge refuses
+            # it at the head, before the parser fails it: chunked_last).
+            return 400, "Bad Request: final transfer coding not chunked"
         if codings and codings != [b"chunked"]:
             # RFC 9112 6.1: the parser decodes chunked only; forwarded without the other
             # codings' names, a gzip-coded body would reach the origin as a plain one.
             return 501, "Not Implemented: transfer coding other than chunked"
-        if target_bytes(scope.get("raw_path") or b"", scope) > settings.max_request_target_bytes:
-            return 414, "URI Too Long"
         header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
         if header_bytes > settings.max_header_bytes:
             return 431, "Request Header Fields Too Large"

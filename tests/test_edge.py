@@ -795,6 +795,23 @@ def test_a_final_coding_other_than_chunked_is_400_before_any_request(
     assert '"path":"/echo/te"' not in capsys.readouterr().out  # no access line
 
 
+def test_a_bad_chunk_after_the_answer_began_is_counted(edge: ProxyFactory) -> None:
+    """The answer is cut (it cannot be appended to), and the refusal counted and logged on
+    both edges: on h11 only uvicorn's warning said so, and that warning is filtered out."""
+    with edge() as url, socket.create_connection(_address(url), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(
+            b"GET /files/8m-bad-chunk.bin HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        )
+        assert _status(sock.recv(65536)) == 200  # passed through: the answer has begun
+        sock.sendall(b"ZZZ\r\nxx\r\n")
+        cut = _read_to_close(sock)
+        metrics = httpx.get(url + "/_slicecache/metrics").text
+    assert len(cut) < 8 * MiB
+    assert 'slicecache_edge_refusals_total{status="400"} 1.0' in metrics
+
+
 def test_an_unknown_method_is_501_and_a_non_token_one_400(edge: functools.partial[Any]) -> None:
     """RFC 9110 9.1: a method the proxy cannot forward is not implemented; the parser
     knows a fixed list (helper-47 finding 4: every unknown method got 400)."""

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.edge.target import absolute_target, with_authority
+from app.main import ProxyEndpoint
+from settings import Settings
 
 hosts = st.from_regex(r"[a-z0-9]([a-z0-9\-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}", fullmatch=True)
 ports = st.none() | st.integers(min_value=0, max_value=65535)
@@ -73,3 +79,34 @@ def test_an_options_of_a_bare_authority_is_options_asterisk() -> None:
         absolute = absolute_target(target)
         assert absolute is not None and not absolute.bare
         assert absolute.for_method(b"OPTIONS") == absolute.origin_form
+
+
+def _refusal(raw_path: bytes, headers: list[tuple[bytes, bytes]], **scope: Any) -> Any:
+    """The app's own rule (ProxyEndpoint._refusal), as any server under it meets it."""
+    runtime = SimpleNamespace(settings=Settings(upstream_address="127.0.0.1:1"))
+    endpoint = ProxyEndpoint(runtime, None)  # type: ignore[arg-type]
+    full = {"raw_path": raw_path, "query_string": b"", "headers": headers, **scope}
+    return endpoint._refusal(full)
+
+
+@pytest.mark.parametrize(
+    ("codings", "status"),
+    [(b"chunked", None), (b"gzip, chunked", 501), (b"identity", 400), (b"chunked, gzip", 400)],
+)
+def test_the_app_refuses_a_final_coding_other_than_chunked(codings: bytes, status: int) -> None:
+    """RFC 9112 6.3: 400 (a MUST), as httptools' edge answers it; a coding it cannot
+    decode before a final chunked is 501."""
+    refusal = _refusal(b"/x", [(b"host", b"h"), (b"transfer-encoding", codings)])
+    assert (refusal and refusal[0]) == status
+
+
+def test_the_app_reads_the_target_without_the_root_path() -> None:
+    """Under a root path uvicorn prefixes it to raw_path: the limit and the target's form
+    are judged on what the client sent."""
+    host = [(b"host", b"h")]
+    limit = Settings(upstream_address="127.0.0.1:1").max_request_target_bytes
+    at_limit = b"/x" + b"a" * (limit - 2)
+    assert _refusal(b"/p" + at_limit, host, root_path="/p") is None
+    assert _refusal(b"/p" + at_limit + b"a", host, root_path="/p") == (414, "URI Too Long")
+    assert _refusal(b"/p*", host, root_path="/p") is None  # OPTIONS * (final_answer)
+    assert _refusal(b"/px.example:80", host, root_path="/p")[0] == 400  # authority form

@@ -15,6 +15,9 @@ from typing import NamedTuple
 
 from starlette.types import Scope
 
+from app.edge.headers import declares_body
+from app.edge.target import request_target
+
 # The largest Max-Forwards forwarded (RFC 9110 7.6.2: "the recipient's maximum supported
 # value"); longer digit strings are not parsed at all (int() refuses > 4300 digits).
 MAX_FORWARDS_CAP = 255
@@ -61,16 +64,6 @@ def final_answer(scope: Scope) -> FinalAnswer | None:
     return None
 
 
-def request_target(scope: Scope) -> bytes | None:
-    """The target's path as the client sent it: uvicorn prefixes the root path (helper-57:
-    under ``--root-path /p``, ``OPTIONS *`` came as ``/p*`` and went to the origin)."""
-    raw_path: bytes | None = scope.get("raw_path")
-    if raw_path is None:
-        return None
-    root = scope.get("root_path", "").encode("latin-1")
-    return raw_path[len(root) :] if root and raw_path.startswith(root) else raw_path
-
-
 def _answered_here(scope: Scope) -> FinalAnswer:
     if scope["method"] == "OPTIONS":
         # RFC 9110 9.3.7: no content, so a Content-Length of 0.
@@ -97,7 +90,4 @@ def _bad(reason: str, scope: Scope) -> FinalAnswer:
 def _closing(scope: Scope) -> list[tuple[str, str]]:
     """Close after the answer when the request has a body: it is not read here, and what
     is left of it on the connection must not be taken for the next request."""
-    for name, value in scope["headers"]:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0 ")):
-            return [("connection", "close")]
-    return []
+    return [("connection", "close")] if declares_body(scope["headers"]) else []

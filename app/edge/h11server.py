@@ -48,7 +48,7 @@ from app.edge.httpserver import (
     http1_version,
     oldest_waiting_for_head,
 )
-from app.edge.target import absolute_target, with_authority
+from app.edge.target import absolute_target, request_target, with_authority
 from app.edge.writtenout import offer_written_out
 
 
@@ -57,7 +57,7 @@ def as_origin_form(scope: Any, root_path: str, max_target_bytes: int) -> None:
     (app/edge/target.py): h11 leaves the scheme and authority in the path, which routed
     nowhere (404). One with userinfo, over the target limit (counted whole, as httptools'
     edge counts it) or not a URL is left as it is: the app refuses it (400, 414)."""
-    raw_target = scope["raw_path"][len(root_path) :]
+    raw_target = request_target(scope) or b"/"
     if raw_target[:1] == b"/":
         return  # the origin form: nearly every request
     if scope["query_string"]:
@@ -217,6 +217,9 @@ class H11EdgeProtocol(EdgeGuard, H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
             if cycle.response_started:
+                # Counted and logged as on httptools' edge (_body_broken): uvicorn's own
+                # warning is filtered out (_EdgeLogsRefusals).
+                self._note_refusal(400, f"{msg} (in the body, after the response began)")
                 self.transport.close()
                 return
             too_large = len(pending) > self.limits.max_head_bytes

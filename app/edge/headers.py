@@ -43,6 +43,15 @@ def end_to_end(headers: Headers, also_drop: frozenset[str] = frozenset()) -> Hea
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
+def declares_body(raw: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A request head frames a body (RFC 9112 6.3): Transfer-Encoding, or a Content-Length
+    other than 0 (a parser has checked that it is one number)."""
+    for name, value in raw:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+            return True
+    return False
+
+
 def decode_raw(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     return [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
 

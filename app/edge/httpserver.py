@@ -70,6 +70,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from app.edge.headers import declares_body
 from app.edge.interim import EARLY_HINT
 from app.edge.sendtimeout import SendTimeout
 from app.edge.target import absolute_target, with_authority
@@ -432,13 +433,13 @@ def http1_version(version: str) -> str:
     return version
 
 
-def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The head frames a body: chunked, or a Content-Length other than 0 (the parser has
-    checked that it is one number)."""
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
-            return True
-    return False
+def lenient(parser: httptools.HttpRequestParser) -> httptools.HttpRequestParser:
+    """``parser`` reading what this edge reads: data after a closing request (uvicorn's own
+    setting: the answer to it goes out first), and every HTTP version, which
+    on_headers_complete answers (llhttp refused any but 0.9, 1.0, 1.1 and 2.0 as malformed:
+    RFC 9112 2.3 has 1.2 read as 1.1)."""
+    parser.set_dangerous_leniencies(lenient_data_after_close=True, lenient_version=True)
+    return parser
 
 
 def chunked_last(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -459,9 +460,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        # llhttp refuses a version other than 0.9, 1.0, 1.1 and 2.0 as malformed (400):
-        # read them all, and answer as on_headers_complete says (RFC 9112 2.3).
-        self.parser.set_dangerous_leniencies(lenient_version=True)
+        lenient(self.parser)
         edge = edge_of(config)
         self.limits, fast, self.refusals = edge.limits, edge.fast, edge.refusals
         # Between a message's end and the next one's headers: counting head bytes.
@@ -646,10 +645,7 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
                 if head is not None:
                     # A head with a body, parsed again without its Upgrade by a new parser
                     # (this one ended the message): the body follows it as a body.
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.parser.set_dangerous_leniencies(
-                        lenient_data_after_close=True, lenient_version=True
-                    )
+                    self.parser = lenient(httptools.HttpRequestParser(self))
                     self._reparsing = True
                     data = head + data
             except httptools.HttpParserInvalidMethodError:
@@ -1125,7 +1121,8 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # uvicorn's scope has the version read, HTTP/1.2 too (see on_headers_complete).
-        cycle.scope["http_version"] = http1_version(cycle.scope["http_version"])
+        if cycle.scope["http_version"] != "1.1":
+            cycle.scope["http_version"] = http1_version(cycle.scope["http_version"])
         allow_early_hints(cycle)
         offer_written_out(self, cycle)
         self._running = cycle

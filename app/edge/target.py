@@ -14,7 +14,7 @@ uvicorn made from it (app/edge/httpserver.py, app/edge/h11server.py); both with
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httptools
 
@@ -51,6 +51,17 @@ def absolute_target(target: bytes) -> AbsoluteTarget | None:
     authority_text = re.split(rb"[/?#]", target.partition(b"://")[2], maxsplit=1)[0]
     userinfo = url.userinfo is not None or b"@" in authority_text
     return AbsoluteTarget(origin_form, authority, userinfo, not url.path and not url.query)
+
+
+def request_target(scope: Any) -> bytes | None:
+    """The target's path as the client sent it (None from a server that gives no
+    ``raw_path``): uvicorn prefixes the root path (helper-57: under ``--root-path /p``,
+    ``OPTIONS *`` came as ``/p*`` and went to the origin)."""
+    raw_path: bytes | None = scope.get("raw_path")
+    if raw_path is None:
+        return None
+    root = scope.get("root_path", "").encode("latin-1")
+    return raw_path[len(root) :] if root and raw_path.startswith(root) else raw_path
 
 
 def with_authority(

@@ -32,7 +32,9 @@ REAP_BATCH = 256
 EVICT_BATCH = 64  # rows evicted per hold of the mutation lock
 EXPIRY_BATCH = 4096
 FRAG_SCAN_SECONDS = 30.0
-FRAG_WINDOW = 1 << 20
+# Blocks per step of the fragmentation scan, between which other tasks run: a scattered
+# map of 2^20 blocks held the event loop for 270 ms in one step, 2^14 for 3.5 ms.
+FRAG_WINDOW = 1 << 14
 
 
 class Maintenance:
@@ -174,15 +176,9 @@ class Maintenance:
         index = tables.index
         if not index.nrows:
             return
-        now_s = now()
         start = self._expiry_cursor % index.nrows
         stop = min(index.nrows, start + EXPIRY_BATCH)
-        victims = []
-        for row in range(start, stop):
-            if index.is_visible(row):
-                expires = index.expires_of(row)
-                if expires and expires <= now_s:
-                    victims.append((row, index.gen_of(row)))
+        victims = [(row, index.gen_of(row)) for row in index.expired_rows(start, stop, now())]
         self._expiry_cursor = stop
         if victims:
             async with self.core.mutate:

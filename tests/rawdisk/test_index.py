@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,3 +128,32 @@ def test_sections_round_trip() -> None:
     for i in range(2000):
         row = loaded.find(f"k{i}".encode(), i * 7919)
         assert (row >= 0) == (i % 3 != 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.booleans(), st.booleans()), max_size=60),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 70),
+    st.integers(0, 70),
+)
+def test_expired_rows_are_the_visible_rows_expired_by_then(
+    rows: list[tuple[int, bool, bool]], now: int, start: int, length: int
+) -> None:
+    """The strided scan the maintenance loop uses agrees with reading row by row: visible
+    (used, not purged) rows of the window whose expiry is set and not after ``now``."""
+    index = Index()
+    for i, (expires, used, purged) in enumerate(rows):
+        row = index.take_row()
+        index.insert(b"k%d" % i, dataclasses.replace(entry(i + 1), expires=expires), row)
+        if purged:
+            index.mark_prefix(b"k%d" % i, 0, len(index.arena))
+        if not used:
+            index.remove(row)
+    stop = min(index.nrows, start + length)
+    expected = [
+        row
+        for row in range(start, stop)
+        if index.is_visible(row) and 0 < index.expires_of(row) <= now
+    ]
+    assert index.expired_rows(start, stop, now) == expected

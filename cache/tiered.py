@@ -325,6 +325,10 @@ class TieredStore:
         while True:
             item = await self._queue.get()
             try:
+                # Behind whatever is ready: the request that queued this write is usually on
+                # its way to its client (a cold miss's metadata is queued just before its
+                # response head is written), and an L2 index update must not go first.
+                await asyncio.sleep(0)
                 if self.purged_since(item.epoch, item.key):
                     self.counters["stale_writes_discarded"] += 1
                     continue

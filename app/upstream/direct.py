@@ -36,8 +36,8 @@ import httpx
 from app.edge.interim import interim_sink
 from app.upstream.wire import (
     DIRECT,
-    RAW_TARGET,
     control_character_in,
+    target_of,
     transfer_coding_refused,
     transfer_codings,
 )
@@ -471,10 +471,7 @@ class DirectTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        target = request.extensions.get(RAW_TARGET)
-        if not isinstance(target, str):
-            target = request.url.raw_path.decode("ascii")
-        head = bytearray(f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1"))
+        head = bytearray(f"{request.method} {target_of(request)} HTTP/1.1\r\n".encode("latin-1"))
         for name, value in request.headers.raw:
             head += name + b": " + value + b"\r\n"
         head += b"\r\n"

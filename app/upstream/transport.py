@@ -25,6 +25,7 @@ import httpx
 from app.context import RequestLog
 from app.ops.metrics import Metrics
 from app.upstream.direct import reads_into
+from app.upstream.wire import target_of
 from cache.ratelimit import RateLimitedLog
 
 log = logging.getLogger("slicecache.origin")
@@ -100,7 +101,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
         current = CURRENT_REQUEST.get()
         if current is not None and not current.upstream_seconds:
             current.upstream_seconds = waited
-        target = request.url.raw_path.decode("latin-1")
+        target = target_of(request)
         ranges = request.headers.get("range", "")
         key = f"{request.method} {target} {ranges}"
         last = _LAST_FAILURE.get()

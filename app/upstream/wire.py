@@ -7,10 +7,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import httpx
+
 # Request extension: the target (path and query) exactly as the client sent it.
 RAW_TARGET = "slicecache.raw_target"
 # Request extension: a slice request, for the direct client (app/upstream/direct.py).
 DIRECT = "slicecache.direct"
+
+
+def target_of(request: httpx.Request) -> str:
+    """The request's target as the origin gets it: :data:`RAW_TARGET` when set (every
+    request :class:`~app.upstream.client.UpstreamClient` sends; a slice request's URL then
+    names only the origin), else the URL's path and query."""
+    target = request.extensions.get(RAW_TARGET)
+    return target if isinstance(target, str) else request.url.raw_path.decode("latin-1")
+
 
 # What uvicorn refuses to write in a field value (its HEADER_VALUE_RE): CTLs but HTAB.
 _FIELD_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")

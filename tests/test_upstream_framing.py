@@ -394,3 +394,32 @@ async def test_an_origin_that_closes_in_its_answer_is_asked_once() -> None:
         finally:
             await upstream.aclose()
     assert len(origin.requests) == 1
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["slice", "pass-through"])
+async def test_the_general_client_sends_the_target_as_sent_with_any_header_bytes(
+    direct: bool,
+) -> None:
+    """Slice requests go to the general client when the origin is not plain HTTP, and
+    their URL names only the origin (the target travels beside it). Header values that
+    aiohttp cannot send unchanged switch to httpx's transport: it too must send the
+    client's target byte for byte, dot segments and all, not the URL's path."""
+    from bench.origin import create_origin_app
+    from tests.servers import run_asgi_in_thread
+
+    target = "/echo/a/../b/%2e%2e/c?x=1&y=/../z"
+    with run_asgi_in_thread(create_origin_app()) as url:
+        upstream = UpstreamClient(
+            url, UpstreamTimeouts(connect=2, read=2, total=None), AiohttpTransport(pool_size=2)
+        )
+        try:
+            for value in ["plain", "caf\xe9\xff"]:  # UTF-8-decodable, then not
+                response = await upstream.send(
+                    "GET", target, [("host", "o"), ("x-name", value)], direct=direct
+                )
+                await response.aread()
+                sent = response.json()
+                assert sent["raw_path"] + "?" + sent["query"] == target, (value, sent)
+                assert ["x-name", value] in sent["headers"], sent
+        finally:
+            await upstream.aclose()

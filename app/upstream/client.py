@@ -259,6 +259,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except UnicodeDecodeError:
             # Other obs-text (RFC 9110 5.5) cannot pass through aiohttp unchanged; httpx's
             # own transport sends bytes as they are. Rare, so it is opened on first need.
+            # The target goes as httpcore's "target" extension: a slice request's URL names
+            # only the origin, and httpx.URL would have resolved dot segments.
+            request.extensions["target"] = target_of(request).encode("latin-1")
             return await self._bytes_transport().handle_async_request(request)
         with _httpx_errors(request):
             response = await self._session.request(

@@ -18,6 +18,7 @@ from types import TracebackType
 import httpx
 
 from app.engine.leasewriter import LEASE_HANDOVER
+from app.pulse import Pulse
 from cache.protocol import SliceData, SliceLease
 
 
@@ -92,7 +93,7 @@ class SliceFill:
         self._sending = 0
         # The budget request of this fill's run while it waits for its grant.
         self.ticket: BudgetWaiter | None = None
-        self._progress = asyncio.Event()
+        self._progress = Pulse()
 
     @property
     def length(self) -> int:
@@ -153,9 +154,7 @@ class SliceFill:
             self._wake()
 
     def _wake(self) -> None:
-        # Every waiter wakes once per event; a fresh Event for the next round.
-        self._progress.set()
-        self._progress = asyncio.Event()
+        self._progress.fire()
 
     async def read(
         self, lo: int, hi: int, patience: float | None = None
@@ -202,11 +201,8 @@ class SliceFill:
             if patience <= 0:
                 raise SliceStalled(f"no bytes of {self.key!r} in time")
             started = loop.time()
-            try:
-                async with asyncio.timeout(patience):
-                    await self._progress.wait()
-            except TimeoutError:
-                raise SliceStalled(f"no bytes of {self.key!r} in time") from None
+            if not await self._progress.wait(patience):
+                raise SliceStalled(f"no bytes of {self.key!r} in time")
             patience -= loop.time() - started
 
 

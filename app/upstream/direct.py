@@ -34,6 +34,7 @@ import httptools
 import httpx
 
 from app.edge.interim import interim_sink
+from app.pulse import Pulse
 from app.upstream.wire import (
     DIRECT,
     control_character_in,
@@ -111,7 +112,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.target: memoryview | None = None  # the caller's buffer, while it waits
         self.into_target = False  # the last get_buffer handed out the target
         self.got = 0  # bytes read into the target
-        self.waiter: asyncio.Future[None] | None = None
+        self.ready = Pulse()  # fired by every read and by the connection's end
         self.closed = False
         self.error: Exception | None = None  # why the connection was lost, if not cleanly
         self.paused = False
@@ -158,9 +159,7 @@ class _Connection(asyncio.BufferedProtocol):
     # --- reading ----------------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.ready.fire()
 
     def _pause(self) -> None:
         if not self.paused and self.transport is not None and not self.closed:
@@ -175,14 +174,8 @@ class _Connection(asyncio.BufferedProtocol):
     async def _wait(self, timeout: float | None, late: str = "no bytes from the origin") -> None:
         """Until the next read or the connection's end; ReadTimeout after ``timeout``."""
         self._resume()
-        self.waiter = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout):
-                await self.waiter
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"{late} in time") from None
-        finally:
-            self.waiter = None
+        if not await self.ready.wait(timeout):
+            raise httpx.ReadTimeout(f"{late} in time")
 
     def lost(self, what: str) -> httpx.TransportError:
         if self.error is not None:

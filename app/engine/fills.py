@@ -42,25 +42,24 @@ class SliceGone(Exception):
 
 # A slice's bytes: heap memory (a bytearray), or for slice 0 a private anonymous mapping.
 SliceBuffer = bytearray | mmap.mmap
+MAPPED_FROM = 256 * 1024  # below this, zeroing a slice costs less than mapping it
 
 
 # Why the heap: glibc reuses the memory of slices L1 let go (after the first free of a
 # 1 MiB chunk it serves such sizes from the heap), so a slice costs a memset of resident
 # pages. A mapping per slice cost a page fault and a kernel zeroing per 4 KiB page, and
 # on this VM a host fault whenever the freed memory had gone back to the host (free page
-# reporting): a cold 100 MiB miss fell from 1.62 to 1.24 CPU-s per GB (bench.cold_miss,
-# 5 rounds each). Why a mapping for slice 0: every cold GET's first byte waits on it, and
-# a mapping's pages fault in as the socket fills them, where ``bytearray(n)`` zeroes all
-# of it first; when glibc must grow the heap for it, that cost 1-3 ms before the first
-# byte (3888e4d). Other slices are mostly fetched ahead of their reader; a range that
-# starts inside a cold object waits on one (a memset of reused heap: ~16 us per MiB).
+# reporting): a cold 400 MiB miss fell from 2.7-4.4 to 1.8-1.9 CPU-s per GB
+# (bench.cold_miss --mib 400, A/B twice).
+# Why a mapping for slice 0: every cold GET's first byte waits on it, and a mapping's
+# pages fault in as the socket fills them, where ``bytearray(n)`` zeroes all of it first;
+# when glibc must grow the heap for it, that cost 1-3 ms before the first byte (3888e4d).
+# Other slices are mostly fetched ahead of their reader; a range that starts inside a
+# cold object waits on one (a memset of reused heap: ~16 us per MiB).
 def slice_buffer(length: int, first_byte_waits: bool) -> SliceBuffer:
     if first_byte_waits and length >= MAPPED_FROM:
         return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE)  # anonymous: RssAnon, as the heap
     return bytearray(length)
-
-
-MAPPED_FROM = 256 * 1024  # below this, zeroing a slice costs less than mapping it
 
 
 class SliceFill:

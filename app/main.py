@@ -37,6 +37,7 @@ from app.edge.passthrough import pass_through
 from app.edge.target import absolute_target, request_target
 from app.edge.writtenout import WriteWatch
 from app.engine.fills import ByteBudget
+from app.engine.heaptrim import HEAP_TRIM_INTERVAL_SECONDS, HeapTrim
 from app.engine.objects import ObjectDirectory
 from app.engine.pressure import PressureWatch
 from app.engine.sliced import serve_sliced
@@ -484,6 +485,7 @@ def create_app(
         if configure_logs:
             configure_logging(settings.log_level)
         watcher: asyncio.Task[None] | None = None
+        trimmer: asyncio.Task[None] | None = None
         # L2 first: a device that cannot be opened stops startup before anything else is
         # open (an origin client left open would log its own complaint on the way out).
         l2 = await open_l2(settings) if settings.enable_cache and settings.enable_l2_cache else None
@@ -537,13 +539,17 @@ def create_app(
             watcher = asyncio.get_running_loop().create_task(
                 watch.run(settings.warning_interval_seconds or 10.0)
             )
+            trimmer = asyncio.get_running_loop().create_task(
+                HeapTrim(engine).run(HEAP_TRIM_INTERVAL_SECONDS), name="heap-trim"
+            )
         runtime.lifecycle.ready = True
         try:
             yield
         finally:
             runtime.lifecycle.ready = False
-            if watcher is not None:
-                watcher.cancel()
+            for task in (watcher, trimmer):
+                if task is not None:
+                    task.cancel()
             if runtime.directory is not None:
                 await runtime.directory.close()
                 await runtime.directory.engine.close()

@@ -71,7 +71,9 @@ def state(runtime: Any) -> dict[str, Any]:
         "budget_waiters": len(engine.budget._waiters) if engine is not None else 0,
         "fills": len(engine.fills) if engine is not None else 0,
         "tasks": len(tasks),
-        "task_names": sorted({task.get_coro().__qualname__ for task in tasks})[:40],  # type: ignore[union-attr]
+        # A task closing an async generator runs an ``async_generator_athrow``: no
+        # __qualname__ (helper-59: the state route answered 500).
+        "task_names": sorted({_task_name(task) for task in tasks})[:40],
         "origin_connections_in_use": in_use,
         "origin_connections_idle": idle,
         "fds": len(os.listdir("/proc/self/fd")),
@@ -108,3 +110,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _task_name(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    return str(getattr(coro, "__qualname__", type(coro).__name__))

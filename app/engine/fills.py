@@ -56,9 +56,16 @@ MAPPED_FROM = 256 * 1024  # below this, zeroing a slice costs less than mapping 
 # when glibc must grow the heap for it, that cost 1-3 ms before the first byte (3888e4d).
 # Other slices are mostly fetched ahead of their reader; a range that starts inside a
 # cold object waits on one (a memset of reused heap: ~16 us per MiB).
+# Freed, such heap memory stays with the process: app/engine/heaptrim.py hands it back
+# once the engine is idle, when this count moved since its last pass.
+heap_slice_bytes = 0
+
+
 def slice_buffer(length: int, first_byte_waits: bool) -> SliceBuffer:
+    global heap_slice_bytes
     if first_byte_waits and length >= MAPPED_FROM:
         return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE)  # anonymous: RssAnon, as the heap
+    heap_slice_bytes += length
     return bytearray(length)
 
 

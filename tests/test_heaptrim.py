@@ -1,0 +1,54 @@
+"""app/engine/heaptrim.py: freed slice memory is handed back only when the engine is idle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.engine import fills
+from app.engine.heaptrim import HeapTrim
+
+
+@dataclass
+class _Budget:
+    in_use: int = 0
+
+
+@dataclass
+class _Engine:
+    budget: _Budget = field(default_factory=_Budget)
+    fills: dict[str, object] = field(default_factory=dict)
+
+
+async def test_a_pass_trims_once_after_heap_slices_and_only_when_idle() -> None:
+    engine = _Engine()
+    trim = HeapTrim(engine)  # type: ignore[arg-type]
+    calls: list[int] = []
+
+    def recorded(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    trim.trim = recorded
+    await trim.pass_once()
+    assert calls == []  # no slice buffer since it started
+    fills.slice_buffer(1 << 20, first_byte_waits=False)
+    engine.budget.in_use = 1 << 20
+    await trim.pass_once()
+    engine.budget.in_use = 0
+    engine.fills["k"] = object()
+    await trim.pass_once()
+    assert calls == []  # bytes in flight: the heap is about to be used again
+    engine.fills.clear()
+    await trim.pass_once()
+    await trim.pass_once()
+    assert calls == [0]  # once per burst, not every interval
+    fills.slice_buffer(1 << 20, first_byte_waits=True)  # a mapping: nothing to trim
+    await trim.pass_once()
+    assert calls == [0]
+    fills.slice_buffer(4096, first_byte_waits=False)
+    await trim.pass_once()
+    assert calls == [0, 0] and trim.passes == 2
+
+
+def test_the_c_library_here_has_malloc_trim() -> None:
+    assert HeapTrim(_Engine()).trim is not None  # type: ignore[arg-type]

@@ -84,6 +84,11 @@ def state(runtime: Any) -> dict[str, Any]:
     }
 
 
+def _task_name(task: asyncio.Task[object]) -> str:
+    coro = task.get_coro()
+    return str(getattr(coro, "__qualname__", type(coro).__name__))
+
+
 def main() -> None:
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -110,8 +115,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _task_name(task: asyncio.Task[object]) -> str:
-    coro = task.get_coro()
-    return str(getattr(coro, "__qualname__", type(coro).__name__))

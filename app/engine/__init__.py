@@ -19,7 +19,8 @@ A GET through the modules (app/main.py hands the sliced path to ``sliced.serve_s
                     owner of a fetch's grant and response); ``inflight``: the fills in flight
                     and what an ended fetch still holds; ``readers``: who reads which version.
 Also: ``leasewriter`` (holds a response's L2 extent leases until the socket has the
-bytes), ``unframed`` (is an answer without length small?), ``pressure`` (memory warnings).
+bytes), ``unframed`` (is an answer without length small?), ``pressure`` (memory warnings),
+``heaptrim`` (freed slice memory back to the system when idle).
 
 Calls go one way: objects -> probe_sharing -> probe -> adoption -> slicer; the engine
 reports back only through the two callbacks the directory gives it (on_unsliceable,

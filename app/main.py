@@ -539,8 +539,10 @@ def create_app(
             watcher = asyncio.get_running_loop().create_task(
                 watch.run(settings.warning_interval_seconds or 10.0)
             )
+            l1 = store.l1
+            trim = HeapTrim(engine, held=lambda: int(l1.stats()["bytes"]) if l1 else 0)
             trimmer = asyncio.get_running_loop().create_task(
-                HeapTrim(engine).run(HEAP_TRIM_INTERVAL_SECONDS), name="heap-trim"
+                trim.run(HEAP_TRIM_INTERVAL_SECONDS), name="heap-trim"
             )
         runtime.lifecycle.ready = True
         try:

@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds a fresh app (tests use it); the module attribute ``app`` is
 built on first access from the environment, so importing this module never reads it.
 
-One module (~620 lines) on purpose: the composition root (settings to runtime, dispatch,
+One module (~640 lines) on purpose: the composition root (settings to runtime, dispatch,
 lifespan); each part is small and used only here.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import re
 import time
@@ -458,6 +459,22 @@ async def open_l2(settings: Settings) -> RawDiskStore:
         ) from None
 
 
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """What the first startup built lives as long as the process: out of the cycle
+    collector's way, so the idle pass of heaptrim (and every full collection under load)
+    walks only what requests made: 59k objects took 36 ms to walk on this VM, then ~0.
+    Once per process: a test process that builds many apps must not freeze the garbage
+    of the ones before."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -544,6 +561,7 @@ def create_app(
             trimmer = asyncio.get_running_loop().create_task(
                 trim.run(HEAP_TRIM_INTERVAL_SECONDS), name="heap-trim"
             )
+        _freeze_startup_objects()
         runtime.lifecycle.ready = True
         try:
             yield

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import mmap
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 
-from app.engine import fills
+import app.main as app_main
+from app.engine import fills, heaptrim
 from app.engine.heaptrim import HeapTrim
+from tests.conftest import ProxyFactory
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -58,6 +65,29 @@ async def test_a_pass_trims_once_after_heap_slices_and_only_when_idle() -> None:
     assert calls == [0, 0] and trim.passes == 2
 
 
+async def test_a_trickle_after_a_burst_does_not_keep_the_heap_at_its_peak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helper-61: one slow download kept the process at the burst's peak until it ended."""
+    engine = _Engine()
+    engine.budget.in_use = 1 << 20  # the slow download's slice, all along
+    trim = HeapTrim(engine)  # type: ignore[arg-type]
+    calls = _recording(trim)
+    burst = heaptrim.BUSY_TRIM_SLICE_BYTES + heaptrim.QUIET_SLICE_BYTES + 1
+    monkeypatch.setattr(fills, "heap_slice_bytes", fills.heap_slice_bytes + burst)
+    await trim.pass_once()
+    assert calls == []  # the burst runs: a trim now is faulted back in
+    await trim.pass_once()
+    assert calls == [0]  # it is over; the download goes on
+    for _ in range(3):  # the download's slices: a trickle, not another burst
+        monkeypatch.setattr(fills, "heap_slice_bytes", fills.heap_slice_bytes + (1 << 20))
+        await trim.pass_once()
+    assert calls == [0]
+    engine.budget.in_use = 0
+    await trim.pass_once()
+    assert calls == [0, 0]  # idle again: what the trickle left goes too
+
+
 async def test_what_l1_lets_go_without_a_new_slice_is_trimmed_too() -> None:
     """A PURGE or an expiry frees slices and allocates none (helper-60)."""
     held = [8 << 20]
@@ -71,16 +101,15 @@ async def test_what_l1_lets_go_without_a_new_slice_is_trimmed_too() -> None:
     assert calls == [0]
 
 
-async def test_slices_held_only_by_reference_cycles_are_collected_first(
+async def test_young_reference_cycles_are_collected_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An idle process allocates nothing, so CPython's collector never runs: slices held
-    by cycles a burst left (fills, frames, tracebacks) stayed (helper-60)."""
+    """An idle process allocates nothing, so CPython's collector never runs on its own."""
     trim = HeapTrim(_Engine())  # type: ignore[arg-type]
     order: list[str] = []
 
-    def collected(*_: object) -> int:
-        order.append("collect")
+    def collected(generation: int = 2) -> int:
+        order.append(f"collect {generation}")
         return 0
 
     monkeypatch.setattr(gc, "collect", collected)
@@ -92,8 +121,71 @@ async def test_slices_held_only_by_reference_cycles_are_collected_first(
     trim.trim = recorded
     fills.slice_buffer(4096, first_byte_waits=False)
     await trim.pass_once()
-    assert order == ["collect", "trim"]
+    # The young generations only: a full collection walks every object L1 holds, on the
+    # loop (100-500 ms with a full L1: helper-61).
+    assert order == ["collect 1", "trim"]
 
 
 def test_the_c_library_here_has_malloc_trim() -> None:
     assert HeapTrim(_Engine()).trim is not None  # type: ignore[arg-type]
+
+
+def _slice_bytes_in_cyclic_garbage() -> int:
+    """Bytes of the buffers (of 64 KiB and more: slices, origin scratch) that only
+    unreachable reference cycles hold, found by a full collection that keeps what it finds."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return sum(
+            len(held)
+            for cyclic in gc.garbage
+            for held in gc.get_referents(cyclic)
+            if isinstance(held, bytearray | mmap.mmap) and len(held) >= 64 * 1024
+        )
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def _in_flight_bytes(url: str) -> float:
+    for line in httpx.get(f"{url}/_slicecache/metrics").text.splitlines():
+        if line.startswith("slicecache_in_flight_bytes "):
+            return float(line.split()[1])
+    raise AssertionError("no slicecache_in_flight_bytes in /metrics")
+
+
+def test_a_burst_of_failures_and_disconnects_leaves_no_slice_to_the_cycle_collector(
+    proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle pass collects the young generations only, so nothing a burst leaves in the
+    old one may hold slice memory: failed fetches (fill, error, traceback, frame, fill),
+    clients that left mid-body, ranges (helper-60 found 95 MiB, helper-61 ~200 MiB)."""
+    monkeypatch.setattr(app_main, "HEAP_TRIM_INTERVAL_SECONDS", 3600.0)  # no pass collects
+    gc.collect()
+    gc.disable()  # what the burst leaves in cycles stays for the count
+    try:
+        with proxy(l1_cache_size_bytes=2 << 20, slice_size=256 * 1024) as url:
+
+            async def burst() -> None:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+                    async def one(i: int) -> None:
+                        path = f"/files/4m-cycles-{i}"
+                        if i % 3 == 0:  # the client leaves mid-body
+                            async with client.stream("GET", path) as response:
+                                async for _ in response.aiter_bytes():
+                                    break
+                        elif i % 3 == 1:
+                            await client.get(path, headers={"Range": "bytes=300000-2999999"})
+                        else:  # the origin resets mid-object
+                            with contextlib.suppress(httpx.HTTPError):
+                                await client.get(f"{path}?fault=reset&fault_from=1000000")
+
+                    await asyncio.gather(*(one(i) for i in range(18)))
+
+            asyncio.run(burst())
+            wait_for(lambda: _in_flight_bytes(url) == 0, "the burst's fetches to end")
+            held = _slice_bytes_in_cyclic_garbage()
+    finally:
+        gc.enable()
+    assert held == 0

@@ -100,6 +100,8 @@ class SliceFill:
         # The budget request of this fill's run while it waits for its grant.
         self.ticket: BudgetWaiter | None = None
         self._progress = Pulse()
+        # Its fetch ended and it left the fills in flight: nobody joins it any more.
+        self.retired = False
 
     @property
     def length(self) -> int:
@@ -161,6 +163,27 @@ class SliceFill:
 
     def _wake(self) -> None:
         self._progress.fire()
+
+    def retire(self) -> None:
+        """Its fetch ended and it left the fills in flight; forgotten with its last reader."""
+        self.retired = True
+        if self.readers == 0:
+            self.forget()
+
+    def forget(self) -> None:
+        """Nobody reads it again: a failed fill drops its bytes, every fill its task and its
+        error's frames. A failed fetch leaves the fill in a cycle through them (fill, task
+        or error, traceback, frame, fill), and such cycles outlive a burst in the
+        collector's oldest generation, which an idle process never collects: helper-61
+        found ~200 MiB of slices held that way, and collecting it on the loop stalled every
+        request for 100-500 ms with a full L1 (the collector walks every object L1 holds).
+        A complete fill keeps its bytes: the cache holds them anyway, and a probe's slice 0
+        is handed to its response after its fetch ended (``first_fill``)."""
+        if self.error is not None:
+            self.buffer = bytearray()
+            self.error.__traceback__ = None
+        self.task = None
+        self._error_traceback = None
 
     async def read(
         self, lo: int, hi: int, patience: float | None = None
@@ -258,6 +281,8 @@ class SliceClaim:
         fill.readers -= 1
         if fill.readers == 0 and fill.done:
             fill.release_held()  # its last reader has sent (or dropped) the bytes
+            if fill.retired:
+                fill.forget()
         if not abandon and fill.stored:
             return
         # One request fills the whole run: stop it only when nobody waits for any slice of

@@ -6,16 +6,20 @@ process held its peak (~500 MiB of anonymous memory with the default settings, a
 ~100 MiB when slices were mappings: helper-59) until the next burst reused it. Every
 ``interval`` seconds this task checks whether anything changed since its last pass
 (slice buffers allocated, or the bytes L1 holds) while nothing is in flight (no fill, no
-byte of the budget in use); then it collects reference cycles and ``malloc_trim(0)``
-returns the free pages of the heap.
+byte of the budget in use), or while only a trickle is (``_due``); then it collects the
+young generations of reference cycles and ``malloc_trim(0)`` returns the free pages of
+the heap.
 
-Why collect: a burst leaves fills, frames and tracebacks in cycles that still hold
-slice buffers, and an idle process allocates nothing, so CPython's collector never ran:
-helper-60 found 95 MiB of slices held that way with L1 empty. Why L1's bytes: a PURGE,
-an expiry or an eviction frees slices without allocating any. The collection runs on
-the loop (it must); the trim runs in a worker thread: on this VM it took 27 ms for
-400 MiB of freed chunks. Where the C library has no ``malloc_trim`` (musl), only the
-collection runs.
+Why the young generations only: a full collection walks every object L1 holds, and it
+runs on the loop: with a full L1 that stalled every request for 100-500 ms, every time
+L1 changed (helper-61). A burst's cycles that reached the old generation no longer hold
+slice memory: a fill its fetch and readers are done with drops its buffer, its task and
+its error's frames (``SliceFill.forget``), a closed origin connection its scratch buffer
+(helper-60 found 95 MiB held by such cycles with L1 empty; tests/test_heaptrim.py checks
+that a burst of failures and disconnects leaves none). Why L1's bytes: a PURGE, an expiry
+or an eviction frees slices without allocating any. The trim runs in a worker thread: on
+this VM it took 27 ms for 400 MiB of freed chunks. Where the C library has no
+``malloc_trim`` (musl), only the collection runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from app.engine.slicer import SliceEngine
 log = logging.getLogger("slicecache")
 
 HEAP_TRIM_INTERVAL_SECONDS = 2.0
+YOUNG_GENERATIONS = 1  # gc.collect(1): generations 0 and 1, never the oldest
+# While something is in flight, a pass runs once a burst is over: at most this many slice
+# bytes allocated in the last interval (a slow download, a trickle of cold ranges)...
+QUIET_SLICE_BYTES = 16 << 20
+# ... after at least this many since the last pass (a burst freed what it allocated).
+BUSY_TRIM_SLICE_BYTES = 64 << 20
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -55,20 +65,31 @@ class HeapTrim:
         self.held = held  # the bytes L1 holds now
         self.trim = _malloc_trim()
         self.seen = self._state()  # what the last pass saw
+        self.checked = fills.heap_slice_bytes  # allocated as of the last check
         self.passes = 0
 
     def _state(self) -> tuple[int, int]:
         return fills.heap_slice_bytes, self.held()
 
-    def due(self) -> bool:
+    def _due(self) -> bool:
+        """Something changed since the last pass, and the engine is idle, or busy with a
+        trickle after a burst: one slow download must not keep the heap at the burst's
+        peak until it ends (helper-61: 270-300 MiB against 140). Never while a burst
+        runs: it would fault back in what the trim gave away."""
+        state = self._state()
+        recent, self.checked = state[0] - self.checked, state[0]
+        if state == self.seen:
+            return False
         engine = self.engine
-        return self._state() != self.seen and engine.budget.in_use == 0 and not engine.fills
+        if engine.budget.in_use == 0 and not engine.fills:
+            return True
+        return recent <= QUIET_SLICE_BYTES and state[0] - self.seen[0] >= BUSY_TRIM_SLICE_BYTES
 
     async def pass_once(self) -> None:
-        if not self.due():
+        if not self._due():
             return
         self.seen = self._state()
-        gc.collect()
+        gc.collect(YOUNG_GENERATIONS)
         if self.trim is not None:
             await asyncio.to_thread(self.trim, 0)
         self.passes += 1

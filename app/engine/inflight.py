@@ -77,6 +77,7 @@ class InFlight:
             fill.run = ()
             if self.fills.get(fill.key) is fill:
                 del self.fills[fill.key]
+            fill.retire()
 
     def stop_unread_fills(self) -> None:
         """Budget is short: fetches that outlived all their readers (kept going only to fill

@@ -106,7 +106,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.pool = pool
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self.scratch = bytearray(SCRATCH_BYTES)
+        # Allocated with the first read: a connect cancelled once the connection was made
+        # leaves the protocol in a cycle with its transport, for the collector's oldest
+        # generation (app/engine/heaptrim.py).
+        self.scratch = bytearray()
         self.start = 0  # unread bytes in scratch: [start, end)
         self.end = 0
         self.target: memoryview | None = None  # the caller's buffer, while it waits
@@ -129,6 +132,8 @@ class _Connection(asyncio.BufferedProtocol):
             self.into_target = True
             return target[self.got :]
         self.into_target = False
+        if not self.scratch:
+            self.scratch = bytearray(SCRATCH_BYTES)
         return memoryview(self.scratch)[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -251,6 +256,10 @@ class _Connection(asyncio.BufferedProtocol):
         return await self.read_raw(view, timeout)  # the connection ended, or scratch got it
 
     def close(self) -> None:
+        # Nothing reads a connection after its close; a cycle through the protocol
+        # (transport, frames of a failed read) must not hold its scratch buffer.
+        self.scratch = bytearray()
+        self.start = self.end = 0
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None

@@ -100,8 +100,7 @@ class SliceFill:
         # The budget request of this fill's run while it waits for its grant.
         self.ticket: BudgetWaiter | None = None
         self._progress = Pulse()
-        # Its fetch ended and it left the fills in flight: nobody joins it any more.
-        self.retired = False
+        self.retired = False  # its fetch ended and it left the fills in flight
 
     @property
     def length(self) -> int:
@@ -171,14 +170,10 @@ class SliceFill:
             self.forget()
 
     def forget(self) -> None:
-        """Nobody reads it again: a failed fill drops its bytes, every fill its task and its
-        error's frames. A failed fetch leaves the fill in a cycle through them (fill, task
-        or error, traceback, frame, fill), and such cycles outlive a burst in the
-        collector's oldest generation, which an idle process never collects: helper-61
-        found ~200 MiB of slices held that way, and collecting it on the loop stalled every
-        request for 100-500 ms with a full L1 (the collector walks every object L1 holds).
-        A complete fill keeps its bytes: the cache holds them anyway, and a probe's slice 0
-        is handed to its response after its fetch ended (``first_fill``)."""
+        """Nobody reads it again: drop what would keep slice memory in a reference cycle
+        (fill, task or error, traceback, frame, fill; app/engine/heaptrim.py says why):
+        a failed fill's bytes. A complete fill keeps them: the cache holds them anyway, and
+        a probe's slice 0 is handed to its response after its fetch ended (``first_fill``)."""
         if self.error is not None:
             self.buffer = bytearray()
             self.error.__traceback__ = None

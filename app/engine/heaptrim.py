@@ -13,13 +13,13 @@ the heap.
 Why the young generations only: a full collection walks every object L1 holds, and it
 runs on the loop: with a full L1 that stalled every request for 100-500 ms, every time
 L1 changed (helper-61). A burst's cycles that reached the old generation no longer hold
-slice memory: a fill its fetch and readers are done with drops its buffer, its task and
-its error's frames (``SliceFill.forget``), a closed origin connection its scratch buffer
-(helper-60 found 95 MiB held by such cycles with L1 empty; tests/test_heaptrim.py checks
-that a burst of failures and disconnects leaves none). Why L1's bytes: a PURGE, an expiry
-or an eviction frees slices without allocating any. The trim runs in a worker thread: on
-this VM it took 27 ms for 400 MiB of freed chunks. Where the C library has no
-``malloc_trim`` (musl), only the collection runs.
+slice memory (a census found ~200 MiB in them after a burst of origin resets and client
+disconnects): a fill its fetch and readers are done with drops its task and its error's
+frames, and its buffer if it failed (``SliceFill.forget``); a closed origin connection
+drops its scratch buffer. tests/test_heaptrim.py checks that such a burst leaves none.
+Why L1's bytes: a PURGE, an expiry or an eviction frees slices without allocating any.
+The trim runs in a worker thread: on this VM it took 27 ms for 400 MiB of freed chunks.
+Where the C library has no ``malloc_trim`` (musl), only the collection runs.
 """
 
 from __future__ import annotations

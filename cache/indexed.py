@@ -36,12 +36,15 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
     ) -> None:
         super().__init__(maxsize=maxsize, getsizeof=getsizeof)
         self._name_of: Callable[[Any], str] = name_of or (lambda key: key)
-        self._by_object: dict[str, set[K]] = {}
+        # Each object's keys as a dict used as a set: a dict of untracked keys (strings,
+        # tuples of strings) is left out of the cycle collector, a set never is (one object
+        # per cached object for every full collection to walk, on the loop: helper-62).
+        self._by_object: dict[str, dict[K, None]] = {}
 
     def __setitem__(self, key: K, value: V) -> None:
         ObjectIndexedLRU.changes += 1
         super().__setitem__(key, value)
-        self._by_object.setdefault(object_key_of(self._name_of(key)), set()).add(key)
+        self._by_object.setdefault(object_key_of(self._name_of(key)), {})[key] = None
 
     def __delitem__(self, key: K) -> None:
         # Evictions come here too (popitem -> pop -> del).
@@ -50,7 +53,7 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
         owner = object_key_of(self._name_of(key))
         members = self._by_object.get(owner)
         if members is not None:
-            members.discard(key)
+            members.pop(key, None)
             if not members:
                 del self._by_object[owner]
 
@@ -61,7 +64,7 @@ class ObjectIndexedLRU(LRUCache[K, V], Generic[K, V]):
 
     def keys_of(self, object_key: str, within: str | None = None) -> list[K]:
         """The keys held for ``object_key`` (and, with ``within``, starting with it)."""
-        members = self._by_object.get(object_key_of(object_key), ())
+        members = self._by_object.get(object_key_of(object_key), {})
         name_of = self._name_of
         return [
             key

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+
+from cache.keys import slice_key
 from cache.memory import MemoryStore
 
 
@@ -37,3 +40,29 @@ async def test_an_entry_larger_than_the_store_is_refused_and_evicts_nothing() ->
     assert not await store.put_slice("big v 0", b"y" * 5000, None)
     assert await store.get_slice("big v 0") is None
     assert bytes(await store.get_slice("small v 0") or b"") == b"x" * 100
+
+
+async def test_entries_stay_out_of_the_cycle_collectors_way() -> None:
+    """Every full collection walks what is tracked, on the event loop: with 40k small objects
+    held, ~200k tracked objects (a dataclass, a memoryview, its managed buffer and an index
+    set per entry) stalled every request for ~200 ms (helper-62). Held bytes, their
+    expiries and the per-object index are left untracked."""
+    store = MemoryStore(64 << 20)
+    count = 2000
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(count):
+        url = f"http://origin/f{i}"
+        assert await store.put_meta(url, b"meta", None)
+        assert await store.put_slice(slice_key(url, "v", 0), memoryview(bytearray(b"x" * 64)), None)
+        assert await store.put_slice(slice_key(url, "v", 1), b"bytes", 2e9)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < count // 10  # was ~6 per object
+    # What the views showed, served as views; purged by object as before.
+    held = await store.get_slice(slice_key("http://origin/f7", "v", 0))
+    assert isinstance(held, memoryview) and bytes(held) == b"x" * 64
+    assert bytes(await store.get_slice(slice_key("http://origin/f7", "v", 1)) or b"") == b"bytes"
+    assert await store.delete("http://origin/f7") == 3
+    assert await store.get_meta("http://origin/f7") is None
+    assert await store.get_meta("http://origin/f8") == b"meta"

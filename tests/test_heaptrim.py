@@ -86,6 +86,28 @@ async def test_a_trickle_after_a_burst_does_not_keep_the_heap_at_its_peak(
     engine.budget.in_use = 0
     await trim.pass_once()
     assert calls == [0, 0]  # idle again: what the trickle left goes too
+    await trim.pass_once()
+    assert calls == [0, 0]
+
+
+async def test_what_was_in_flight_at_a_busy_pass_is_trimmed_once_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """helper-62: a pass while busy saw the last allocation; the burst's slices were freed
+    after it, nothing was allocated since, and no pass followed."""
+    engine = _Engine()
+    engine.budget.in_use = 64 << 20
+    trim = HeapTrim(engine)  # type: ignore[arg-type]
+    calls = _recording(trim)
+    burst = heaptrim.BUSY_TRIM_SLICE_BYTES + heaptrim.QUIET_SLICE_BYTES + 1
+    monkeypatch.setattr(fills, "heap_slice_bytes", fills.heap_slice_bytes + burst)
+    await trim.pass_once()
+    await trim.pass_once()
+    assert calls == [0]  # the busy pass
+    engine.budget.in_use = 0  # the fetches end: their slices are free
+    await trim.pass_once()
+    await trim.pass_once()
+    assert calls == [0, 0]
 
 
 async def test_what_l1_lets_go_without_a_new_slice_is_trimmed_too() -> None:

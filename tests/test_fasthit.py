@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app import fasthit
 from app.edge.httpserver import HttpProtocol
 from app.httpcache.freshness import FreshnessPolicy, Outcome, decide_prepared, fresh_ttl
 from app.main import create_app
@@ -621,3 +622,32 @@ def test_a_failing_fast_path_is_counted_logged_once_and_the_normal_path_answers(
         assert len(lines) == 1
         fields = lines[0].fields
         assert fields["error"] == "KeyError: 'boom'" and "test_fasthit.py" in fields["at"]
+
+
+def test_the_bytes_plans_keep_outside_l1_are_bounded(
+    origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan keeps the slice it last answered; L1 may evict it or a PURGE remove it, and
+    the plan still holds it (helper-63: 1 MiB objects behind a 2 MB L1 held 1.28 GB)."""
+    monkeypatch.setattr(fasthit, "PLAN_BODIES_MAX", 200 * 1024)
+    with served(origin, l1_cache_size_bytes=2_000_000) as (url, app), httpx.Client() as client:
+        fast = app.state.runtime.fast_hit
+
+        def kept() -> int:
+            return sum(len(plan.body) for plan in fast._plans.values())
+
+        def hit_twice_fast(name: str) -> None:
+            client.get(f"{url}/files/{name}")
+            for _ in range(2):
+                before = fast_hits(app)
+                response = client.get(f"{url}/files/{name}")
+                assert fast_hits(app) > before
+                assert response.content == expected_bytes(name)
+
+        for i in range(6):  # longer than PLAN_BODY_MAX: never kept, still answered here
+            hit_twice_fast(f"100k-plans-{i}.bin")
+        assert kept() == 0
+        for i in range(12):  # 12 x 48 KiB: more than the bodies may hold together
+            hit_twice_fast(f"48k-plans-{i}.bin")
+            assert kept() <= 200 * 1024
+        assert kept() > 0  # repeats are still answered from a kept body

@@ -613,6 +613,9 @@ class FastHits:
             *encoded,
             by_operator,
         )
+        replaced = self._plans.get(object_key)
+        if replaced is not None:
+            self.plan_body_bytes -= len(replaced.body)
         if len(self._plans) >= PLANS_KEPT:
             self._plans.clear()
             self.plan_body_bytes = 0

@@ -650,4 +650,5 @@ def test_the_bytes_plans_keep_outside_l1_are_bounded(
         for i in range(12):  # 12 x 48 KiB: more than the bodies may hold together
             hit_twice_fast(f"48k-plans-{i}.bin")
             assert kept() <= 200 * 1024
+            assert fast.plan_body_bytes == kept()  # the count the bound is kept by
         assert kept() > 0  # repeats are still answered from a kept body

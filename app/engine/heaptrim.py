@@ -72,14 +72,14 @@ class HeapTrim:
     def _state(self) -> tuple[int, int]:
         return fills.heap_slice_bytes, self.held()
 
-    def _due(self) -> bool:
+    def _due(self, idle: bool) -> bool:
         """Something changed since the last pass, and the engine is idle, or busy with a
         trickle after a burst: one slow download must not keep the heap at the burst's
         peak until it ends (helper-61: 270-300 MiB against 140). Never while a burst
         runs: it would fault back in what the trim gave away."""
         state = self._state()
         recent, self.checked = state[0] - self.checked, state[0]
-        if self._idle():
+        if idle:
             # What was in flight at a busy pass is free now, with nothing allocated since
             # (helper-62: 36-50 MiB stayed until the next burst).
             return state != self.seen or self.busy_pass
@@ -91,10 +91,11 @@ class HeapTrim:
         return self.engine.budget.in_use == 0 and not self.engine.fills
 
     async def pass_once(self) -> None:
-        if not self._due():
+        idle = self._idle()
+        if not self._due(idle):
             return
         self.seen = self._state()
-        self.busy_pass = not self._idle()
+        self.busy_pass = not idle
         gc.collect(YOUNG_GENERATIONS)
         if self.trim is not None:
             await asyncio.to_thread(self.trim, 0)

@@ -60,7 +60,7 @@ from app.ops.accesslog import (
     request_id_from,
 )
 from cache import keys
-from cache.indexed import ObjectIndexedLRU
+from cache.indexed import CHANGES
 from cache.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class _Plan:
         "common",  # default fields, stored fields, Age to Cache-Status
         "head_200",  # the status line, common, Content-Length to X-Cache-Slices
         # The slice of a one-slice object as last read from L1, its expiry there, and
-        # ObjectIndexedLRU.changes when it was: see FastHits.__call__.
+        # cache.indexed.CHANGES.count when it was: see FastHits.__call__.
         "body",
         "body_expires",
         "seen",
@@ -345,7 +345,7 @@ class FastHits:
         plan = self._plans.get(route.object_key)
         if (
             plan is not None
-            and plan.seen == ObjectIndexedLRU.changes
+            and plan.seen == CHANGES.count
             and range_field is None
             and plan.head_stands(now, default_headers)
             and now < plan.body_expires
@@ -633,5 +633,5 @@ class FastHits:
                 kept.body, kept.seen = b"", -1
             self.plan_body_bytes = 0
         plan.body, plan.body_expires = data, expires
-        plan.seen = ObjectIndexedLRU.changes
+        plan.seen = CHANGES.count
         self.plan_body_bytes += len(data)

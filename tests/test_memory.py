@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 
+from cache.indexed import CHANGES, ObjectIndexedLRU
 from cache.keys import slice_key
 from cache.memory import MemoryStore
 
@@ -66,3 +67,24 @@ async def test_entries_stay_out_of_the_cycle_collectors_way() -> None:
     assert await store.delete("http://origin/f7") == 3
     assert await store.get_meta("http://origin/f7") is None
     assert await store.get_meta("http://origin/f8") == b"meta"
+
+
+async def test_writes_and_evictions_leave_the_lru_type_unmodified() -> None:
+    """The change count the fast path reads moves with every write, removal and eviction,
+    and lives outside the LRU's class: assigning a class attribute modifies the type, which
+    drops CPython's attribute caches for every LRU instance, once per write and per evicted
+    entry (each eviction then cost ~2x: 3.8 against 1.8 us)."""
+    store = MemoryStore(64 * 1024)
+    class_attributes = dict(vars(ObjectIndexedLRU))
+    seen = CHANGES.count
+    assert await store.put_meta("http://origin/a", b"meta", None)
+    assert await store.put_slice(slice_key("http://origin/a", "v", 0), b"x" * 1000, None)
+    assert CHANGES.count == seen + 2
+    for i in range(100):  # 100 x ~1.3 KB into 64 KiB: the oldest are evicted
+        assert await store.put_slice(slice_key(f"http://origin/f{i}", "v", 0), b"y" * 1000, None)
+    evicted = 2 + 100 - len(list(store.keys()))
+    assert evicted > 0
+    assert CHANGES.count == seen + 2 + 100 + evicted
+    await store.delete("http://origin/f99")
+    assert CHANGES.count == seen + 2 + 100 + evicted + 1
+    assert dict(vars(ObjectIndexedLRU)) == class_attributes

@@ -96,6 +96,9 @@ class TieredStore:
         self._object_purges: LRUCache[str, int] = LRUCache(maxsize=OBJECT_PURGE_RECORDS)
         self._object_purges_forgotten = 0  # the newest epoch an evicted record had
         self._prefix_purges_forgotten = 0
+        # Purges recorded whose deletes still run: L2's may wait for its locks (a sync
+        # holds them for an fdatasync), and until it runs L2 still answers what it covers.
+        self._purges_running: list[KeyMatcher] = []
         self._writer: asyncio.Task[None] | None = None
         # Slices queued for L2, readable until written: without L1 (or after an L1
         # eviction) a reader in that window would otherwise go back to the origin.
@@ -131,6 +134,16 @@ class TieredStore:
         if self._prefix_purges_forgotten > epoch:
             return True  # a prefix purge since then was forgotten: assume it matched
         return any(when > epoch and matches(key) for when, matches in self._purges)
+
+    def _read_purged(self, epoch: int, key: str) -> bool:
+        """Is what a tier answered for ``key``, asked at ``epoch``, purged? Purged since, or
+        covered by a purge still running: a read that starts after the purge was recorded
+        but before L2's delete ran finds the old entry there (helper-64: after a PURGE with
+        X-Purge-All was answered, the old version came back from L2 into L1, ~1 in 15
+        purges with L2 busy writing)."""
+        if self.purged_since(epoch, key):
+            return True
+        return any(matches(key) for matches in self._purges_running)
 
     def _drop_pending(self, matches: KeyMatcher) -> None:
         for key in [k for k in self._pending if matches(k)]:
@@ -175,7 +188,7 @@ class TieredStore:
             self.counters["l2_errors"] += 1
             self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
             return None
-        if data is None or self.purged_since(epoch, key):
+        if data is None or self._read_purged(epoch, key):
             return None
         self.counters["slice_hits_l2"] += 1
         if self.l1 is not None:
@@ -210,7 +223,7 @@ class TieredStore:
             return None
         if lease is None:
             return None
-        if self.purged_since(epoch, key):
+        if self._read_purged(epoch, key):
             lease.release()
             return None
         self.counters["slice_hits_l2"] += 1
@@ -241,7 +254,7 @@ class TieredStore:
             self.counters["l2_errors"] += 1
             self.warnings.exception("l2_meta_read_error", "L2 metadata read failed")
             return None
-        if meta is None or self.purged_since(epoch, key):
+        if meta is None or self._read_purged(epoch, key):
             return None
         if self.l1 is not None:
             await self.l1.put_meta(key, meta, None, epoch=epoch)
@@ -388,17 +401,32 @@ class TieredStore:
                 self.warnings.exception("l2_delete_error", "L2 delete failed")
         return removed
 
+    async def _purge(self, matches: KeyMatcher, delete: Callable[[Store], Awaitable[int]]) -> int:
+        self._purges_running.append(matches)
+        try:
+            return await self._in_every_tier(delete)
+        finally:
+            self._purges_running.remove(matches)
+
     async def delete(self, object_key: str) -> int:
         self._record_object_purge(object_key)
-        return await self._in_every_tier(lambda tier: tier.delete(object_key))
+        return await self._purge(
+            lambda key: belongs_to(key, object_key), lambda tier: tier.delete(object_key)
+        )
 
     async def delete_prefix(self, prefix: str) -> int:
-        self._record_purge(lambda key: key.startswith(prefix))
-        return await self._in_every_tier(lambda tier: tier.delete_prefix(prefix))
+        def matches(key: str) -> bool:
+            return key.startswith(prefix)
+
+        self._record_purge(matches)
+        return await self._purge(matches, lambda tier: tier.delete_prefix(prefix))
 
     async def clear(self) -> int:
-        self._record_purge(lambda key: True)
-        return await self._in_every_tier(lambda tier: tier.clear())
+        def matches(key: str) -> bool:
+            return True
+
+        self._record_purge(matches)
+        return await self._purge(matches, lambda tier: tier.clear())
 
     # --- the rest ------------------------------------------------------------------------
 

@@ -759,3 +759,43 @@ def test_random_operations_keep_map_and_index_consistent(
 async def _crash(store: RawDiskStore) -> None:
     """Stop a store as a kill -9 would: no checkpoint, no final sync, lock released."""
     await store._abandon()
+
+
+@pytest.mark.parametrize("purge", ["object", "prefix", "all"])
+async def test_a_purge_waiting_for_the_l2_locks_already_hides_what_it_covers(
+    make_settings: Make, purge: str
+) -> None:
+    """helper-64: a PURGE clears L1 at once, while L2's delete waits for L2's locks (a sync
+    holds them through an fdatasync). A read in that wait found the old entry in L2 and
+    promoted it back into L1: after the PURGE was answered, the purged version was served
+    again for its whole max-age. Reads in the wait answer nothing for what it covers, and
+    nothing comes back once it ran."""
+    l2 = await RawDiskStore.open(make_settings())
+    front = TieredStore(MemoryStore(MiB), l2)
+    url, slice_key, other = "http://o/a", "http://o/a v 0", "http://o/b v 0"
+    try:
+        assert await l2.put_meta(url, b"old meta", None)
+        for key in (slice_key, other):
+            assert await l2.put_slice(key, payload(key, 0, 9000), None)
+        core = l2._core
+        async with core.persist, core.mutate:  # what a sync in progress holds
+            if purge == "object":
+                running = asyncio.create_task(front.delete(url))
+            elif purge == "prefix":
+                running = asyncio.create_task(front.delete_prefix("http://o/a"))
+            else:
+                running = asyncio.create_task(front.clear())
+            await asyncio.sleep(0.05)
+            assert not running.done()  # L2's delete is waiting for the locks
+            assert await front.get_meta(url) is None
+            assert await front.get_slice(slice_key) is None
+            assert await front.lease_slice(slice_key) is None
+            if purge != "all":  # what it does not cover is still served
+                assert await front.get_slice(other) == payload(other, 0, 9000)
+        assert await asyncio.wait_for(running, 10) >= 2
+        assert await front.get_meta(url) is None
+        assert await front.get_slice(slice_key) is None
+        assert front.l1 is not None and await front.l1.get_meta(url) is None
+        assert l2.stats()["leases"] == 0
+    finally:
+        await front.close()

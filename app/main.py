@@ -45,7 +45,7 @@ from app.engine.sliced import serve_sliced
 from app.engine.slicer import SliceEngine
 from app.fasthit import FastHits
 from app.httpcache.freshness import FreshnessPolicy
-from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris
+from app.httpcache.invalidation import SAFE_METHODS, invalidated_uris, normalize_percent_encoding
 from app.httpcache.targeted import targeted_fields
 from app.ops import admin
 from app.ops.accesslog import (
@@ -102,8 +102,9 @@ class Runtime:
     def object_key(self, ctx: RequestContext) -> str:
         """What the origin sees: its scheme, the Host it is sent, and the request target.
 
-        Built from parts, in ``normalize_uri``'s shape (``scheme://host:port/path?query``),
-        never by parsing a concatenation: a Host of ``victim.example#`` would turn the
+        Built from parts, in ``normalize_uri``'s shape (``scheme://host:port/path?query``,
+        percent-encodings normalized: one entry for every spelling), never by parsing a
+        concatenation: a Host of ``victim.example#`` would turn the
         target into a fragment and name victim's entry. ``ProxyEndpoint`` has refused
         every Host that is not ``uri-host[:port]`` before a key is asked for.
         """
@@ -118,7 +119,7 @@ class Runtime:
             if parsed is not None:
                 host, port = parsed[0], parsed[1] or DEFAULT_PORTS[scheme]
         rooted = path if path.startswith("/") else f"/{path}"
-        return f"{scheme}://{host}:{port}{rooted}{target[len(path) :]}"
+        return f"{scheme}://{host}:{port}{normalize_percent_encoding(rooted + target[len(path) :])}"
 
     async def invalidate_after(self, ctx: RequestContext, answer: tuple[int, Headers]) -> None:
         """RFC 9111 4.4: a successful unsafe request invalidates what it may have changed."""

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.httpcache.invalidation import invalidated_uris, normalize_uri, same_origin
+from app.httpcache.invalidation import (
+    invalidated_uris,
+    normalize_percent_encoding,
+    normalize_uri,
+    same_origin,
+)
 
 URL = "https://Example.com/a/b?x=1"
 KEY = "https://example.com:443/a/b?x=1"
@@ -92,3 +99,19 @@ def test_never_invalidates_another_origin(
     for uri in uris:
         assert same_origin(uri, url)
         assert "#" not in uri
+
+
+def test_percent_encodings_are_normalized_as_rfc_3986_6_2_2_says() -> None:
+    assert normalize_percent_encoding("/a%2Db%7e%41") == "/a-b~A"  # unreserved: decoded
+    assert normalize_percent_encoding("/a%2fb%3f%c3%a9") == "/a%2Fb%3F%C3%A9"  # upper case
+    assert normalize_percent_encoding("/100%25/%2") == "/100%25/%2"  # "%" itself; not one
+    assert normalize_percent_encoding("/plain?q=1") == "/plain?q=1"
+    assert normalize_uri("http://o/a%2db?x=%7E%2f") == "http://o:80/a-b?x=~%2F"
+
+
+@given(st.text(alphabet="ab-~/%?=2dDfF7eE4c1", max_size=24))
+def test_percent_normalization_keeps_the_resource_and_is_idempotent(target: str) -> None:
+    once = normalize_percent_encoding(target)
+    assert normalize_percent_encoding(once) == once
+    assert unquote(once) == unquote(target)  # the same characters once decoded
+    assert once.count("%") <= target.count("%")

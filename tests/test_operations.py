@@ -102,6 +102,35 @@ def test_purge_scopes(
         assert (after[p] == "MISS") == (p in gone), (p, after)
 
 
+def test_spellings_of_one_uri_are_one_entry_and_one_purge(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    """RFC 3986 6.2.2: a percent-encoded unreserved character and the character itself
+    name the same resource, as do ``%2d`` and ``%2D``. helper-65: each spelling was its own
+    entry, so a PURGE of ``-x.bin`` left ``%2Dx.bin`` served, old, as a HIT."""
+    name = "100000-spelt-x.bin"
+    with proxy(purge={"enabled": True, "auth_token": TOKEN}, slice_size=SLICE) as url:
+        spellings = (
+            "/files/100000-%73pelt%2Dx.bin",
+            f"/files/{name}",
+            "/files/100000-spelt%2dx.bin",
+        )
+        answers = [httpx.get(f"{url}{path}") for path in spellings]
+        fetched = [e for e in origin.app.log_entries() if e["path"] == f"/files/{name}"]
+        answer = purge(url, f"/files/{name}")
+        after = httpx.get(f"{url}{spellings[0]}")
+        # A reserved character stays encoded: "%2F" is not "/", another resource.
+        other = httpx.get(f"{url}/files/100000-spelt%2Fx.bin")
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["x-cache"] for a in answers] == ["MISS", "HIT", "HIT"]
+    assert {sha256(a.content) for a in answers} == {expected_sha256(name)}
+    # The first spelling's two slices, once: the other spellings were hits.
+    assert sorted(e["range"] for e in fetched) == ["bytes=0-65535", "bytes=65536-99999"]
+    assert answer.status_code == 200 and answer.json()["purged"] >= 1
+    assert after.status_code == 200 and after.headers["x-cache"] == "MISS"
+    assert other.headers.get("x-cache") != "HIT"
+
+
 @pytest.mark.parametrize(
     ("enabled", "token", "status"),
     [(True, "wrong", 401), (True, None, 401), (False, TOKEN, 405)],

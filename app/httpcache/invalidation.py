@@ -8,21 +8,54 @@ entries.
 
 URIs are returned in the cache's object-key shape (``cache/keys.py``):
 ``scheme://host:port/path?query``, with scheme and host lowercased, the port always
-explicit, an empty path as ``/`` and no fragment.
+explicit, an empty path as ``/``, percent-encodings normalized
+(:func:`normalize_percent_encoding`) and no fragment.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urljoin, urlsplit
 
 from ._fields import Headers, get_first
 
-__all__ = ["SAFE_METHODS", "invalidated_uris", "normalize_uri", "same_origin"]
+__all__ = [
+    "SAFE_METHODS",
+    "invalidated_uris",
+    "normalize_percent_encoding",
+    "normalize_uri",
+    "same_origin",
+]
 
 SAFE_METHODS: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 """RFC 9110 9.2.1. Method names are case-sensitive: ``get`` is an unknown, unsafe method."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+_PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+# RFC 3986 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~"
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normalized_octet(match: re.Match[str]) -> str:
+    octet = int(match.group()[1:], 16)
+    return chr(octet) if octet in _UNRESERVED else match.group().upper()
+
+
+def normalize_percent_encoding(target: str) -> str:
+    """``target`` with percent-encoded unreserved characters decoded and the hex digits of
+    the other percent-encodings in upper case (RFC 3986 6.2.2.1-6.2.2.2).
+
+    Every URI producer and server treats the spellings as the same resource (RFC 3986
+    2.3: they are equivalent), so they are one cache entry, and a PURGE of one spelling
+    purges the others (helper-65: ``/4k%2Dx.bin`` stayed cached after a PURGE of
+    ``/4k-x.bin``; nginx keys ``$uri`` decoded). Reserved characters stay encoded:
+    ``%2F`` is not ``/``. Only the key: the origin gets the target as sent.
+    """
+    if "%" not in target:
+        return target
+    return _PERCENT_ENCODED.sub(_normalized_octet, target)
 
 
 def _origin(uri: str) -> tuple[str, str, int] | None:
@@ -56,7 +89,7 @@ def normalize_uri(uri: str) -> str | None:
         host = f"[{host}]"
     path = parts.path or "/"
     query = f"?{parts.query}" if parts.query else ""
-    return f"{scheme}://{host}:{port}{path}{query}"
+    return f"{scheme}://{host}:{port}{normalize_percent_encoding(path + query)}"
 
 
 def invalidated_uris(

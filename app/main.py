@@ -104,9 +104,9 @@ class Runtime:
 
         Built from parts, in ``normalize_uri``'s shape (``scheme://host:port/path?query``,
         percent-encodings normalized: one entry for every spelling), never by parsing a
-        concatenation: a Host of ``victim.example#`` would turn the
-        target into a fragment and name victim's entry. ``ProxyEndpoint`` has refused
-        every Host that is not ``uri-host[:port]`` before a key is asked for.
+        concatenation: a Host of ``victim.example#`` would turn the target into a fragment
+        and name victim's entry. ``ProxyEndpoint`` has refused every Host that is not
+        ``uri-host[:port]`` before a key is asked for.
         """
         return self.key_for(ctx.header("host"), ctx.path, ctx.target)
 

@@ -34,6 +34,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # RFC 3986 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~"
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -52,8 +53,13 @@ def normalize_percent_encoding(target: str) -> str:
     purges the others (helper-65: ``/4k%2Dx.bin`` stayed cached after a PURGE of
     ``/4k-x.bin``; nginx keys ``$uri`` decoded). Reserved characters stay encoded:
     ``%2F`` is not ``/``. Only the key: the origin gets the target as sent.
+
+    A target with a ``%`` that does not start an escape is left as it is: decoding next
+    to it would make new escapes (``%%32F`` into ``%2F``, ``%2%44`` into ``%2D``), the key
+    of another resource (helper-66: cross-resource cache poisoning). Left alone, it
+    contains a stray ``%`` that no normalized key has, so it can only equal itself.
     """
-    if "%" not in target:
+    if "%" not in target or _STRAY_PERCENT.search(target):
         return target
     return _PERCENT_ENCODED.sub(_normalized_octet, target)
 

@@ -107,6 +107,8 @@ def test_percent_encodings_are_normalized_as_rfc_3986_6_2_2_says() -> None:
     assert normalize_percent_encoding("/a%2Db%7e%41") == "/a-b~A"  # unreserved: decoded
     assert normalize_percent_encoding("/a%2fb%3f%c3%a9") == "/a%2Fb%3F%C3%A9"  # upper case
     assert normalize_percent_encoding("/100%25/%41") == "/100%25/A"  # "%25" is "%" itself
+    # "." stays encoded: "/a/%2E%2E/b" must not key as the dot segment an origin resolves.
+    assert normalize_percent_encoding("/a/%2e%2E/b") == "/a/%2E%2E/b"
     # A "%" that starts no escape: the target is left as sent, else decoding next to it
     # would make new escapes, the key of another resource (helper-66).
     for stray in ("/%%32F", "/a%2%44b", "/%2%35", "/?a=%%32%36b=1", "/%2", "/%zz%41", "/%"):
@@ -117,7 +119,9 @@ def test_percent_encodings_are_normalized_as_rfc_3986_6_2_2_says() -> None:
 
 # Targets built from escapes, stray "%"s and the characters that would complete one.
 TARGETS = st.lists(
-    st.sampled_from(["%", "%2", "%32", "%44", "%2D", "%2f", "%41", "%25", "F", "D", "-", "/"]),
+    st.sampled_from(
+        ["%", "%2", "%32", "%44", "%2D", "%2f", "%2e", "%41", "%25", "F", "D", "-", ".", "/"]
+    ),
     max_size=6,
 ).map("".join)
 

@@ -35,18 +35,20 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _PERCENT_ENCODED = re.compile(r"%[0-9A-Fa-f]{2}")
 _STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-# RFC 3986 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~"
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# RFC 3986 2.3: ALPHA / DIGIT / "-" / "." / "_" / "~", but ".": "%2E%2E" decoded would key
+# as a dot segment, which an origin may resolve ("/a/../b" is "/b") where it serves
+# "/a/%2E%2E/b" otherwise; the two must not share an entry (helper-67 saw the question).
+_DECODED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
 
 
 def _normalized_octet(match: re.Match[str]) -> str:
     octet = int(match.group()[1:], 16)
-    return chr(octet) if octet in _UNRESERVED else match.group().upper()
+    return chr(octet) if octet in _DECODED else match.group().upper()
 
 
 def normalize_percent_encoding(target: str) -> str:
-    """``target`` with percent-encoded unreserved characters decoded and the hex digits of
-    the other percent-encodings in upper case (RFC 3986 6.2.2.1-6.2.2.2).
+    """``target`` with percent-encoded unreserved characters but "." decoded and the hex
+    digits of the other percent-encodings in upper case (RFC 3986 6.2.2.1-6.2.2.2).
 
     Every URI producer and server treats the spellings as the same resource (RFC 3986
     2.3: they are equivalent), so they are one cache entry, and a PURGE of one spelling

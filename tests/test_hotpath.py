@@ -137,6 +137,24 @@ def test_prepared_blocks_are_not_stored() -> None:
     assert b"_freshness" not in meta.to_bytes() and b"_replay" not in meta.to_bytes()
 
 
+def test_a_prepared_header_block_is_left_out_of_the_cycle_collector() -> None:
+    """Every cached object's metadata keeps one block (thousands of them), and CPython's
+    full collections walk every tracked list on the event loop. As tuples of strings they
+    are untracked: with 40k objects requested a full collection took 6.4-11.9 ms against
+    13.4-20.3 ms with lists (interleaved runs, best of 7 each)."""
+    import gc
+
+    meta = _meta([("cache-control", "max-age=60"), ("cache-status", "up; hit"), ("x-a", "1")])
+    block = meta.replay()
+    # A tuple is untracked once a collection finds its items untracked: its inner
+    # tuples may be found after it in the first one.
+    gc.collect()
+    gc.collect()
+    assert not gc.is_tracked(block.fields)
+    assert not gc.is_tracked(block.upstream_cache_status)
+    assert ("x-a", "1") in block.fields and block.upstream_cache_status == ("up; hit",)
+
+
 # --- the proxy's own dispatch (SlicecacheApp.proxy) and the Starlette stack ----------------
 
 

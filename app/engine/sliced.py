@@ -68,7 +68,7 @@ def response_headers(meta: ObjectMeta, status: CacheStatus, now: float) -> Heade
     ``meta``: the stored part comes prepared (:meth:`ObjectMeta.replay`), once per stored
     response; only what changes per response is computed here."""
     block = meta.replay()
-    headers = block.fields.copy()
+    headers = list(block.fields)
     headers.append(("age", str(block.age.at(now))))
     headers.append(("accept-ranges", "bytes"))
     headers.append(

@@ -23,6 +23,7 @@ X-Cache         when
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -154,7 +155,7 @@ class CacheStatus:
         return XCache.MISS
 
 
-def append_cache_status(existing: list[str], member: str) -> str:
+def append_cache_status(existing: Sequence[str], member: str) -> str:
     """The Cache-Status to send: the upstream caches' members (``existing`` field
     lines, nearest the origin first) followed by ours (RFC 9211 2)."""
     upstream = [value.strip() for value in existing if value.strip()]

@@ -32,17 +32,21 @@ Held = bytes | bytearray | mmap.mmap | memoryview
 _Entry = tuple[Held, float | None, int]
 
 
+_WHOLE = (bytes, bytearray, mmap.mmap)  # what a view may stand for in an entry
+_VIEWABLE = (bytes, memoryview)  # what a get hands out as it is held
+
+
 def _held(data: SliceData) -> Held:
     """What a view shows, without the view when it shows all of its object."""
     if isinstance(data, memoryview):
         shown = data.obj
-        if isinstance(shown, bytes | bytearray | mmap.mmap) and data.nbytes == len(shown):
+        if isinstance(shown, _WHOLE) and data.nbytes == len(shown):
             return shown
     return data
 
 
 def _shown(held: Held) -> SliceData:
-    return held if isinstance(held, bytes | memoryview) else memoryview(held)
+    return held if isinstance(held, _VIEWABLE) else memoryview(held)
 
 
 class MemoryStore:

@@ -792,6 +792,7 @@ async def test_a_purge_waiting_for_the_l2_locks_already_hides_what_it_covers(
             assert await front.lease_slice(slice_key) is None
             if purge != "all":  # what it does not cover is still served
                 assert await front.get_slice(other) == payload(other, 0, 9000)
+            assert front.counters["stale_reads_discarded"] == 3  # counted, not silent
         assert await asyncio.wait_for(running, 10) >= 2
         assert await front.get_meta(url) is None
         assert await front.get_slice(slice_key) is None

@@ -139,8 +139,9 @@ class ObjectDirectory:
         return await self.records.cached_meta(key)
 
     def in_flight(self) -> bool:
-        """A probe or a background revalidation is running."""
-        return self.probes.busy()
+        """A probe or a background revalidation is running, or adopted metadata is still
+        on its way to the store."""
+        return self.probes.busy() or self.records.storing()
 
     # --- invalidation (purge, and what the engine reports) -------------------------------
 
@@ -162,3 +163,4 @@ class ObjectDirectory:
 
     async def close(self) -> None:
         await self.probes.close()
+        await self.records.close()

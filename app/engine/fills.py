@@ -331,6 +331,16 @@ class ByteBudget:
         # Called when a request has to wait: the engine stops fetches nobody reads.
         self.on_pressure: Callable[[], None] | None = None
 
+    def try_acquire(self, amount: int, *, urgent: bool = False) -> bool:
+        """Take ``amount`` now if nothing of its class or above waits and it fits."""
+        # One request bigger than the whole budget still runs, alone.
+        amount = min(amount, self.capacity)
+        ahead = [w for w in self._waiters if w.urgent] if urgent else self._waiters
+        if not ahead and self.in_use + amount <= self.capacity:
+            self.in_use += amount
+            return True
+        return False
+
     async def acquire(
         self,
         amount: int,
@@ -339,12 +349,9 @@ class ByteBudget:
         on_wait: Callable[[BudgetWaiter | None], None] | None = None,
     ) -> None:
         """``on_wait`` is told the waiter while the request waits (None once it is over)."""
-        # One request bigger than the whole budget still runs, alone.
-        amount = min(amount, self.capacity)
-        ahead = [w for w in self._waiters if w.urgent] if urgent else self._waiters
-        if not ahead and self.in_use + amount <= self.capacity:
-            self.in_use += amount
+        if self.try_acquire(amount, urgent=urgent):
             return
+        amount = min(amount, self.capacity)
         waiter = BudgetWaiter(self, amount, urgent)
         self._waiters.append(waiter)
         if self.on_pressure is not None:

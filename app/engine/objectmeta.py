@@ -191,11 +191,17 @@ class ObjectMeta:
 
     def to_bytes(self) -> bytes:
         # Only what the constructor takes: the prepared blocks are rebuilt after a load.
-        record = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        return json.dumps(record, separators=(",", ":")).encode()
+        record = {name: getattr(self, name) for name in _STORED_FIELDS}
+        return _ENCODE(record).encode()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ObjectMeta:
         raw = json.loads(blob)
         raw["headers"] = [tuple(pair) for pair in raw["headers"]]
         return cls(**raw)
+
+
+# What to_bytes writes (the constructor's fields), and one compact encoder for every call:
+# json.dumps with arguments builds a new encoder each time.
+_STORED_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ObjectMeta) if f.init)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode

@@ -556,6 +556,9 @@ class SliceEngine:
         while it waits for budget could deadlock with fills that hold budget while they
         wait for a connection.
         """
+        if self.budget.try_acquire(self.slice_size, urgent=True):
+            # The usual case, without a timer armed and cancelled on a cold answer's path.
+            return FetchHold(self.budget, self.slice_size, None)
         try:
             async with asyncio.timeout(self.upstream.timeouts.read):
                 await self.budget.acquire(self.slice_size, urgent=True)

@@ -291,6 +291,14 @@ class Metrics:
         self._fast_ttfb_counts = [0] * len(self._fast_ttfb_bounds)
         self._fast_ttfb_sum = 0.0
         self._slices_miss = self.response_slices.labels("miss")
+        self._origin_children: dict[str, Counter] = {}
+
+    def count_origin_answer(self, status_class: str) -> None:
+        """One origin answer of ``status_class`` ("2xx"..., "error"), without labels()."""
+        child = self._origin_children.get(status_class)
+        if child is None:
+            child = self._origin_children[status_class] = self.origin_responses.labels(status_class)
+        child.inc()
 
     def add_source(self, prefix: str, help_text: str, source: FigureSource) -> None:
         """Export every figure of ``source()`` as ``<prefix>_<key>`` at scrape time."""

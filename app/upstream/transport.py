@@ -77,7 +77,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
             raise
         waited = time.perf_counter() - started
         self.metrics.origin_latency.observe(waited)
-        self.metrics.origin_responses.labels(f"{response.status_code // 100}xx").inc()
+        self.metrics.count_origin_answer(f"{response.status_code // 100}xx")
         current = CURRENT_REQUEST.get()
         if current is not None and not current.upstream_seconds:
             current.upstream_seconds = waited
@@ -97,7 +97,7 @@ class ObservedTransport(httpx.AsyncBaseTransport):
         answered: bool = False,
     ) -> None:
         if not answered:  # a broken body was already counted by its status class
-            self.metrics.origin_responses.labels("error").inc()
+            self.metrics.count_origin_answer("error")
         current = CURRENT_REQUEST.get()
         if current is not None and not current.upstream_seconds:
             current.upstream_seconds = waited

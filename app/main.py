@@ -37,7 +37,7 @@ from app.edge.interim import relay_interim_to
 from app.edge.passthrough import pass_through
 from app.edge.target import absolute_target, request_target
 from app.edge.writtenout import WriteWatch
-from app.engine.fills import ByteBudget
+from app.engine.budget import ByteBudget
 from app.engine.heaptrim import HEAP_TRIM_INTERVAL_SECONDS, HeapTrim
 from app.engine.objects import ObjectDirectory
 from app.engine.pressure import PressureWatch

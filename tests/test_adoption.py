@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from app.engine.fills import ByteBudget
+from app.engine.budget import ByteBudget
 from app.engine.objectmeta import ObjectMeta
 from app.engine.objects import ObjectDirectory, ObjectRequest, Opened
 from app.engine.slicer import SliceEngine

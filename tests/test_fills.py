@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from app.engine.fills import ByteBudget, FillAbandoned, SliceClaim, SliceFill, SliceOverflow
+from app.engine.budget import ByteBudget
+from app.engine.fills import FillAbandoned, SliceClaim, SliceFill, SliceOverflow
 
 
 async def collect(fill: SliceFill, lo: int, hi: int) -> bytes:

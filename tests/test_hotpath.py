@@ -352,7 +352,7 @@ def test_read_ahead_starts_after_the_first_bytes_of_a_cold_object(origin: Origin
     """The fetch-ahead's origin requests (their CPU, their connections) come after the
     client has the first bytes, not between the origin's first byte and the client's."""
     from app.context import SliceStats
-    from app.engine.fills import ByteBudget
+    from app.engine.budget import ByteBudget
     from app.engine.objects import ObjectDirectory, ObjectRequest, Opened
     from app.engine.slicer import SliceEngine
     from app.upstream.client import UpstreamClient, UpstreamTimeouts, default_transport

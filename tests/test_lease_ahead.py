@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.context import SliceStats
-from app.engine.fills import ByteBudget
+from app.engine.budget import ByteBudget
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine
 from cache.protocol import SliceLease

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.context import SliceStats
-from app.engine.fills import ByteBudget, SliceClaim, SliceFill
+from app.engine.budget import ByteBudget
+from app.engine.fills import SliceClaim, SliceFill
 from app.engine.lookahead import MIN_SAMPLE_BYTES, OriginPace, lookahead_slices
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine

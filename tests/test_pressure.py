@@ -13,7 +13,7 @@ from typing import cast
 import httpx
 import pytest
 
-from app.engine.fills import ByteBudget, FetchHold
+from app.engine.budget import ByteBudget, FetchHold
 from app.engine.objectmeta import ObjectMeta
 from app.engine.slicer import SliceEngine
 from app.upstream.client import UpstreamClient

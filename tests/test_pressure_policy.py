@@ -233,7 +233,7 @@ class _CountingFront:
 
 
 def test_x_cache_slices_of_a_huge_object_costs_a_bounded_number_of_lookups() -> None:
-    from app.engine.fills import ByteBudget
+    from app.engine.budget import ByteBudget
     from app.engine.objectmeta import ObjectMeta
     from app.engine.slicer import SliceEngine
 
@@ -346,7 +346,7 @@ class _GatedL2:
 
 
 def test_a_purge_while_a_probe_answer_is_adopted_is_not_undone() -> None:
-    from app.engine.fills import ByteBudget
+    from app.engine.budget import ByteBudget
     from app.engine.objects import ObjectDirectory, ObjectRequest, Opened
     from app.engine.slicer import SliceEngine
     from app.httpcache.freshness import FreshnessPolicy

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 
 from app.edge.headers import Headers
+from app.engine.budget import FetchHold
 from app.engine.classify import Answer, Invalid, Mismatch, Sliceable, WholeBody, classify
-from app.engine.fills import FetchHold, SliceFill
+from app.engine.fills import SliceFill
 from app.engine.lookahead import OriginPace
 from app.engine.objectmeta import ObjectMeta
 from app.httpcache.storable import forbids_storing

@@ -16,7 +16,8 @@ import contextlib
 import weakref
 from dataclasses import dataclass, field
 
-from app.engine.fills import ByteBudget, FetchHold, FillAbandoned, SliceFill, abandon_run
+from app.engine.budget import ByteBudget, FetchHold
+from app.engine.fills import FillAbandoned, SliceFill, abandon_run
 
 
 @dataclass

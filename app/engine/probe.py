@@ -25,6 +25,7 @@ import httpx
 
 from app.edge.headers import Headers, decode_raw, shared_fill_headers
 from app.engine.adoption import ObjectRecords, entry_key_for, meta_from, withheld
+from app.engine.budget import FetchHold
 from app.engine.classify import (
     Answer,
     Invalid,
@@ -34,7 +35,6 @@ from app.engine.classify import (
     WholeBody,
     classify,
 )
-from app.engine.fills import FetchHold
 from app.engine.objectmeta import ObjectMeta
 from app.engine.opening import Forward, ObjectRequest, Opened
 from app.engine.slicer import SliceEngine

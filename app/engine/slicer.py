@@ -35,18 +35,11 @@ import httpx
 
 from app.context import SliceStats
 from app.edge.headers import Headers
+from app.engine.budget import BudgetWaiter, ByteBudget, FetchHold
 from app.engine.fetcher import ObjectChanged as ObjectChanged
 from app.engine.fetcher import SliceError as SliceError
 from app.engine.fetcher import SliceFetcher, error_kind, slice_request_headers
-from app.engine.fills import (
-    BudgetWaiter,
-    ByteBudget,
-    FetchHold,
-    SliceBuffer,
-    SliceClaim,
-    SliceFill,
-    SliceGone,
-)
+from app.engine.fills import SliceBuffer, SliceClaim, SliceFill, SliceGone
 from app.engine.inflight import InFlight
 from app.engine.lookahead import OriginPace, lookahead_slices
 from app.engine.objectmeta import ObjectMeta

@@ -10,9 +10,10 @@ is a key-prefix operation each tier can do on its own index.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, TypeGuard, runtime_checkable
+from typing import Literal, Protocol, TypeGuard, runtime_checkable
 
 # A slice's bytes as a store hands them out. A memoryview may point into a store's own
 # buffer (for example an L2 mmap); it stays valid until the caller drops it.
@@ -150,6 +151,27 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush what must survive a restart and release resources."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    """One write of a batch (:class:`BatchWrites`): a slice or a metadata blob."""
+
+    key: str
+    data: SliceData
+    expires_at: float | None
+    kind: Literal["slice", "meta"]
+    compressible: bool | None  # False: already compressed, no attempt
+
+
+@runtime_checkable
+class BatchWrites(Protocol):
+    """A tier that stores many writes for little more than the cost of one (L2: its
+    worker threads are crossed once per batch, not per write)."""
+
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+        """Store each request; one answer each, in order (as put_slice/put_meta)."""
         ...
 
 

@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from cache.protocol import SliceData, SliceLease
+from cache.protocol import PutRequest, SliceData, SliceLease
 from cache.rawdisk.allocator import BlockMap, fragmentation_of
 from cache.rawdisk.core import Core, now
 from cache.rawdisk.device import Device
@@ -167,6 +167,10 @@ class RawDiskStore:
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
     ) -> bool:
         return await self._writes.put(key, meta, expires_at, KIND_META, False)
+
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+        """Store a batch of slices and metadata blobs (:class:`cache.protocol.BatchWrites`)."""
+        return await self._writes.put_many(requests)
 
     async def delete(self, object_key: str) -> int:
         return await self._purger.delete(object_key)

@@ -1,0 +1,216 @@
+"""L2 writes in batches (issue 17): ``put_many`` crosses to the worker threads at most
+twice per batch, answers each put as ``put_slice``/``put_meta`` would in that order, and
+a delete during the batch still wins; the write-behind queue hands L2 what is queued."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from cache.memory import MemoryStore
+from cache.protocol import BatchWrites, PutRequest
+from cache.rawdisk import RawDiskStore
+from cache.tiered import TieredStore
+from settings import RawDiskCacheSettings
+from tests.rawdisk.conftest import MiB, check_consistent, payload
+
+Make = Callable[..., RawDiskCacheSettings]
+
+
+def _counting_crossings(store: RawDiskStore) -> list[str]:
+    """Records the name of every function L2 runs in its worker threads."""
+    core = store._core
+    run = core.run
+    seen: list[str] = []
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await run(fn, *args)
+
+    core.run = counted  # type: ignore[method-assign]
+    return seen
+
+
+async def test_a_batch_crosses_to_the_worker_threads_twice(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings(enable_compression=True))
+    try:
+        assert isinstance(store, BatchWrites)
+        crossings = _counting_crossings(store)
+        requests = [
+            PutRequest(f"http://o/{n} v 0", b"compressible " * 700, None, "slice", None)
+            for n in range(10)
+        ] + [PutRequest(f"http://o/{n}", b'{"size": 1}', None, "meta", False) for n in range(10)]
+        assert await store.put_many(requests) == [True] * 20
+        assert crossings == ["_encode_all", "_write_records"]
+        for n in range(10):
+            assert await store.get_slice(f"http://o/{n} v 0") == b"compressible " * 700
+            assert await store.get_meta(f"http://o/{n}") == b'{"size": 1}'
+        assert store.stats()["compressed_writes_total"] == 10
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_each_put_of_a_batch_is_answered_in_order(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    try:
+        too_big = store.max_payload + 1
+        requests = [
+            PutRequest("http://o/a v 0", payload("http://o/a v 0", 1, 5000), None, "slice", None),
+            PutRequest("http://o/b v 0", b"x" * too_big, None, "slice", False),  # declined
+            PutRequest("http://o/c v 0", b"old", 1.0, "slice", None),  # expired: declined
+            PutRequest("http://o/a v 0", payload("http://o/a v 0", 2, 7000), None, "slice", None),
+        ]
+        assert await store.put_many(requests) == [True, False, False, True]
+        got = await store.get_slice("http://o/a v 0")
+        assert got is not None and bytes(got) == payload("http://o/a v 0", 2, 7000)
+        assert sorted(store.keys()) == ["http://o/a v 0"]
+        check_consistent(store)
+    finally:
+        await store.close()
+
+
+async def test_a_delete_while_the_batch_is_written_wins(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())
+    writes = store._writes
+    write_records = writes._write_records
+    in_thread, go_on = threading.Event(), threading.Event()
+
+    def held(puts: list[Any]) -> list[int | BaseException]:
+        in_thread.set()
+        go_on.wait(10)
+        return write_records(puts)
+
+    writes._write_records = held  # type: ignore[method-assign]
+    try:
+        keys = ["http://o/keep v 0", "http://o/gone v 0", "http://o/gone v 1"]
+        batch = asyncio.create_task(
+            store.put_many([PutRequest(k, payload(k, 1, 3000), None, "slice", False) for k in keys])
+        )
+        assert await asyncio.to_thread(in_thread.wait, 10)
+        await store.delete("http://o/gone")  # lands while the extents are being written
+        go_on.set()
+        assert await asyncio.wait_for(batch, 10) == [True, False, False]
+        assert sorted(store.keys()) == ["http://o/keep v 0"]
+        assert store.stats()["discarded_puts_total"] == 2
+        check_consistent(store)
+    finally:
+        go_on.set()
+        await store.close()
+
+
+async def test_the_write_behind_queue_hands_l2_what_is_queued(make_settings: Make) -> None:
+    l2 = await RawDiskStore.open(make_settings())
+    calls: list[int] = []
+    put_many = l2.put_many
+
+    async def counted(requests: Sequence[PutRequest]) -> list[bool]:
+        calls.append(len(requests))
+        return await put_many(requests)
+
+    l2.put_many = counted  # type: ignore[method-assign]
+    store = TieredStore(MemoryStore(64 * MiB), l2, queue_size=64)
+    try:
+        for n in range(20):
+            await store.put_meta(f"http://o/{n}", b"{}", None, epoch=store.epoch)
+            await store.put_slice(f"http://o/{n} v 0", b"s" * 4096, None, epoch=store.epoch)
+        await store.flush()
+        assert store.counters["write_behind_written"] == 40
+        assert sum(calls) == 40 and len(calls) < 40, calls
+        for n in range(20):
+            assert await l2.get_meta(f"http://o/{n}") == b"{}"
+            assert await l2.get_slice(f"http://o/{n} v 0") == b"s" * 4096
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [1, 3])
+async def test_a_purge_between_queueing_and_the_batch_discards_only_what_it_covers(
+    make_settings: Make, size: int
+) -> None:
+    l2 = await RawDiskStore.open(make_settings())
+    store = TieredStore(MemoryStore(64 * MiB), l2, queue_size=64)
+    try:
+        epoch = store.epoch
+        for n in range(size):
+            await store.put_slice(f"http://o/gone v {n}", b"g" * 100, None, epoch=epoch)
+            await store.put_slice(f"http://o/kept v {n}", b"k" * 100, None, epoch=epoch)
+        await store.delete("http://o/gone")  # before the writer's turn: the batch drops it
+        await store.flush()
+        assert sorted(l2.keys()) == [f"http://o/kept v {n}" for n in range(size)]
+        assert store.counters["stale_writes_discarded"] == size
+        assert store.counters["write_behind_written"] == size
+    finally:
+        await store.close()
+
+
+@hsettings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(
+                st.tuples(
+                    st.integers(0, 7),  # key (odd: a metadata blob)
+                    st.integers(0, 40_000),  # size
+                    st.booleans(),  # compressible content
+                ),
+                min_size=1,
+                max_size=12,
+            ),
+            st.sampled_from(["delete", "restart"]),
+        ),
+        max_size=12,
+    )
+)
+def test_batches_store_what_the_same_puts_one_by_one_would(
+    make_settings: Make, steps: list[list[tuple[int, int, bool]] | str]
+) -> None:
+    settings = make_settings(reformat=True)
+
+    async def run() -> None:
+        store = await RawDiskStore.open(settings)
+        model: dict[str, bytes] = {}
+        try:
+            for n, step in enumerate(steps):
+                if step == "delete":
+                    await store.delete("o1")
+                    model = {k: v for k, v in model.items() if not k.startswith("o1 ")}
+                elif step == "restart":
+                    await store.close()
+                    store = await RawDiskStore.open(settings)
+                else:
+                    assert isinstance(step, list)
+                    requests = []
+                    for k, size, plain in step:
+                        key = f"o{k % 3} {k}"
+                        data = b"z" * size if plain else payload(key, n, size)
+                        kind: Literal["slice", "meta"] = "meta" if k % 2 else "slice"
+                        requests.append(PutRequest(key, data, None, kind, None))
+                    answers = await store.put_many(requests)
+                    assert answers == [True] * len(requests)  # room and time for all
+                    for request in requests:
+                        model[request.key] = bytes(request.data)
+                check_consistent(store)
+                assert sorted(store.keys()) == sorted(model)
+            for key, data in model.items():
+                meta = int(key.rsplit(" ", 1)[1]) % 2
+                got = await (store.get_meta(key) if meta else store.get_slice(key))
+                assert got is not None and bytes(got) == data
+        finally:
+            await store.close()
+
+    if os.path.exists(settings.device_path):
+        os.unlink(settings.device_path)
+    asyncio.run(run())

@@ -314,7 +314,7 @@ class WritePath:
                         put.start,
                     )
                 )
-            except (OSError, RuntimeError) as exc:
+            except Exception as exc:  # that put's failure only: its blocks are freed
                 results.append(exc)
         return results
 

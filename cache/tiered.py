@@ -109,6 +109,7 @@ class TieredStore:
         # holds them for an fdatasync), and until it runs L2 still answers what it covers.
         self._purges_running: list[KeyMatcher] = []
         self._writer: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()  # waits for queue room (_enqueue)
         # Slices queued for L2, readable until written: without L1 (or after an L1
         # eviction) a reader in that window would otherwise go back to the origin.
         self._pending: dict[str, SliceData] = {}
@@ -322,12 +323,18 @@ class TieredStore:
         except asyncio.QueueFull:
             if self._l2_stuck:
                 return self._dropped()
+            # The caller (a fill) waits: fetching ahead faster than L2 writes only turns
+            # into lost writes and, later, origin requests again. The wait is the store's
+            # own task: a caller cancelled meanwhile (a fill at shutdown, whose bytes are
+            # all in) leaves its write to land when there is room; close() waits for it.
+            waiting = asyncio.get_running_loop().create_task(self._queue.put(write))
+            self._late.add(waiting)
+            waiting.add_done_callback(self._late.discard)
             try:
-                # The caller (a fill) waits: fetching ahead faster than L2 writes only
-                # turns into lost writes and, later, origin requests again.
                 async with asyncio.timeout(WRITE_BEHIND_WAIT_SECONDS):
-                    await self._queue.put(write)
+                    await asyncio.shield(waiting)
             except TimeoutError:
+                waiting.cancel()
                 self._l2_stuck = True
                 return self._dropped()
             if self.purged_since(write.epoch, write.key):
@@ -498,6 +505,12 @@ class TieredStore:
         return figures
 
     async def close(self) -> None:
+        if self._late:
+            # Writes still waiting for room whose callers left: queued, or counted lost.
+            _, stuck = await asyncio.wait(list(self._late), timeout=WRITE_BEHIND_WAIT_SECONDS)
+            for task in stuck:
+                task.cancel()
+                self._dropped()
         await self.flush()
         if self._writer is not None:
             self._writer.cancel()

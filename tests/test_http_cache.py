@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -151,6 +152,29 @@ def test_vary_keys_variants_on_the_named_request_headers(
         de2 = get(url, path, accept_language="de")
     assert [r.headers["x-cache"] for r in (en1, de1, en2, de2)] == ["MISS", "MISS", "HIT", "HIT"]
     assert origin_hits(origin, f"/files/{name}") == 2
+
+
+def test_variants_asked_together_while_the_object_is_unknown_are_each_stored(
+    cache_proxy: CacheProxy, origin: Origin
+) -> None:
+    # The first request's probe is shared with the others; its answer reveals the Vary,
+    # and a request whose variant it is not looks again and probes its own (helper-69:
+    # they were passed through, unstored, and missed again on the next round).
+    name = "1000-vary-together.bin"
+    path = f"/files/{name}?vary=Accept-Language&latency_ms=300"
+    languages = ["en", "de", "fr", "it"]
+    with cache_proxy() as url, httpx.Client(timeout=30) as client:
+
+        def fetch(language: str) -> httpx.Response:
+            return client.get(f"{url}{path}", headers={"accept-language": language})
+
+        with concurrent.futures.ThreadPoolExecutor(len(languages)) as pool:
+            first = list(pool.map(fetch, languages))
+        settle(url)
+        second = [get(url, path, accept_language=language) for language in languages]
+    assert all(r.status_code == 200 and r.content == expected_bytes(name) for r in first)
+    assert [r.headers["x-cache"] for r in second] == ["HIT"] * len(languages)
+    assert origin_hits(origin, f"/files/{name}") == len(languages)
 
 
 # --- freshness (section 4.2) ---------------------------------------------------------------

@@ -37,7 +37,7 @@ from app.engine.opening import Opening as Opening
 from app.engine.opening import Refuse as Refuse
 from app.engine.opening import forwarded
 from app.engine.probe import Prober
-from app.engine.probe_sharing import SharedProbes
+from app.engine.probe_sharing import OTHER_VARIANT, SharedProbes
 from app.engine.slicer import SliceEngine, SliceError
 from app.httpcache.cache_status import CacheStatus
 from app.httpcache.freshness import (
@@ -66,9 +66,10 @@ class ObjectDirectory:
 
     # --- lookup: the RFC 9111 decision ---------------------------------------------------
 
-    async def open(self, request: ObjectRequest) -> Opening:
+    async def open(self, request: ObjectRequest, *, again: bool = True) -> Opening:
         """How to serve this GET: from the stored object, after revalidating it, or from a
-        new (shared) probe."""
+        new (shared) probe. ``again``: it may look once more when a probe it joined turned
+        out to be another variant's."""
         object_key, request_headers = request.object_key, request.headers
         if self.records.is_unsliceable(object_key):
             return Forward("origin does not serve ranges of this object")
@@ -81,6 +82,8 @@ class ObjectDirectory:
             if on_miss(request_headers) is not None:
                 return Refuse(504, "only-if-cached: not in cache")
             result = await self.probes.probe(entry_key, request, None)
+            if again and isinstance(result, Forward) and result.reason == OTHER_VARIANT:
+                return await self.open(request, again=False)
             # Another variant of this URI is stored (RFC 9211 2.2: vary-miss).
             return forwarded(result, "vary-miss") if entry_key != object_key else result
 

@@ -22,6 +22,11 @@ from app.engine.probe import Prober, ProbeRun
 
 log = logging.getLogger("slicecache.objects")
 
+# A joiner's answer when the shared probe found a Vary that selects another variant for
+# it: the directory looks again, now knowing what the object varies on (its own variant
+# is probed and stored, not passed through).
+OTHER_VARIANT = "the shared origin answer is another variant"
+
 
 @dataclass
 class SharedProbes:
@@ -45,6 +50,7 @@ class SharedProbes:
                 if variant == result.entry_key:
                     status = dataclasses.replace(result.status, collapsed=True)
                     return dataclasses.replace(result, probed=False, status=status, cookies=[])
+                return Forward(OTHER_VARIANT)
             return Forward("the shared origin answer is not reusable for this request")
         loop = asyncio.get_running_loop()
         probe = ProbeRun(loop.create_future())

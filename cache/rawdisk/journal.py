@@ -29,6 +29,11 @@ _PURGE = struct.Struct("<H")
 MAX_RECORD = HEADER.size + _PUT.size + 4096 + TRAILER
 
 
+def put_record_size(key_len: int) -> int:
+    """Bytes the journal record of a put of a ``key_len``-byte key takes."""
+    return HEADER.size + _PUT.size + key_len + TRAILER
+
+
 @dataclass(frozen=True, slots=True)
 class PutRecord:
     row: int

@@ -60,8 +60,9 @@ class Persistence:
         """Are records waiting for the next sync?"""
         return bool(self._buf)
 
-    def journal_fill(self) -> float:
-        return (self.journal_pos + self._buf_bytes) / self.core.geo.journal_half_size
+    def journal_fill(self, extra: int = 0) -> float:
+        """The current journal half's fill, with ``extra`` bytes still to come."""
+        return (self.journal_pos + self._buf_bytes + extra) / self.core.geo.journal_half_size
 
     def _take_journal(self) -> tuple[bytes, int, int]:
         """The buffered records that fit in the current half, and where they go."""

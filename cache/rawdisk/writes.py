@@ -3,6 +3,12 @@
 A put writes into blocks allocated as HELD (not yet owned), then commits the index entry
 (and journals it) unless a delete that covers its key happened meanwhile
 (:class:`DeleteLog`): nothing a delete removed reappears because a put was in flight.
+Puts go in batches (:meth:`WritePath.put_many`; a single put is a batch of one): each
+phase runs for the whole batch, and the batch's journal records and index rows count
+against the store's limits before they commit.
+
+Length (~430 lines): the phases of a batch and the reservations they take and give back
+are one protocol, read and changed together.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from cache.rawdisk import codec
 from cache.rawdisk.allocator import HELD
 from cache.rawdisk.core import Core
 from cache.rawdisk.index import DEAD, key_is_storable
-from cache.rawdisk.journal import PutRecord
+from cache.rawdisk.journal import PutRecord, put_record_size
 from cache.rawdisk.layout import (
     KIND_META,
     KIND_SLICE,
@@ -57,6 +63,7 @@ class _Put:
     gen: int = 0
     checksum: int = 0
     committed: bool = False
+    journal_bytes: int = 0  # reserved in the journal until the put ends
 
     def __post_init__(self) -> None:
         self.payload = self.request.data
@@ -126,6 +133,10 @@ class WritePath:
         self._evict_one = evict_one
         self._wake_maintenance = wake_maintenance
         self._compress = core.settings.enable_compression
+        # What puts in flight (admitted, not yet ended) will add: journal bytes, and index
+        # rows once they hold an extent. Admission and allocation count them.
+        self._journal_reserved = 0
+        self._rows_reserved = 0
         geo = core.geo
         self.max_payload = (
             min((1 << 32) - 1, geo.data_blocks * geo.block_size // 8) - RECORD_HEADER_SIZE - 4096
@@ -158,15 +169,20 @@ class WritePath:
         one wait (issue 17: small cold misses with L2 were half as many as without).
         """
         stored = [False] * len(requests)
-        puts = [put for put in (self._admit(i, r) for i, r in enumerate(requests)) if put]
+        puts: list[_Put] = []
         try:
-            await self._encode(puts)
-            await self._allocate_all(puts)
-            await self._write_all(puts)
-            await self._commit_all(puts)
+            for index, request in enumerate(requests):
+                put = self._admit(index, request)
+                if put is not None:
+                    puts.append(put)
+            placed = await self._allocate_all(await self._encode(puts))
+            await self._commit_all(await self._write_all(placed))
         finally:
             for put in puts:
                 self.deletes.end_put(put.start_epoch)
+                self._journal_reserved -= put.journal_bytes
+                if put.start >= 0:
+                    self._rows_reserved -= 1
         for put in puts:
             stored[put.index] = put.committed
         if puts and self.core.over(HIGH_WATERMARK):
@@ -174,49 +190,73 @@ class WritePath:
         return stored
 
     def _admit(self, index: int, request: PutRequest) -> _Put | None:
-        """The checks a put passes before any work, on the loop; None: declined."""
-        kb = request.key.encode()
+        """The checks a put passes before any work, on the loop; None: declined.
+
+        The batch's own puts count against the journal (and, at allocation, the index)
+        before they commit: a batch may not overrun either, or a checkpoint would not fit
+        its slot and acknowledged puts would be lost at the next restart (helper-70).
+        """
+        try:
+            kb = request.key.encode()
+            size = len(request.data)
+            expires_at = request.expires_at
+            expires = 0 if expires_at is None else min(math.ceil(expires_at), (1 << 32) - 1)
+        except (TypeError, ValueError, OverflowError, UnicodeError):
+            self._declined()  # not a put this store can make (never from the app)
+            return None
         now = time.time()
-        expires_at = request.expires_at
         h = key_hash(kb)
         if (
             self.core.closed
             or not key_is_storable(kb)
-            or len(request.data) > self.max_payload
+            or size > self.max_payload
             or (expires_at is not None and expires_at <= now)
         ):
             self._declined()
             return None
-        if self.persist.journal_fill() > JOURNAL_PUT_LIMIT:
+        journal_bytes = put_record_size(len(kb))
+        if self.persist.journal_fill(self._journal_reserved + journal_bytes) > JOURNAL_PUT_LIMIT:
             self.persist.ckpt_due = True
             self._declined()
             return None
         if not self._admits(kb, h):
             self._declined("admission_rejects_total")
             return None
-        expires = 0 if expires_at is None else min(math.ceil(expires_at), (1 << 32) - 1)
         compress = self._compress and request.compressible is not False and request.kind == "slice"
+        self._journal_reserved += journal_bytes
         # Registered before compression starts: a delete that covers this key while zstd
         # (or the write) runs in a worker thread must make the put drop itself at commit.
-        return _Put(index, request, kb, h, expires, int(now), compress, self.deletes.begin_put())
+        put = _Put(index, request, kb, h, expires, int(now), compress, self.deletes.begin_put())
+        put.journal_bytes = journal_bytes
+        return put
 
-    async def _encode(self, puts: list[_Put]) -> None:
+    async def _encode(self, puts: list[_Put]) -> list[_Put]:
+        """Compression where it may pay, in one crossing; returns the puts still going."""
         trying = [put for put in puts if put.compress]
         if not trying:
-            return
-        encoded = await self.core.run(_encode_all, [put.request.data for put in trying])
+            return puts
+        try:
+            encoded = await self.core.run(_encode_all, [put.request.data for put in trying])
+        except RuntimeError:  # the worker pool is shut down: the store is closing
+            for _ in trying:
+                self._declined()
+            return [put for put in puts if not put.compress]
         for put, (codec_id, payload, tried) in zip(trying, encoded, strict=True):
             put.codec_id, put.payload = codec_id, payload
             if tried and codec_id == 0:
                 self.core.stats["compression_skipped_total"] += 1
+        return puts
 
-    async def _allocate_all(self, puts: list[_Put]) -> None:
+    async def _allocate_all(self, puts: list[_Put]) -> list[_Put]:
+        """Extents for the puts (as HELD blocks); returns those that got one."""
         core, tables = self.core, self.tables
         block_size = core.geo.block_size
         async with core.mutate:
             for put in puts:
                 put.nblocks = extent_blocks(len(put.kb), len(put.payload), block_size)
                 put.start = self._allocate(put.nblocks)
+                if put.start >= 0:
+                    self._rows_reserved += 1
                 put.gen = tables.next_gen
                 tables.next_gen += 1
         short = [put for put in puts if put.start < 0]
@@ -228,16 +268,25 @@ class WritePath:
                 async with core.mutate:
                     for put in short:
                         put.start = self._allocate(put.nblocks)
+                        if put.start >= 0:
+                            self._rows_reserved += 1
+        placed = []
         for put in puts:
             if put.start < 0:
                 self._declined("no_space_total")
+            else:
+                placed.append(put)
+        return placed
 
-    async def _write_all(self, puts: list[_Put]) -> None:
-        placed = [put for put in puts if put.start >= 0]
+    async def _write_all(self, placed: list[_Put]) -> list[_Put]:
+        """Every extent written in one crossing; returns the puts whose write succeeded."""
         if not placed:
-            return
-        results = await self.core.run(self._write_records, placed)
-        failed = []
+            return placed
+        try:
+            results: list[int | BaseException] = await self.core.run(self._write_records, placed)
+        except RuntimeError as error:  # the worker pool is shut down: nothing was written
+            results = [error] * len(placed)
+        written, failed = [], []
         for put, result in zip(placed, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append(put)
@@ -248,20 +297,22 @@ class WritePath:
                 self._declined()
             else:
                 put.checksum = result
+                written.append(put)
         if failed:
             async with self.core.mutate:
                 for put in failed:
                     self.tables.map.free(put.start, put.nblocks)
                     put.start = -1
+                    self._rows_reserved -= 1
+        return written
 
-    async def _commit_all(self, puts: list[_Put]) -> None:
+    async def _commit_all(self, written: list[_Put]) -> None:
         core, tables = self.core, self.tables
-        placed = [put for put in puts if put.start >= 0]
-        if not placed:
+        if not written:
             return
         stats = core.stats
         async with core.mutate:
-            for put in placed:
+            for put in written:
                 if core.closed or self.deletes.deleted_since(put.start_epoch, put.kb):
                     tables.map.free(put.start, put.nblocks)
                     stats["discarded_puts_total"] += 1
@@ -363,7 +414,7 @@ class WritePath:
         max_entries = self.core.geo.max_entries
         start = tables.map.allocate(nblocks, HELD)
         for _ in range(EVICT_BATCH):
-            if start >= 0 and tables.index.live < max_entries:
+            if start >= 0 and tables.index.live + self._rows_reserved < max_entries:
                 return start
             if start < 0 and tables.pending_free_blocks >= nblocks:
                 break
@@ -371,7 +422,7 @@ class WritePath:
                 break
             if start < 0:
                 start = tables.map.allocate(nblocks, HELD)
-        if start >= 0 and tables.index.live < max_entries:
+        if start >= 0 and tables.index.live + self._rows_reserved < max_entries:
             return start
         if start >= 0:
             tables.map.free(start, nblocks)

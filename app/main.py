@@ -142,6 +142,7 @@ class Runtime:
             figures["write_behind_queue_slices"] = float(self.store.queue_depth)
             figures["write_behind_dropped_total"] = float(counters["write_behind_dropped"])
             figures["write_behind_written_total"] = float(counters["write_behind_written"])
+            figures["l2_declined_total"] = float(counters["l2_declined"])
             figures["l2_errors_total"] = float(counters["l2_errors"])
             if self.store.l1 is not None:
                 for key, value in self.store.l1.stats().items():

@@ -119,6 +119,7 @@ class TieredStore:
         self.counters = {
             "write_behind_dropped": 0,
             "write_behind_written": 0,
+            "l2_declined": 0,  # writes L2 turned down (its own stats say why)
             "l2_errors": 0,
             "l1_promotions": 0,
             "stale_writes_discarded": 0,
@@ -370,6 +371,10 @@ class TieredStore:
                     batch.append(self._queue.get_nowait())
                     size += len(batch[-1].data)
                 await self._write_batch(batch)
+            except asyncio.CancelledError:
+                # Cut short (close() gave up on a stuck L2): not written, as far as we know.
+                self.counters["write_behind_dropped"] += len(batch)
+                raise
             finally:
                 for item in batch:
                     if item.kind == "slice" and self._pending.get(item.key) is item.data:
@@ -387,15 +392,17 @@ class TieredStore:
         if not live:
             return
         try:
-            await self._put_l2(live)
+            accepted = await self._put_l2(live)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.counters["l2_errors"] += len(live)
             self.warnings.exception("l2_write_error", "L2 write failed; the slice stays in L1 only")
             return
-        for item in live:
-            if self.purged_since(item.epoch, item.key):
+        for item, stored in zip(live, accepted, strict=True):
+            if not stored:
+                self.counters["l2_declined"] += 1  # L2 said no (space, admission...)
+            elif self.purged_since(item.epoch, item.key):
                 # Purged while we were writing it: take it out again.
                 await self.l2.delete_prefix(item.key)
                 self.counters["stale_writes_discarded"] += 1
@@ -403,11 +410,11 @@ class TieredStore:
                 self.counters["write_behind_written"] += 1
         self._l2_stuck = False
 
-    async def _put_l2(self, items: list[_Write]) -> None:
+    async def _put_l2(self, items: list[_Write]) -> list[bool]:
         l2 = self.l2
         assert l2 is not None
         if isinstance(l2, BatchWrites):
-            await l2.put_many(
+            return await l2.put_many(
                 [
                     PutRequest(
                         item.key,
@@ -419,10 +426,10 @@ class TieredStore:
                     for item in items
                 ]
             )
-            return
+        answers = []
         for item in items:
             if item.kind == "slice":
-                await l2.put_slice(
+                stored = await l2.put_slice(
                     item.key,
                     item.data,
                     item.expires_at,
@@ -430,7 +437,11 @@ class TieredStore:
                     compressible=item.compressible,
                 )
             else:
-                await l2.put_meta(item.key, bytes(item.data), item.expires_at, epoch=item.epoch)
+                stored = await l2.put_meta(
+                    item.key, bytes(item.data), item.expires_at, epoch=item.epoch
+                )
+            answers.append(stored)
+        return answers
 
     @property
     def queue_depth(self) -> int:
@@ -516,6 +527,7 @@ class TieredStore:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        self.counters["write_behind_dropped"] += self._queue.qsize()  # never written
         if self.l2 is not None:
             await self.l2.close()
         if self.l1 is not None:

@@ -5,6 +5,7 @@ a delete during the batch still wins; the write-behind queue hands L2 what is qu
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -279,3 +280,43 @@ async def test_a_put_the_store_cannot_make_is_declined_alone(make_settings: Make
         check_consistent(store)
     finally:
         await store.close()
+
+
+async def test_a_write_l2_declines_is_counted_as_declined_not_written(
+    make_settings: Make,
+) -> None:
+    # helper-71: write_behind_written counted puts L2 had turned down (no space, admission).
+    l2 = await RawDiskStore.open(make_settings())
+    store = TieredStore(MemoryStore(64 * MiB), l2, queue_size=64)
+    try:
+        too_big = b"x" * (l2.max_payload + 1)
+        await store.put_slice("http://o/big v 0", too_big, None, epoch=store.epoch)
+        await store.put_slice("http://o/small v 0", b"s", None, epoch=store.epoch)
+        await store.flush()
+        assert store.counters["write_behind_written"] == 1
+        assert store.counters["l2_declined"] == 1
+    finally:
+        await store.close()
+
+
+async def test_close_counts_every_write_a_stuck_l2_never_took() -> None:
+    # helper-71: with L2 stuck, close() cut the batch in flight and the queue short, and
+    # those writes were counted nowhere.
+    class StuckL2(MemoryStore):
+        name = "l2"
+
+        async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+            await asyncio.Event().wait()  # never returns
+            return []
+
+    store = TieredStore(MemoryStore(MiB), StuckL2(MiB), queue_size=4)
+    for n in range(3):
+        await store.put_slice(f"http://o/s v {n}", b"x", None, epoch=store.epoch)
+    await asyncio.sleep(0.01)  # the writer takes what is queued and gets stuck with it
+    await store.put_slice("http://o/s v 3", b"x", None, epoch=store.epoch)  # queued behind
+    await store.flush(timeout=0.05)
+    # close() waits 10 s for the queue to drain; here it never will.
+    store.flush = functools.partial(TieredStore.flush, store, 0.05)  # type: ignore[method-assign]
+    await store.close()
+    counted = store.counters["write_behind_dropped"] + store.counters["write_behind_written"]
+    assert counted == 4

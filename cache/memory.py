@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import mmap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from cache.indexed import ObjectIndexedLRU
-from cache.protocol import SliceData, SliceLease
+from cache.protocol import PutRequest, SliceData, SliceLease, put_each
 
 # Python object headers of the entry, its tuple key and the LRU's bookkeeping, measured
 # with sys.getsizeof on CPython 3.11 and rounded up.
@@ -151,6 +151,9 @@ class MemoryStore:
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
     ) -> bool:
         return self._put(META, key, meta, expires_at)
+
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+        return await put_each(self, requests)
 
     def _remove_where(self, matches: Callable[[str], bool]) -> int:
         doomed = [k for k in self._lru if matches(k[1])]

@@ -74,6 +74,17 @@ def borrowed(piece: SliceData) -> TypeGuard[memoryview]:
     return isinstance(piece, memoryview) and isinstance(piece.obj, mmap.mmap)
 
 
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    """One write of a batch (:meth:`Store.put_many`): a slice or a metadata blob."""
+
+    key: str
+    data: SliceData
+    expires_at: float | None
+    kind: Literal["slice", "meta"]
+    compressible: bool | None  # False: already compressed, no attempt
+
+
 @runtime_checkable
 class Store(Protocol):
     """One cache tier. All methods are safe to call from the event loop thread."""
@@ -129,6 +140,12 @@ class Store(Protocol):
         """Store an object's metadata blob (``epoch``: as for :meth:`put_slice`)."""
         ...
 
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+        """Store each request; one answer each, in order, as put_slice/put_meta would.
+        The front's write-behind hands a tier what is queued at once: a tier that pays
+        per call (L2 crosses to its worker threads) pays once per batch."""
+        ...
+
     async def delete(self, object_key: str) -> int:
         """Remove the object: metadata, every slice, every variant. Returns entries removed."""
         ...
@@ -154,25 +171,15 @@ class Store(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class PutRequest:
-    """One write of a batch (:class:`BatchWrites`): a slice or a metadata blob."""
-
-    key: str
-    data: SliceData
-    expires_at: float | None
-    kind: Literal["slice", "meta"]
-    compressible: bool | None  # False: already compressed, no attempt
-
-
-@runtime_checkable
-class BatchWrites(Protocol):
-    """A tier that stores many writes for little more than the cost of one (L2: its
-    worker threads are crossed once per batch, not per write)."""
-
-    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
-        """Store each request; one answer each, in order (as put_slice/put_meta)."""
-        ...
+async def put_each(store: Store, requests: Sequence[PutRequest]) -> list[bool]:
+    """:meth:`Store.put_many` for a tier with nothing to save by batching: each request
+    goes the way a single write does (a subclass's put_slice/put_meta included)."""
+    return [
+        await store.put_slice(r.key, r.data, r.expires_at, compressible=r.compressible)
+        if r.kind == "slice"
+        else await store.put_meta(r.key, bytes(r.data), r.expires_at)
+        for r in requests
+    ]
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ metrics, and logged once per warning interval by the app's pressure watch
 (app/engine/pressure.py).
 
 Writes reach L2 in batches: what is queued when the writer wakes goes to the tier at once
-(:class:`cache.protocol.BatchWrites`), so L2's worker threads are crossed once per batch.
+(:meth:`cache.protocol.Store.put_many`), so L2's worker threads are crossed once per batch.
 
 Length (~505 lines): reads, writes, the write-behind queue and deletes all apply the one
 purge-epoch rule above; kept in one module so that rule is read and changed in one place.
@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,7 +43,7 @@ from cachetools import LRUCache
 
 from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
-from cache.protocol import BatchWrites, PutRequest, SliceData, SliceLease, Store
+from cache.protocol import PutRequest, SliceData, SliceLease, Store, put_each
 from cache.ratelimit import DEFAULT_INTERVAL, RateLimitedLog
 
 log = logging.getLogger("slicecache.cache")
@@ -55,7 +55,7 @@ OBJECT_PURGE_RECORDS = 100_000  # object purges (PURGE of a URL, RFC 9111 4.4) r
 # How long a write waits for room in a full write-behind queue before it is dropped. An L2
 # that drains nothing for that long is stuck: later writes drop at once until it writes.
 WRITE_BEHIND_WAIT_SECONDS = 5.0
-# The most writes, and about the most bytes, handed to L2 at once (BatchWrites): a small
+# The most writes, and about the most bytes, handed to L2 at once (put_many): a small
 # write costs less than a crossing to L2's worker threads; a batch of 1 MiB slices is cut
 # short so that each commit still follows its write soon.
 WRITE_BATCH = 64
@@ -303,6 +303,9 @@ class TieredStore:
         epoch = self._epoch if epoch is None else epoch
         return await self._put(_Write("meta", key, meta, expires_at, epoch))
 
+    async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
+        return await put_each(self, requests)  # each with the current purge epoch
+
     async def _put(self, write: _Write) -> bool:
         if self.purged_since(write.epoch, write.key):
             self.counters["stale_writes_discarded"] += 1
@@ -361,7 +364,7 @@ class TieredStore:
                 # its way to its client, and an L2 index update must not go first.
                 await asyncio.sleep(0)
                 # What was queued meanwhile goes with it: one crossing to L2's threads
-                # for the lot (BatchWrites), not one or two per write.
+                # for the lot (put_many), not one or two per write.
                 size = len(batch[0].data)
                 while (
                     len(batch) < WRITE_BATCH
@@ -411,37 +414,19 @@ class TieredStore:
         self._l2_stuck = False
 
     async def _put_l2(self, items: list[_Write]) -> list[bool]:
-        l2 = self.l2
-        assert l2 is not None
-        if isinstance(l2, BatchWrites):
-            return await l2.put_many(
-                [
-                    PutRequest(
-                        item.key,
-                        item.data if item.kind == "slice" else bytes(item.data),
-                        item.expires_at,
-                        item.kind,
-                        item.compressible if item.kind == "slice" else False,
-                    )
-                    for item in items
-                ]
-            )
-        answers = []
-        for item in items:
-            if item.kind == "slice":
-                stored = await l2.put_slice(
+        assert self.l2 is not None
+        return await self.l2.put_many(
+            [
+                PutRequest(
                     item.key,
-                    item.data,
+                    item.data if item.kind == "slice" else bytes(item.data),
                     item.expires_at,
-                    epoch=item.epoch,
-                    compressible=item.compressible,
+                    item.kind,
+                    item.compressible if item.kind == "slice" else False,
                 )
-            else:
-                stored = await l2.put_meta(
-                    item.key, bytes(item.data), item.expires_at, epoch=item.epoch
-                )
-            answers.append(stored)
-        return answers
+                for item in items
+            ]
+        )
 
     @property
     def queue_depth(self) -> int:

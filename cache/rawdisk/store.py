@@ -161,15 +161,18 @@ class RawDiskStore:
         epoch: int | None = None,  # the front's purge epoch: checked by TieredStore
     ) -> bool:
         """Store a slice. ``compressible=False`` says the content is already compressed."""
-        return await self._writes.put(key, data, expires_at, KIND_SLICE, compressible)
+        request = PutRequest(key, data, expires_at, "slice", compressible)
+        return (await self._writes.put_many([request]))[0]
 
     async def put_meta(
         self, key: str, meta: bytes, expires_at: float | None, *, epoch: int | None = None
     ) -> bool:
-        return await self._writes.put(key, meta, expires_at, KIND_META, False)
+        request = PutRequest(key, meta, expires_at, "meta", False)
+        return (await self._writes.put_many([request]))[0]
 
     async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
-        """Store a batch of slices and metadata blobs (:class:`cache.protocol.BatchWrites`)."""
+        """Store a batch of slices and metadata blobs, crossing to the worker threads once
+        or twice for the lot (WritePath.put_many)."""
         return await self._writes.put_many(requests)
 
     async def delete(self, object_key: str) -> int:

@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from cache.protocol import PutRequest, SliceData
 from cache.rawdisk import codec
@@ -38,8 +37,6 @@ from cache.rawdisk.maintenance import EVICT_BATCH
 from cache.rawdisk.persistence import Persistence
 from cache.rawdisk.policy import HIGH_WATERMARK
 
-_KIND_NAMES: dict[int, Literal["slice", "meta"]] = {KIND_SLICE: "slice", KIND_META: "meta"}
-
 # Puts are declined while the journal half is this full (deletes always fit).
 JOURNAL_PUT_LIMIT = 0.9
 
@@ -54,6 +51,7 @@ class _Put:
     h: int
     expires: int
     created: int
+    kind: int  # KIND_SLICE or KIND_META
     compress: bool
     start_epoch: int  # DeleteLog.begin_put
     codec_id: int = 0
@@ -149,17 +147,6 @@ class WritePath:
             stats[counter] += 1
         return False
 
-    async def put(
-        self,
-        key: str,
-        data: SliceData,
-        expires_at: float | None,
-        kind: int,
-        compressible: bool | None,
-    ) -> bool:
-        request = PutRequest(key, data, expires_at, _KIND_NAMES[kind], compressible)
-        return (await self.put_many([request]))[0]
-
     async def put_many(self, requests: Sequence[PutRequest]) -> list[bool]:
         """Store each of ``requests``; one answer each, in order.
 
@@ -226,7 +213,10 @@ class WritePath:
         self._journal_reserved += journal_bytes
         # Registered before compression starts: a delete that covers this key while zstd
         # (or the write) runs in a worker thread must make the put drop itself at commit.
-        put = _Put(index, request, kb, h, expires, int(now), compress, self.deletes.begin_put())
+        kind = KIND_META if request.kind == "meta" else KIND_SLICE
+        put = _Put(
+            index, request, kb, h, expires, int(now), kind, compress, self.deletes.begin_put()
+        )
         put.journal_bytes = journal_bytes
         return put
 
@@ -335,7 +325,7 @@ class WritePath:
                     expires=put.expires,
                     created=put.created,
                     codec=put.codec_id,
-                    kind=KIND_META if put.request.kind == "meta" else KIND_SLICE,
+                    kind=put.kind,
                     key=put.kb,
                 )
                 tables.put(record, replay=False)
@@ -360,7 +350,7 @@ class WritePath:
                         put.payload,
                         len(put.request.data),
                         put.codec_id,
-                        KIND_META if put.request.kind == "meta" else KIND_SLICE,
+                        put.kind,
                         put.created,
                         put.start,
                     )

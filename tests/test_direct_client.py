@@ -386,6 +386,134 @@ async def test_timeouts_and_refusals_are_httpx_errors_and_the_pool_is_bounded() 
     await transport.aclose()
 
 
+async def _served_in_turn(
+    transport: DirectTransport, url: str, name: str, order: list[str]
+) -> None:
+    response = await transport.handle_async_request(_request(url, pool=5.0))
+    order.append(name)
+    await _read_all(response)
+    await response.aclose()
+
+
+async def _waiters_queued(transport: DirectTransport, count: int) -> None:
+    for _ in range(500):
+        if len(transport._waiters) == count:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"never {count} requests waiting for the pool")
+
+
+async def test_requests_waiting_for_a_full_pool_are_served_oldest_first() -> None:
+    origin = ScriptedOrigin(content_length(b"x" * 1000))
+    transport = DirectTransport(pool_size=1)
+    order: list[str] = []
+    async with origin.running() as url:
+        held = await transport.handle_async_request(_request(url))
+        tasks = []
+        for count, name in enumerate("abcde", 1):
+            tasks.append(asyncio.ensure_future(_served_in_turn(transport, url, name, order)))
+            await _waiters_queued(transport, count)
+        await _read_all(held)
+        await held.aclose()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert order == list("abcde")
+        assert origin.connections == 1, "the one connection was handed on, not reopened"
+        assert not transport._waiters
+        await transport.aclose()
+
+
+async def test_a_woken_waiter_that_leaves_passes_its_turn_on() -> None:
+    """Cancelled after the freed connection woke it, before it ran: the next waiter gets
+    the connection at once, not after its pool timeout."""
+    origin = ScriptedOrigin(content_length(b"y"))
+    transport = DirectTransport(pool_size=1)
+    order: list[str] = []
+    async with origin.running() as url:
+        held = await transport.handle_async_request(_request(url))
+        first = asyncio.ensure_future(_served_in_turn(transport, url, "first", order))
+        await _waiters_queued(transport, 1)
+        second = asyncio.ensure_future(_served_in_turn(transport, url, "second", order))
+        await _waiters_queued(transport, 2)
+        await _read_all(held)
+        await held.aclose()  # wakes "first" ...
+        first.cancel()  # ... which leaves before it runs
+        started = time.monotonic()
+        await asyncio.wait_for(second, 4)
+        assert time.monotonic() - started < 2.5, "the second waiter waited for its timeout"
+        assert order == ["second"]
+        assert first.cancelled()
+        assert transport._open == 1 and not transport._waiters
+        await transport.aclose()
+
+
+async def test_a_newcomer_does_not_take_the_connection_freed_for_a_waiter() -> None:
+    """The newcomer's first step runs after the release and before the woken waiter's:
+    it queues behind that waiter instead of taking the idle connection (which sent the
+    waiter back to wait, and at worst to its pool timeout while later requests got in)."""
+    origin = ScriptedOrigin(content_length(b"w"))
+    transport = DirectTransport(pool_size=1)
+    order: list[str] = []
+    async with origin.running() as url:
+        held = await transport.handle_async_request(_request(url))
+        waiter = asyncio.ensure_future(_served_in_turn(transport, url, "waiter", order))
+        await _waiters_queued(transport, 1)
+        await _read_all(held)
+        newcomer = asyncio.ensure_future(_served_in_turn(transport, url, "newcomer", order))
+        await held.aclose()  # frees the connection after the newcomer was scheduled
+        await asyncio.wait_for(asyncio.gather(waiter, newcomer), 4)
+        assert order == ["waiter", "newcomer"]
+        assert transport._woken == 0 and not transport._waiters
+        await transport.aclose()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from(["wait", "cancel", "timeout"]), st.integers(0, 3)),
+        min_size=5,
+        max_size=30,
+    )
+)
+def test_the_pool_loses_no_slot_whoever_leaves_the_queue(
+    plan: list[tuple[str, int]],
+) -> None:
+    """Requests over a pool of 2, some cancelled at random moments, some with a pool
+    timeout too short to wait: every one that stays is served, and the pool ends with no
+    waiter and no slot lost (a lost wake-up would leave the stayers to their timeout)."""
+
+    async def run() -> None:
+        origin = ScriptedOrigin(content_length(b"z" * 100))
+        transport = DirectTransport(pool_size=2)
+        async with origin.running() as url:
+            tasks: list[tuple[str, asyncio.Task[None]]] = []
+            for kind, delay in plan:
+                pool = 0.001 if kind == "timeout" else 5.0
+
+                async def one(pool: float = pool) -> None:
+                    response = await transport.handle_async_request(_request(url, pool=pool))
+                    await _read_all(response)
+                    await response.aclose()
+
+                task = asyncio.create_task(one())
+                tasks.append((kind, task))
+                for _ in range(delay):
+                    await asyncio.sleep(0)
+                if kind == "cancel":
+                    task.cancel()
+            for kind, task in tasks:
+                if kind == "wait":
+                    await asyncio.wait_for(task, 4)
+                else:
+                    with contextlib.suppress(asyncio.CancelledError, httpx.PoolTimeout):
+                        await task
+            assert not transport._waiters and transport._woken == 0
+            assert 0 <= transport._open <= 2
+            await transport.aclose()
+            assert transport._open == 0
+
+    asyncio.run(run())
+
+
 async def test_an_idle_connection_is_closed_after_the_keepalive_time() -> None:
     origin = ScriptedOrigin(content_length(b"x"))
     transport = DirectTransport(pool_size=2, keepalive_seconds=0.05)

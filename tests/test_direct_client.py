@@ -466,6 +466,38 @@ async def test_a_newcomer_does_not_take_the_connection_freed_for_a_waiter() -> N
         await transport.aclose()
 
 
+async def test_a_retry_after_a_dead_pooled_connection_keeps_its_turn() -> None:
+    """The waiter woken for the one connection finds it dead (the origin closed it
+    unanswered): its retry on a new connection goes before the requests queued after it,
+    not behind them (helper-72)."""
+    answered: dict[asyncio.StreamWriter, int] = {}
+
+    async def one_per_connection(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if answered.get(writer):
+            writer.close()  # a second request on this connection: closed unanswered
+            return
+        answered[writer] = 1
+        writer.write(_head(206, "Content-Length: 1") + b"r")
+        await writer.drain()
+
+    origin = ScriptedOrigin(one_per_connection)
+    transport = DirectTransport(pool_size=1)
+    order: list[str] = []
+    async with origin.running() as url:
+        held = await transport.handle_async_request(_request(url))
+        first = asyncio.ensure_future(_served_in_turn(transport, url, "first", order))
+        await _waiters_queued(transport, 1)
+        second = asyncio.ensure_future(_served_in_turn(transport, url, "second", order))
+        await _waiters_queued(transport, 2)
+        await _read_all(held)
+        await held.aclose()  # "first" draws this connection, which the origin then drops
+        await asyncio.wait_for(asyncio.gather(first, second), 4)
+        assert order == ["first", "second"]
+        assert origin.connections == 3
+        assert transport._woken == 0 and not transport._waiters
+        await transport.aclose()
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     plan=st.lists(

@@ -475,7 +475,10 @@ class DirectTransport(httpx.AsyncBaseTransport):
         ``fresh``)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeouts.get("pool") is None else loop.time() + timeouts["pool"]
-        woken = False  # by a freed connection or slot, after waiting
+        # Woken by a freed connection or slot, after waiting; a retry on a fresh connection
+        # (the pooled one it drew was dead) keeps the turn it had (helper-72: it went to
+        # the back of the queue, behind every request that came after it).
+        woken = fresh
         while True:
             # Behind the requests already waiting, unless woken for this turn.
             if woken or not self._owed():

@@ -382,9 +382,9 @@ class DirectTransport(httpx.AsyncBaseTransport):
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._open = 0  # connections open or being opened
         # Requests waiting for a connection, oldest first. A freed connection or slot wakes
-        # the oldest only (an Event woke all of them to race for one: 2-3 % of the CPU at
-        # 200 clients over a full pool), and a newcomer queues behind them, so no request
-        # times out waiting while later ones are served.
+        # the oldest only (an Event woke all of them to race for one: 200 cold clients over
+        # a pool of 16 cost 1.6 ms of CPU per request, 0.8-1.0 ms without), and a newcomer
+        # queues behind them, so no request times out waiting while later ones are served.
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._woken = 0  # waiters woken that have not run yet: each is owed a connection
         self._closed = False

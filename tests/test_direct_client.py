@@ -403,17 +403,26 @@ async def _waiters_queued(transport: DirectTransport, count: int) -> None:
     raise AssertionError(f"never {count} requests waiting for the pool")
 
 
+async def _queued_behind_one(
+    transport: DirectTransport, url: str, names: str | list[str], order: list[str]
+) -> tuple[httpx.Response, list[asyncio.Task[None]]]:
+    """The pool's one connection held by a response (read, not yet closed), and a request
+    per name queued for it in that order: closing the response frees the connection."""
+    held = await transport.handle_async_request(_request(url))
+    waiting = []
+    for count, name in enumerate(names, 1):
+        waiting.append(asyncio.create_task(_served_in_turn(transport, url, name, order)))
+        await _waiters_queued(transport, count)
+    await _read_all(held)
+    return held, waiting
+
+
 async def test_requests_waiting_for_a_full_pool_are_served_oldest_first() -> None:
     origin = ScriptedOrigin(content_length(b"x" * 1000))
     transport = DirectTransport(pool_size=1)
     order: list[str] = []
     async with origin.running() as url:
-        held = await transport.handle_async_request(_request(url))
-        tasks = []
-        for count, name in enumerate("abcde", 1):
-            tasks.append(asyncio.ensure_future(_served_in_turn(transport, url, name, order)))
-            await _waiters_queued(transport, count)
-        await _read_all(held)
+        held, tasks = await _queued_behind_one(transport, url, "abcde", order)
         await held.aclose()
         await asyncio.wait_for(asyncio.gather(*tasks), 5)
         assert order == list("abcde")
@@ -429,12 +438,7 @@ async def test_a_woken_waiter_that_leaves_passes_its_turn_on() -> None:
     transport = DirectTransport(pool_size=1)
     order: list[str] = []
     async with origin.running() as url:
-        held = await transport.handle_async_request(_request(url))
-        first = asyncio.ensure_future(_served_in_turn(transport, url, "first", order))
-        await _waiters_queued(transport, 1)
-        second = asyncio.ensure_future(_served_in_turn(transport, url, "second", order))
-        await _waiters_queued(transport, 2)
-        await _read_all(held)
+        held, (first, second) = await _queued_behind_one(transport, url, ["first", "second"], order)
         await held.aclose()  # wakes "first" ...
         first.cancel()  # ... which leaves before it runs
         started = time.monotonic()
@@ -454,10 +458,7 @@ async def test_a_newcomer_does_not_take_the_connection_freed_for_a_waiter() -> N
     transport = DirectTransport(pool_size=1)
     order: list[str] = []
     async with origin.running() as url:
-        held = await transport.handle_async_request(_request(url))
-        waiter = asyncio.ensure_future(_served_in_turn(transport, url, "waiter", order))
-        await _waiters_queued(transport, 1)
-        await _read_all(held)
+        held, (waiter,) = await _queued_behind_one(transport, url, ["waiter"], order)
         newcomer = asyncio.ensure_future(_served_in_turn(transport, url, "newcomer", order))
         await held.aclose()  # frees the connection after the newcomer was scheduled
         await asyncio.wait_for(asyncio.gather(waiter, newcomer), 4)
@@ -484,12 +485,7 @@ async def test_a_retry_after_a_dead_pooled_connection_keeps_its_turn() -> None:
     transport = DirectTransport(pool_size=1)
     order: list[str] = []
     async with origin.running() as url:
-        held = await transport.handle_async_request(_request(url))
-        first = asyncio.ensure_future(_served_in_turn(transport, url, "first", order))
-        await _waiters_queued(transport, 1)
-        second = asyncio.ensure_future(_served_in_turn(transport, url, "second", order))
-        await _waiters_queued(transport, 2)
-        await _read_all(held)
+        held, (first, second) = await _queued_behind_one(transport, url, ["first", "second"], order)
         await held.aclose()  # "first" draws this connection, which the origin then drops
         await asyncio.wait_for(asyncio.gather(first, second), 4)
         assert order == ["first", "second"]

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
 from app.engine.budget import ByteBudget
-from app.engine.fills import FillAbandoned, SliceClaim, SliceFill, SliceOverflow
+from app.engine.fills import (
+    FillAbandoned,
+    SliceClaim,
+    SliceFill,
+    SliceOverflow,
+    unzeroed_bytearray,
+)
 
 
 async def collect(fill: SliceFill, lo: int, hi: int) -> bytes:
@@ -173,3 +180,38 @@ async def test_each_reader_of_a_failed_fill_gets_the_error_with_its_own_frames_o
     fill.fail(SliceOverflow("origin sent more"))
     depths = [await depth_seen() for _ in range(5)]
     assert depths[-1] == depths[0], depths
+
+
+def test_unzeroed_slice_memory_is_a_plain_bytearray_that_is_freed() -> None:
+    buffer = unzeroed_bytearray(1 << 20)
+    assert type(buffer) is bytearray and len(buffer) == 1 << 20
+    buffer[:3] = b"abc"
+    buffer[-1] = 7
+    assert buffer[:3] == b"abc" and buffer[-1] == 7
+    # One reference (ours, plus getrefcount's argument): ctypes kept none, so it is freed.
+    assert sys.getrefcount(buffer) == 2
+    assert unzeroed_bytearray(0) == bytearray()
+
+
+async def test_a_heap_slice_is_read_only_as_far_as_it_was_filled() -> None:
+    # Heap slices are not zeroed (slice_buffer): leave stale bytes where one may land.
+    for _ in range(8):
+        stale = bytearray(b"\xaa" * (1 << 20))
+        del stale
+    fill = SliceFill("k", 1 << 20, (2 << 20) - 1)  # not slice 0: a heap buffer
+    reader = asyncio.create_task(collect(fill, 0, 1 << 20))
+    await asyncio.sleep(0)
+    fill.append(b"x" * 1000)
+    fill.fail(ConnectionResetError("origin reset"))
+    with pytest.raises(ConnectionResetError):
+        await reader
+    assert isinstance(fill.buffer, bytearray)
+    assert await collect_until_error(fill, 0, 1 << 20) == b"x" * 1000
+
+
+async def collect_until_error(fill: SliceFill, lo: int, hi: int) -> bytes:
+    pieces: list[bytes] = []
+    with pytest.raises(ConnectionResetError):
+        async for piece in fill.read(lo, hi):
+            pieces.append(bytes(piece))
+    return b"".join(pieces)

@@ -10,8 +10,8 @@ reader with the same error: a reader never mistakes a broken fill for the end of
 from __future__ import annotations
 
 import asyncio
-import mmap
-from collections.abc import AsyncIterator
+import ctypes
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,33 +41,52 @@ class SliceGone(Exception):
     (raised before any byte of the slice was read)."""
 
 
-# A slice's bytes: heap memory (a bytearray), or for slice 0 a private anonymous mapping.
-SliceBuffer = bytearray | mmap.mmap
-MAPPED_FROM = 256 * 1024  # below this, zeroing a slice costs less than mapping it
+# A slice's bytes: heap memory, not zeroed (see _unzeroed_allocator).
+SliceBuffer = bytearray
 
 
 # Why the heap: glibc reuses the memory of slices L1 let go (after the first free of a
-# 1 MiB chunk it serves such sizes from the heap), so a slice costs a memset of resident
-# pages. A mapping per slice cost a page fault and a kernel zeroing per 4 KiB page, and
-# on this VM a host fault whenever the freed memory had gone back to the host (free page
+# 1 MiB chunk it serves such sizes from the heap), so a slice usually costs no page fault.
+# A mapping per slice cost a page fault and a kernel zeroing per 4 KiB page, and on this
+# VM a host fault whenever the freed memory had gone back to the host (free page
 # reporting): a cold 400 MiB miss fell from 2.7-4.4 to 1.8-1.9 CPU-s per GB
 # (bench.cold_miss --mib 400, A/B twice).
-# Why a mapping for slice 0: every cold GET's first byte waits on it, and a mapping's
-# pages fault in as the socket fills them, where ``bytearray(n)`` zeroes all of it first;
-# when glibc must grow the heap for it, that cost 1-3 ms before the first byte (3888e4d).
-# Other slices are mostly fetched ahead of their reader; a range that starts inside a
-# cold object waits on one (a memset of reused heap: ~16 us per MiB).
+# Why not zeroed: nothing reads a slice's bytes before the socket wrote them, and
+# ``bytearray(n)`` zeroes all of it first: 1 MiB of evicted, cache-cold heap per slice
+# (~2 % of a cold miss's CPU under perf), and, where glibc had to grow the heap, a fault
+# per page before the first byte could land (1-3 ms before a cold GET's first byte, which
+# is why slice 0 used to get a mapping of its own: 3888e4d). Unzeroed, the pages of fresh
+# memory fault in as the socket fills them, whatever the slice.
 # Freed, such heap memory stays with the process: app/engine/heaptrim.py hands it back
 # once the engine is idle, when this count moved since its last pass.
 heap_slice_bytes = 0
 
 
-def slice_buffer(length: int, first_byte_waits: bool) -> SliceBuffer:
+def _unzeroed_allocator() -> Callable[[int], bytearray]:
+    """``bytearray(n)`` without the memset (why: above): CPython's
+    ``PyByteArray_FromStringAndSize(NULL, n)`` leaves the bytes as malloc returned them.
+    Safe because nothing reads a fill past ``filled`` (its readers, a retry's recheck) and
+    only a complete slice is stored. ``bytearray`` where the C API is not reachable."""
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except (AttributeError, OSError):
+        return bytearray
+    make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+    make.restype = ctypes.py_object  # a new reference: ctypes takes it over, no leak
+
+    def unzeroed(length: int) -> bytearray:
+        return make(None, length)  # type: ignore[no-any-return]
+
+    return unzeroed
+
+
+unzeroed_bytearray = _unzeroed_allocator()
+
+
+def slice_buffer(length: int) -> SliceBuffer:
     global heap_slice_bytes
-    if first_byte_waits and length >= MAPPED_FROM:
-        return mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE)  # anonymous: RssAnon, as the heap
     heap_slice_bytes += length
-    return bytearray(length)
+    return unzeroed_bytearray(length)
 
 
 class SliceFill:
@@ -140,7 +159,7 @@ class SliceFill:
 
     def _allocated(self) -> SliceBuffer:
         if not self.buffer:
-            self.buffer = slice_buffer(self._length, first_byte_waits=self.first == 0)
+            self.buffer = slice_buffer(self._length)
         return self.buffer
 
     def advance(self, count: int) -> None:

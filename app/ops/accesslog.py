@@ -364,8 +364,7 @@ class AccessLogMiddleware:
                 if watch is not None:
                     if size and watch.refused():
                         refused += size
-                    if complete:
-                        held_at_end = watch.buffered()
+                    held_at_end = watch.buffered()
                 if first_byte is None and (size or complete):
                     first_byte = time.perf_counter()
                 return
@@ -379,6 +378,13 @@ class AccessLogMiddleware:
                     complete = False
                     sent = max(0, sent - unsent)
         finally:
+            if not complete and held_at_end and watch is not None and watch.lost():
+                # Cut short by a loss in error (a reset, the send timeout's abort): what the
+                # transport held after the last body message was discarded, not sent. As for
+                # a whole response (_unsent_at_end), a lower bound of what reached the kernel:
+                # a 16 MiB slice handed over in one message to a client that took nothing
+                # was logged as 16 MiB sent.
+                sent = max(0, sent - held_at_end)
             duration = time.perf_counter() - started
             if self.metrics is not None:
                 ttfb = None if first_byte is None else first_byte - started

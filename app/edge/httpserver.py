@@ -863,7 +863,12 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
         if isinstance(response, bytes):
             transport.write(response)
         else:
-            transport.writelines(response)  # the head, then views of stored slices
+            # The head on its own write, then views of the stored slices: with one writev
+            # of head and body, the client's first byte waited on the body's copy (a cached
+            # 1 MB Range: time to first byte 0.73-0.76 -> 0.44-0.45 ms, total 1.0 -> 0.95).
+            transport.write(response[0])
+            if not transport.is_closing():  # else the client had reset: nothing more to it
+                transport.writelines(response[1:])
         held = transport.get_write_buffer_size()
         if held > held_before:
             self._settle_when_written(answered, held)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from app.httpcache import cache_control
 from app.httpcache.cache_control import (
     CacheControl,
     parse_cache_control,
@@ -134,3 +135,15 @@ def test_parse_never_raises_on_directive_soup(pairs: list[tuple[str, str | None]
 def test_malformed_qualified_form_is_read_as_unqualified() -> None:
     assert parse_cache_control(['no-cache="a, max-age=5']).no_cache is True
     assert parse_cache_control(['private="x y"']).private is True
+
+
+def test_parsed_values_are_remembered_and_the_memory_is_bounded() -> None:
+    first = parse_cache_control(["public, max-age=60"])
+    assert parse_cache_control(("public, max-age=60",)) is first  # the same frozen answer
+    assert parse_cache_control(["public", "max-age=60"]) == first  # two lines, same meaning
+    assert parse_cache_control(["max-age=60, private"]).private_all
+    for n in range(cache_control.PARSED_KEPT + 50):  # a client sending ever new values
+        parse_cache_control([f"max-age={n}"])
+    info = cache_control._parse_lines.cache_info()
+    assert info.currsize <= cache_control.PARSED_KEPT
+    assert parse_cache_control(["max-age=7"]).max_age == 7

@@ -661,3 +661,29 @@ def test_a_whole_response_whose_last_bytes_were_lost_in_the_transport_is_a_cut(
     assert ("aborted" in entry) is lost
     cut = 'slicecache_responses_incomplete_total{ended_by="client"} 1.0'
     assert (cut in metrics.render().decode()) is lost
+
+
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_cut_response_does_not_count_what_its_lost_transport_held(lost: bool) -> None:
+    """A response cut short (its connection reset, or aborted by the send timeout) with
+    bytes still in the transport: they were discarded, not sent (as for a whole one)."""
+    from app.edge.writtenout import WRITTEN_OUT
+
+    out = io.StringIO()
+    watch = _HeldWatch(held=3, lost=lost)
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"abcdefgh", "more_body": True})
+
+    async def send(message: Message) -> None:
+        pass
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    scope = _get_scope(extensions={WRITTEN_OUT: {"watch": watch}})
+    asyncio.run(AccessLogMiddleware(endpoint, metrics=Metrics(), stream=out)(scope, receive, send))
+    entry = json.loads(out.getvalue())
+    assert entry["bytes"] == (5 if lost else 8)
+    assert "aborted" in entry

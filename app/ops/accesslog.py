@@ -374,6 +374,7 @@ class AccessLogMiddleware:
             await self.app(scope, receive, counting_send)
             if complete and watch is not None:
                 unsent = await _unsent_at_end(watch, held_at_end, refused)
+                held_at_end = 0  # accounted for here
                 if unsent:
                     complete = False
                     sent = max(0, sent - unsent)

@@ -87,10 +87,11 @@ class RawDiskCacheSettings(BaseModel):
         description="Allocation unit in bytes: a power of two from 512 B to 1 MiB.",
     )
     use_direct_io: bool = Field(
-        default=False,
+        default=True,
         description="Write extents with O_DIRECT: no CPU copy into the page cache (the miss "
-        "path's largest cost), but the first read of an extent after its write comes from "
-        "the disk; reads still use the page cache.",
+        "path's largest cost) and no second copy in RAM of what L1 holds; the first read of "
+        "an extent after its write comes from the disk, later reads from the page cache. "
+        "Buffered, with a warning, where the filesystem refuses it (tmpfs).",
     )
     enable_compression: bool = Field(
         default=False, description="zstd-compress slices when it saves at least ~10 %."

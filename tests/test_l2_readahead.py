@@ -51,14 +51,18 @@ def test_a_read_from_l2_prefetches_the_next_slice(
 def test_resident_l2_hits_are_checked_without_the_worker_thread(
     proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    """Just written, the object's records are in the page cache: each hit is verified on the
-    loop (counted), none waits on the worker thread."""
+    """Just written with buffered I/O, the object's records are in the page cache: each hit
+    is verified on the loop (counted), none waits on the worker thread."""
     name = "512k-resident.bin"  # eight slices
     settings = {
         "slice_size": SLICE,
         "enable_l2_cache": True,
         "l1_cache_size_bytes": 0,
-        "raw_disk_cache": {"device_path": str(tmp_path / "l2.bin"), "total_size": 16 << 20},
+        "raw_disk_cache": {
+            "device_path": str(tmp_path / "l2.bin"),
+            "total_size": 16 << 20,
+            "use_direct_io": False,
+        },
     }
     with proxy(**settings) as url:
         assert httpx.get(f"{url}/files/{name}", timeout=30).content == expected_bytes(name)

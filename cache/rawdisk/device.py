@@ -18,23 +18,25 @@ straight from the page cache, with no copy in user space. That is safe now becau
 
 Metadata (superblock, checkpoints, journal) and the fallback path use ``os.pread``.
 
-With ``use_direct_io`` extents are written through a second descriptor
+With ``use_direct_io`` (the default) extents are written through a second descriptor
 opened with ``O_DIRECT``: the device reads the bytes from a page-aligned staging buffer
 (one per writer thread, reused), instead of the CPU copying them into fresh page-cache
 pages. That copy is a pass over every byte, and on this VM, when the page cache grows
 into memory the guest has not touched yet, each new page also costs a host fault: it was
-then most of the miss path's CPU (``copy_folio_from_iter_atomic``, 53 % of a cold
-100 MiB's samples under ``perf``). It also kept a second copy in RAM of
-bytes L1 already holds. Reads still go through the shared mapping: a direct write
-invalidates the extent's clean cached pages (mapped ones included: the kernel unmaps them
-first), an extent being written has no lease and so no reader, and every read verifies the
-record's generation and checksum, so a stale page can only fail a read, never be served.
-The price, and why it is not the default: the first read of an extent after its write
-comes from the disk, in a worker thread (``madvise(WILLNEED)``). On this VM's disk
-(~400 MB/s) the first L2 pass over a 1 GiB object just fetched took 2.6 s instead of
-0.3 s, and 1 client of it fell from ~1.2x to 0.85x nginx's MB/s in an 8 s window, while the
-miss path's CPU fell from 4.2-4.7 to 1.9 s/GB. A cache whose misses outnumber its repeat
-hits of fresh objects should turn it on.
+then most of the miss path's CPU (``copy_folio_from_iter_atomic``, 37-53 % of a cold
+100 MiB's samples under ``perf``). It also kept a second copy in RAM of bytes L1 already
+holds, and filled the page cache with every miss, read again or not. Reads still go
+through the shared mapping: a direct write invalidates the extent's clean cached pages
+(mapped ones included: the kernel unmaps them first), an extent being written has no
+lease and so no reader, and every read verifies the record's generation and checksum, so
+a stale page can only fail a read, never be served.
+The price: the first read of an extent after its write comes from the disk, in a worker
+thread (``madvise(WILLNEED)``), and only then is it in the page cache. On this VM
+(2026-12-05) the first L2 pass over a 1 GiB object just fetched took 1.1-1.2 s instead of
+0.45-0.48 s; the miss path's CPU fell from 1.34-3.3 to 0.95-1.05 s/GB and the cold
+100 MiB from 0.46 to 0.40 s (``bench.run --only peers`` and ``bench.cold_miss
+--prefill-mib 1024``, each way). With ``use_direct_io=false`` every write goes through
+the page cache: for a cache that mostly re-reads what it has just written.
 """
 
 from __future__ import annotations

@@ -58,13 +58,13 @@ def test_a_range_is_resident_only_when_its_pages_were_read(tmp_path: Path) -> No
 async def test_resident_records_are_checked_on_the_loop_cold_ones_in_the_thread(
     make_settings: Make,
 ) -> None:
-    store = await RawDiskStore.open(make_settings())
+    store = await RawDiskStore.open(make_settings(use_direct_io=False))
     try:
         key = keys.slice_key("http://o:80/r.bin", "v1", 0)
         for _ in range(3):
             assert await store.get_slice(key) is None
         assert await store.put_slice(key, payload("r", 0, SIZE), None)
-        lease = await store.lease_slice(key)  # just written: in the page cache
+        lease = await store.lease_slice(key)  # just written, buffered: in the page cache
         assert lease is not None and bytes(lease.view) == payload("r", 0, SIZE)
         lease.release()
         assert store.stats()["resident_reads_total"] == 1
@@ -78,10 +78,31 @@ async def test_resident_records_are_checked_on_the_loop_cold_ones_in_the_thread(
         await store.close()
 
 
+async def test_a_direct_write_leaves_nothing_resident_and_its_first_read_reads_it_in(
+    make_settings: Make,
+) -> None:
+    """With O_DIRECT (the default) a write bypasses the page cache: the first lease of the
+    extent is read in and checked by the worker thread, the next one is resident."""
+    store = await RawDiskStore.open(make_settings())
+    try:
+        assert store.stats()["direct_io"] == 1.0
+        key = keys.slice_key("http://o:80/d.bin", "v1", 0)
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("d", 0, SIZE), None)
+        for resident_reads in (0, 1):
+            lease = await store.lease_slice(key)
+            assert lease is not None and bytes(lease.view) == payload("d", 0, SIZE)
+            lease.release()
+            assert store.stats()["resident_reads_total"] == resident_reads
+    finally:
+        await store.close()
+
+
 async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) -> None:
     """The loop's check is the thread's: a flipped byte in a resident extent is a miss,
     counted, and the entry is dropped."""
-    store = await RawDiskStore.open(make_settings(enable_compression=False))
+    store = await RawDiskStore.open(make_settings(enable_compression=False, use_direct_io=False))
     try:
         key = keys.slice_key("http://o:80/bad.bin", "v1", 0)
         for _ in range(3):

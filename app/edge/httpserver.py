@@ -356,7 +356,7 @@ class EdgeGuard(SendTimeout):
     def _stop_wake(self) -> None:
         """The connection is gone: its timer goes too (it holds the protocol)."""
         self._head_deadline = None
-        self._send_deadline = None
+        self._send_check_at = None
         self._discard_deadline = None
         if self._wake is not None:
             self._wake.cancel()
@@ -367,7 +367,7 @@ class EdgeGuard(SendTimeout):
         after = self._deadlines_passed(self.loop.time())
         # A closing transport may still wait on its client: the send timeout runs on.
         if after is not None and (
-            not self.transport.is_closing() or self._send_deadline is not None
+            not self.transport.is_closing() or self._send_check_at is not None
         ):
             self._wake_at(after)
 

@@ -21,6 +21,10 @@ from typing import Any
 from app.context import SCOPE_KEY
 from app.ops.accesslog import SEND_TIMEOUT_CUT
 
+# How often, per send timeout, a paused transport's held bytes are measured: the cut
+# comes between one and 1 + 1/SEND_CHECKS_PER_TIMEOUT timeouts after the last progress.
+SEND_CHECKS_PER_TIMEOUT = 10
+
 
 class SendTimeout:
     loop: asyncio.AbstractEventLoop
@@ -28,11 +32,13 @@ class SendTimeout:
     limits: Any
     refusals: Any
     client: tuple[str, int] | None
-    # While writing is paused: by when the client must have taken some of what is held
-    # for it, and how much was held (transport and kernel) when that deadline was set.
-    _send_deadline: float | None = None
+    # While writing is paused: when the held bytes are measured next, when the client
+    # last took some of them, and how much was held (transport and kernel) at the last
+    # measure.
+    _send_check_at: float | None = None
+    _send_taken_at = 0.0
     _send_held = 0
-    _send_progress = False  # the transport resumed writing since the deadline was set
+    _send_progress = False  # the transport resumed writing since the last measure
     send_expired = False  # closed by the send timeout
 
     def _wake_at(self, when: float) -> None:
@@ -50,24 +56,31 @@ class SendTimeout:
     # (helper-44).
 
     # A large response pauses and resumes the transport about once per slice written, so
-    # both stay an attribute write: the deadline, once armed, runs on until it passes, and
-    # only then are the held bytes measured (a resume since then was progress).
+    # both stay an attribute write: once armed, the held bytes are measured every tenth
+    # of the timeout (a resume since the last measure was progress), and the connection
+    # is cut when none was seen for a whole timeout. Measured once per timeout instead,
+    # a client whose kernel took a last gulp right after the pause (an autotuned receive
+    # buffer) was cut after two (helper-73).
 
     def pause_writing(self) -> None:
-        if self._send_deadline is None:
-            self._arm_send_deadline(self.loop.time())
+        if self._send_check_at is None:
+            now = self.loop.time()
+            self._send_taken_at = now
+            self._send_held = self._held_for_client()
+            self._send_progress = False
+            self._check_send_at(now)
         super().pause_writing()  # type: ignore[misc]  # the uvicorn protocol's
 
     def resume_writing(self) -> None:
         self._send_progress = True
         super().resume_writing()  # type: ignore[misc]
 
-    def _arm_send_deadline(self, now: float) -> None:
-        deadline = now + self.limits.send_timeout
-        self._send_deadline = deadline
-        self._send_held = self._held_for_client()
-        self._send_progress = False
-        self._wake_at(deadline)
+    def _check_send_at(self, now: float) -> float:
+        timeout: float = self.limits.send_timeout
+        check = min(now + timeout / SEND_CHECKS_PER_TIMEOUT, self._send_taken_at + timeout)
+        self._send_check_at = check
+        self._wake_at(check)
+        return check
 
     def _held_for_client(self) -> int:
         """Bytes written and not yet taken by the client: the transport's buffer plus the
@@ -85,20 +98,23 @@ class SendTimeout:
         return held
 
     def _send_deadline_passed(self, now: float) -> float | None:
-        deadline = self._send_deadline
-        if deadline is None or deadline > now:
-            return deadline
+        check = self._send_check_at
+        if check is None or check > now:
+            return check
         # A closing transport still counts: it holds what a `Connection: close` answer
         # left behind until the client takes it (helper-44: four such fast answers to
         # clients that never read filled a connection cap of 4 for good).
         if not self.transport.get_write_buffer_size():
-            self._send_deadline = None
+            self._send_check_at = None
             return None
         held = self._held_for_client()
-        if self._send_progress or held < self._send_held:  # it took some: a new period
-            self._arm_send_deadline(now)
-            return self._send_deadline
-        self._send_deadline = None
+        if self._send_progress or held < self._send_held:  # it took some
+            self._send_taken_at = now
+            self._send_progress = False
+        self._send_held = held
+        if now < self._send_taken_at + self.limits.send_timeout:
+            return self._check_send_at(now)
+        self._send_check_at = None
         self.send_expired = True
         if self.refusals is not None:
             self.refusals.send_timed_out(self.client, held)

@@ -448,7 +448,9 @@ def test_cache_disabled_bypasses_everything(proxy: ProxyFactory, origin: Origin)
     with proxy(enable_cache=False) as url:
         for _ in range(2):
             response = httpx.get(f"{url}/files/1000-disabled.bin")
-    assert response.headers.get("x-cache") is None
+    # RFC 9211 2.2: fwd=bypass, "the cache was configured to not handle this request".
+    assert response.headers["x-cache"] == "BYPASS"
+    assert response.headers["cache-status"] == "slicecache; fwd=bypass; fwd-status=200"
     assert origin_hits(origin, "/files/1000-disabled.bin") == 2
 
 

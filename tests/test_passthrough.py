@@ -92,6 +92,22 @@ def test_upload_streams_through(proxy: ProxyFactory) -> None:
     assert echoed["method"] == "PUT" and sized["method"] == "POST"
 
 
+def test_a_relayed_answer_says_the_cache_was_bypassed(proxy: ProxyFactory) -> None:
+    """X-Cache and Cache-Status (RFC 9211) on answers that never touch the cache, as on
+    those served from it: by method (POST), and a GET with caching off (helper-73: the
+    access line said BYPASS, the response said nothing)."""
+    with proxy() as url:
+        posted = httpx.post(f"{url}/echo/upload", content=b"x")
+        teapot = httpx.post(f"{url}/status/418")
+    with proxy(enable_cache=False) as url:
+        got = httpx.get(f"{url}/files/1000.bin")
+    for response in (posted, teapot, got):
+        assert response.headers["x-cache"] == "BYPASS"
+    assert posted.headers["cache-status"] == "slicecache; fwd=method; fwd-status=200"
+    assert teapot.headers["cache-status"] == "slicecache; fwd=method; fwd-status=418"
+    assert got.headers["cache-status"] == "slicecache; fwd=bypass; fwd-status=200"
+
+
 def test_head_has_headers_and_no_body(proxy: ProxyFactory) -> None:
     with proxy(enable_cache=False) as url:
         response = httpx.head(f"{url}/files/1m.bin")

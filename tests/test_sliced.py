@@ -462,8 +462,10 @@ def test_wrong_content_range_on_the_probe_passes_through_uncached(
     for answer in (response, again):
         assert answer.status_code == 200
         assert sha256(answer.content) == expected_sha256(name)
-        # Passed through: never labelled as served from the cache.
-        assert answer.headers.get("x-cache") in (None, "BYPASS"), answer.headers
+        # Passed through: never labelled as served from the cache, and saying why.
+        assert answer.headers["x-cache"] == "BYPASS", answer.headers
+        status = answer.headers["cache-status"]
+        assert status.startswith("slicecache; fwd=bypass; fwd-status=200; detail="), status
     assert [e["range"] is None for e in origin.requests_for(f"/files/{name}")] == [
         False,
         True,

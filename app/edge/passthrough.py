@@ -21,6 +21,7 @@ from app.edge.asgi_io import (
     send_text,
 )
 from app.edge.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
+from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
 from app.upstream.client import UpstreamClient
 
 # Statuses whose responses never carry a body (RFC 9110 6.4.1).
@@ -45,8 +46,24 @@ def origin_request_headers(
 REPLACED_BY_THIS_HOP = frozenset({"server"})
 
 
-def client_response_headers(response: httpx.Response) -> Headers:
-    return with_via(end_to_end(decode_raw(response.headers.raw), REPLACED_BY_THIS_HOP))
+# Methods whose answers this cache may serve; others bypass it by method (RFC 9211 2.2).
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def client_response_headers(
+    response: httpx.Response, method: str, detail: str | None = None
+) -> Headers:
+    """The origin's end-to-end fields, Via, and what this cache did: nothing (a relayed
+    answer says so in Cache-Status and X-Cache, as one served from slices does)."""
+    headers = end_to_end(decode_raw(response.headers.raw), REPLACED_BY_THIS_HOP)
+    status = CacheStatus.bypass(
+        detail, method=method not in CACHEABLE_METHODS, fwd_status=response.status_code
+    )
+    upstream = [value for name, value in headers if name == "cache-status"]
+    headers = [(name, value) for name, value in headers if name != "cache-status"]
+    headers.append(("cache-status", append_cache_status(upstream, status.header_value())))
+    headers.append(("x-cache", XCache.BYPASS.value))
+    return with_via(headers)
 
 
 async def reply_upstream_error(send: Send, ctx: RequestContext, error: Exception) -> None:
@@ -79,8 +96,10 @@ async def pass_through(
     upstream: UpstreamClient,
     *,
     preserve_host: bool,
+    detail: str | None = None,
 ) -> tuple[int, Headers] | None:
-    """Relay one exchange; returns the origin's status and headers, None if it failed."""
+    """Relay one exchange; returns the origin's status and headers, None if it failed.
+    ``detail`` says why the cache was bypassed (Cache-Status)."""
     body = RequestBody(receive) if ctx.has_body else None
     headers = origin_request_headers(ctx, upstream, preserve_host)
     started = time.perf_counter()
@@ -99,7 +118,7 @@ async def pass_through(
         ctx.log.cache = "BYPASS"
     body_done = body is None or body.complete
     answer = response.status_code, decode_raw(response.headers.raw)
-    await relay_response(ctx, receive, send, response, request_body_done=body_done)
+    await relay_response(ctx, receive, send, response, request_body_done=body_done, detail=detail)
     return answer
 
 
@@ -119,11 +138,13 @@ async def relay_response(
     response: httpx.Response,
     *,
     request_body_done: bool = True,
-    headers: Headers | None = None,
+    detail: str | None = None,
 ) -> None:
-    """Stream an origin response to the client; abort the client connection on origin failure."""
+    """Stream an origin response to the client; abort the client connection on origin failure.
+    ``detail`` says why the cache was bypassed (Cache-Status)."""
     try:
-        await send_start(send, response.status_code, headers or client_response_headers(response))
+        headers = client_response_headers(response, ctx.method, detail)
+        await send_start(send, response.status_code, headers)
         if ctx.method == "HEAD" or response.status_code in NO_BODY_STATUSES:
             await send_body(send, b"", more=False)
             return

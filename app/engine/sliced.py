@@ -112,9 +112,16 @@ async def serve_sliced(
         if isinstance(opened, Forward):
             ctx.log.cache = "BYPASS"
             if opened.response is not None:
-                await relay_response(ctx, receive, send, opened.response)
+                await relay_response(ctx, receive, send, opened.response, detail=opened.reason)
             else:
-                await pass_through(ctx, receive, send, engine.upstream, preserve_host=preserve_host)
+                await pass_through(
+                    ctx,
+                    receive,
+                    send,
+                    engine.upstream,
+                    preserve_host=preserve_host,
+                    detail=opened.reason,
+                )
             return
         try:
             await _answer(ctx, receive, send, engine, opened, origin_headers)

@@ -113,9 +113,11 @@ class CacheStatus:
         return cls(fwd="partial", fwd_status=fwd_status, stored=stored)
 
     @classmethod
-    def bypass(cls, detail: str | None = None, *, method: bool = False) -> CacheStatus:
-        """Not a cacheable request; the cache was not consulted."""
-        return cls(fwd="method" if method else "bypass", detail=detail)
+    def bypass(
+        cls, detail: str | None = None, *, method: bool = False, fwd_status: int | None = None
+    ) -> CacheStatus:
+        """Not a cacheable request or answer; the cache was not consulted or not used."""
+        return cls(fwd="method" if method else "bypass", fwd_status=fwd_status, detail=detail)
 
     def header_value(self, cache_name: str = CACHE_NAME) -> str:
         """This cache's Cache-Status list member, e.g. ``slicecache; hit; ttl=12``."""

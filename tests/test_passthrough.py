@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from bench.origin import expected_sha256
+from bench.origin import expected_bytes, expected_sha256
 from tests.conftest import Origin, ProxyFactory, ServerErrors
 
 
@@ -106,6 +106,26 @@ def test_a_relayed_answer_says_the_cache_was_bypassed(proxy: ProxyFactory) -> No
     assert posted.headers["cache-status"] == "slicecache; fwd=method; fwd-status=200"
     assert teapot.headers["cache-status"] == "slicecache; fwd=method; fwd-status=418"
     assert got.headers["cache-status"] == "slicecache; fwd=bypass; fwd-status=200"
+
+
+def test_a_pooled_origin_connection_idle_past_the_read_timeout_is_reused_cleanly(
+    proxy: ProxyFactory, origin: Origin
+) -> None:
+    """A body read with pauses (a client slower than the origin) ended with aiohttp's
+    read timer re-armed after the body's end; idle in the pool past READ_TIMEOUT (below
+    the pool's keep-alive), the connection then failed the next request at once with
+    "read timeout" (helper-73: a 504 in 0.65 ms)."""
+    read_timeout = 0.5
+    with proxy(enable_cache=False, read_timeout=read_timeout, upstream_keepalive_seconds=10) as url:
+        for attempt in range(3):
+            with httpx.stream("GET", f"{url}/files/8m-idle-{attempt}.bin") as slow:
+                time.sleep(0.2)  # the origin's bytes back up to the proxy's reads
+                got = sum(len(chunk) for chunk in slow.iter_bytes())
+            assert slow.status_code == 200 and got == 8 * 1024 * 1024
+            time.sleep(2 * read_timeout)  # the connection idles in the pool
+            again = httpx.get(f"{url}/files/1000-idle-{attempt}.bin")
+            assert again.status_code == 200, (again.status_code, again.text)
+            assert again.content == expected_bytes(f"1000-idle-{attempt}.bin")
 
 
 def test_head_has_headers_and_no_body(proxy: ProxyFactory) -> None:

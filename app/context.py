@@ -29,6 +29,9 @@ class RequestLog:
     cache: str = "-"
     upstream_seconds: float = 0.0
     aborted: str | None = None  # why a started response was cut short
+    # Bytes of the response written and then discarded by a reset of the connection (the
+    # send timeout's): not counted as sent.
+    discarded: int = 0
     slices: SliceStats | None = None  # set on the sliced path
 
 

@@ -516,8 +516,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # reached the client (a clean close sends them first). What it held after the
             # write is taken as unsent: a lower bound of what reached the kernel, as the
             # normal path counts (uvloop's transport says 0 by now).
+            # The send timeout's reset also discarded the kernel's send queue: all it
+            # held then is unsent (capped by the answer's length where it is counted).
+            unsent = self._unsettled[1] if self.lost_in_error else 0
             self._settle_fast(
-                self._unsettled[1] if self.lost_in_error else 0,
+                max(unsent, self.send_discarded) if self.send_expired else unsent,
                 cut=SEND_TIMEOUT_CUT if self.send_expired else CLIENT_CUT,
             )
         self._stop_wake()

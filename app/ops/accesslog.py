@@ -375,11 +375,17 @@ class AccessLogMiddleware:
             if complete and watch is not None:
                 unsent = await _unsent_at_end(watch, held_at_end, refused)
                 held_at_end = 0  # accounted for here
-                if unsent:
+                if unsent and not log.discarded:
                     complete = False
                     sent = max(0, sent - unsent)
         finally:
-            if not complete and held_at_end and watch is not None and watch.lost():
+            if log.discarded:
+                # Reset by the send timeout: what the transport and the kernel held then
+                # was discarded (it includes what the transport held after the last body
+                # message).
+                complete = False
+                sent = max(0, sent - log.discarded)
+            elif not complete and held_at_end and watch is not None and watch.lost():
                 # Cut short by a loss in error (a reset, the send timeout's abort): what the
                 # transport held after the last body message was discarded, not sent. As for
                 # a whole response (_unsent_at_end), a lower bound of what reached the kernel:

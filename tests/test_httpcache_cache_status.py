@@ -63,6 +63,18 @@ def test_9211_2_our_member_goes_last() -> None:
     )
 
 
+def test_an_upstream_member_whose_string_never_ends_is_left_out() -> None:
+    """Joined as it came, ``detail="open`` would make ours part of its string."""
+    assert (
+        append_cache_status(
+            ['Broken; detail="open', 'Fine; detail="a \\" b"', 'Esc; detail="x\\\\"'],
+            "slicecache; hit",
+        )
+        == 'Fine; detail="a \\" b", Esc; detail="x\\\\", slicecache; hit'
+    )
+    assert append_cache_status(['Tail; detail="x\\"'], "slicecache; hit") == "slicecache; hit"
+
+
 def test_detail_that_is_not_a_token_is_an_sf_string() -> None:
     assert sf_item("plain-token") == "plain-token"
     assert sf_item('two words "q"') == '"two words \\"q\\""'
@@ -76,3 +88,27 @@ def test_sf_item_is_printable_ascii_without_separators_when_unquoted(value: str)
     assert all(" " <= char <= "~" for char in item)
     if not item.startswith('"'):
         assert "," not in item and ";" not in item and " " not in item
+
+
+def _top_level_members(field: str) -> list[str]:
+    """``field`` split at the commas outside sf-strings (RFC 8941 4.2.1)."""
+    members, current, quoted, escaped = [], "", False, False
+    for char in field:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            members.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*members, current.strip()]
+
+
+@given(st.lists(st.text(alphabet='ab;=" \\,', max_size=12), max_size=4))
+def test_our_member_stays_last_and_whole_whatever_came_before(upstream: list[str]) -> None:
+    ours = CacheStatus.fresh_hit(5).header_value()
+    assert _top_level_members(append_cache_status(upstream, ours))[-1] == ours

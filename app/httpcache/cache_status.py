@@ -159,6 +159,22 @@ class CacheStatus:
 
 def append_cache_status(existing: Sequence[str], member: str) -> str:
     """The Cache-Status to send: the upstream caches' members (``existing`` field
-    lines, nearest the origin first) followed by ours (RFC 9211 2)."""
-    upstream = [value.strip() for value in existing if value.strip()]
+    lines, nearest the origin first) followed by ours (RFC 9211 2). A line whose quoted
+    string never ends is left out: joined as it is, it would swallow our member into its
+    string (helper-74); a structured-field parser ignores such a field anyway (RFC 8941
+    4.2)."""
+    upstream = [line for value in existing if (line := value.strip()) and _quotes_close(line)]
     return ", ".join([*upstream, member])
+
+
+def _quotes_close(line: str) -> bool:
+    """Every sf-string of ``line`` ends: an even number of unescaped double quotes."""
+    quoted = escaped = False
+    for char in line:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+    return not quoted

@@ -583,6 +583,9 @@ class OriginApp:
         if (vary := query.get("vary")) is not None:
             validators.append((b"vary", vary.encode("latin-1")))
         representation = validators + [(b"accept-ranges", b"bytes")]
+        # An upstream cache's Cache-Status (RFC 9211), one field line per "|"-separated value.
+        for line in query.get("cs", "").split("|") if "cs" in query else ():
+            representation.append((b"cache-status", line.encode("latin-1")))
         if (cookie := query.get("setcookie")) is not None:
             representation.append((b"set-cookie", cookie.encode("latin-1")))
         ct_header = (b"content-type", content_type.encode("latin-1"))

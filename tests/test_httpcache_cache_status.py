@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from http_sfv.list import List as SfList
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status, sf_item
+from app.httpcache.cache_status import (
+    CacheStatus,
+    XCache,
+    append_cache_status,
+    kept_upstream_members,
+    sf_item,
+)
 
 
 def test_9211_2_1_hit_with_ttl() -> None:
@@ -58,21 +65,30 @@ def test_hit_never_renders_fwd_and_key_collapsed_are_rendered() -> None:
 
 
 def test_9211_2_our_member_goes_last() -> None:
-    assert append_cache_status(["OriginCDN; hit", " "], "slicecache; hit") == (
-        "OriginCDN; hit, slicecache; hit"
-    )
+    upstream = kept_upstream_members(["OriginCDN; hit", " "])
+    assert append_cache_status(upstream, "slicecache; hit") == "OriginCDN; hit, slicecache; hit"
 
 
-def test_an_upstream_member_whose_string_never_ends_is_left_out() -> None:
-    """Joined as it came, ``detail="open`` would make ours part of its string."""
-    assert (
-        append_cache_status(
-            ['Broken; detail="open', 'Fine; detail="a \\" b"', 'Esc; detail="x\\\\"'],
-            "slicecache; hit",
-        )
-        == 'Fine; detail="a \\" b", Esc; detail="x\\\\", slicecache; hit'
+def test_an_upstream_line_that_is_no_valid_list_is_left_out() -> None:
+    """Joined as it came, ``detail="open`` or ``(a b`` would make ours part of its string
+    or inner list, and any invalid line makes a parser drop the whole field."""
+    lines = [
+        'Broken; detail="open',
+        'Fine; detail="a \\" b"',
+        "(a b",
+        "CDN; detail=(",
+        "CDN; hit, ",
+        "CDN, ,X",
+        'Caf; detail="caf\xe9"',
+        'Esc; detail="x\\\\"',
+        'Tail; detail="x\\"',
+        "A; hit, B; fwd=uri-miss; fwd-status=200",
+    ]
+    assert kept_upstream_members(lines) == (
+        'Fine; detail="a \\" b"',
+        'Esc; detail="x\\\\"',
+        "A; hit, B; fwd=uri-miss; fwd-status=200",
     )
-    assert append_cache_status(['Tail; detail="x\\"'], "slicecache; hit") == "slicecache; hit"
 
 
 def test_detail_that_is_not_a_token_is_an_sf_string() -> None:
@@ -90,25 +106,17 @@ def test_sf_item_is_printable_ascii_without_separators_when_unquoted(value: str)
         assert "," not in item and ";" not in item and " " not in item
 
 
-def _top_level_members(field: str) -> list[str]:
-    """``field`` split at the commas outside sf-strings (RFC 8941 4.2.1)."""
-    members, current, quoted, escaped = [], "", False, False
-    for char in field:
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            members.append(current.strip())
-            current = ""
-            continue
-        current += char
-    return [*members, current.strip()]
-
-
-@given(st.lists(st.text(alphabet='ab;=" \\,', max_size=12), max_size=4))
-def test_our_member_stays_last_and_whole_whatever_came_before(upstream: list[str]) -> None:
+@given(st.lists(st.text(alphabet='ab;=" \\,()\xe9', max_size=12), max_size=4))
+def test_our_member_stays_last_and_whole_whatever_came_before(lines: list[str]) -> None:
+    """The joined field parses (RFC 8941), and its last member is ours, parameters and all."""
     ours = CacheStatus.fresh_hit(5).header_value()
-    assert _top_level_members(append_cache_status(upstream, ours))[-1] == ours
+    joined = SfList()
+    joined.parse(append_cache_status(kept_upstream_members(lines), ours).encode("latin-1"))
+    assert str(joined[-1]) == "slicecache;hit;ttl=5"
+    assert len(joined) == 1 + sum(len(_parsed(line)) for line in kept_upstream_members(lines))
+
+
+def _parsed(line: str) -> SfList:
+    members = SfList()
+    members.parse(line.encode("latin-1"))
+    return members

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import time
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -106,6 +107,29 @@ def test_a_relayed_answer_says_the_cache_was_bypassed(proxy: ProxyFactory) -> No
     assert posted.headers["cache-status"] == "slicecache; fwd=method; fwd-status=200"
     assert teapot.headers["cache-status"] == "slicecache; fwd=method; fwd-status=418"
     assert got.headers["cache-status"] == "slicecache; fwd=bypass; fwd-status=200"
+
+
+def test_an_invalid_upstream_cache_status_line_is_dropped_relayed_or_stored(
+    proxy: ProxyFactory,
+) -> None:
+    """An origin's Cache-Status lines that are no RFC 8941 list are left out, on a relayed
+    answer and on a stored one (miss and hit): joined as they came, ours was swallowed
+    into an unterminated string or inner list, or the whole field was invalid (helper-74,
+    helper-75)."""
+    lines = 'Broken; detail="open|(a b|Edge; hit, |Caf; detail="caf\xe9"|CDN; hit; ttl=30'
+    query = "?" + urlencode({"cs": lines})
+    with proxy(enable_cache=False) as url:
+        relayed = httpx.get(f"{url}/files/1000-cs.bin{query}")
+    with proxy() as url:
+        missed = httpx.get(f"{url}/files/1000-cs.bin{query}")
+        hit = httpx.get(f"{url}/files/1000-cs.bin{query}")
+    assert relayed.headers["cache-status"] == (
+        "CDN; hit; ttl=30, slicecache; fwd=bypass; fwd-status=200"
+    )
+    assert missed.headers["cache-status"].startswith("CDN; hit; ttl=30, slicecache; fwd=")
+    assert hit.headers["cache-status"].startswith("CDN; hit; ttl=30, slicecache; hit")
+    for response in (relayed, missed, hit):
+        assert response.content == expected_bytes("1000-cs.bin")
 
 
 def test_a_pooled_origin_connection_idle_past_the_read_timeout_is_reused_cleanly(

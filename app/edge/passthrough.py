@@ -21,7 +21,12 @@ from app.edge.asgi_io import (
     send_text,
 )
 from app.edge.headers import Headers, decode_raw, end_to_end, upstream_request_headers, with_via
-from app.httpcache.cache_status import CacheStatus, XCache, append_cache_status
+from app.httpcache.cache_status import (
+    CacheStatus,
+    XCache,
+    append_cache_status,
+    kept_upstream_members,
+)
 from app.upstream.client import UpstreamClient
 
 # Statuses whose responses never carry a body (RFC 9110 6.4.1).
@@ -59,7 +64,7 @@ def client_response_headers(
     status = CacheStatus.bypass(
         detail, method=method not in CACHEABLE_METHODS, fwd_status=response.status_code
     )
-    upstream = [value for name, value in headers if name == "cache-status"]
+    upstream = kept_upstream_members(value for name, value in headers if name == "cache-status")
     headers = [(name, value) for name, value in headers if name != "cache-status"]
     headers.append(("cache-status", append_cache_status(upstream, status.header_value())))
     headers.append(("x-cache", XCache.BYPASS.value))

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from app.edge.headers import Headers, with_via
+from app.httpcache.cache_status import kept_upstream_members
 from app.httpcache.dates import parse_http_date
 from app.httpcache.freshness import (
     FreshnessPolicy,
@@ -58,7 +59,9 @@ class ReplayBlock:
             request_time=request_time,
             response_time=response_time,
             fields=tuple((k, v) for k, v in replayed if k != "cache-status"),
-            upstream_cache_status=tuple(v for k, v in headers if k == "cache-status"),
+            upstream_cache_status=kept_upstream_members(
+                v for k, v in headers if k == "cache-status"
+            ),
             age=StoredAge.of(headers, request_time, response_time),
         )
 

@@ -22,7 +22,7 @@ from .cache_control import (
     pragma_no_cache,
     request_cache_control,
 )
-from .cache_status import CacheStatus, XCache, append_cache_status
+from .cache_status import CacheStatus, XCache, append_cache_status, kept_upstream_members
 from .conditional import (
     EntityTag,
     evaluate_client_conditionals,
@@ -61,6 +61,7 @@ __all__ = [
     "StoredResponseInfo",
     "XCache",
     "append_cache_status",
+    "kept_upstream_members",
     "cache_control_of",
     "can_serve_stale",
     "current_age",

@@ -23,10 +23,12 @@ X-Cache         when
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
+
+from http_sfv.list import List as SfList
 
 __all__ = ["CacheStatus", "Fwd", "XCache", "append_cache_status", "sf_item"]
 
@@ -157,24 +159,26 @@ class CacheStatus:
         return XCache.MISS
 
 
-def append_cache_status(existing: Sequence[str], member: str) -> str:
-    """The Cache-Status to send: the upstream caches' members (``existing`` field
-    lines, nearest the origin first) followed by ours (RFC 9211 2). A line whose quoted
-    string never ends is left out: joined as it is, it would swallow our member into its
-    string (helper-74); a structured-field parser ignores such a field anyway (RFC 8941
-    4.2)."""
-    upstream = [line for value in existing if (line := value.strip()) and _quotes_close(line)]
+def kept_upstream_members(lines: Iterable[str]) -> tuple[str, ...]:
+    """The upstream caches' Cache-Status field lines worth relaying: those that parse as
+    an RFC 8941 list. Any other line (an unterminated string or inner list, an empty
+    member, obs-text) would make the joined field invalid, and a parser drops an invalid
+    field whole, our member with it; joined as it came, ``detail="open`` even swallowed
+    ours into its string (helper-74, helper-75). Run when a response is stored or
+    relayed, not on each hit."""
+    return tuple(line for value in lines if (line := value.strip()) and _is_sf_list(line))
+
+
+def _is_sf_list(line: str) -> bool:
+    try:
+        SfList().parse(line.encode("latin-1"))
+    except (ValueError, UnicodeEncodeError):
+        return False
+    return True
+
+
+def append_cache_status(upstream: Sequence[str], member: str) -> str:
+    """The Cache-Status to send: the upstream caches' members (``upstream``, from
+    :func:`kept_upstream_members`, nearest the origin first) followed by ours (RFC 9211
+    2)."""
     return ", ".join([*upstream, member])
-
-
-def _quotes_close(line: str) -> bool:
-    """Every sf-string of ``line`` ends: an even number of unescaped double quotes."""
-    quoted = escaped = False
-    for char in line:
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-    return not quoted

@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from app.edge.httpserver import HttpProtocol
 from app.engine.objectmeta import ObjectMeta
 from app.engine.sliced import replay_headers, response_headers
-from app.httpcache.cache_status import CacheStatus, append_cache_status
+from app.httpcache.cache_status import CacheStatus, append_cache_status, kept_upstream_members
 from app.httpcache.freshness import FreshnessPolicy, StoredResponseInfo, decide, decide_prepared
 from app.main import SlicecacheApp, create_app
 from app.ops.accesslog import AccessLogMiddleware, access_line, new_request_id
@@ -73,7 +73,8 @@ def _slow_headers(meta: ObjectMeta, status: CacheStatus, now: float) -> H:
     """What ``_answer`` built before the block was prepared (the reference)."""
     headers = replay_headers(meta, now)
     value = append_cache_status(
-        [v for k, v in meta.headers if k == "cache-status"], status.header_value()
+        kept_upstream_members(v for k, v in meta.headers if k == "cache-status"),
+        status.header_value(),
     )
     headers = [(k, v) for k, v in headers if k != "cache-status"]
     headers.append(("cache-status", value))

@@ -30,7 +30,14 @@ from typing import Literal
 
 from http_sfv.list import List as SfList
 
-__all__ = ["CacheStatus", "Fwd", "XCache", "append_cache_status", "sf_item"]
+__all__ = [
+    "CacheStatus",
+    "Fwd",
+    "XCache",
+    "append_cache_status",
+    "kept_upstream_members",
+    "sf_item",
+]
 
 Fwd = Literal["bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"]
 """RFC 9211 2.2 reasons for forwarding a request."""

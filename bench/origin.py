@@ -584,8 +584,9 @@ class OriginApp:
             validators.append((b"vary", vary.encode("latin-1")))
         representation = validators + [(b"accept-ranges", b"bytes")]
         # An upstream cache's Cache-Status (RFC 9211), one field line per "|"-separated value.
-        for line in query.get("cs", "").split("|") if "cs" in query else ():
-            representation.append((b"cache-status", line.encode("latin-1")))
+        if (cache_status := query.get("cs")) is not None:
+            for line in cache_status.split("|"):
+                representation.append((b"cache-status", line.encode("latin-1")))
         if (cookie := query.get("setcookie")) is not None:
             representation.append((b"set-cookie", cookie.encode("latin-1")))
         ct_header = (b"content-type", content_type.encode("latin-1"))

@@ -517,10 +517,11 @@ class HttpProtocol(EdgeGuard, HttpToolsProtocol):
             # write is taken as unsent: a lower bound of what reached the kernel, as the
             # normal path counts (uvloop's transport says 0 by now).
             # The send timeout's reset also discarded the kernel's send queue: all it
-            # held then is unsent (capped by the answer's length where it is counted).
-            unsent = self._unsettled[1] if self.lost_in_error else 0
+            # held then is unsent (``send_discarded``, 0 without that reset; capped by
+            # the answer's length where it is counted).
+            held = self._unsettled[1] if self.lost_in_error else 0
             self._settle_fast(
-                max(unsent, self.send_discarded) if self.send_expired else unsent,
+                max(held, self.send_discarded),
                 cut=SEND_TIMEOUT_CUT if self.send_expired else CLIENT_CUT,
             )
         self._stop_wake()

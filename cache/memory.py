@@ -126,6 +126,10 @@ class MemoryStore:
         self.hits += len(found)
         return found, expires
 
+    def get_slice_now(self, key: str) -> SliceData | None:
+        """:meth:`get_slice`, synchronously: counted the same way."""
+        return self._get(SLICE, key)
+
     def count_hits(self, count: int) -> None:
         """Hits the fast path served from slices it read here before, unchanged since."""
         self.hits += count

@@ -183,6 +183,25 @@ async def put_each(store: Store, requests: Sequence[PutRequest]) -> list[bool]:
 
 
 @runtime_checkable
+class LeasesNow(Protocol):
+    """A tier that can lease a slice synchronously when that costs no I/O (an L2 whose
+    record is already in memory): the fast path's read (app/fasthit.py), which cannot
+    await."""
+
+    def slice_resident_now(self, key: str) -> bool:
+        """Would :meth:`lease_slice_now` find ``key`` and read it without I/O? Counts
+        nothing."""
+        ...
+
+    def lease_slice_now(self, key: str) -> SliceLease | None:
+        """``lease_slice(key)`` done here and now (called right after
+        :meth:`slice_resident_now` said yes, with no await in between), counted as
+        lease_slice counts; None if it fails after all (damaged: counted as lease_slice
+        counts it)."""
+        ...
+
+
+@runtime_checkable
 class CacheFront(Store, Protocol):
     """The store the app talks to (``cache.tiered.TieredStore``): a tier plus what request
     handling needs to know without reading bytes."""

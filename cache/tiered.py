@@ -43,7 +43,7 @@ from cachetools import LRUCache
 
 from cache.keys import belongs_to, object_key_of
 from cache.memory import MemoryStore
-from cache.protocol import PutRequest, SliceData, SliceLease, Store, put_each
+from cache.protocol import LeasesNow, PutRequest, SliceData, SliceLease, Store, put_each
 from cache.ratelimit import DEFAULT_INTERVAL, RateLimitedLog
 
 log = logging.getLogger("slicecache.cache")
@@ -92,6 +92,8 @@ class TieredStore:
         self.l1 = l1
         self.l2 = l2
         self._queue: asyncio.Queue[_Write] = asyncio.Queue(maxsize=max(queue_size, 1))
+        # L2, if it can answer the fast path's synchronous reads (lease_slice_now).
+        self._l2_now = l2 if isinstance(l2, LeasesNow) else None
         # What the tiers can hold at most: a bigger object is streamed, never stored.
         self.capacity_bytes = int(
             (l1.capacity_bytes if l1 is not None else 0)
@@ -198,8 +200,7 @@ class TieredStore:
         try:
             data = await self.l2.get_slice(key, next_key=next_key)
         except Exception:
-            self.counters["l2_errors"] += 1
-            self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
+            self._l2_read_failed()
             return None
         if data is None or self._read_purged(epoch, key):
             return None
@@ -231,8 +232,7 @@ class TieredStore:
         try:
             lease = await self.l2.lease_slice(key, next_key=next_key, size_hint=size_hint)
         except Exception:
-            self.counters["l2_errors"] += 1
-            self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
+            self._l2_read_failed()
             return None
         if lease is None:
             return None
@@ -252,6 +252,41 @@ class TieredStore:
                 raise
             self.counters["l1_promotions"] += 1
         return lease
+
+    def lease_slice_now(self, key: str, size_hint: int) -> SliceLease | None:
+        """The fast path's read of a slice only L2 holds (app/fasthit.py): what
+        :meth:`lease_slice` would answer, here and now, counted as it counts, when that
+        costs no I/O and promotes nothing. None, counted nowhere, when it would not be
+        that (then the normal path reads it).
+
+        ``size_hint``: the object's size (a slice of an object promotion would copy into L1
+        is left to the normal path, which promotes it)."""
+        l1, l2 = self.l1, self._l2_now
+        if (
+            l1 is None
+            or l2 is None
+            or size_hint * PROMOTE_OBJECT_SHARE <= l1.capacity_bytes
+            or self._purges_running  # a purge whose L2 deletes still run may cover it
+            or key in self._pending
+            or l1.contains_slice(key)
+            or not l2.slice_resident_now(key)
+        ):
+            return None
+        # From here on this is lease_slice, without an await: the L1 miss is counted,
+        # and no purge can be recorded between the read and its use (_read_purged).
+        l1.get_slice_now(key)
+        try:
+            lease = l2.lease_slice_now(key)
+        except Exception:
+            self._l2_read_failed()
+            return None
+        if lease is not None:
+            self.counters["slice_hits_l2"] += 1
+        return lease
+
+    def _l2_read_failed(self) -> None:
+        self.counters["l2_errors"] += 1
+        self.warnings.exception("l2_read_error", "L2 read failed; serving from the origin")
 
     async def get_meta(self, key: str) -> bytes | None:
         if self.l1 is not None:

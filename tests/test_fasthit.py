@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +37,8 @@ from cache import keys
 from cache.memory import SLICE
 from settings import Settings
 from tests.conftest import Origin
+from tests.rawdisk.conftest import flip_byte, read_counts
+from tests.rawdisk.test_corruption import _extent_offset
 from tests.servers import run_asgi_in_thread
 from tests.test_hotpath import _meta
 from tests.test_httpcache_properties import _POLICY, _RESPONSE_HEADERS, _STATUS, T0
@@ -652,3 +655,103 @@ def test_the_bytes_plans_keep_outside_l1_are_bounded(
             assert kept() <= 200 * 1024
             assert fast.plan_body_bytes == kept()  # the count the bound is kept by
         assert kept() > 0  # repeats are still answered from a kept body
+
+
+def test_short_ranges_of_slices_only_l2_holds_are_the_same_bytes_and_counts_on_both_paths(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A range inside one slice, up to fasthit.L2_COPY_MAX long, of an object too large to
+    promote whose slice only L2 holds (in memory, verified): answered by the fast path,
+    copied out of the lease, with the bytes and counters of the normal path; nothing
+    promoted, nothing left pinned. Anything else (two slices, longer, not in memory,
+    damaged, purged) goes the normal way."""
+    slice_size = 128 * 1024
+    name = "2m-fast-l2"
+    path = f"/files/{name}"
+    with served(
+        origin,
+        slice_size=slice_size,
+        l1_cache_size_bytes=4 << 20,  # the 2 MiB object is more than 1/8 of it: no promotion
+        enable_l2_cache=True,
+        raw_disk_cache={
+            "device_path": str(tmp_path / "l2.bin"),
+            "total_size": 64 << 20,
+            "use_direct_io": False,  # written through the page cache: resident
+        },
+    ) as (url, app):
+        store = app.state.runtime.store
+        l2 = store.l2
+        httpx.get(url + path)  # stores every slice
+        exchange(url, request(path, extra="Range: bytes=0-0\r\n"))  # makes the plan
+        object_key = meta_key(app)
+        version = app.state.runtime.directory.records.known_meta(object_key).version
+        slice_keys = [keys.slice_key(object_key, version, i) for i in range(16)]
+        wait_for(
+            lambda: store.queue_depth == 0 and all(l2.contains_slice(k) for k in slice_keys),
+            "every slice written to L2",
+        )
+        for key in slice_keys:
+            store.l1._lru.pop((SLICE, key))  # only L2 holds them now
+        cases = [
+            ([request(path, extra="Range: bytes=0-99\r\n")], False),
+            ([request(path, extra="Range: bytes=200000-200099\r\n")], False),
+            ([request(path, extra="Range: bytes=-100\r\n")], False),  # in the last slice
+            ([request(path, extra="Range: bytes=262144-327679\r\n")], False),  # 64 KiB
+            (
+                [
+                    request(path, rid="a", extra="Range: bytes=5-9\r\n"),
+                    request(path, rid="b", extra="Range: bytes=1048576-1048600\r\n"),
+                ],
+                False,
+            ),
+        ]
+        for requests, fast, _ in compared(app, url, cases):
+            for asked, answer in zip(requests, fast, strict=True):
+                span = re.search(rb"content-range: bytes (\d+)-(\d+)/", answer)
+                assert span is not None, asked
+                first, last = int(span[1]), int(span[2])
+                assert answer[answer.index(b"\r\n\r\n") + 4 :] == expected_bytes(
+                    name, 1, first, last
+                )
+                assert b"x-cache-slices: hit=1, miss=0" in answer, asked
+        assert not any(store.l1.contains_slice(k) for k in slice_keys)  # nothing promoted
+        assert l2.stats()["leases"] == 0
+
+        def counted() -> dict[str, float]:
+            totals = read_counts(l2.stats())
+            l1 = store.l1.stats()
+            return {**store.counters, "l1_hits": l1["hits"], "l1_misses": l1["misses"], **totals}
+
+        moved = []
+        fast_path = app.state.runtime.fast_hit
+        for enabled in (False, True):
+            fast_path.enabled = enabled
+            before = counted()
+            exchange(url, request(path, extra="Range: bytes=400000-400099\r\n"))
+            after = counted()
+            moved.append({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        assert moved[1] == moved[0] and moved[0]["slice_hits_l2"] == 1
+
+        def asked_slowly(rng: str) -> bytes:
+            before = fast_hits(app)
+            (answer,), _ = exchange(url, request(path, extra=f"Range: bytes={rng}\r\n"))
+            assert fast_hits(app) == before, rng  # declined: the normal path answered
+            first, last = map(int, rng.split("-"))
+            assert answer[answer.index(b"\r\n\r\n") + 4 :] == expected_bytes(name, 1, first, last)
+            return answer
+
+        asked_slowly("131000-131099")  # across two slices
+        asked_slowly("0-65536")  # longer than L2_COPY_MAX
+        resident = l2._reads._resident
+        l2._reads._resident = lambda *_: False  # as if paged out: the worker thread reads it
+        try:
+            asked_slowly("500000-500099")
+        finally:
+            l2._reads._resident = resident
+        # A damaged record: never served; the normal path fetches the slice again.
+        flip_byte(str(tmp_path / "l2.bin"), _extent_offset(l2, slice_keys[5]) + 8192)
+        failures = l2.stats()["checksum_failures_total"]
+        answer = asked_slowly(f"{5 * slice_size + 10}-{5 * slice_size + 99}")
+        assert l2.stats()["checksum_failures_total"] == failures + 1
+        assert b"x-cache: MISS" in answer or b"x-cache: PARTIAL" in answer
+        assert l2.stats()["leases"] == 0

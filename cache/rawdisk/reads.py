@@ -12,6 +12,8 @@ deleted or recycled extent is never served (its blocks stay HELD while the read 
   delete, eviction or overwrite makes the key invisible at once, and its blocks become
   allocatable only when the last lease on them goes. A compressed record (the compressible
   minority) decodes into a private buffer and releases its extent at once.
+  :meth:`ReadPath.lease_now` is the same read of a record :meth:`ReadPath.resident_now`
+  has found resident, made synchronously (the fast path's: app/fasthit.py).
 * :meth:`ReadPath.get` (metadata, the old ``get_slice``): ``pread`` into a private copy.
 """
 
@@ -56,15 +58,29 @@ class ReadPath:
 
     def contains_slice(self, key: str) -> bool:
         """Whether a slice is indexed, for X-Cache (a damaged one still reads as a miss)."""
-        kb = key.encode()
+        return self._visible(key.encode(), KIND_SLICE) is not None
+
+    def _visible(self, kb: bytes, kind: int) -> Entry | None:
+        """The visible, unexpired entry of ``kb`` of ``kind``, not being purged: a quiet
+        lookup (nothing counted, nothing dropped)."""
         index = self.tables.index
         row = index.find(kb, key_hash(kb))
         if row < 0 or not index.is_visible(row):
-            return False
+            return None
         entry = index.entry(row)
-        if entry.kind != KIND_SLICE or (entry.expires and entry.expires <= now()):
+        if entry.kind != kind or (entry.expires and entry.expires <= now()):
+            return None
+        return None if self.core.purging(kb) else entry
+
+    def resident_now(self, key: str, kind: int) -> bool:
+        """Would :meth:`lease` of ``key`` find it and verify it here, on the event loop,
+        without a worker thread (stored raw, every page in memory)? Counts nothing."""
+        mapped = self._mapping()
+        if mapped is None:
             return False
-        return not self.core.purging(kb)
+        kb = key.encode()
+        entry = self._visible(kb, kind)
+        return entry is not None and self._resident(mapped, entry, kb)
 
     async def get(self, key: str, kind: int, next_key: str | None = None) -> SliceData | None:
         """``next_key``: what the caller expects to ask for next, prefetched if stored."""
@@ -90,8 +106,7 @@ class ReadPath:
 
         Falls back to :meth:`get` (a private copy under a no-op lease) when the device is
         not mapped (closed)."""
-        core = self.core
-        mapped = core.device.mapping(core.geo.total_size) if not core.closed else None
+        mapped = self._mapping()
         if mapped is None:
             data = await self.get(key, kind, next_key)
             return SliceLease.of(data) if data is not None else None
@@ -100,37 +115,86 @@ class ReadPath:
             return None
         row, entry, now_s = found
         kb = key.encode()
-        tables = self.tables
-        index = tables.index
-        start = entry.start
-        tables.begin_read(start, entry.nblocks)
-        self.leases += 1
-        pinned = True
-
-        def unpin() -> None:
-            # Idempotent through SliceLease.release; the extent is allocatable again once
-            # the last reader of it is gone (Tables.end_read).
-            self.leases -= 1
-            tables.end_read(start)
-
+        index = self.tables.index
+        unpin = self._pin(entry)
         try:
             read = functools.partial(self.map_record, mapped)
             if self._resident(mapped, entry, kb):
-                # Nothing to read in: verified here, without the worker thread's hop.
-                self.core.stats["resident_reads_total"] += 1
-                result = self._read_here(key, read, entry, kb)
+                result = self._read_resident(key, read, entry, kb)
             else:
                 result = await self._run_read(key, read, entry, kb, next_key)
-            if not self._accepted(result, key, kb, index, row, entry, now_s):
-                return None
-            assert isinstance(result, (bytes, memoryview))
-            if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
-                return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
-            pinned = False  # the lease owns the pin from here on
-            return SliceLease(result, unpin)
-        finally:
-            if pinned:
-                unpin()
+        except BaseException:  # cancelled mid-read: the lease never reaches anyone
+            unpin()
+            raise
+        return self._leased(result, key, kb, index, row, entry, now_s, unpin)
+
+    def lease_now(self, key: str, kind: int) -> SliceLease | None:
+        """:meth:`lease` of a record :meth:`resident_now` has just found resident, with no
+        await since: verified here, counted as :meth:`lease` counts it. None when it is
+        not there after all or fails verification (counted and dropped, as by lease)."""
+        mapped = self._mapping()
+        if mapped is None:
+            return None
+        found = self._find(key, kind)
+        if found is None:
+            return None
+        row, entry, now_s = found
+        kb = key.encode()
+        index = self.tables.index
+        unpin = self._pin(entry)
+        try:
+            result = self._read_resident(key, functools.partial(self.map_record, mapped), entry, kb)
+        except BaseException:
+            unpin()
+            raise
+        return self._leased(result, key, kb, index, row, entry, now_s, unpin)
+
+    def _mapping(self) -> mmap.mmap | None:
+        """The device's read-only mapping; None once the store is closed."""
+        core = self.core
+        return None if core.closed else core.device.mapping(core.geo.total_size)
+
+    def _pin(self, entry: Entry) -> Callable[[], None]:
+        """Hold ``entry``'s extent (HELD: never reallocated) until the returned call, made
+        exactly once (through SliceLease.release, which is idempotent)."""
+        tables = self.tables
+        start = entry.start
+        tables.begin_read(start, entry.nblocks)
+        self.leases += 1
+
+        def unpin() -> None:
+            # The extent is allocatable again once its last reader is gone (Tables.end_read).
+            self.leases -= 1
+            tables.end_read(start)
+
+        return unpin
+
+    def _leased(
+        self,
+        result: object,
+        key: str,
+        kb: bytes,
+        index: Index,
+        row: int,
+        entry: Entry,
+        now_s: int,
+        unpin: Callable[[], None],
+    ) -> SliceLease | None:
+        """A read's result as a lease, which takes over ``unpin``; or None, unpinned.
+        ``index``: the index the entry was found in (a reload replaces it)."""
+        try:
+            accepted = self._accepted(result, key, kb, index, row, entry, now_s)
+        except BaseException:
+            unpin()
+            raise
+        if not accepted:
+            unpin()
+            return None
+        assert isinstance(result, (bytes, memoryview))
+        if not isinstance(result, memoryview) or not isinstance(result.obj, mmap.mmap):
+            unpin()
+            return SliceLease.of(result)  # decoded into a private buffer: nothing pinned
+        return SliceLease(result, unpin)
 
     def _resident(self, mapped: mmap.mmap, entry: Entry, kb: bytes) -> bool:
         """May ``entry``'s record be read on the event loop: stored raw (a compressed one
@@ -188,14 +252,16 @@ class ReadPath:
             self._read_failed(key, exc)
             return None
 
-    def _read_here(
+    def _read_resident(
         self,
         key: str,
         read: Callable[[Entry, bytes, tuple[int, int] | None, bool], object],
         entry: Entry,
         kb: bytes,
     ) -> object:
-        """``read`` of a resident record, on this thread; failures as in :meth:`_run_read`."""
+        """``read`` of a resident record (nothing to read in), verified on this thread
+        without the worker's hop; failures as in :meth:`_run_read`."""
+        self.core.stats["resident_reads_total"] += 1
         try:
             return read(entry, kb, None, False)
         except READ_FAILURES as exc:

@@ -141,6 +141,15 @@ class RawDiskStore:
         lease is released (see reads.py); ``next_key`` as for :meth:`get_slice`."""
         return await self._reads.lease(key, KIND_SLICE, next_key)
 
+    def slice_resident_now(self, key: str) -> bool:
+        """Could :meth:`lease_slice_now` verify the slice here and now? Counts nothing."""
+        return self._reads.resident_now(key, KIND_SLICE)
+
+    def lease_slice_now(self, key: str) -> SliceLease | None:
+        """:meth:`lease_slice` of a slice :meth:`slice_resident_now` has just found, with no
+        await in between: synchronous, counted as lease_slice counts."""
+        return self._reads.lease_now(key, KIND_SLICE)
+
     async def get_meta(self, key: str) -> bytes | None:
         data = await self._reads.get(key, KIND_META)
         if data is None:

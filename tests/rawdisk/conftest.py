@@ -108,3 +108,23 @@ def write_new(path: str, data: bytes) -> None:
 
 def exists(path: str) -> bool:
     return os.path.exists(path)
+
+
+# What an L2 read moves (journal syncs and checkpoints run on their own clocks).
+READ_COUNTERS = (
+    "lookups_total",
+    "hits_total",
+    "misses_total",
+    "expired_total",
+    "reads_total",
+    "read_bytes_total",
+    "read_errors_total",
+    "checksum_failures_total",
+    "prefetches_total",
+    "resident_reads_total",
+)
+
+
+def read_counts(stats: dict[str, float]) -> dict[str, float]:
+    """The read counters of an L2's stats."""
+    return {name: stats[name] for name in READ_COUNTERS}

@@ -13,7 +13,13 @@ from cache.protocol import SliceLease, borrowed
 from cache.rawdisk import RawDiskStore
 from cache.tiered import TieredStore
 from settings import RawDiskCacheSettings
-from tests.rawdisk.conftest import check_consistent, check_payload, flip_byte, payload
+from tests.rawdisk.conftest import (
+    check_consistent,
+    check_payload,
+    flip_byte,
+    payload,
+    read_counts,
+)
 from tests.rawdisk.test_corruption import _extent_offset
 
 Make = Callable[..., RawDiskCacheSettings]
@@ -210,6 +216,65 @@ async def test_tiered_lease_survives_a_purge_in_flight_and_does_not_promote_big_
         await asyncio.sleep(0)
         await front.delete("http://o:80/a.bin")
         assert await reader is None
+        assert l2.stats()["leases"] == 0
+    finally:
+        await front.close()
+
+
+async def test_tiered_lease_now_answers_only_what_lease_slice_would_without_io_or_promotion(
+    make_settings: Make,
+) -> None:
+    """The fast path's synchronous read (TieredStore.lease_slice_now): counted as
+    lease_slice counts its L2 hit; None, counted nowhere, whenever lease_slice would do
+    something else (promote, answer from L1 or the write-behind queue, race a purge whose
+    L2 deletes still run) or would need I/O."""
+    l2 = await RawDiskStore.open(make_settings(use_direct_io=False))
+    l1 = MemoryStore(8 << 20)
+    front = TieredStore(l1, l2)
+    big = 4 << 20  # half of this L1: never promoted
+    try:
+        key = keys.slice_key("http://o:80/n.bin", "v1", 0)
+        assert await l2.put_slice(key, payload("n", 0, SIZE), None)
+
+        def counted() -> dict[str, float]:
+            totals = read_counts(l2.stats())
+            return {**front.counters, "l1_hits": l1.hits, "l1_misses": l1.misses, **totals}
+
+        def gained(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+            return {
+                name: after[name] - before[name] for name in after if after[name] != before[name]
+            }
+
+        lease = await front.lease_slice(key, size_hint=big)
+        assert lease is not None and lease.pinned
+        lease.release()
+        before = counted()
+        lease = await front.lease_slice(key, size_hint=big)
+        assert lease is not None
+        lease.release()
+        by_lease_slice = gained(before, counted())
+        assert by_lease_slice["slice_hits_l2"] == 1 and by_lease_slice["l1_misses"] == 1
+        before = counted()
+        lease = front.lease_slice_now(key, big)
+        assert lease is not None and lease.pinned and bytes(lease.view) == payload("n", 0, SIZE)
+        lease.release()
+        assert gained(before, counted()) == by_lease_slice
+        assert l2.stats()["leases"] == 0
+
+        quiet = counted()
+        assert front.lease_slice_now(key, SIZE) is None  # lease_slice would promote it
+        front._pending[key] = b"queued"
+        assert front.lease_slice_now(key, big) is None  # the queued bytes answer
+        del front._pending[key]
+        front._purges_running.append(lambda _key: True)
+        assert front.lease_slice_now(key, big) is None  # a purge's L2 delete still runs
+        front._purges_running.clear()
+        l2._reads._resident = lambda *_: False  # type: ignore[method-assign]
+        assert front.lease_slice_now(key, big) is None  # would need a read from the disk
+        assert counted() == quiet
+        assert await l1.put_slice(key, payload("n", 0, SIZE), None)
+        assert front.lease_slice_now(key, big) is None  # L1 holds it: the L1 hit's path
+        assert counted() == quiet
         assert l2.stats()["leases"] == 0
     finally:
         await front.close()

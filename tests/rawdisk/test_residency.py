@@ -11,7 +11,7 @@ from cache import keys
 from cache.rawdisk import RawDiskStore
 from cache.rawdisk.residency import PAGE, Residency, address_of
 from settings import RawDiskCacheSettings
-from tests.rawdisk.conftest import flip_byte, payload
+from tests.rawdisk.conftest import flip_byte, payload, read_counts
 from tests.rawdisk.test_corruption import _extent_offset
 
 Make = Callable[..., RawDiskCacheSettings]
@@ -114,5 +114,83 @@ async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) ->
         assert stats["checksum_failures_total"] == 1
         assert stats["resident_reads_total"] == 1
         assert await store.lease_slice(key) is None  # dropped, not read again
+    finally:
+        await store.close()
+
+
+def _totals(store: RawDiskStore) -> dict[str, float]:
+    return read_counts(store.stats())
+
+
+def _counted_since(before: dict[str, float], store: RawDiskStore) -> dict[str, float]:
+    """What each read counter gained since ``before`` (the ones that moved)."""
+    after = _totals(store)
+    return {name: after[name] - before[name] for name in after if after[name] != before[name]}
+
+
+async def test_a_lease_now_is_a_lease_counted_the_same_and_a_residency_check_counts_nothing(
+    make_settings: Make,
+) -> None:
+    """The fast path's synchronous read (app/fasthit.py) is lease_slice's: the same bytes,
+    the same counters, the extent pinned until released."""
+    store = await RawDiskStore.open(make_settings(use_direct_io=False))
+    try:
+        key = keys.slice_key("http://o:80/now.bin", "v1", 0)
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("now", 0, SIZE), None)
+        before = _totals(store)
+        lease = await store.lease_slice(key)
+        assert lease is not None
+        lease.release()
+        by_lease = _counted_since(before, store)
+        assert by_lease["resident_reads_total"] == 1
+        before = _totals(store)
+        assert store.slice_resident_now(key)
+        assert _counted_since(before, store) == {}
+        lease = store.lease_slice_now(key)
+        assert lease is not None and bytes(lease.view) == payload("now", 0, SIZE)
+        assert store.stats()["leases"] == 1  # pinned while held
+        lease.release()
+        assert store.stats()["leases"] == 0
+        assert _counted_since(before, store) == by_lease
+    finally:
+        await store.close()
+
+
+async def test_only_a_visible_in_memory_slice_is_resident_now(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings())  # O_DIRECT: written past the page cache
+    try:
+        key = keys.slice_key("http://o:80/cold.bin", "v1", 0)
+        assert not store.slice_resident_now(key)  # absent
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("cold", 0, SIZE), None)
+        assert not store.slice_resident_now(key)  # stored, not in memory
+        lease = await store.lease_slice(key)  # read in by the worker thread
+        assert lease is not None
+        lease.release()
+        assert store.slice_resident_now(key)
+        assert await store.delete(keys.object_key_of(key)) == 1
+        assert not store.slice_resident_now(key)  # deleted: invisible at once
+        assert store.lease_slice_now(key) is None
+    finally:
+        await store.close()
+
+
+async def test_a_damaged_record_is_never_leased_now(make_settings: Make) -> None:
+    store = await RawDiskStore.open(make_settings(enable_compression=False, use_direct_io=False))
+    try:
+        key = keys.slice_key("http://o:80/badnow.bin", "v1", 0)
+        for _ in range(3):
+            assert await store.get_slice(key) is None
+        assert await store.put_slice(key, payload("badnow", 0, SIZE), None)
+        flip_byte(make_settings().device_path, _extent_offset(store, key) + 4096)
+        assert store.slice_resident_now(key)  # the check reads no byte of the payload
+        assert store.lease_slice_now(key) is None
+        stats = store.stats()
+        assert stats["checksum_failures_total"] == 1
+        assert stats["leases"] == 0  # nothing left pinned
+        assert not store.slice_resident_now(key)  # flagged bad: not visible any more
     finally:
         await store.close()

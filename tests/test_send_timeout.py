@@ -143,7 +143,9 @@ def test_a_client_that_takes_nothing_is_closed_and_a_slow_one_is_not(
         # Cut one send timeout after the client stopped taking bytes, give or take the
         # timer's granularity: not two (the kernel's last gulp, right after the transport
         # paused, counted as progress and re-armed a whole period; helper-73).
-        assert SEND_TIMEOUT <= stuck_for[rid] < 1.5 * SEND_TIMEOUT, stuck_for
+        # The lower bound has some slack: the server's timer starts when its transport
+        # paused, which on a loaded machine can be before this client's recv returned.
+        assert 0.9 * SEND_TIMEOUT <= stuck_for[rid] < 1.5 * SEND_TIMEOUT, stuck_for
     assert "slicecache_client_send_timeouts_total 3.0" in metrics
     assert 'slicecache_responses_incomplete_total{ended_by="client"} 3.0' in metrics
 

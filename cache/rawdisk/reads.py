@@ -113,33 +113,37 @@ class ReadPath:
         found = self._find(key, kind)
         if found is None:
             return None
-        row, entry, now_s = found
         kb = key.encode()
+        entry = found[1]
+        if self._resident(mapped, entry, kb):
+            # Nothing to read in: verified here, without the worker thread's hop.
+            return self._lease_here(mapped, key, kb, found)
         index = self.tables.index
         unpin = self._pin(entry)
         try:
             read = functools.partial(self.map_record, mapped)
-            if self._resident(mapped, entry, kb):
-                result = self._read_resident(key, read, entry, kb)
-            else:
-                result = await self._run_read(key, read, entry, kb, next_key)
+            result = await self._run_read(key, read, entry, kb, next_key)
         except BaseException:  # cancelled mid-read: the lease never reaches anyone
             unpin()
             raise
-        return self._leased(result, key, kb, index, row, entry, now_s, unpin)
+        return self._leased(result, key, kb, index, *found, unpin)
 
     def lease_now(self, key: str, kind: int) -> SliceLease | None:
         """:meth:`lease` of a record :meth:`resident_now` has just found resident, with no
         await since: verified here, counted as :meth:`lease` counts it. None when it is
         not there after all or fails verification (counted and dropped, as by lease)."""
         mapped = self._mapping()
-        if mapped is None:
+        found = None if mapped is None else self._find(key, kind)
+        if mapped is None or found is None:
             return None
-        found = self._find(key, kind)
-        if found is None:
-            return None
-        row, entry, now_s = found
-        kb = key.encode()
+        return self._lease_here(mapped, key, key.encode(), found)
+
+    def _lease_here(
+        self, mapped: mmap.mmap, key: str, kb: bytes, found: tuple[int, Entry, int]
+    ) -> SliceLease | None:
+        """The lease of a resident record (``found`` by :meth:`_find`), verified on this
+        thread: no await between the lookup and the pin."""
+        entry = found[1]
         index = self.tables.index
         unpin = self._pin(entry)
         try:
@@ -147,7 +151,7 @@ class ReadPath:
         except BaseException:
             unpin()
             raise
-        return self._leased(result, key, kb, index, row, entry, now_s, unpin)
+        return self._leased(result, key, kb, index, *found, unpin)
 
     def _mapping(self) -> mmap.mmap | None:
         """The device's read-only mapping; None once the store is closed."""

@@ -18,6 +18,16 @@ Make = Callable[..., RawDiskCacheSettings]
 SIZE = 300_000
 
 
+async def _stored(store: RawDiskStore, name: str) -> str:
+    """Slice 0 of object ``name`` (SIZE bytes of ``payload(name)``), asked for until L2's
+    admission takes it, then stored; its key."""
+    key = keys.slice_key(f"http://o:80/{name}.bin", "v1", 0)
+    for _ in range(3):
+        assert await store.get_slice(key) is None
+    assert await store.put_slice(key, payload(name, 0, SIZE), None)
+    return key
+
+
 def _sparse_mapping(path: Path, pages: int) -> mmap.mmap:
     with open(path, "wb") as f:
         f.truncate(pages * PAGE)  # a hole: no page of it is in memory until read
@@ -60,10 +70,7 @@ async def test_resident_records_are_checked_on_the_loop_cold_ones_in_the_thread(
 ) -> None:
     store = await RawDiskStore.open(make_settings(use_direct_io=False))
     try:
-        key = keys.slice_key("http://o:80/r.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("r", 0, SIZE), None)
+        key = await _stored(store, "r")
         lease = await store.lease_slice(key)  # just written, buffered: in the page cache
         assert lease is not None and bytes(lease.view) == payload("r", 0, SIZE)
         lease.release()
@@ -86,10 +93,7 @@ async def test_a_direct_write_leaves_nothing_resident_and_its_first_read_reads_i
     store = await RawDiskStore.open(make_settings())
     try:
         assert store.stats()["direct_io"] == 1.0
-        key = keys.slice_key("http://o:80/d.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("d", 0, SIZE), None)
+        key = await _stored(store, "d")
         for resident_reads in (0, 1):
             lease = await store.lease_slice(key)
             assert lease is not None and bytes(lease.view) == payload("d", 0, SIZE)
@@ -104,10 +108,7 @@ async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) ->
     counted, and the entry is dropped."""
     store = await RawDiskStore.open(make_settings(enable_compression=False, use_direct_io=False))
     try:
-        key = keys.slice_key("http://o:80/bad.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("bad", 0, SIZE), None)
+        key = await _stored(store, "bad")
         flip_byte(make_settings().device_path, _extent_offset(store, key) + 4096)
         assert await store.lease_slice(key) is None
         stats = store.stats()
@@ -118,13 +119,9 @@ async def test_a_damaged_resident_record_is_never_leased(make_settings: Make) ->
         await store.close()
 
 
-def _totals(store: RawDiskStore) -> dict[str, float]:
-    return read_counts(store.stats())
-
-
 def _counted_since(before: dict[str, float], store: RawDiskStore) -> dict[str, float]:
     """What each read counter gained since ``before`` (the ones that moved)."""
-    after = _totals(store)
+    after = read_counts(store.stats())
     return {name: after[name] - before[name] for name in after if after[name] != before[name]}
 
 
@@ -135,17 +132,14 @@ async def test_a_lease_now_is_a_lease_counted_the_same_and_a_residency_check_cou
     the same counters, the extent pinned until released."""
     store = await RawDiskStore.open(make_settings(use_direct_io=False))
     try:
-        key = keys.slice_key("http://o:80/now.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("now", 0, SIZE), None)
-        before = _totals(store)
+        key = await _stored(store, "now")
+        before = read_counts(store.stats())
         lease = await store.lease_slice(key)
         assert lease is not None
         lease.release()
         by_lease = _counted_since(before, store)
         assert by_lease["resident_reads_total"] == 1
-        before = _totals(store)
+        before = read_counts(store.stats())
         assert store.slice_resident_now(key)
         assert _counted_since(before, store) == {}
         lease = store.lease_slice_now(key)
@@ -161,11 +155,8 @@ async def test_a_lease_now_is_a_lease_counted_the_same_and_a_residency_check_cou
 async def test_only_a_visible_in_memory_slice_is_resident_now(make_settings: Make) -> None:
     store = await RawDiskStore.open(make_settings())  # O_DIRECT: written past the page cache
     try:
-        key = keys.slice_key("http://o:80/cold.bin", "v1", 0)
-        assert not store.slice_resident_now(key)  # absent
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("cold", 0, SIZE), None)
+        assert not store.slice_resident_now(keys.slice_key("http://o:80/cold.bin", "v1", 0))
+        key = await _stored(store, "cold")
         assert not store.slice_resident_now(key)  # stored, not in memory
         lease = await store.lease_slice(key)  # read in by the worker thread
         assert lease is not None
@@ -181,10 +172,7 @@ async def test_only_a_visible_in_memory_slice_is_resident_now(make_settings: Mak
 async def test_a_damaged_record_is_never_leased_now(make_settings: Make) -> None:
     store = await RawDiskStore.open(make_settings(enable_compression=False, use_direct_io=False))
     try:
-        key = keys.slice_key("http://o:80/badnow.bin", "v1", 0)
-        for _ in range(3):
-            assert await store.get_slice(key) is None
-        assert await store.put_slice(key, payload("badnow", 0, SIZE), None)
+        key = await _stored(store, "badnow")
         flip_byte(make_settings().device_path, _extent_offset(store, key) + 4096)
         assert store.slice_resident_now(key)  # the check reads no byte of the payload
         assert store.lease_slice_now(key) is None

@@ -300,13 +300,17 @@ class _Exchange:
             self._watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass  # an unread request body: drop it
+        try:
+            while (await self.receive())["type"] != "http.disconnect":
+                pass  # an unread request body: drop it
+        except asyncio.CancelledError:
+            return  # stopped by close(): ended cancelled, the task would keep a cycle
         self._gone.set()
 
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, or stop early when the client disconnects; False if it did."""

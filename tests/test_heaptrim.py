@@ -207,3 +207,51 @@ def test_a_burst_of_failures_and_disconnects_leaves_no_slice_to_the_cycle_collec
     finally:
         gc.enable()
     assert held == 0
+
+
+def _request_state_in_cyclic_garbage(port: int) -> list[str]:
+    """Type names of the proxy's per-request objects (its uvicorn cycles, on ``port``, the
+    written-out and disconnect watches) that only unreachable reference cycles hold: a
+    full collection that keeps what it finds. The demo origin runs in this process too."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from app.edge.asgi_io import DisconnectWatch
+    from app.edge.writtenout import WrittenOut
+
+    def proxys(o: object) -> bool:
+        if isinstance(o, RequestResponseCycle):
+            server = o.scope["server"]
+            return server is not None and server[1] == port
+        return isinstance(o, WrittenOut | DisconnectWatch)
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return [type(o).__name__ for o in gc.garbage if proxys(o)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_finished_requests_leave_no_reference_cycles(proxy: ProxyFactory) -> None:
+    """Each request's state is freed by reference counting once its response ends. A cycle
+    per request (the disconnect watch's cancelled task holding its own frame, the early-hint
+    wrapper and the written-out watch holding the cycle they hang on) sent every request's
+    state to the oldest generation, and a full collection ran every ~0.5 s under cold misses,
+    stalling every response 30-80 ms each time."""
+    with proxy(fast_path=False, slice_size=256 * 1024) as url:
+        gc.collect()  # what earlier tests left
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(3):
+                assert client.get(f"/files/1m-nocycle-{i}.bin").status_code == 200  # miss
+                assert client.get(f"/files/1m-nocycle-{i}.bin").status_code == 200  # hit
+                ranged = client.get(f"/files/1m-nocycle-{i}.bin", headers={"Range": "bytes=5-9"})
+                assert ranged.status_code == 206
+                assert client.head(f"/files/1m-nocycle-{i}.bin").status_code == 200
+                with client.stream("GET", f"/files/4m-nocycle-{i}.bin") as response:
+                    for _ in response.iter_bytes():
+                        break  # the client leaves mid-body
+                client.post(f"/files/1m-nocycle-{i}.bin", content=b"x")  # passed through
+        wait_for(lambda: _in_flight_bytes(url) == 0, "the fetches to end")
+        leftovers = _request_state_in_cyclic_garbage(httpx.URL(url).port or 80)
+    assert leftovers == []

@@ -1144,11 +1144,18 @@ def allow_early_hints(cycle: RequestResponseCycle) -> None:
     if scope.get("http_version") != "1.1":
         return
     scope.setdefault("extensions", {})[EARLY_HINT] = {}
-    send = cycle.send
+    # The wrapper is the cycle's own attribute: it holds the cycle weakly, or the two would
+    # form a reference cycle per request that only a full collection frees (its run_asgi
+    # task holds the cycle while the app can send).
+    send = type(cycle).send
+    held = weakref.ref(cycle)
 
     async def send_with_early_hints(message: Any) -> None:
+        cycle = held()
+        if cycle is None:
+            return  # its request is over: uvicorn drops what is sent then too
         if message["type"] != EARLY_HINT:
-            await send(message)
+            await send(cycle, message)
             return
         if cycle.response_started or cycle.disconnected:
             return  # too late: a 1xx after the final response would corrupt the stream

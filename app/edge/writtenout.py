@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from typing import Any, Protocol
 
 WRITTEN_OUT = "slicecache.written_out"
@@ -55,11 +56,15 @@ class WrittenOut:
     ``flow``; the request's own cycle: the protocol's ``cycle`` is the newest request's,
     a pipelined one's while this one still runs)."""
 
-    __slots__ = ("_protocol", "_cycle")
+    __slots__ = ("_protocol", "_held")
 
     def __init__(self, protocol: Any, cycle: Any) -> None:
-        self._protocol = protocol
-        self._cycle = cycle
+        # Both weakly: the watch lives in the cycle's scope, and the protocol holds the
+        # cycle, so strong references back would make a reference cycle per request that
+        # only a full collection frees. While the app runs, its task holds the cycle and
+        # the cycle the protocol (uvicorn's ``on_response``).
+        self._protocol = weakref.proxy(protocol)
+        self._held = weakref.ref(cycle)
 
     def buffered(self) -> int:
         if self.gone():
@@ -76,7 +81,9 @@ class WrittenOut:
         the client sees a truncated transfer, without uvicorn's "returned without completing
         response" error line. Called after the response's leases were released (their
         bytes are out, or the connection was aborted for them)."""
-        self._cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
+        cycle = self._held()
+        if cycle is not None:
+            cycle.disconnected = True  # uvicorn's mark for "nothing more to send here"
         self._protocol.transport.close()
 
     def lost(self) -> bool:
@@ -86,7 +93,8 @@ class WrittenOut:
 
     def gone(self) -> bool:
         """The client left before the response was whole: uvicorn drops its sends."""
-        return bool(self._cycle.disconnected)
+        cycle = self._held()
+        return cycle is None or bool(cycle.disconnected)
 
     def refused(self) -> bool:
         """Right after a write: the transport holds nothing and is closing. Either a clean
@@ -98,7 +106,8 @@ class WrittenOut:
 
     def started(self) -> bool:
         """The response's head was sent."""
-        return bool(self._cycle.response_started)
+        cycle = self._held()
+        return cycle is not None and bool(cycle.response_started)
 
     async def wait(self) -> None:
         protocol = self._protocol

@@ -94,3 +94,38 @@ def test_peer_table_gives_every_figure_as_a_ratio_to_nginx() -> None:
     section = report._peer_figures_section(results, [])
     assert "Varnish: skipped (varnish not installed" in section
     assert "slicecache: 3 of 64 connections received no byte in the 2 s window" in section
+
+
+def test_peer_rounds_are_merged_into_medians() -> None:
+    from bench.run import median_of
+
+    rounds: list[dict[str, Any]] = [
+        {
+            "hit4k": {"rps": 100.0, "tool": "wrk", "errors": 0},
+            "big": [{"clients": 1, "mbps": 10.0}, {"clients": 16, "mbps": 30.0}],
+            "big_warm_ok": True,
+            "cold_big": {"total_s": float("nan"), "ok": False},
+            "note": "first",
+        },
+        {
+            "hit4k": {"rps": 300.0, "tool": "wrk", "errors": 2},
+            "big": [{"clients": 1, "mbps": 20.0}, {"clients": 16, "mbps": 50.0}],
+            "big_warm_ok": False,
+            "cold_big": {"total_s": 0.5, "ok": True},
+            "note": "second",
+        },
+        {
+            "hit4k": {"rps": 200.0, "tool": "wrk", "errors": 1},
+            "big": [{"clients": 1, "mbps": 90.0}, {"clients": 16, "mbps": 40.0}],
+            "big_warm_ok": True,
+            "cold_big": {"total_s": 0.7, "ok": True},
+            "note": "third",
+        },
+    ]
+    merged = median_of(rounds)
+    assert merged["hit4k"] == {"rps": 200.0, "tool": "wrk", "errors": 1}
+    assert merged["big"] == [{"clients": 1, "mbps": 20.0}, {"clients": 16, "mbps": 40.0}]
+    assert merged["big_warm_ok"] is True  # flags are not averaged: the first round's
+    assert merged["cold_big"]["total_s"] == 0.6  # a round without a figure does not count
+    assert merged["note"] == "first"
+    assert median_of(rounds[:1]) == rounds[0]

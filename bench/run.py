@@ -111,6 +111,8 @@ def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             isinstance(v, list) and len(v) == len(first) for v in values
         ):
             return [merge([v[i] for v in values]) for i in range(len(first))]
+        if all(v == first for v in values):
+            return first  # the same in every round (a client count stays an int)
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if len(numbers) == len(values) and not isinstance(first, bool):
             finite = [v for v in numbers if not math.isnan(v)]

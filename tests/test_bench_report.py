@@ -125,6 +125,7 @@ def test_peer_rounds_are_merged_into_medians() -> None:
     merged = median_of(rounds)
     assert merged["hit4k"] == {"rps": 200.0, "tool": "wrk", "errors": 1}
     assert merged["big"] == [{"clients": 1, "mbps": 20.0}, {"clients": 16, "mbps": 40.0}]
+    assert isinstance(merged["big"][1]["clients"], int)  # labels read "16 clients"
     assert merged["big_warm_ok"] is True  # flags are not averaged: the first round's
     assert merged["cold_big"]["total_s"] == 0.6  # a round without a figure does not count
     assert merged["note"] == "first"

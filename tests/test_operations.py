@@ -242,6 +242,9 @@ def test_metrics_after_a_known_workload(proxy: ProxyFactory) -> None:
     assert value("slicecache_ttfb_seconds_count", cache="MISS") == 1
     assert value("slicecache_ttfb_seconds_count", cache="HIT") == 1
     assert value("process_resident_memory_bytes") > 0
+    # The cycle collector's runs by generation: full ones (2) stall the event loop.
+    assert value("python_gc_collections_total", generation="0") > 0
+    assert ("python_gc_collections_total", (("generation", "2"),)) in values
     assert all("/files/" not in str(labels) for _, labels in values)  # no URL labels
 
 

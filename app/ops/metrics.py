@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -173,6 +174,9 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         PlatformCollector(registry=r)
+        # python_gc_collections_total{generation}: a rise of generation 2 means full
+        # collections, which stall the loop (app/main.py: YOUNG_GC_THRESHOLD).
+        GCCollector(registry=r)
         self.ttfb = Histogram(
             "slicecache_ttfb_seconds",
             "Time from a proxied request to its first body byte, by X-Cache result "

@@ -130,3 +130,46 @@ def test_peer_rounds_are_merged_into_medians() -> None:
     assert merged["cold_big"]["total_s"] == 0.6  # a round without a figure does not count
     assert merged["note"] == "first"
     assert median_of(rounds[:1]) == rounds[0]
+
+
+def test_a_failed_peer_round_is_said_not_hidden(tmp_path: Any, monkeypatch: Any) -> None:
+    """The median of the rounds that ran, with the lost rounds in the peer's note; a peer
+    with no round at all is skipped with the last reason."""
+    import contextlib
+    from dataclasses import replace
+
+    from bench import run
+
+    config = replace(run.Config.make(quick=False), peer_rounds=2)
+    bench = run.Bench(config, tmp_path, ("peers",), ())
+    (tmp_path / "raw").mkdir()
+    calls: dict[str, int] = {}
+    opened: list[str] = []
+
+    @contextlib.contextmanager
+    def peer(which: str) -> Any:
+        calls[which] = calls.get(which, 0) + 1
+        opened.append(which)
+        if which == "varnish":
+            yield None, "varnish not installed"
+        else:
+            yield object(), ""
+
+    def cases(server: object) -> dict[str, Any]:
+        which = opened[-1]
+        if which == "nginx" and calls["nginx"] == 2:
+            raise RuntimeError("window failed")
+        return {"hit4k": {"rps": 100.0 * calls[which]}}
+
+    monkeypatch.setattr(bench, "peer", peer)
+    monkeypatch.setattr(bench, "_peer_cases", cases)
+    monkeypatch.setattr(bench, "_peer_cold_ttfb", lambda base: {"ttfb_p50": 0.05})
+    monkeypatch.setattr(run.Bench, "o", property(lambda self: type("O", (), {"url": ""})()))
+    bench.run_peers()
+    peers = bench.results["peers"]
+    assert peers["varnish"] == {"skipped": "varnish not installed"}
+    assert peers["slicecache"]["hit4k"]["rps"] == 150.0  # median of 100 and 200
+    assert len(peers["slicecache"]["rounds"]) == 2
+    assert "failed" not in peers["slicecache"]["note"]
+    assert peers["nginx"]["hit4k"]["rps"] == 100.0  # the one round that ran
+    assert peers["nginx"]["note"] == "1 of 2 rounds failed (RuntimeError: window failed)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -148,21 +149,28 @@ def test_the_c_library_here_has_malloc_trim() -> None:
     assert HeapTrim(_Engine()).trim is not None  # type: ignore[arg-type]
 
 
-def _slice_bytes_in_cyclic_garbage() -> int:
-    """Bytes of the buffers (of 64 KiB and more: slices, origin scratch) that only
-    unreachable reference cycles hold, found by a full collection that keeps what it finds."""
+@contextlib.contextmanager
+def _cyclic_garbage() -> Iterator[list[object]]:
+    """What only unreachable reference cycles hold, found by a full collection that keeps
+    what it finds (released again when the block ends)."""
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
-        return sum(
-            len(held)
-            for cyclic in gc.garbage
-            for held in gc.get_referents(cyclic)
-            if isinstance(held, bytearray) and len(held) >= 64 * 1024
-        )
+        yield gc.garbage
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+def _slice_bytes_in_cyclic_garbage() -> int:
+    """Bytes of the buffers (of 64 KiB and more: slices, origin scratch) in cyclic garbage."""
+    with _cyclic_garbage() as garbage:
+        return sum(
+            len(held)
+            for cyclic in garbage
+            for held in gc.get_referents(cyclic)
+            if isinstance(held, bytearray) and len(held) >= 64 * 1024
+        )
 
 
 def _in_flight_bytes(url: str) -> float:
@@ -211,8 +219,8 @@ def test_a_burst_of_failures_and_disconnects_leaves_no_slice_to_the_cycle_collec
 
 def _request_state_in_cyclic_garbage(port: int) -> list[str]:
     """Type names of the proxy's per-request objects (its uvicorn cycles, on ``port``, the
-    written-out and disconnect watches) that only unreachable reference cycles hold: a
-    full collection that keeps what it finds. The demo origin runs in this process too."""
+    written-out and disconnect watches) in cyclic garbage. The demo origin runs in this
+    process too."""
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
     from app.edge.asgi_io import DisconnectWatch
@@ -224,13 +232,8 @@ def _request_state_in_cyclic_garbage(port: int) -> list[str]:
             return server is not None and server[1] == port
         return isinstance(o, WrittenOut | DisconnectWatch)
 
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        return [type(o).__name__ for o in gc.garbage if proxys(o)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+    with _cyclic_garbage() as garbage:
+        return [type(o).__name__ for o in garbage if proxys(o)]
 
 
 def test_finished_requests_leave_no_reference_cycles(proxy: ProxyFactory) -> None:
